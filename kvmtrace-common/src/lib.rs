@@ -1,0 +1,273 @@
+//! The ABI between kvmtrace's eBPF programs and its collector: map and program names, map keys and
+//! values, the load-time configuration and the latency histogram's bucket layout.
+//!
+//! Every type here is `#[repr(C)]`, `Copy`, and free of `bool` and implicit padding, so the kernel
+//! and user views agree byte for byte. Enums that cross the boundary have explicit, never-renumbered
+//! discriminants.
+#![no_std]
+
+pub mod hist;
+#[cfg(feature = "user")]
+mod user;
+
+pub use hist::{HIST_BUCKETS, bucket_index, bucket_low, bucket_width};
+
+/// Map names (the `#[map]` statics in kvmtrace-ebpf carry exactly these names).
+pub mod maps {
+    /// tgid -> 1 for the VMs being traced; consulted only when `Config::filter_tgids` is 1.
+    pub const TRACED_TGIDS: &str = "TRACED_TGIDS";
+    /// tid -> [`crate::ThreadState`]: the open exit and the open userspace round trip of a vCPU thread.
+    pub const THREADS: &str = "THREADS";
+    /// [`crate::LatencyKey`] -> [`crate::LatencyStats`], cumulative since attach.
+    pub const LATENCY: &str = "LATENCY";
+    /// Per-CPU single [`crate::LatencyStats`] that new LATENCY entries are copied from (too big to
+    /// build on the 512-byte BPF stack). The collector fills it with [`crate::LatencyStats::EMPTY`].
+    pub const LATENCY_TEMPLATE: &str = "LATENCY_TEMPLATE";
+    /// [`crate::DetailKey`] -> event count (u64), cumulative since attach.
+    pub const DETAILS: &str = "DETAILS";
+    /// Per-CPU array of u64 indexed by [`crate::Counter`].
+    pub const COUNTERS: &str = "COUNTERS";
+}
+
+/// The global holding [`Config`], set with `override_global` before load.
+pub const CONFIG_GLOBAL: &str = "CONFIG";
+
+/// Program names, equal to the eBPF function names; also what `bpftool prog` shows.
+pub mod programs {
+    pub const KVM_EXIT: &str = "kvmtrace_exit";
+    pub const KVM_ENTRY: &str = "kvmtrace_entry";
+    pub const KVM_USERSPACE_EXIT: &str = "kvmtrace_uexit";
+    pub const KVM_FPU: &str = "kvmtrace_fpu";
+    pub const KVM_PIO: &str = "kvmtrace_pio";
+    pub const KVM_MMIO: &str = "kvmtrace_mmio";
+    pub const KVM_MSR: &str = "kvmtrace_msr";
+    pub const KVM_CPUID: &str = "kvmtrace_cpuid";
+    /// Every program with its `kvm:` tracepoint, in attach order.
+    pub const ALL: [(&str, &str); 8] = [
+        (KVM_EXIT, "kvm_exit"),
+        (KVM_ENTRY, "kvm_entry"),
+        (KVM_USERSPACE_EXIT, "kvm_userspace_exit"),
+        (KVM_FPU, "kvm_fpu"),
+        (KVM_PIO, "kvm_pio"),
+        (KVM_MMIO, "kvm_mmio"),
+        (KVM_MSR, "kvm_msr"),
+        (KVM_CPUID, "kvm_cpuid"),
+    ];
+}
+
+/// Offset value meaning "this kernel's tracepoint has no such field".
+pub const FIELD_ABSENT: u32 = u32::MAX;
+/// vcpu_id value meaning "not known" (no kvm_exit seen for this thread yet).
+pub const VCPU_UNKNOWN: u32 = u32::MAX;
+
+/// Load-time configuration: the VM filter and every tracepoint field offset, read from the
+/// tracepoint `format` files at run time (kernels differ). An offset of [`FIELD_ABSENT`] means the
+/// field does not exist on this kernel and reads as 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// The collector's own tgid, always ignored.
+    pub self_tgid: u32,
+    /// 1: trace only the tgids in TRACED_TGIDS; 0: every VM on the host.
+    pub filter_tgids: u32,
+    pub exit_reason: u32,
+    pub exit_isa: u32,
+    pub exit_vcpu_id: u32,
+    pub entry_vcpu_id: u32,
+    pub pio_rw: u32,
+    pub pio_port: u32,
+    pub pio_size: u32,
+    pub mmio_type: u32,
+    pub mmio_len: u32,
+    pub mmio_gpa: u32,
+    pub msr_write: u32,
+    pub msr_ecx: u32,
+    pub msr_exception: u32,
+    pub cpuid_function: u32,
+    pub uexit_reason: u32,
+    pub uexit_errno: u32,
+    pub fpu_load: u32,
+    pub _reserved: u32,
+}
+
+impl Config {
+    /// Every field absent, nothing filtered: the value compiled into the object.
+    pub const UNSET: Config = Config {
+        self_tgid: 0,
+        filter_tgids: 0,
+        exit_reason: FIELD_ABSENT,
+        exit_isa: FIELD_ABSENT,
+        exit_vcpu_id: FIELD_ABSENT,
+        entry_vcpu_id: FIELD_ABSENT,
+        pio_rw: FIELD_ABSENT,
+        pio_port: FIELD_ABSENT,
+        pio_size: FIELD_ABSENT,
+        mmio_type: FIELD_ABSENT,
+        mmio_len: FIELD_ABSENT,
+        mmio_gpa: FIELD_ABSENT,
+        msr_write: FIELD_ABSENT,
+        msr_ecx: FIELD_ABSENT,
+        msr_exception: FIELD_ABSENT,
+        cpuid_function: FIELD_ABSENT,
+        uexit_reason: FIELD_ABSENT,
+        uexit_errno: FIELD_ABSENT,
+        fpu_load: FIELD_ABSENT,
+        _reserved: 0,
+    };
+}
+
+/// Per-thread pairing state. A timestamp of 0 means "nothing open".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThreadState {
+    /// ktime of the open kvm_exit, 0 when the thread is in the guest (or never exited).
+    pub exit_ts: u64,
+    /// ktime of the open kvm_userspace_exit, 0 when none is open.
+    pub uexit_ts: u64,
+    pub exit_reason: u32,
+    pub exit_isa: u32,
+    /// Last vcpu_id seen on kvm_exit/kvm_entry for this thread, or [`VCPU_UNKNOWN`].
+    pub vcpu_id: u32,
+    pub uexit_reason: u32,
+    /// THREAD_* bits.
+    pub flags: u32,
+    pub _reserved: u32,
+}
+
+/// [`ThreadState::flags`]: the thread has had a kvm_entry since attach.
+pub const THREAD_SEEN_ENTRY: u32 = 1;
+
+/// What a [`LatencyKey`] measures.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LatencyKind {
+    /// kvm_exit -> the same thread's next kvm_entry, keyed by (isa, exit_reason).
+    Exit = 0,
+    /// kvm_userspace_exit -> the same thread's next kvm_fpu load or kvm_entry (whichever comes
+    /// first), keyed by the userspace exit reason: the VMM's handling time.
+    VmmRoundTrip = 1,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LatencyKey {
+    pub tgid: u32,
+    pub tid: u32,
+    pub vcpu_id: u32,
+    /// kvm_exit's `isa` (1 VMX, 2 SVM); 0 for [`LatencyKind::VmmRoundTrip`].
+    pub isa: u32,
+    pub reason: u32,
+    /// A [`LatencyKind`] discriminant.
+    pub kind: u32,
+}
+
+/// Cumulative latency statistics for one [`LatencyKey`]. Bucket counters are u32 and wrap; the
+/// collector takes deltas with wrapping subtraction, which is exact while an interval sees fewer
+/// than 2^32 samples in one bucket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LatencyStats {
+    pub count: u64,
+    pub total_ns: u64,
+    /// Smallest sample since attach (u64::MAX before the first one).
+    pub min_ns: u64,
+    pub max_ns: u64,
+    pub buckets: [u32; HIST_BUCKETS],
+}
+
+impl LatencyStats {
+    /// No samples yet: min starts at u64::MAX so the first sample always lowers it.
+    pub const EMPTY: LatencyStats = LatencyStats {
+        count: 0,
+        total_ns: 0,
+        min_ns: u64::MAX,
+        max_ns: 0,
+        buckets: [0; HIST_BUCKETS],
+    };
+}
+
+/// Which detail tracepoint a [`DetailKey`] counts.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DetailKind {
+    /// a = port, b = rw (1 write, 0 read) | size << 8.
+    Pio = 1,
+    /// a = type (0 unsatisfied-read, 1 read, 2 write) | len << 8, b = gpa.
+    Mmio = 2,
+    /// a = MSR index, b = write (1 write, 0 read) | exception << 1.
+    Msr = 3,
+    /// a = CPUID function, b = 0.
+    Cpuid = 4,
+    /// a = KVM_EXIT_* reason, b = -errno when the exit was an error or restart, else 0.
+    UserspaceExit = 5,
+}
+
+impl DetailKind {
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            1 => Some(Self::Pio),
+            2 => Some(Self::Mmio),
+            3 => Some(Self::Msr),
+            4 => Some(Self::Cpuid),
+            5 => Some(Self::UserspaceExit),
+            _ => None,
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DetailKey {
+    pub tgid: u32,
+    pub tid: u32,
+    /// A [`DetailKind`] discriminant.
+    pub kind: u32,
+    pub a: u32,
+    pub b: u64,
+}
+
+/// Indexes into the per-CPU COUNTERS array: events seen and every way information can be lost.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Counter {
+    /// kvm_exit events of traced VMs.
+    ExitsSeen = 0,
+    /// kvm_entry events of traced VMs.
+    EntriesSeen = 1,
+    /// Detail events (pio, mmio, msr, cpuid, userspace_exit) of traced VMs.
+    DetailsSeen = 2,
+    /// kvm_exit while the thread already had an open exit (the earlier one is dropped).
+    UnpairedExits = 3,
+    /// kvm_entry after an entry with no kvm_exit in between.
+    UnpairedEntries = 4,
+    /// First kvm_entry of a thread after attach: nothing to pair with, by construction.
+    FirstEntries = 5,
+    /// LATENCY had no room for a new key: a sample was dropped.
+    LatencyMapFull = 6,
+    /// DETAILS had no room for a new key: an event was dropped.
+    DetailMapFull = 7,
+    /// THREADS had no room for a new thread: its exits cannot be paired.
+    ThreadMapFull = 8,
+    /// kvm_userspace_exit while one was already open (the earlier one is dropped).
+    UnpairedUserspaceExits = 9,
+}
+
+impl Counter {
+    pub const COUNT: u32 = 10;
+    pub const ALL: [Counter; Self::COUNT as usize] = [
+        Counter::ExitsSeen,
+        Counter::EntriesSeen,
+        Counter::DetailsSeen,
+        Counter::UnpairedExits,
+        Counter::UnpairedEntries,
+        Counter::FirstEntries,
+        Counter::LatencyMapFull,
+        Counter::DetailMapFull,
+        Counter::ThreadMapFull,
+        Counter::UnpairedUserspaceExits,
+    ];
+}
+
+/// Marker bit in a [`DetailKind::UserspaceExit`]'s `a` for exits that returned an error (errno < 0;
+/// -4 is a signal restart) rather than a KVM_EXIT_* reason.
+pub const UEXIT_ERRNO_FLAG: u32 = 1 << 31;

@@ -1,0 +1,91 @@
+//! The detail tracepoints every KVM host has, counted per (VM, thread, key): kvm_pio (port,
+//! direction, size), kvm_mmio (type, length, gpa), kvm_msr (index, direction, fault), kvm_cpuid
+//! (function). kvm_userspace_exit is counted in `userspace.rs`, which also times the round trip.
+//!
+//! ```text
+//! name: kvm_pio
+//!     field:unsigned int rw;    offset:8;  size:4; signed:0;
+//!     field:unsigned int port;  offset:12; size:4; signed:0;
+//!     field:unsigned int size;  offset:16; size:4; signed:0;
+//!     field:unsigned int count; offset:20; size:4; signed:0;
+//!     field:unsigned int val;   offset:24; size:4; signed:0;
+//! name: kvm_mmio
+//!     field:u32 type;           offset:8;  size:4; signed:0;
+//!     field:u32 len;            offset:12; size:4; signed:0;
+//!     field:u64 gpa;            offset:16; size:8; signed:0;
+//!     field:u64 val;            offset:24; size:8; signed:0;
+//! name: kvm_msr
+//!     field:unsigned write;     offset:8;  size:4; signed:0;
+//!     field:u32 ecx;            offset:12; size:4; signed:0;
+//!     field:u64 data;           offset:16; size:8; signed:0;
+//!     field:u8 exception;       offset:24; size:1; signed:0;
+//! name: kvm_cpuid
+//!     field:unsigned int function; offset:8; size:4; signed:0;
+//!     field:unsigned int index;    offset:12; size:4; signed:0;
+//! ```
+
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use kvmtrace_common::{Config, DetailKey, DetailKind};
+
+use crate::state::{config, count_detail, current, field, traced};
+
+#[tracepoint]
+pub fn kvmtrace_pio(ctx: TracePointContext) -> u32 {
+    count(&ctx, DetailKind::Pio, |ctx, cfg| {
+        let rw = field::<u32>(ctx, cfg.pio_rw);
+        let size = field::<u32>(ctx, cfg.pio_size);
+        (field::<u32>(ctx, cfg.pio_port), (rw & 1) as u64 | ((size as u64) << 8))
+    });
+    0
+}
+
+#[tracepoint]
+pub fn kvmtrace_mmio(ctx: TracePointContext) -> u32 {
+    count(&ctx, DetailKind::Mmio, |ctx, cfg| {
+        let ty = field::<u32>(ctx, cfg.mmio_type);
+        let len = field::<u32>(ctx, cfg.mmio_len);
+        ((ty & 0xff) | (len << 8), field::<u64>(ctx, cfg.mmio_gpa))
+    });
+    0
+}
+
+#[tracepoint]
+pub fn kvmtrace_msr(ctx: TracePointContext) -> u32 {
+    count(&ctx, DetailKind::Msr, |ctx, cfg| {
+        let write = field::<u32>(ctx, cfg.msr_write);
+        let exception = field::<u8>(ctx, cfg.msr_exception);
+        let b = (write & 1) as u64 | (((exception != 0) as u64) << 1);
+        (field::<u32>(ctx, cfg.msr_ecx), b)
+    });
+    0
+}
+
+#[tracepoint]
+pub fn kvmtrace_cpuid(ctx: TracePointContext) -> u32 {
+    count(&ctx, DetailKind::Cpuid, |ctx, cfg| {
+        (field::<u32>(ctx, cfg.cpuid_function), 0)
+    });
+    0
+}
+
+/// Filters, then counts one event under the (a, b) key that `key_of` reads from the record.
+#[inline(always)]
+fn count(
+    ctx: &TracePointContext,
+    kind: DetailKind,
+    key_of: impl FnOnce(&TracePointContext, &Config) -> (u32, u64),
+) {
+    let cfg = config();
+    let (tgid, tid) = current();
+    if !traced(&cfg, tgid) {
+        return;
+    }
+    let (a, b) = key_of(ctx, &cfg);
+    count_detail(&DetailKey {
+        tgid,
+        tid,
+        kind: kind as u32,
+        a,
+        b,
+    });
+}

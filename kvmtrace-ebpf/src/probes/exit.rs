@@ -1,0 +1,107 @@
+//! kvm:kvm_exit and kvm:kvm_entry: pair each exit with the same thread's next entry and add the
+//! exit->entry time to a log-linear histogram per (VM, thread, vCPU, isa, exit reason).
+//!
+//! Field offsets come from CONFIG (the format files at run time); the 6.18 layouts are:
+//! ```text
+//! name: kvm_exit
+//!     field:unsigned int exit_reason;  offset:8;  size:4; signed:0;
+//!     field:unsigned long guest_rip;   offset:16; size:8; signed:0;
+//!     field:u32 isa;                   offset:24; size:4; signed:0;
+//!     field:u64 info1;                 offset:32; size:8; signed:0;
+//!     field:u64 info2;                 offset:40; size:8; signed:0;
+//!     field:u32 intr_info;             offset:48; size:4; signed:0;
+//!     field:u32 error_code;            offset:52; size:4; signed:0;
+//!     field:unsigned int vcpu_id;      offset:56; size:4; signed:0;
+//!     field:u64 requests;              offset:64; size:8; signed:0;
+//! name: kvm_entry
+//!     field:unsigned int vcpu_id;      offset:8;  size:4; signed:0;
+//!     field:unsigned long rip;         offset:16; size:8; signed:0;
+//!     field:bool immediate_exit;       offset:24; size:1; signed:0;
+//!     field:u32 intr_info;             offset:28; size:4; signed:0;
+//!     field:u32 error_code;            offset:32; size:4; signed:0;
+//! ```
+
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use kvmtrace_common::{Counter, LatencyKey, LatencyKind, THREAD_SEEN_ENTRY};
+
+use super::userspace::close_round_trip;
+use crate::state::{bump, config, current, field, now_ns, record_latency, thread_state, traced};
+
+#[tracepoint]
+pub fn kvmtrace_exit(ctx: TracePointContext) -> u32 {
+    try_exit(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn kvmtrace_entry(ctx: TracePointContext) -> u32 {
+    try_entry(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_exit(ctx: &TracePointContext) {
+    let cfg = config();
+    let (tgid, tid) = current();
+    if !traced(&cfg, tgid) {
+        return;
+    }
+    let ts = now_ns();
+    bump(Counter::ExitsSeen);
+    let Some(state) = thread_state(tid) else {
+        return;
+    };
+    // SAFETY: `state` points at this thread's THREADS value; only this thread's events write it.
+    let state = unsafe { &mut *state };
+    if state.exit_ts != 0 {
+        bump(Counter::UnpairedExits);
+    }
+    state.exit_ts = ts;
+    state.exit_reason = field::<u32>(ctx, cfg.exit_reason);
+    state.exit_isa = field::<u32>(ctx, cfg.exit_isa);
+    if cfg.exit_vcpu_id != kvmtrace_common::FIELD_ABSENT {
+        state.vcpu_id = field::<u32>(ctx, cfg.exit_vcpu_id);
+    }
+}
+
+#[inline(always)]
+fn try_entry(ctx: &TracePointContext) {
+    let cfg = config();
+    let (tgid, tid) = current();
+    if !traced(&cfg, tgid) {
+        return;
+    }
+    let ts = now_ns();
+    bump(Counter::EntriesSeen);
+    let Some(state) = thread_state(tid) else {
+        return;
+    };
+    // SAFETY: as in try_exit.
+    let state = unsafe { &mut *state };
+    if cfg.entry_vcpu_id != kvmtrace_common::FIELD_ABSENT {
+        state.vcpu_id = field::<u32>(ctx, cfg.entry_vcpu_id);
+    }
+    close_round_trip(tgid, tid, state, ts);
+    let first_entry = state.flags & THREAD_SEEN_ENTRY == 0;
+    state.flags |= THREAD_SEEN_ENTRY;
+    if state.exit_ts == 0 {
+        // The first entry of every vCPU after attach has no exit to pair with; a later one means
+        // a kvm_exit went missing.
+        bump(if first_entry {
+            Counter::FirstEntries
+        } else {
+            Counter::UnpairedEntries
+        });
+        return;
+    }
+    let key = LatencyKey {
+        tgid,
+        tid,
+        vcpu_id: state.vcpu_id,
+        isa: state.exit_isa,
+        reason: state.exit_reason,
+        kind: LatencyKind::Exit as u32,
+    };
+    record_latency(&key, ts.saturating_sub(state.exit_ts));
+    state.exit_ts = 0;
+}

@@ -1,0 +1,4 @@
+//! One file per tracepoint family.
+mod detail;
+mod exit;
+mod userspace;

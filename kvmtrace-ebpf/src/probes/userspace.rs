@@ -1,0 +1,104 @@
+//! kvm:kvm_userspace_exit and kvm:kvm_fpu: the VMM round trip of a vCPU thread, from KVM_RUN
+//! returning to user space until the thread is back in KVM_RUN (its next kvm_fpu load, or kvm_entry
+//! where kvm_fpu is absent), keyed by the userspace exit reason. This is the exit handling that shows
+//! up as qemu-kvm user CPU. Syscall tracepoints would also give it, but attaching any of them slows
+//! every syscall on the host; these two fire only on vCPU threads.
+//!
+//! ```text
+//! name: kvm_userspace_exit
+//!     field:__u32 reason;  offset:8;  size:4; signed:0;
+//!     field:int errno;     offset:12; size:4; signed:1;
+//! name: kvm_fpu
+//!     field:u32 load;      offset:8;  size:4; signed:0;
+//! ```
+
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use kvmtrace_common::{
+    Counter, DetailKey, DetailKind, LatencyKey, LatencyKind, ThreadState, UEXIT_ERRNO_FLAG,
+};
+
+use crate::state::{
+    bump, config, count_detail, current, field, now_ns, record_latency, thread_state, traced,
+};
+
+#[tracepoint]
+pub fn kvmtrace_uexit(ctx: TracePointContext) -> u32 {
+    try_userspace_exit(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn kvmtrace_fpu(ctx: TracePointContext) -> u32 {
+    try_fpu(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_userspace_exit(ctx: &TracePointContext) {
+    let cfg = config();
+    let (tgid, tid) = current();
+    if !traced(&cfg, tgid) {
+        return;
+    }
+    let ts = now_ns();
+    let reason = field::<u32>(ctx, cfg.uexit_reason);
+    let errno = field::<i32>(ctx, cfg.uexit_errno);
+    let (a, b) = if errno < 0 {
+        (reason | UEXIT_ERRNO_FLAG, errno.unsigned_abs() as u64)
+    } else {
+        (reason, 0)
+    };
+    count_detail(&DetailKey {
+        tgid,
+        tid,
+        kind: DetailKind::UserspaceExit as u32,
+        a,
+        b,
+    });
+    let Some(state) = thread_state(tid) else {
+        return;
+    };
+    // SAFETY: `state` points at this thread's THREADS value; only this thread's events write it.
+    let state = unsafe { &mut *state };
+    if state.uexit_ts != 0 {
+        bump(Counter::UnpairedUserspaceExits);
+    }
+    state.uexit_ts = ts;
+    state.uexit_reason = a;
+}
+
+#[inline(always)]
+fn try_fpu(ctx: &TracePointContext) {
+    let cfg = config();
+    let (tgid, tid) = current();
+    if !traced(&cfg, tgid) {
+        return;
+    }
+    if field::<u32>(ctx, cfg.fpu_load) == 0 {
+        return;
+    }
+    let ts = now_ns();
+    // Only threads with an open round trip have anything to do; do not create state for others.
+    if let Some(state) = crate::state::THREADS.get_ptr_mut(tid) {
+        // SAFETY: as above.
+        close_round_trip(tgid, tid, unsafe { &mut *state }, ts);
+    }
+}
+
+/// Closes the thread's open VMM round trip, if any, at `ts`.
+#[inline(always)]
+pub fn close_round_trip(tgid: u32, tid: u32, state: &mut ThreadState, ts: u64) {
+    if state.uexit_ts == 0 {
+        return;
+    }
+    let key = LatencyKey {
+        tgid,
+        tid,
+        vcpu_id: state.vcpu_id,
+        isa: 0,
+        reason: state.uexit_reason,
+        kind: LatencyKind::VmmRoundTrip as u32,
+    };
+    record_latency(&key, ts.saturating_sub(state.uexit_ts));
+    state.uexit_ts = 0;
+}

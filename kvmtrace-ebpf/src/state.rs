@@ -1,0 +1,146 @@
+//! Maps, the load-time configuration and the helpers every probe uses: the VM filter (checked
+//! first, so untraced processes cost one map lookup), counters, and map-entry creation.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::map,
+    maps::{HashMap, PerCpuArray},
+    programs::TracePointContext,
+};
+use kvmtrace_common::{
+    Config, Counter, DetailKey, FIELD_ABSENT, LatencyKey, LatencyStats, ThreadState,
+};
+
+/// Set by the collector with `override_global` before load.
+#[unsafe(no_mangle)]
+static CONFIG: Config = Config::UNSET;
+
+#[map]
+pub static TRACED_TGIDS: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
+#[map]
+pub static THREADS: HashMap<u32, ThreadState> = HashMap::with_max_entries(8192, 0);
+#[map]
+pub static LATENCY: HashMap<LatencyKey, LatencyStats> = HashMap::with_max_entries(4096, 0);
+#[map]
+pub static LATENCY_TEMPLATE: PerCpuArray<LatencyStats> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+pub static DETAILS: HashMap<DetailKey, u64> = HashMap::with_max_entries(16384, 0);
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+const BPF_NOEXIST: u64 = 1;
+
+#[inline(always)]
+pub fn config() -> Config {
+    // SAFETY: CONFIG is a plain global in .rodata; the volatile read keeps the compiler from
+    // folding in the compiled-in default instead of the value set at load time.
+    unsafe { core::ptr::read_volatile(&CONFIG) }
+}
+
+/// The current task as (tgid, tid).
+#[inline(always)]
+pub fn current() -> (u32, u32) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    ((pid_tgid >> 32) as u32, pid_tgid as u32)
+}
+
+#[inline(always)]
+pub fn now_ns() -> u64 {
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// Is `tgid` a process we trace? The first thing every probe asks.
+#[inline(always)]
+pub fn traced(cfg: &Config, tgid: u32) -> bool {
+    if tgid == cfg.self_tgid {
+        return false;
+    }
+    cfg.filter_tgids == 0 || TRACED_TGIDS.get_ptr(tgid).is_some()
+}
+
+#[inline(always)]
+pub fn bump(counter: Counter) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: a per-CPU slot; programs on one CPU do not preempt each other.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Reads a tracepoint field of type T at `offset`, or 0 when this kernel lacks the field.
+#[inline(always)]
+pub fn field<T: Default>(ctx: &TracePointContext, offset: u32) -> T {
+    if offset == FIELD_ABSENT {
+        return T::default();
+    }
+    // SAFETY: the offset comes from this kernel's format file for this tracepoint, and the read
+    // goes through bpf_probe_read_kernel, which fails cleanly instead of faulting.
+    unsafe { ctx.read_at::<T>(offset as usize) }.unwrap_or_default()
+}
+
+/// The thread's pairing state, created on first use. None only when THREADS is full.
+#[inline(always)]
+pub fn thread_state(tid: u32) -> Option<*mut ThreadState> {
+    if let Some(p) = THREADS.get_ptr_mut(tid) {
+        return Some(p);
+    }
+    let fresh = ThreadState {
+        vcpu_id: kvmtrace_common::VCPU_UNKNOWN,
+        ..ThreadState::default()
+    };
+    if THREADS.insert(tid, fresh, BPF_NOEXIST).is_err() && THREADS.get_ptr_mut(tid).is_none() {
+        bump(Counter::ThreadMapFull);
+        return None;
+    }
+    THREADS.get_ptr_mut(tid)
+}
+
+/// Adds one latency sample to `key`'s statistics.
+#[inline(always)]
+pub fn record_latency(key: &LatencyKey, ns: u64) {
+    let stats = match LATENCY.get_ptr_mut(key) {
+        Some(p) => p,
+        None => {
+            let Some(template) = LATENCY_TEMPLATE.get_ptr(0) else {
+                return;
+            };
+            // SAFETY: `template` points at a map value of the right type; insert copies from it.
+            // EEXIST (another CPU created the key first) is fine: the lookup below finds theirs.
+            let _ = unsafe { LATENCY.insert(key, &*template, BPF_NOEXIST) };
+            match LATENCY.get_ptr_mut(key) {
+                Some(p) => p,
+                None => {
+                    bump(Counter::LatencyMapFull);
+                    return;
+                }
+            }
+        }
+    };
+    let bucket = kvmtrace_common::bucket_index(ns);
+    // SAFETY: `stats` points into a LATENCY value. Every key contains the tid and only that
+    // thread's own events write it; a thread's events run one after another, never concurrently,
+    // so plain read-modify-writes are exact without atomics.
+    let stats = unsafe { &mut *stats };
+    stats.count += 1;
+    stats.total_ns += ns;
+    stats.min_ns = stats.min_ns.min(ns);
+    stats.max_ns = stats.max_ns.max(ns);
+    if let Some(slot) = stats.buckets.get_mut(bucket) {
+        *slot = slot.wrapping_add(1);
+    }
+}
+
+/// Counts one detail event under `key`.
+#[inline(always)]
+pub fn count_detail(key: &DetailKey) {
+    bump(Counter::DetailsSeen);
+    if let Some(p) = DETAILS.get_ptr_mut(key) {
+        // SAFETY: p points at a DETAILS value; the key contains the tid, so (as in record_latency)
+        // only this thread's serialized events write it.
+        unsafe { *p += 1 };
+        return;
+    }
+    if DETAILS.insert(key, 1u64, BPF_NOEXIST).is_err() {
+        bump(Counter::DetailMapFull);
+    }
+}
