@@ -7,6 +7,7 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray},
     programs::TracePointContext,
 };
+use aya_log_ebpf::warn;
 use kvmtrace_common::{
     Config, Counter, DetailKey, FIELD_ABSENT, LatencyKey, LatencyStats, ThreadState,
 };
@@ -80,7 +81,7 @@ pub fn field<T: Default>(ctx: &TracePointContext, offset: u32) -> T {
 
 /// The thread's pairing state, created on first use. None only when THREADS is full.
 #[inline(always)]
-pub fn thread_state(tid: u32) -> Option<*mut ThreadState> {
+pub fn thread_state(ctx: &TracePointContext, tid: u32) -> Option<*mut ThreadState> {
     if let Some(p) = THREADS.get_ptr_mut(tid) {
         return Some(p);
     }
@@ -90,6 +91,7 @@ pub fn thread_state(tid: u32) -> Option<*mut ThreadState> {
     };
     if THREADS.insert(tid, fresh, BPF_NOEXIST).is_err() && THREADS.get_ptr_mut(tid).is_none() {
         bump(Counter::ThreadMapFull);
+        warn!(ctx, "THREADS map full: exits of thread {} are not paired", tid);
         return None;
     }
     THREADS.get_ptr_mut(tid)
@@ -97,7 +99,7 @@ pub fn thread_state(tid: u32) -> Option<*mut ThreadState> {
 
 /// Adds one latency sample to `key`'s statistics.
 #[inline(always)]
-pub fn record_latency(key: &LatencyKey, ns: u64) {
+pub fn record_latency(ctx: &TracePointContext, key: &LatencyKey, ns: u64) {
     let stats = match LATENCY.get_ptr_mut(key) {
         Some(p) => p,
         None => {
@@ -111,12 +113,18 @@ pub fn record_latency(key: &LatencyKey, ns: u64) {
                 Some(p) => p,
                 None => {
                     bump(Counter::LatencyMapFull);
+                    warn!(ctx, "LATENCY map full: a sample of thread {} was dropped", key.tid);
                     return;
                 }
             }
         }
     };
+    // The compiler proves bucket_index < HIST_BUCKETS and drops the bounds check below, but the
+    // verifier cannot follow the leading_zeros arithmetic; the volatile read makes the compiler
+    // forget the range so the check (which the verifier needs) stays.
     let bucket = kvmtrace_common::bucket_index(ns);
+    // SAFETY: reading a local through a valid pointer.
+    let bucket = unsafe { core::ptr::read_volatile(&bucket) };
     // SAFETY: `stats` points into a LATENCY value. Every key contains the tid and only that
     // thread's own events write it; a thread's events run one after another, never concurrently,
     // so plain read-modify-writes are exact without atomics.
@@ -132,7 +140,7 @@ pub fn record_latency(key: &LatencyKey, ns: u64) {
 
 /// Counts one detail event under `key`.
 #[inline(always)]
-pub fn count_detail(key: &DetailKey) {
+pub fn count_detail(ctx: &TracePointContext, key: &DetailKey) {
     bump(Counter::DetailsSeen);
     if let Some(p) = DETAILS.get_ptr_mut(key) {
         // SAFETY: p points at a DETAILS value; the key contains the tid, so (as in record_latency)
@@ -142,5 +150,6 @@ pub fn count_detail(key: &DetailKey) {
     }
     if DETAILS.insert(key, 1u64, BPF_NOEXIST).is_err() {
         bump(Counter::DetailMapFull);
+        warn!(ctx, "DETAILS map full: an event of thread {} was dropped", key.tid);
     }
 }

@@ -81,7 +81,7 @@ fn count(
         return;
     }
     let (a, b) = key_of(ctx, &cfg);
-    count_detail(&DetailKey {
+    count_detail(ctx, &DetailKey {
         tgid,
         tid,
         kind: kind as u32,

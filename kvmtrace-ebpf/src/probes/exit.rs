@@ -48,7 +48,7 @@ fn try_exit(ctx: &TracePointContext) {
     }
     let ts = now_ns();
     bump(Counter::ExitsSeen);
-    let Some(state) = thread_state(tid) else {
+    let Some(state) = thread_state(ctx, tid) else {
         return;
     };
     // SAFETY: `state` points at this thread's THREADS value; only this thread's events write it.
@@ -73,7 +73,7 @@ fn try_entry(ctx: &TracePointContext) {
     }
     let ts = now_ns();
     bump(Counter::EntriesSeen);
-    let Some(state) = thread_state(tid) else {
+    let Some(state) = thread_state(ctx, tid) else {
         return;
     };
     // SAFETY: as in try_exit.
@@ -81,7 +81,7 @@ fn try_entry(ctx: &TracePointContext) {
     if cfg.entry_vcpu_id != kvmtrace_common::FIELD_ABSENT {
         state.vcpu_id = field::<u32>(ctx, cfg.entry_vcpu_id);
     }
-    close_round_trip(tgid, tid, state, ts);
+    close_round_trip(ctx, tgid, tid, state, ts);
     let first_entry = state.flags & THREAD_SEEN_ENTRY == 0;
     state.flags |= THREAD_SEEN_ENTRY;
     if state.exit_ts == 0 {
@@ -102,6 +102,6 @@ fn try_entry(ctx: &TracePointContext) {
         reason: state.exit_reason,
         kind: LatencyKind::Exit as u32,
     };
-    record_latency(&key, ts.saturating_sub(state.exit_ts));
+    record_latency(ctx, &key, ts.saturating_sub(state.exit_ts));
     state.exit_ts = 0;
 }

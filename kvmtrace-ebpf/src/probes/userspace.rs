@@ -48,14 +48,14 @@ fn try_userspace_exit(ctx: &TracePointContext) {
     } else {
         (reason, 0)
     };
-    count_detail(&DetailKey {
+    count_detail(ctx, &DetailKey {
         tgid,
         tid,
         kind: DetailKind::UserspaceExit as u32,
         a,
         b,
     });
-    let Some(state) = thread_state(tid) else {
+    let Some(state) = thread_state(ctx, tid) else {
         return;
     };
     // SAFETY: `state` points at this thread's THREADS value; only this thread's events write it.
@@ -81,13 +81,15 @@ fn try_fpu(ctx: &TracePointContext) {
     // Only threads with an open round trip have anything to do; do not create state for others.
     if let Some(state) = crate::state::THREADS.get_ptr_mut(tid) {
         // SAFETY: as above.
-        close_round_trip(tgid, tid, unsafe { &mut *state }, ts);
+        close_round_trip(ctx, tgid, tid, unsafe { &mut *state }, ts);
     }
 }
 
 /// Closes the thread's open VMM round trip, if any, at `ts`.
 #[inline(always)]
-pub fn close_round_trip(tgid: u32, tid: u32, state: &mut ThreadState, ts: u64) {
+pub fn close_round_trip(
+    ctx: &TracePointContext,
+    tgid: u32, tid: u32, state: &mut ThreadState, ts: u64) {
     if state.uexit_ts == 0 {
         return;
     }
@@ -99,6 +101,6 @@ pub fn close_round_trip(tgid: u32, tid: u32, state: &mut ThreadState, ts: u64) {
         reason: state.uexit_reason,
         kind: LatencyKind::VmmRoundTrip as u32,
     };
-    record_latency(&key, ts.saturating_sub(state.uexit_ts));
+    record_latency(ctx, &key, ts.saturating_sub(state.uexit_ts));
     state.uexit_ts = 0;
 }

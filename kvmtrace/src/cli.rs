@@ -1,0 +1,71 @@
+//! The command line (clap derive). Turning it into work happens in [`crate::run`].
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kvmtrace",
+    version,
+    about = "Trace KVM VM exits with eBPF: which VM, vCPU, exit reason, port/MMIO/MSR, and how long",
+    after_help = "EXAMPLES:\n    kvmtrace list                          # the VMs on this host\n    kvmtrace record -d vm01                # trace VM vm01 until Ctrl-C, then report\n    kvmtrace record -d vm01 --duration 10s --per-vcpu\n    kvmtrace record -p 4242 --json > exits.json\n    kvmtrace record                        # every VM on the host"
+)]
+pub struct Cli {
+    /// More log output (-v info, -vv debug); kernel-side warnings are always shown.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Record VM exits, then print a report (on Ctrl-C, SIGTERM or after --duration).
+    Record(RecordArgs),
+    /// List the VMs on this host: pid, name, vCPU threads.
+    List(ListArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RecordArgs {
+    /// Trace the VM with this name (libvirt domain, QEMU -name, systemd machine). Repeatable.
+    #[arg(short = 'd', long = "domain", value_name = "NAME")]
+    pub names: Vec<String>,
+    /// Trace the VM process with this pid. Repeatable.
+    #[arg(short = 'p', long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+    /// Stop after this long (e.g. 10s, 2m); default: until Ctrl-C or SIGTERM.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+    /// How often the kernel maps are drained.
+    #[arg(long, default_value = "1s", value_parser = parse_interval)]
+    pub interval: Duration,
+    /// Break every table down by vCPU.
+    #[arg(long)]
+    pub per_vcpu: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// tracefs mount point (default: /sys/kernel/tracing, mounted if absent).
+    #[arg(long, value_name = "DIR")]
+    pub tracefs: Option<PathBuf>,
+    /// Capacity of the kernel's latency map (VMs x vCPUs x exit reasons).
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
+    pub max_keys: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Print as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_millis(100) {
+        return Err(format!("{s} is too short; the interval must be at least 100ms"));
+    }
+    Ok(d)
+}

@@ -1,0 +1,20 @@
+//! kvmtrace: an eBPF tracing profiler for KVM VM exits.
+//!
+//! Data path: kvm tracepoints -> kvmtrace-ebpf (filter by VM, pair exit->entry, aggregate in maps)
+//! -> [`collect`] (attach, drain deltas) -> [`model`] (hdrhistograms) -> [`report`] (per-VM
+//! tables) -> [`render`] (text, JSON). [`vm`] finds VMs and names; [`tp`] parses tracepoint formats
+//! and names exit reasons; [`cli`] and [`run`] wire it together.
+
+pub mod cli;
+pub mod collect;
+pub mod error;
+pub mod model;
+pub mod names;
+pub mod render;
+pub mod report;
+pub mod run;
+pub mod tp;
+pub mod vm;
+
+pub use error::Error;
+pub use run::run;

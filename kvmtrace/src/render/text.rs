@@ -1,0 +1,295 @@
+//! The human report: like `perf kvm stat report`, per VM, plus userspace round trips, top
+//! ports / MMIO / MSRs / CPUID, and the loss counters that perf does not show.
+
+use std::io;
+
+use crate::{
+    names::{msr_name, port_name},
+    report::{Counters, Latency, Report, VmReport},
+};
+
+/// Rows shown in each "top" table (JSON has them all).
+pub const TOP: usize = 10;
+
+pub fn render(report: &Report, out: &mut impl io::Write) -> io::Result<()> {
+    writeln!(
+        out,
+        "kvmtrace: {:.2} s{}, {} VM{}",
+        report.duration_secs,
+        report.kvm_module.as_deref().map(|m| format!(" on {m}")).unwrap_or_default(),
+        report.vms.len(),
+        if report.vms.len() == 1 { "" } else { "s" }
+    )?;
+    for note in &report.notes {
+        writeln!(out, "note: {note}")?;
+    }
+    if report.vms.is_empty() {
+        writeln!(out, "\nNo KVM events from the traced VMs.")?;
+    }
+    for vm in &report.vms {
+        render_vm(vm, report, out)?;
+    }
+    writeln!(out)?;
+    render_counters(&report.counters, out)
+}
+
+fn render_vm(vm: &VmReport, report: &Report, out: &mut impl io::Write) -> io::Result<()> {
+    let vcpus: Vec<&str> = vm.vcpus.iter().map(|v| v.label.as_str()).collect();
+    writeln!(
+        out,
+        "\nVM {} (pid {}): {} exits, {:.1}/s; vCPUs: {}",
+        vm.name,
+        vm.pid,
+        vm.total_exits,
+        rate(vm.total_exits, report.duration_secs),
+        if vcpus.is_empty() { "-".into() } else { vcpus.join(", ") }
+    )?;
+    let v = |c: &Option<String>| c.clone().unwrap_or_default();
+    let per_vcpu = report.per_vcpu;
+
+    if !vm.exits.is_empty() {
+        let isa = vm.exits[0].isa;
+        let mut t = Table::new(per_vcpu, 1, &[&format!("Exit reason ({isa})"), "Count", "Count%", "Time%", "Min", "p50", "p99", "Max", "Exits/s"]);
+        for e in &vm.exits {
+            t.row(v(&e.vcpu), vec![
+                e.reason.clone(),
+                e.count.to_string(),
+                format!("{:.2}%", e.count_pct),
+                format!("{:.2}%", e.time_pct),
+                ns(e.latency.min_ns),
+                ns(e.latency.p50_ns),
+                ns(e.latency.p99_ns),
+                ns(e.latency.max_ns),
+                format!("{:.1}", e.per_sec),
+            ]);
+        }
+        t.write("Exits (kvm_exit -> kvm_entry)", out)?;
+    }
+    if !vm.userspace_exits.is_empty() {
+        let mut t = Table::new(per_vcpu, 1, &["Reason", "Count", "Count%", "Exits/s", "VMM p50", "VMM p99", "VMM max", "VMM total"]);
+        for u in &vm.userspace_exits {
+            let rt = |f: fn(&Latency) -> u64| u.round_trip.as_ref().map_or("-".into(), |l| ns(f(l)));
+            t.row(v(&u.vcpu), vec![
+                u.reason.clone(),
+                u.count.to_string(),
+                format!("{:.2}%", u.count_pct),
+                format!("{:.1}", u.per_sec),
+                rt(|l| l.p50_ns),
+                rt(|l| l.p99_ns),
+                rt(|l| l.max_ns),
+                rt(|l| l.total_ns),
+            ]);
+        }
+        t.write("Userspace exits (KVM_RUN returned to the VMM; VMM = time until the vCPU re-entered KVM_RUN)", out)?;
+    }
+    if !vm.ports.is_empty() {
+        let mut t = Table::new(per_vcpu, 3, &["Port", "Name", "Dir", "Size", "Count", "/s"]);
+        for p in vm.ports.iter().take(TOP) {
+            t.row(v(&p.vcpu), vec![
+                format!("{:#06x}", p.port),
+                port_name(p.port).unwrap_or("-").into(),
+                p.direction.into(),
+                p.size.to_string(),
+                p.count.to_string(),
+                format!("{:.1}", p.per_sec),
+            ]);
+        }
+        t.write(&top_title("I/O ports (kvm_pio)", vm.ports.len()), out)?;
+    }
+    if !vm.mmio.is_empty() {
+        let mut t = Table::new(per_vcpu, 2, &["GPA", "Access", "Len", "Count", "/s"]);
+        for m in vm.mmio.iter().take(TOP) {
+            t.row(v(&m.vcpu), vec![
+                format!("{:#x}", m.gpa),
+                m.access.into(),
+                m.len.to_string(),
+                m.count.to_string(),
+                format!("{:.1}", m.per_sec),
+            ]);
+        }
+        t.write(&top_title("MMIO (kvm_mmio)", vm.mmio.len()), out)?;
+    }
+    if !vm.msrs.is_empty() {
+        let mut t = Table::new(per_vcpu, 3, &["MSR", "Name", "Access", "Count", "/s"]);
+        for m in vm.msrs.iter().take(TOP) {
+            t.row(v(&m.vcpu), vec![
+                format!("{:#x}", m.msr),
+                msr_name(m.msr).unwrap_or("-").into(),
+                format!("{}{}", m.access, if m.faulted { " (#GP)" } else { "" }),
+                m.count.to_string(),
+                format!("{:.1}", m.per_sec),
+            ]);
+        }
+        t.write(&top_title("MSRs (kvm_msr)", vm.msrs.len()), out)?;
+    }
+    if !vm.cpuid.is_empty() {
+        let mut t = Table::new(per_vcpu, 1, &["Function", "Count", "/s"]);
+        for c in vm.cpuid.iter().take(TOP) {
+            t.row(v(&c.vcpu), vec![format!("{:#x}", c.function), c.count.to_string(), format!("{:.1}", c.per_sec)]);
+        }
+        t.write(&top_title("CPUID (kvm_cpuid)", vm.cpuid.len()), out)?;
+    }
+    Ok(())
+}
+
+fn render_counters(c: &Counters, out: &mut impl io::Write) -> io::Result<()> {
+    writeln!(
+        out,
+        "Lost/unpaired: {}. unpaired exits {}, unpaired entries {}, unpaired userspace exits {}, map full (latency/detail/thread) {}/{}/{}; in flight at stop: {} exits, {} VMM round trips; events: {} kvm_exit, {} kvm_entry, {} detail",
+        if c.losses() == 0 { "none" } else { "SOME DATA WAS LOST" },
+        c.unpaired_exits,
+        c.unpaired_entries,
+        c.unpaired_userspace_exits,
+        c.latency_map_full,
+        c.detail_map_full,
+        c.thread_map_full,
+        c.exits_in_flight_at_stop,
+        c.round_trips_in_flight_at_stop,
+        c.exits_seen,
+        c.entries_seen,
+        c.detail_events,
+    )
+}
+
+fn top_title(what: &str, n: usize) -> String {
+    if n > TOP { format!("{what}, top {TOP} of {n}") } else { what.to_string() }
+}
+
+fn rate(n: u64, secs: f64) -> f64 {
+    if secs > 0.0 { n as f64 / secs } else { 0.0 }
+}
+
+/// 850ns, 1.23us, 45.6ms, 1.20s
+pub fn ns(v: u64) -> String {
+    match v {
+        0..1_000 => format!("{v}ns"),
+        1_000..1_000_000 => format!("{:.2}us", v as f64 / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.2}ms", v as f64 / 1e6),
+        _ => format!("{:.2}s", v as f64 / 1e9),
+    }
+}
+
+/// A plain text table: the first `left` columns (labels) left-aligned, numbers right-aligned,
+/// and a leading vCPU column in per-vCPU reports.
+struct Table {
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+    per_vcpu: bool,
+    left: usize,
+}
+
+impl Table {
+    fn new(per_vcpu: bool, left: usize, header: &[&str]) -> Table {
+        let mut h: Vec<String> = header.iter().map(|s| s.to_string()).collect();
+        if per_vcpu {
+            h.insert(0, "vCPU".into());
+        }
+        let left = left + per_vcpu as usize;
+        Table { header: h, rows: Vec::new(), per_vcpu, left }
+    }
+
+    fn row(&mut self, vcpu: String, mut cells: Vec<String>) {
+        if self.per_vcpu {
+            cells.insert(0, vcpu);
+        }
+        self.rows.push(cells);
+    }
+
+    fn write(&self, title: &str, out: &mut impl io::Write) -> io::Result<()> {
+        let cols = self.header.len();
+        let left = self.left;
+        let width: Vec<usize> = (0..cols)
+            .map(|c| self.rows.iter().chain([&self.header]).map(|r| r[c].len()).max().unwrap_or(0))
+            .collect();
+        writeln!(out, "\n  {title}")?;
+        for r in std::iter::once(&self.header).chain(&self.rows) {
+            let mut line = String::from("  ");
+            for (c, cell) in r.iter().enumerate() {
+                if c > 0 {
+                    line.push_str("  ");
+                }
+                if c < left {
+                    line.push_str(&format!("{cell:<w$}", w = width[c]));
+                } else {
+                    line.push_str(&format!("{cell:>w$}", w = width[c]));
+                }
+            }
+            writeln!(out, "{}", line.trim_end())?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::{ExitRow, PortRow, UserspaceRow, VcpuInfo};
+
+    fn report() -> Report {
+        let lat = |n, v| Latency { count: n, total_ns: n * v, min_ns: v, p50_ns: v, p99_ns: v, max_ns: v };
+        Report {
+            duration_secs: 2.0,
+            kvm_module: Some("kvm_amd".into()),
+            tracepoints_attached: vec![],
+            tracepoints_missing: vec![],
+            notes: vec![],
+            per_vcpu: false,
+            vms: vec![VmReport {
+                pid: 100,
+                name: "web01".into(),
+                vcpus: vec![VcpuInfo { label: "0".into(), tid: 101, thread_name: Some("CPU 0/KVM".into()) }],
+                total_exits: 300,
+                exits: vec![ExitRow { vcpu: None, isa: "SVM", reason_code: 0x7b, reason: "io".into(), count: 300, count_pct: 100.0, time_pct: 100.0, per_sec: 150.0, latency: lat(300, 1500) }],
+                userspace_exits: vec![UserspaceRow { vcpu: None, reason_code: 2, reason: "IO".into(), count: 300, count_pct: 100.0, per_sec: 150.0, round_trip: Some(lat(300, 20_000)) }],
+                ports: vec![PortRow { vcpu: None, port: 0x70, direction: "out", size: 1, count: 300, per_sec: 150.0 }],
+                mmio: vec![],
+                msrs: vec![],
+                cpuid: vec![],
+            }],
+            counters: Counters::default(),
+        }
+    }
+
+    #[test]
+    fn renders_exactly() {
+        let mut out = Vec::new();
+        render(&report(), &mut out).unwrap();
+        let expected = "\
+kvmtrace: 2.00 s on kvm_amd, 1 VM
+
+VM web01 (pid 100): 300 exits, 150.0/s; vCPUs: 0
+
+  Exits (kvm_exit -> kvm_entry)
+  Exit reason (SVM)  Count   Count%    Time%     Min     p50     p99     Max  Exits/s
+  io                   300  100.00%  100.00%  1.50us  1.50us  1.50us  1.50us    150.0
+
+  Userspace exits (KVM_RUN returned to the VMM; VMM = time until the vCPU re-entered KVM_RUN)
+  Reason  Count   Count%  Exits/s  VMM p50  VMM p99  VMM max  VMM total
+  IO        300  100.00%    150.0  20.00us  20.00us  20.00us     6.00ms
+
+  I/O ports (kvm_pio)
+  Port    Name       Dir  Size  Count     /s
+  0x0070  RTC index  out     1    300  150.0
+
+Lost/unpaired: none. unpaired exits 0, unpaired entries 0, unpaired userspace exits 0, map full (latency/detail/thread) 0/0/0; in flight at stop: 0 exits, 0 VMM round trips; events: 0 kvm_exit, 0 kvm_entry, 0 detail
+";
+        assert_eq!(String::from_utf8(out).unwrap(), expected);
+    }
+
+    #[test]
+    fn empty_report_does_not_panic() {
+        let mut r = report();
+        r.vms.clear();
+        let mut out = Vec::new();
+        render(&r, &mut out).unwrap();
+        assert!(String::from_utf8(out).unwrap().contains("No KVM events from the traced VMs."));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(ns(850), "850ns");
+        assert_eq!(ns(1234), "1.23us");
+        assert_eq!(ns(45_600_000), "45.60ms");
+        assert_eq!(ns(1_200_000_000), "1.20s");
+    }
+}

@@ -1,0 +1,553 @@
+//! Turns an [`Aggregate`] plus VM identities into a [`Report`]: per VM, exit reasons with latency
+//! percentiles, userspace exits with their VMM round trip, top ports / MMIO addresses / MSRs /
+//! CPUID functions, and every loss counter. Pure: renderers (text, JSON) only format this.
+
+use std::collections::BTreeMap;
+
+use kvmtrace_common::{
+    Counter, DetailKind, LatencyKind, UEXIT_ERRNO_FLAG, VCPU_UNKNOWN,
+};
+use serde::Serialize;
+
+use crate::{
+    model::{Aggregate, LatencyAgg},
+    tp::reasons::{exit_reason_name, isa_name, userspace_exit_name},
+    vm::{Vm, vcpu_index_of_comm},
+};
+
+/// Everything the report shows, in the order it shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub duration_secs: f64,
+    /// The host's KVM module (kvm_intel, kvm_amd, kvm_pvm), when known.
+    pub kvm_module: Option<String>,
+    pub tracepoints_attached: Vec<String>,
+    pub tracepoints_missing: Vec<String>,
+    /// Plain sentences about what the data can and cannot say.
+    pub notes: Vec<String>,
+    pub per_vcpu: bool,
+    pub vms: Vec<VmReport>,
+    pub counters: Counters,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Counters {
+    pub exits_seen: u64,
+    pub entries_seen: u64,
+    pub detail_events: u64,
+    pub unpaired_exits: u64,
+    pub unpaired_entries: u64,
+    /// First kvm_entry of each vCPU after attach: nothing to pair with, expected.
+    pub first_entries: u64,
+    pub unpaired_userspace_exits: u64,
+    pub exits_in_flight_at_stop: u64,
+    pub round_trips_in_flight_at_stop: u64,
+    pub latency_map_full: u64,
+    pub detail_map_full: u64,
+    pub thread_map_full: u64,
+}
+
+impl Counters {
+    /// Anything that means lost or unpaired data.
+    pub fn losses(&self) -> u64 {
+        self.unpaired_exits
+            + self.unpaired_entries
+            + self.unpaired_userspace_exits
+            + self.latency_map_full
+            + self.detail_map_full
+            + self.thread_map_full
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct VmReport {
+    pub pid: u32,
+    pub name: String,
+    pub vcpus: Vec<VcpuInfo>,
+    /// Paired exits (exit -> entry) of all reasons.
+    pub total_exits: u64,
+    pub exits: Vec<ExitRow>,
+    pub userspace_exits: Vec<UserspaceRow>,
+    pub ports: Vec<PortRow>,
+    pub mmio: Vec<MmioRow>,
+    pub msrs: Vec<MsrRow>,
+    pub cpuid: Vec<CpuidRow>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct VcpuInfo {
+    /// "0", "1", ... (vcpu_id or `CPU N/KVM`), else "tid 1234".
+    pub label: String,
+    pub tid: u32,
+    pub thread_name: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Latency {
+    pub count: u64,
+    pub total_ns: u64,
+    pub min_ns: u64,
+    pub p50_ns: u64,
+    pub p99_ns: u64,
+    pub max_ns: u64,
+}
+
+impl Latency {
+    fn of(agg: &LatencyAgg) -> Latency {
+        Latency {
+            count: agg.count,
+            total_ns: agg.total_ns,
+            min_ns: if agg.count == 0 { 0 } else { agg.min_ns },
+            p50_ns: agg.quantile(0.50),
+            p99_ns: agg.quantile(0.99),
+            max_ns: agg.max_ns,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ExitRow {
+    pub vcpu: Option<String>,
+    pub isa: &'static str,
+    pub reason_code: u32,
+    pub reason: String,
+    pub count: u64,
+    pub count_pct: f64,
+    pub time_pct: f64,
+    pub per_sec: f64,
+    pub latency: Latency,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct UserspaceRow {
+    pub vcpu: Option<String>,
+    pub reason_code: u32,
+    /// KVM_EXIT_* name without the prefix, or `error(errno)` / `restart`.
+    pub reason: String,
+    pub count: u64,
+    pub count_pct: f64,
+    pub per_sec: f64,
+    /// Time in the VMM, from KVM_RUN returning until the vCPU is back in KVM_RUN.
+    pub round_trip: Option<Latency>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PortRow {
+    pub vcpu: Option<String>,
+    pub port: u16,
+    pub direction: &'static str,
+    pub size: u32,
+    pub count: u64,
+    pub per_sec: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct MmioRow {
+    pub vcpu: Option<String>,
+    pub gpa: u64,
+    pub access: &'static str,
+    pub len: u32,
+    pub count: u64,
+    pub per_sec: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct MsrRow {
+    pub vcpu: Option<String>,
+    pub msr: u32,
+    pub access: &'static str,
+    pub faulted: bool,
+    pub count: u64,
+    pub per_sec: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct CpuidRow {
+    pub vcpu: Option<String>,
+    pub function: u32,
+    pub count: u64,
+    pub per_sec: f64,
+}
+
+/// Inputs besides the aggregate.
+pub struct Context<'a> {
+    pub vms: &'a BTreeMap<u32, Vm>,
+    pub per_vcpu: bool,
+    pub kvm_module: Option<String>,
+    pub attached: Vec<String>,
+    pub missing: Vec<String>,
+    /// (exits, round trips) open when recording stopped.
+    pub in_flight: (u64, u64),
+}
+
+pub fn build(agg: &Aggregate, ctx: &Context) -> Report {
+    let secs = agg.elapsed.as_secs_f64();
+    let c = |k| agg.counter(k);
+    let counters = Counters {
+        exits_seen: c(Counter::ExitsSeen),
+        entries_seen: c(Counter::EntriesSeen),
+        detail_events: c(Counter::DetailsSeen),
+        unpaired_exits: c(Counter::UnpairedExits),
+        unpaired_entries: c(Counter::UnpairedEntries),
+        first_entries: c(Counter::FirstEntries),
+        unpaired_userspace_exits: c(Counter::UnpairedUserspaceExits),
+        exits_in_flight_at_stop: ctx.in_flight.0,
+        round_trips_in_flight_at_stop: ctx.in_flight.1,
+        latency_map_full: c(Counter::LatencyMapFull),
+        detail_map_full: c(Counter::DetailMapFull),
+        thread_map_full: c(Counter::ThreadMapFull),
+    };
+    let mut notes = Vec::new();
+    let exit_attached = ctx.attached.iter().any(|t| t == "kvm_exit");
+    if exit_attached && counters.exits_seen == 0 && counters.detail_events > 0 {
+        notes.push(format!(
+            "kvm_exit and kvm_entry are attached but fired 0 times while {} detail events arrived{}, so there are no per-exit-reason latencies; the tables below come from the detail tracepoints.",
+            counters.detail_events,
+            match ctx.kvm_module.as_deref() {
+                Some("kvm_pvm") => " (this host's KVM, kvm_pvm, does not emit them)",
+                _ => "",
+            }
+        ));
+    }
+    if !ctx.missing.is_empty() {
+        notes.push(format!(
+            "this kernel has no kvm:{} tracepoint(s); their data is absent.",
+            ctx.missing.join(", kvm:")
+        ));
+    }
+
+    let mut pids: Vec<u32> = agg.latency.keys().map(|k| k.tgid).collect();
+    pids.extend(agg.details.keys().map(|k| k.tgid));
+    pids.extend(ctx.vms.keys());
+    pids.sort_unstable();
+    pids.dedup();
+    let vms = pids
+        .into_iter()
+        .map(|pid| vm_report(agg, ctx, pid, secs))
+        .collect();
+    Report {
+        duration_secs: secs,
+        kvm_module: ctx.kvm_module.clone(),
+        tracepoints_attached: ctx.attached.clone(),
+        tracepoints_missing: ctx.missing.clone(),
+        notes,
+        per_vcpu: ctx.per_vcpu,
+        vms,
+        counters,
+    }
+}
+
+fn rate(count: u64, secs: f64) -> f64 {
+    if secs > 0.0 { count as f64 / secs } else { 0.0 }
+}
+
+fn pct(part: u64, whole: u64) -> f64 {
+    if whole == 0 { 0.0 } else { 100.0 * part as f64 / whole as f64 }
+}
+
+fn vm_report(agg: &Aggregate, ctx: &Context, pid: u32, secs: f64) -> VmReport {
+    let vm = ctx.vms.get(&pid);
+    let vcpus = vcpu_labels(agg, vm, pid);
+    let label = |tid: u32| -> Option<String> {
+        ctx.per_vcpu.then(|| {
+            vcpus
+                .iter()
+                .find(|v| v.tid == tid)
+                .map_or_else(|| format!("tid {tid}"), |v| v.label.clone())
+        })
+    };
+
+    // Exit reasons: (vcpu, isa, reason) -> merged latency.
+    let mut exits: BTreeMap<(Option<String>, u32, u32), LatencyAgg> = BTreeMap::new();
+    let mut round_trips: BTreeMap<(Option<String>, u32), LatencyAgg> = BTreeMap::new();
+    for (k, v) in agg.latency.iter().filter(|(k, _)| k.tgid == pid) {
+        if k.kind == LatencyKind::Exit as u32 {
+            exits.entry((label(k.tid), k.isa, k.reason)).or_default().merge(v);
+        } else if k.kind == LatencyKind::VmmRoundTrip as u32 {
+            round_trips.entry((label(k.tid), k.reason)).or_default().merge(v);
+        }
+    }
+    let total_exits: u64 = exits.values().map(|a| a.count).sum();
+    let total_ns: u64 = exits.values().map(|a| a.total_ns).sum();
+    let mut exit_rows: Vec<ExitRow> = exits
+        .into_iter()
+        .map(|((vcpu, isa, reason), a)| ExitRow {
+            vcpu,
+            isa: isa_name(isa),
+            reason_code: reason,
+            reason: exit_reason_name(isa, reason),
+            count: a.count,
+            count_pct: pct(a.count, total_exits),
+            time_pct: pct(a.total_ns, total_ns),
+            per_sec: rate(a.count, secs),
+            latency: Latency::of(&a),
+        })
+        .collect();
+    exit_rows.sort_by(|a, b| b.count.cmp(&a.count).then(a.vcpu.cmp(&b.vcpu)).then(a.reason_code.cmp(&b.reason_code)));
+
+    let mut counts: BTreeMap<(u32, Option<String>, u32, u64), u64> = BTreeMap::new();
+    for (k, n) in agg.details.iter().filter(|(k, _)| k.tgid == pid) {
+        *counts.entry((k.kind, label(k.tid), k.a, k.b)).or_default() += n;
+    }
+    let of_kind = |kind: DetailKind| {
+        counts
+            .iter()
+            .filter(move |((k, ..), _)| *k == kind as u32)
+            .map(|((_, vcpu, a, b), n)| (vcpu.clone(), *a, *b, *n))
+    };
+
+    let uexit_total: u64 = of_kind(DetailKind::UserspaceExit).map(|(.., n)| n).sum();
+    let mut userspace_exits: Vec<UserspaceRow> = of_kind(DetailKind::UserspaceExit)
+        .map(|(vcpu, a, b, n)| UserspaceRow {
+            round_trip: round_trips.get(&(vcpu.clone(), a)).map(Latency::of),
+            vcpu,
+            reason_code: a,
+            reason: userspace_reason(a, b),
+            count: n,
+            count_pct: pct(n, uexit_total),
+            per_sec: rate(n, secs),
+        })
+        .collect();
+    userspace_exits.sort_by(|a, b| b.count.cmp(&a.count).then(a.vcpu.cmp(&b.vcpu)));
+
+    let mut ports: Vec<PortRow> = of_kind(DetailKind::Pio)
+        .map(|(vcpu, a, b, n)| PortRow {
+            vcpu,
+            port: a as u16,
+            direction: if b & 1 == 1 { "out" } else { "in" },
+            size: (b >> 8) as u32,
+            count: n,
+            per_sec: rate(n, secs),
+        })
+        .collect();
+    ports.sort_by(|a, b| b.count.cmp(&a.count).then(a.port.cmp(&b.port)));
+
+    let mut mmio: Vec<MmioRow> = of_kind(DetailKind::Mmio)
+        .map(|(vcpu, a, b, n)| MmioRow {
+            vcpu,
+            gpa: b,
+            access: match a & 0xff {
+                0 => "unsatisfied-read",
+                1 => "read",
+                2 => "write",
+                _ => "?",
+            },
+            len: a >> 8,
+            count: n,
+            per_sec: rate(n, secs),
+        })
+        .collect();
+    mmio.sort_by(|a, b| b.count.cmp(&a.count).then(a.gpa.cmp(&b.gpa)));
+
+    let mut msrs: Vec<MsrRow> = of_kind(DetailKind::Msr)
+        .map(|(vcpu, a, b, n)| MsrRow {
+            vcpu,
+            msr: a,
+            access: if b & 1 == 1 { "write" } else { "read" },
+            faulted: b & 2 != 0,
+            count: n,
+            per_sec: rate(n, secs),
+        })
+        .collect();
+    msrs.sort_by(|a, b| b.count.cmp(&a.count).then(a.msr.cmp(&b.msr)));
+
+    let mut cpuid: Vec<CpuidRow> = of_kind(DetailKind::Cpuid)
+        .map(|(vcpu, a, _, n)| CpuidRow {
+            vcpu,
+            function: a,
+            count: n,
+            per_sec: rate(n, secs),
+        })
+        .collect();
+    cpuid.sort_by(|a, b| b.count.cmp(&a.count).then(a.function.cmp(&b.function)));
+
+    VmReport {
+        pid,
+        name: vm.map_or_else(|| format!("pid {pid}"), |v| v.name.clone()),
+        vcpus,
+        total_exits,
+        exits: exit_rows,
+        userspace_exits,
+        ports,
+        mmio,
+        msrs,
+        cpuid,
+    }
+}
+
+fn userspace_reason(a: u32, errno: u64) -> String {
+    if a & UEXIT_ERRNO_FLAG == 0 {
+        return userspace_exit_name(a);
+    }
+    if errno == libc::EINTR as u64 { "restart".into() } else { format!("error(errno {errno})") }
+}
+
+/// The vCPUs of a VM: every thread with events, plus named `CPU N/KVM` threads. A label is the
+/// vcpu_id from kvm_exit/kvm_entry where known, else N from the thread name, else the tid.
+fn vcpu_labels(agg: &Aggregate, vm: Option<&Vm>, pid: u32) -> Vec<VcpuInfo> {
+    let mut by_tid: BTreeMap<u32, Option<u32>> = BTreeMap::new();
+    for k in agg.latency.keys().filter(|k| k.tgid == pid) {
+        let id = (k.vcpu_id != VCPU_UNKNOWN).then_some(k.vcpu_id);
+        let slot = by_tid.entry(k.tid).or_default();
+        *slot = slot.or(id);
+    }
+    for k in agg.details.keys().filter(|k| k.tgid == pid) {
+        by_tid.entry(k.tid).or_default();
+    }
+    let threads = vm.map(|v| v.threads.as_slice()).unwrap_or_default();
+    for t in threads.iter().filter(|t| vcpu_index_of_comm(&t.comm).is_some()) {
+        by_tid.entry(t.tid).or_default();
+    }
+    let mut out: Vec<VcpuInfo> = by_tid
+        .into_iter()
+        .map(|(tid, id)| {
+            let thread_name = threads.iter().find(|t| t.tid == tid).map(|t| t.comm.clone());
+            let index = id.or_else(|| thread_name.as_deref().and_then(vcpu_index_of_comm));
+            VcpuInfo {
+                label: index.map_or_else(|| format!("tid {tid}"), |i| i.to_string()),
+                tid,
+                thread_name,
+            }
+        })
+        .collect();
+    out.sort_by_key(|v| (v.label.parse::<u32>().unwrap_or(u32::MAX), v.tid));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use kvmtrace_common::{DetailKey, LatencyKey, bucket_index};
+
+    use super::*;
+    use crate::{
+        model::{Interval, LatencyDelta},
+        vm::Thread,
+    };
+
+    fn vm() -> BTreeMap<u32, Vm> {
+        let mut m = BTreeMap::new();
+        m.insert(
+            100,
+            Vm {
+                pid: 100,
+                name: "web01".into(),
+                aliases: Default::default(),
+                threads: vec![
+                    Thread { tid: 100, comm: "qemu-kvm".into() },
+                    Thread { tid: 101, comm: "CPU 0/KVM".into() },
+                    Thread { tid: 102, comm: "CPU 1/KVM".into() },
+                ],
+            },
+        );
+        m
+    }
+
+    fn delta(count: u64, ns: u64) -> LatencyDelta {
+        LatencyDelta {
+            count,
+            total_ns: count * ns,
+            min_ns: ns,
+            max_ns: ns,
+            buckets: vec![(bucket_index(ns) as u16, count as u32)],
+        }
+    }
+
+    fn sample() -> Aggregate {
+        let exit = |tid, vcpu_id, reason| LatencyKey { tgid: 100, tid, vcpu_id, isa: 2, reason, kind: 0 };
+        let rt = |tid, reason| LatencyKey { tgid: 100, tid, vcpu_id: VCPU_UNKNOWN, isa: 0, reason, kind: 1 };
+        let d = |tid, kind: DetailKind, a, b| DetailKey { tgid: 100, tid, kind: kind as u32, a, b };
+        let mut counters = [0; Counter::COUNT as usize];
+        counters[Counter::ExitsSeen as usize] = 400;
+        counters[Counter::DetailsSeen as usize] = 500;
+        let mut agg = Aggregate::default();
+        agg.apply(&Interval {
+            at: Duration::from_secs(2),
+            latency: vec![
+                (exit(101, 0, 0x7b), delta(300, 1000)),
+                (exit(102, 1, 0x72), delta(100, 500)),
+                (rt(101, 2), delta(300, 20_000)),
+            ],
+            details: vec![
+                (d(101, DetailKind::Pio, 0x70, 1 | 1 << 8), 300),
+                (d(101, DetailKind::UserspaceExit, 2, 0), 300),
+                (d(102, DetailKind::Cpuid, 0x4000_0000, 0), 100),
+                (d(102, DetailKind::Msr, 0x6e0, 1), 7),
+                (d(102, DetailKind::Mmio, 2 | 4 << 8, 0xfebf_1000), 5),
+            ],
+            counters,
+        });
+        agg
+    }
+
+    fn ctx(vms: &BTreeMap<u32, Vm>, per_vcpu: bool) -> Context<'_> {
+        Context {
+            vms,
+            per_vcpu,
+            kvm_module: Some("kvm_amd".into()),
+            attached: vec!["kvm_exit".into(), "kvm_entry".into()],
+            missing: vec![],
+            in_flight: (1, 0),
+        }
+    }
+
+    #[test]
+    fn builds_a_vm_report() {
+        let vms = vm();
+        let r = build(&sample(), &ctx(&vms, false));
+        assert!(r.notes.is_empty());
+        assert_eq!(r.vms.len(), 1);
+        let v = &r.vms[0];
+        assert_eq!(v.name, "web01");
+        assert_eq!(v.vcpus.iter().map(|v| v.label.as_str()).collect::<Vec<_>>(), ["0", "1"]);
+        assert_eq!(v.total_exits, 400);
+        assert_eq!(v.exits[0].reason, "io");
+        assert_eq!(v.exits[0].count, 300);
+        assert_eq!(v.exits[0].count_pct, 75.0);
+        assert!((v.exits[0].time_pct - 300.0 * 1000.0 / 350_000.0 * 100.0).abs() < 1e-9);
+        assert_eq!(v.exits[0].per_sec, 150.0);
+        assert_eq!(v.exits[0].latency.p50_ns, 1000);
+        assert_eq!(v.exits[1].reason, "cpuid");
+        assert_eq!(v.userspace_exits[0].reason, "IO");
+        assert_eq!(v.userspace_exits[0].round_trip.as_ref().unwrap().p99_ns, 20_000);
+        assert_eq!((v.ports[0].port, v.ports[0].direction, v.ports[0].size, v.ports[0].count), (0x70, "out", 1, 300));
+        assert_eq!((v.msrs[0].msr, v.msrs[0].access, v.msrs[0].faulted), (0x6e0, "write", false));
+        assert_eq!((v.mmio[0].gpa, v.mmio[0].access, v.mmio[0].len), (0xfebf_1000, "write", 4));
+        assert_eq!(v.cpuid[0].function, 0x4000_0000);
+        assert_eq!(r.counters.exits_in_flight_at_stop, 1);
+    }
+
+    #[test]
+    fn per_vcpu_attribution() {
+        let vms = vm();
+        let r = build(&sample(), &ctx(&vms, true));
+        let v = &r.vms[0];
+        let rows: Vec<_> = v.exits.iter().map(|e| (e.vcpu.clone().unwrap(), e.reason.clone(), e.count)).collect();
+        assert_eq!(rows, [("0".into(), "io".into(), 300), ("1".into(), "cpuid".into(), 100)]);
+        assert_eq!(v.ports[0].vcpu.as_deref(), Some("0"));
+        assert_eq!(v.msrs[0].vcpu.as_deref(), Some("1"));
+    }
+
+    #[test]
+    fn silent_exit_tracepoints_are_explained() {
+        let vms = vm();
+        let mut agg = sample();
+        agg.latency.retain(|k, _| k.kind == 1);
+        agg.counters[Counter::ExitsSeen as usize] = 0;
+        let mut c = ctx(&vms, false);
+        c.kvm_module = Some("kvm_pvm".into());
+        let r = build(&agg, &c);
+        assert_eq!(r.notes.len(), 1);
+        assert!(r.notes[0].starts_with("kvm_exit and kvm_entry are attached but fired 0 times while 500 detail events arrived (this host's KVM, kvm_pvm, does not emit them)"), "{}", r.notes[0]);
+        assert_eq!(r.vms[0].total_exits, 0);
+    }
+
+    #[test]
+    fn empty_aggregate_builds_an_empty_report() {
+        let vms = BTreeMap::new();
+        let r = build(&Aggregate::default(), &ctx(&vms, false));
+        assert!(r.vms.is_empty());
+        assert_eq!(r.counters.losses(), 0);
+    }
+}

@@ -1,0 +1,358 @@
+//! Finding VMs and their vCPU threads: a VM is a process holding a KVM VM file descriptor
+//! (`anon_inode:kvm-vm`). Its names come from where users name VMs: libvirt pid files
+//! (`/run/libvirt/qemu/NAME.pid`), QEMU's `-name NAME` / `-name guest=NAME,...`, and systemd
+//! machine scopes (`machine-qemu\x2d1\x2dNAME.scope`). Everything reads below a configurable
+//! /proc and /run root, so it is tested over fake trees.
+
+use std::{
+    collections::BTreeSet,
+    fs,
+    path::{Path, PathBuf},
+};
+
+use serde::Serialize;
+
+use crate::error::Error;
+
+/// A vCPU thread's identity as the report shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Thread {
+    pub tid: u32,
+    /// `comm`: QEMU names vCPU threads `CPU N/KVM`.
+    pub comm: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Vm {
+    pub pid: u32,
+    /// The best name: libvirt's, else QEMU's `-name`, else the systemd machine, else `comm`.
+    pub name: String,
+    /// Every name the VM answers to with `-d`.
+    pub aliases: BTreeSet<String>,
+    pub threads: Vec<Thread>,
+}
+
+impl Vm {
+    /// Threads that look like vCPUs (`CPU N/KVM`).
+    pub fn vcpu_threads(&self) -> impl Iterator<Item = &Thread> {
+        self.threads.iter().filter(|t| vcpu_index_of_comm(&t.comm).is_some())
+    }
+}
+
+/// `CPU 3/KVM` -> 3.
+pub fn vcpu_index_of_comm(comm: &str) -> Option<u32> {
+    comm.strip_prefix("CPU ")?.strip_suffix("/KVM")?.parse().ok()
+}
+
+/// The host's /proc and /run, or fake ones in tests.
+#[derive(Clone, Debug)]
+pub struct Host {
+    pub proc_root: PathBuf,
+    pub run_root: PathBuf,
+}
+
+impl Default for Host {
+    fn default() -> Self {
+        Host {
+            proc_root: "/proc".into(),
+            run_root: "/run".into(),
+        }
+    }
+}
+
+impl Host {
+    /// Every VM on the host, by pid.
+    pub fn vms(&self) -> Vec<Vm> {
+        let Ok(entries) = fs::read_dir(&self.proc_root) else {
+            return Vec::new();
+        };
+        let mut pids: Vec<u32> = entries
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .filter(|&pid| self.is_vm(pid))
+            .collect();
+        pids.sort_unstable();
+        pids.into_iter().filter_map(|pid| self.vm(pid)).collect()
+    }
+
+    /// Does `pid` hold a KVM VM fd?
+    pub fn is_vm(&self, pid: u32) -> bool {
+        let Ok(fds) = fs::read_dir(self.proc_root.join(pid.to_string()).join("fd")) else {
+            return false;
+        };
+        fds.filter_map(Result::ok).any(|fd| {
+            fs::read_link(fd.path()).is_ok_and(|t| t.as_os_str() == "anon_inode:kvm-vm")
+        })
+    }
+
+    /// The VM `pid` with its names and threads (None if it vanished).
+    pub fn vm(&self, pid: u32) -> Option<Vm> {
+        let dir = self.proc_root.join(pid.to_string());
+        let comm = read_trimmed(&dir.join("comm"))?;
+        let mut aliases = BTreeSet::new();
+        let libvirt = self.libvirt_name(pid);
+        let qemu = fs::read(dir.join("cmdline")).ok().and_then(|c| qemu_name(&c));
+        let machine = read_trimmed(&dir.join("cgroup")).and_then(|c| machine_name(&c));
+        let name = libvirt
+            .clone()
+            .or_else(|| qemu.clone())
+            .or_else(|| machine.clone())
+            .unwrap_or_else(|| comm.clone());
+        aliases.extend([libvirt, qemu, machine].into_iter().flatten());
+        Some(Vm {
+            pid,
+            name,
+            aliases,
+            threads: self.threads(pid),
+        })
+    }
+
+    /// All threads of `pid` with their names.
+    pub fn threads(&self, pid: u32) -> Vec<Thread> {
+        let dir = self.proc_root.join(pid.to_string()).join("task");
+        let Ok(entries) = fs::read_dir(&dir) else {
+            return Vec::new();
+        };
+        let mut threads: Vec<Thread> = entries
+            .filter_map(|e| {
+                let tid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+                let comm = read_trimmed(&dir.join(tid.to_string()).join("comm"))?;
+                Some(Thread { tid, comm })
+            })
+            .collect();
+        threads.sort_by_key(|t| t.tid);
+        threads
+    }
+
+    /// The libvirt domain whose pid file holds `pid`.
+    fn libvirt_name(&self, pid: u32) -> Option<String> {
+        let dir = self.run_root.join("libvirt/qemu");
+        fs::read_dir(dir).ok()?.filter_map(Result::ok).find_map(|e| {
+            let path = e.path();
+            let stem = path.file_stem()?.to_str()?.to_string();
+            (path.extension()? == "pid" && read_trimmed(&path)?.parse::<u32>().ok()? == pid)
+                .then_some(stem)
+        })
+    }
+
+    /// The VMs selected by `-d NAME`s and `-p PID`s (all VMs when both are empty).
+    pub fn select(&self, names: &[String], pids: &[u32]) -> Result<Vec<Vm>, Error> {
+        let all = self.vms();
+        if names.is_empty() && pids.is_empty() {
+            return Ok(all);
+        }
+        let mut chosen: Vec<Vm> = Vec::new();
+        for name in names {
+            let hits: Vec<&Vm> = all.iter().filter(|vm| vm.aliases.contains(name)).collect();
+            match hits.as_slice() {
+                [vm] => chosen.push((*vm).clone()),
+                [] => {
+                    return Err(Error::UnknownVm {
+                        name: name.clone(),
+                        found: all.iter().map(describe).collect(),
+                    });
+                }
+                many => {
+                    return Err(Error::AmbiguousVm {
+                        name: name.clone(),
+                        found: many.iter().map(|vm| describe(vm)).collect(),
+                    });
+                }
+            }
+        }
+        for &pid in pids {
+            match all.iter().find(|vm| vm.pid == pid) {
+                Some(vm) => chosen.push(vm.clone()),
+                None => {
+                    return Err(Error::NotAVm {
+                        pid,
+                        exists: self.proc_root.join(pid.to_string()).exists(),
+                    });
+                }
+            }
+        }
+        chosen.sort_by_key(|vm| vm.pid);
+        chosen.dedup_by_key(|vm| vm.pid);
+        Ok(chosen)
+    }
+}
+
+fn describe(vm: &Vm) -> String {
+    format!("{} (pid {})", vm.name, vm.pid)
+}
+
+fn read_trimmed(path: &Path) -> Option<String> {
+    Some(fs::read_to_string(path).ok()?.trim().to_string())
+}
+
+/// QEMU's `-name NAME` or `-name guest=NAME,opt=...` from a NUL-separated command line. QEMU
+/// also accepts `--name`, and `,,` escapes a comma.
+pub fn qemu_name(cmdline: &[u8]) -> Option<String> {
+    let args: Vec<&str> = cmdline
+        .split(|&b| b == 0)
+        .filter_map(|a| std::str::from_utf8(a).ok())
+        .collect();
+    let value = args
+        .windows(2)
+        .find(|w| w[0] == "-name" || w[0] == "--name")
+        .map(|w| w[1])?;
+    let unescaped = value.replace(",,", "\u{0}");
+    let first = unescaped.split(',').find(|p| !p.contains('=') || p.starts_with("guest="))?;
+    let name = first.strip_prefix("guest=").unwrap_or(first).replace('\u{0}', ",");
+    (!name.is_empty()).then_some(name)
+}
+
+/// The machine name from a systemd machine scope in /proc/PID/cgroup: libvirt's
+/// `machine-qemu\x2d3\x2dvm01.scope` -> vm01, or `machine-NAME.scope` -> NAME.
+pub fn machine_name(cgroup: &str) -> Option<String> {
+    let scope = cgroup
+        .split(['/', '\n'])
+        .find_map(|part| part.strip_prefix("machine-")?.strip_suffix(".scope"))?;
+    let unescaped = unescape_systemd(scope);
+    // libvirt: qemu-<id>-<name>
+    if let Some(rest) = unescaped.strip_prefix("qemu-")
+        && let Some((id, name)) = rest.split_once('-')
+        && id.chars().all(|c| c.is_ascii_digit())
+    {
+        return Some(name.to_string());
+    }
+    Some(unescaped)
+}
+
+/// systemd unit-name unescaping: `\x2d` -> `-`.
+fn unescape_systemd(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find("\\x") {
+        out.push_str(&rest[..i]);
+        let hex = rest.get(i + 2..i + 4);
+        match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+            Some(b) => {
+                out.push(b as char);
+                rest = &rest[i + 4..];
+            }
+            None => {
+                out.push_str("\\x");
+                rest = &rest[i + 2..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::symlink;
+
+    use super::*;
+
+    /// A fake /proc + /run with QEMU-like processes.
+    struct Fake {
+        dir: tempfile::TempDir,
+    }
+
+    impl Fake {
+        fn new() -> Fake {
+            let dir = tempfile::tempdir().unwrap();
+            fs::create_dir_all(dir.path().join("proc")).unwrap();
+            fs::create_dir_all(dir.path().join("run/libvirt/qemu")).unwrap();
+            Fake { dir }
+        }
+        fn host(&self) -> Host {
+            Host {
+                proc_root: self.dir.path().join("proc"),
+                run_root: self.dir.path().join("run"),
+            }
+        }
+        fn process(&self, pid: u32, comm: &str, argv: &[&str], vm_fd: bool, threads: &[(u32, &str)]) {
+            let p = self.dir.path().join("proc").join(pid.to_string());
+            fs::create_dir_all(p.join("fd")).unwrap();
+            fs::write(p.join("comm"), format!("{comm}\n")).unwrap();
+            fs::write(p.join("cmdline"), argv.join("\0") + "\0").unwrap();
+            fs::write(p.join("cgroup"), "0::/user.slice\n").unwrap();
+            symlink("/dev/null", p.join("fd/0")).unwrap();
+            if vm_fd {
+                symlink("anon_inode:kvm-vm", p.join("fd/11")).unwrap();
+                symlink("anon_inode:kvm-vcpu:0", p.join("fd/12")).unwrap();
+            }
+            for (tid, tcomm) in threads {
+                let t = p.join("task").join(tid.to_string());
+                fs::create_dir_all(&t).unwrap();
+                fs::write(t.join("comm"), format!("{tcomm}\n")).unwrap();
+            }
+        }
+        fn write(&self, rel: &str, text: &str) {
+            fs::write(self.dir.path().join(rel), text).unwrap();
+        }
+    }
+
+    fn names(vms: &[Vm]) -> Vec<(u32, String)> {
+        vms.iter().map(|v| (v.pid, v.name.clone())).collect()
+    }
+
+    #[test]
+    fn finds_vms_and_their_names() {
+        let f = Fake::new();
+        f.process(100, "qemu-system-x86", &["qemu-system-x86_64", "-name", "guest=web01,debug-threads=on", "-m", "1G"], true, &[(100, "qemu-system-x86"), (101, "CPU 0/KVM"), (102, "CPU 1/KVM")]);
+        f.process(200, "qemu-kvm", &["qemu-kvm", "-name", "db02"], true, &[(200, "qemu-kvm")]);
+        f.process(300, "bash", &["bash"], false, &[(300, "bash")]);
+        f.process(400, "qemu-kvm", &["qemu-kvm", "-name", "guest=ignored"], true, &[]);
+        f.write("run/libvirt/qemu/prod-vm.pid", "400\n");
+        f.process(500, "qemu-kvm", &["qemu-kvm"], true, &[]);
+        f.write("proc/500/cgroup", "0::/machine.slice/machine-qemu\\x2d7\\x2dmail\\x2d1.scope/libvirt/emulator\n");
+        let host = f.host();
+        assert_eq!(
+            names(&host.vms()),
+            vec![(100, "web01".into()), (200, "db02".into()), (400, "prod-vm".into()), (500, "mail-1".into())]
+        );
+        let web = host.vm(100).unwrap();
+        assert_eq!(web.vcpu_threads().map(|t| t.tid).collect::<Vec<_>>(), [101, 102]);
+        // libvirt's name wins, but the -name still selects the VM.
+        assert_eq!(names(&host.select(&["ignored".into()], &[]).unwrap()), vec![(400, "prod-vm".into())]);
+        assert_eq!(names(&host.select(&["mail-1".into()], &[200]).unwrap()), vec![(200, "db02".into()), (500, "mail-1".into())]);
+    }
+
+    #[test]
+    fn unknown_ambiguous_and_non_vm_selections_fail_clearly() {
+        let f = Fake::new();
+        f.process(100, "qemu", &["qemu", "-name", "twin"], true, &[]);
+        f.process(200, "qemu", &["qemu", "-name", "twin"], true, &[]);
+        f.process(300, "bash", &["bash"], false, &[]);
+        let host = f.host();
+        let err = host.select(&["nope".into()], &[]).unwrap_err().to_string();
+        assert_eq!(err, "no VM named `nope` on this host; VMs found: twin (pid 100), twin (pid 200)");
+        let err = host.select(&["twin".into()], &[]).unwrap_err().to_string();
+        assert_eq!(err, "the name `twin` matches 2 VMs: twin (pid 100), twin (pid 200); pick one with -p PID");
+        let err = host.select(&[], &[300]).unwrap_err().to_string();
+        assert!(err.starts_with("process 300 is not a VM"), "{err}");
+        let err = host.select(&[], &[999]).unwrap_err().to_string();
+        assert!(err.starts_with("process 999 does not exist"), "{err}");
+        let empty = Fake::new();
+        let err = empty.host().select(&["x".into()], &[]).unwrap_err().to_string();
+        assert!(err.contains("no VMs are running"), "{err}");
+    }
+
+    #[test]
+    fn qemu_name_forms() {
+        let q = |args: &[&str]| qemu_name((args.join("\0") + "\0").as_bytes());
+        assert_eq!(q(&["qemu", "-name", "vm01"]), Some("vm01".into()));
+        assert_eq!(q(&["qemu", "-name", "guest=vm01,debug-threads=on"]), Some("vm01".into()));
+        assert_eq!(q(&["qemu", "-name", "debug-threads=on,guest=vm02"]), Some("vm02".into()));
+        assert_eq!(q(&["qemu", "--name", "a,,b"]), Some("a,b".into()));
+        assert_eq!(q(&["qemu", "-m", "1G"]), None);
+    }
+
+    #[test]
+    fn machine_scope_forms() {
+        assert_eq!(machine_name("0::/machine.slice/machine-qemu\\x2d1\\x2dvm01.scope/libvirt/vcpu0"), Some("vm01".into()));
+        assert_eq!(machine_name("0::/machine.slice/machine-box.scope"), Some("box".into()));
+        assert_eq!(machine_name("0::/user.slice/user-0.slice"), None);
+    }
+
+    #[test]
+    fn vcpu_index_from_thread_name() {
+        assert_eq!(vcpu_index_of_comm("CPU 12/KVM"), Some(12));
+        assert_eq!(vcpu_index_of_comm("CPU x/KVM"), None);
+        assert_eq!(vcpu_index_of_comm("qemu-kvm"), None);
+    }
+}
