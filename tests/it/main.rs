@@ -1,1 +1,9 @@
+//! Integration tests: the real kvmtrace binary tracing real KVM guests (kvmtrace-testvm) through
+//! real tracepoints. They need root, /dev/kvm and BPF, and fail (never skip silently) without them.
+//! Run one at a time (`--test-threads=1`): they load BPF programs and count host-wide state.
 
+mod harness;
+
+mod cleanup;
+mod counts;
+mod errors;

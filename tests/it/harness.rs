@@ -1,0 +1,227 @@
+//! Starting guests and recorders, with timeouts everywhere and nothing left running on failure.
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    path::PathBuf,
+    process::{Child, ChildStdin, Command, Output, Stdio},
+    sync::mpsc::{Receiver, channel},
+    time::Duration,
+};
+
+use serde_json::Value;
+
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Checks what every test here needs; panics with the reason otherwise.
+pub fn require_kvm_and_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "these tests need root (BPF and /dev/kvm)");
+    assert!(std::path::Path::new("/dev/kvm").exists(), "these tests need /dev/kvm");
+}
+
+/// The kvmtrace binary: $KVMTRACE_BIN, else next to this test's target directory.
+pub fn kvmtrace_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("KVMTRACE_BIN") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let bin = dir.join("kvmtrace");
+    assert!(bin.exists(), "{} not built (cargo build -p kvmtrace, or set KVMTRACE_BIN)", bin.display());
+    bin
+}
+
+/// Lines of a child's stream, readable with a timeout.
+fn line_reader(stream: impl std::io::Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn wait_line(rx: &Receiver<String>, what: &str, pred: impl Fn(&str) -> bool) -> (String, Vec<String>) {
+    let mut seen = Vec::new();
+    loop {
+        match rx.recv_timeout(STEP_TIMEOUT) {
+            Ok(line) if pred(&line) => return (line, seen),
+            Ok(line) => seen.push(line),
+            Err(e) => panic!("waiting for {what}: {e}; saw {seen:#?}"),
+        }
+    }
+}
+
+/// A kvmtrace-testvm process, set up and waiting to start.
+pub struct Guest {
+    pub name: String,
+    pub pid: u32,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: Receiver<String>,
+}
+
+impl Guest {
+    /// Starts a guest named `name`; `args` are its --vcpus/--run arguments.
+    pub fn start(name: &str, args: &[&str]) -> Guest {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kvmtrace-testvm"))
+            .args(["-name", &format!("guest={name},debug-threads=on"), "--start-on-stdin", "--timeout", "120"])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting kvmtrace-testvm");
+        let stdin = child.stdin.take();
+        let stdout = line_reader(child.stdout.take().unwrap());
+        let mut guest = Guest { name: name.into(), pid: child.id(), child, stdin, stdout };
+        let (line, _) = wait_line(&guest.stdout, "the guest to be ready", |l| l.starts_with("ready pid="));
+        assert_eq!(line, format!("ready pid={}", guest.pid));
+        guest.pid = guest.child.id();
+        guest
+    }
+
+    /// Lets the vCPUs run their plan.
+    pub fn go(&mut self) {
+        let stdin = self.stdin.as_mut().expect("guest already released");
+        stdin.write_all(b"go\n").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Waits until every vCPU has finished its plan; returns the `result` lines.
+    pub fn wait_finished(&mut self) -> Vec<String> {
+        let (_, lines) = wait_line(&self.stdout, "the guest to finish", |l| l == "finished");
+        lines.into_iter().filter(|l| l.starts_with("result ")).collect()
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        self.stdin.take();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running `kvmtrace record`.
+pub struct Recorder {
+    child: Option<Child>,
+    stderr: Receiver<String>,
+}
+
+impl Recorder {
+    /// Starts `kvmtrace record ARGS` and waits until it is recording.
+    pub fn start(args: &[&str]) -> Recorder {
+        let mut child = Command::new(kvmtrace_bin())
+            .arg("record")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting kvmtrace");
+        let stderr = line_reader(child.stderr.take().unwrap());
+        let (banner, _) = wait_line(&stderr, "kvmtrace to start recording", |l| l.starts_with("kvmtrace: recording") || l.contains("error"));
+        assert!(banner.starts_with("kvmtrace: recording"), "kvmtrace failed: {banner}");
+        Recorder { child: Some(child), stderr }
+    }
+
+    /// Sends `signal` and collects the output (stderr already consumed up to the banner).
+    pub fn stop(mut self, signal: i32) -> Output {
+        let child = self.child.take().unwrap();
+        // SAFETY: kill with a valid pid and signal number.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        self.wait(child)
+    }
+
+    /// Waits for the recorder to end by itself (--duration).
+    pub fn wait_exit(mut self) -> Output {
+        let child = self.child.take().unwrap();
+        self.wait(child)
+    }
+
+    fn wait(&self, child: Child) -> Output {
+        let pid = child.id();
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        let out = match rx.recv_timeout(STEP_TIMEOUT) {
+            Ok(out) => out.unwrap(),
+            Err(_) => {
+                // SAFETY: as above.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                panic!("kvmtrace did not exit within {STEP_TIMEOUT:?}");
+            }
+        };
+        let mut out = out;
+        out.stderr = self.stderr.try_iter().collect::<Vec<_>>().join("\n").into_bytes();
+        out
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs a guest plan while `kvmtrace record EXTRA -d NAME --json` records it; returns the report.
+pub fn record_guest(guest: &mut Guest, extra: &[&str]) -> (Value, Vec<String>) {
+    let mut args = vec!["-d", guest.name.as_str(), "--json", "--interval", "200ms"];
+    args.extend_from_slice(extra);
+    let recorder = Recorder::start(&args);
+    guest.go();
+    let results = guest.wait_finished();
+    let out = recorder.stop(libc::SIGINT);
+    assert!(out.status.success(), "kvmtrace failed: {}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("bad JSON ({e}): {}", String::from_utf8_lossy(&out.stdout))
+    });
+    (report, results)
+}
+
+/// The report's VM with `pid`.
+pub fn vm_of(report: &Value, pid: u32) -> &Value {
+    report["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["pid"] == pid)
+        .unwrap_or_else(|| panic!("no VM {pid} in {report:#}"))
+}
+
+/// Rows of `table` (ports, mmio, msrs, cpuid, userspace_exits) matching all `(field, value)`s.
+pub fn rows<'a>(vm: &'a Value, table: &str, filter: &[(&str, Value)]) -> Vec<&'a Value> {
+    vm[table]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| filter.iter().all(|(k, v)| &r[*k] == v))
+        .collect()
+}
+
+/// The single row matching `filter`, and its count.
+pub fn count_of(vm: &Value, table: &str, filter: &[(&str, Value)]) -> u64 {
+    let hits = rows(vm, table, filter);
+    assert_eq!(hits.len(), 1, "expected one {table} row for {filter:?}, got {hits:#?}");
+    hits[0]["count"].as_u64().unwrap()
+}
+
+/// Names of our BPF programs currently loaded (from bpftool).
+pub fn loaded_kvmtrace_programs() -> Vec<String> {
+    let out = Command::new("bpftool").args(["prog", "show"]).output().expect("running bpftool");
+    assert!(out.status.success(), "bpftool prog show failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().skip_while(|w| *w != "name").nth(1))
+        .filter(|n| n.starts_with("kvmtrace_"))
+        .map(str::to_string)
+        .collect()
+}
