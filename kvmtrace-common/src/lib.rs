@@ -248,7 +248,9 @@ pub enum Counter {
     DetailMapFull = 7,
     /// THREADS had no room for a new thread: its exits cannot be paired.
     ThreadMapFull = 8,
-    /// kvm_userspace_exit while one was already open (the earlier one is dropped).
+    /// kvm_userspace_exit while one was already open: KVM_RUN returned to user space again with no
+    /// kvm_fpu load or kvm_entry in between (seen on kvm_pvm); the earlier round trip has no end
+    /// marker and is not timed. Its exit is still counted.
     UnpairedUserspaceExits = 9,
 }
 

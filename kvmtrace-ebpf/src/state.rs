@@ -108,6 +108,10 @@ pub fn record_latency(ctx: &TracePointContext, key: &LatencyKey, ns: u64) {
             };
             // SAFETY: `template` points at a map value of the right type; insert copies from it.
             // EEXIST (another CPU created the key first) is fine: the lookup below finds theirs.
+            #[expect(
+                clippy::needless_borrows_for_generic_args,
+                reason = "passing the value would copy 2 KiB onto the 512-byte BPF stack"
+            )]
             let _ = unsafe { LATENCY.insert(key, &*template, BPF_NOEXIST) };
             match LATENCY.get_ptr_mut(key) {
                 Some(p) => p,

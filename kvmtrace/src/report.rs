@@ -48,11 +48,11 @@ pub struct Counters {
 }
 
 impl Counters {
-    /// Anything that means lost or unpaired data.
+    /// Anything that means lost events or lost exit latencies. Unpaired userspace exits are left
+    /// out: their exits are still counted, only that VMM round trip has no end marker.
     pub fn losses(&self) -> u64 {
         self.unpaired_exits
             + self.unpaired_entries
-            + self.unpaired_userspace_exits
             + self.latency_map_full
             + self.detail_map_full
             + self.thread_map_full

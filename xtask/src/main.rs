@@ -1,5 +1,10 @@
-//! kvmtrace's developer tasks. One module per subcommand.
+//! kvmtrace's developer tasks, one module per subcommand.
+mod bench;
 mod codegen;
+mod demo;
+mod setup;
+mod sh;
+mod test;
 
 use std::path::PathBuf;
 
@@ -14,6 +19,23 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
+    /// Install build and test dependencies (idempotent; seconds when present).
+    Setup,
+    /// Every check CI runs: fmt, clippy, unit tests, integration tests with real guests (root).
+    Test,
+    /// Record the built-in demo VM and print the report.
+    Demo {
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
+    /// Overhead of kvmtrace vs nothing, an empty program and bpftrace; syscall cost for others.
+    Bench {
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// One-second samples per configuration per round.
+        #[arg(long, default_value_t = 3)]
+        samples: usize,
+    },
     /// Regenerate the exit-reason tables from tracepoint format files.
     Codegen {
         #[arg(long, default_value = "kvmtrace/tests/data/formats/6.18")]
@@ -21,14 +43,12 @@ enum Task {
     },
 }
 
-fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    let root = workspace_root();
-    match cli.task {
-        Task::Codegen { formats } => codegen::run(&root, &formats),
+    match Cli::parse().task {
+        Task::Setup => setup::run_setup(),
+        Task::Test => test::run_tests(),
+        Task::Demo { seconds } => demo::run_demo(seconds),
+        Task::Bench { rounds, samples } => bench::run_bench(rounds, samples),
+        Task::Codegen { formats } => codegen::run(&sh::root(), &formats),
     }
 }

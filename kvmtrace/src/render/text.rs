@@ -135,7 +135,7 @@ fn render_vm(vm: &VmReport, report: &Report, out: &mut impl io::Write) -> io::Re
 fn render_counters(c: &Counters, out: &mut impl io::Write) -> io::Result<()> {
     writeln!(
         out,
-        "Lost/unpaired: {}. unpaired exits {}, unpaired entries {}, unpaired userspace exits {}, map full (latency/detail/thread) {}/{}/{}; in flight at stop: {} exits, {} VMM round trips; events: {} kvm_exit, {} kvm_entry, {} detail",
+        "Lost/unpaired: {}. unpaired exits {}, unpaired entries {}, VMM round trips without a re-entry marker {}, map full (latency/detail/thread) {}/{}/{}; in flight at stop: {} exits, {} VMM round trips; events: {} kvm_exit, {} kvm_entry, {} detail",
         if c.losses() == 0 { "none" } else { "SOME DATA WAS LOST" },
         c.unpaired_exits,
         c.unpaired_entries,
@@ -271,7 +271,7 @@ VM web01 (pid 100): 300 exits, 150.0/s; vCPUs: 0
   Port    Name       Dir  Size  Count     /s
   0x0070  RTC index  out     1    300  150.0
 
-Lost/unpaired: none. unpaired exits 0, unpaired entries 0, unpaired userspace exits 0, map full (latency/detail/thread) 0/0/0; in flight at stop: 0 exits, 0 VMM round trips; events: 0 kvm_exit, 0 kvm_entry, 0 detail
+Lost/unpaired: none. unpaired exits 0, unpaired entries 0, VMM round trips without a re-entry marker 0, map full (latency/detail/thread) 0/0/0; in flight at stop: 0 exits, 0 VMM round trips; events: 0 kvm_exit, 0 kvm_entry, 0 detail
 ";
         assert_eq!(String::from_utf8(out).unwrap(), expected);
     }

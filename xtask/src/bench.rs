@@ -1,0 +1,201 @@
+//! `cargo xtask bench`: what tracing costs, measured as ratios in one run.
+//!
+//! 1. The guest's fastest in-kernel exit loop (CPUID: one kvm_cpuid event per exit, no return to
+//!    user space) runs continuously and reports its rate every second. Around it, in rotating
+//!    order: nothing attached; an empty BPF program on the same 8 tracepoints (the floor: the
+//!    tracepoint machinery itself); `kvmtrace record`; and a bpftrace one-liner counting the same
+//!    tracepoints keyed by thread and key. The median of each configuration's rates is compared.
+//! 2. An unrelated process's tight getpid loop, with and without kvmtrace recording every VM:
+//!    kvmtrace must cost the rest of the host nothing.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Child, Stdio},
+    sync::mpsc::{Receiver, channel},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{
+    setup,
+    sh::{cargo, cmd, output, run, target_bin},
+};
+
+const TRACEPOINTS: [&str; 8] = ["kvm_exit", "kvm_entry", "kvm_userspace_exit", "kvm_fpu", "kvm_pio", "kvm_mmio", "kvm_msr", "kvm_cpuid"];
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Config {
+    Nothing,
+    EmptyProgram,
+    Kvmtrace,
+    Bpftrace,
+}
+
+impl Config {
+    fn label(self) -> &'static str {
+        match self {
+            Config::Nothing => "nothing attached",
+            Config::EmptyProgram => "empty BPF program (floor)",
+            Config::Kvmtrace => "kvmtrace record",
+            Config::Bpftrace => "bpftrace keyed count",
+        }
+    }
+}
+
+fn bpftrace_script(empty: bool) -> String {
+    if empty {
+        let probes: Vec<String> = TRACEPOINTS.iter().map(|t| format!("tracepoint:kvm:{t}")).collect();
+        return format!("{} {{ }}", probes.join(","));
+    }
+    [
+        "tracepoint:kvm:kvm_exit { @exit[tid, args->isa, args->exit_reason] = count(); }",
+        "tracepoint:kvm:kvm_entry { @entry[tid] = count(); }",
+        "tracepoint:kvm:kvm_userspace_exit { @uexit[tid, args->reason] = count(); }",
+        "tracepoint:kvm:kvm_fpu { @fpu[tid, args->load] = count(); }",
+        "tracepoint:kvm:kvm_pio { @pio[tid, args->port, args->rw, args->size] = count(); }",
+        "tracepoint:kvm:kvm_mmio { @mmio[tid, args->gpa, args->type] = count(); }",
+        "tracepoint:kvm:kvm_msr { @msr[tid, args->ecx, args->write] = count(); }",
+        "tracepoint:kvm:kvm_cpuid { @cpuid[tid, args->function] = count(); }",
+    ]
+    .join(" ")
+}
+
+fn lines(stream: impl std::io::Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn wait_for(rx: &Receiver<String>, what: &str, pred: impl Fn(&str) -> bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Ok(l) = rx.recv_timeout(Duration::from_secs(1))
+            && pred(&l)
+        {
+            return Ok(());
+        }
+    }
+    bail!("timed out waiting for {what}")
+}
+
+/// Starts a tracer for `config` and returns once it is attached.
+fn start(config: Config, guest_pid: Option<u32>) -> anyhow::Result<Option<Child>> {
+    let (mut child, ready_on_stderr) = match config {
+        Config::Nothing => return Ok(None),
+        Config::EmptyProgram | Config::Bpftrace => {
+            let child = cmd("bpftrace")
+                .args(["-e", &bpftrace_script(config == Config::EmptyProgram)])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting bpftrace")?;
+            (child, false)
+        }
+        Config::Kvmtrace => {
+            let mut c = cmd(target_bin("release", "kvmtrace").to_str().context("path")?);
+            c.args(["record", "--duration", "1h"]);
+            if let Some(pid) = guest_pid {
+                c.args(["-p", &pid.to_string()]);
+            }
+            (c.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().context("starting kvmtrace")?, true)
+        }
+    };
+    let rx = if ready_on_stderr { lines(child.stderr.take().context("stderr")?) } else { lines(child.stdout.take().context("stdout")?) };
+    wait_for(&rx, config.label(), |l| l.starts_with("Attaching") || l.starts_with("kvmtrace: recording"))?;
+    std::thread::sleep(Duration::from_millis(300));
+    Ok(Some(child))
+}
+
+fn stop(child: Option<Child>) {
+    if let Some(mut c) = child {
+        // SAFETY: kill with a valid pid and signal.
+        unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
+        let _ = c.wait();
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// ns per getpid syscall over `n` calls.
+fn getpid_ns(n: u32) -> f64 {
+    let t = Instant::now();
+    for _ in 0..n {
+        // SAFETY: getpid has no preconditions; the raw syscall avoids any libc caching.
+        unsafe { libc::syscall(libc::SYS_getpid) };
+    }
+    t.elapsed().as_nanos() as f64 / n as f64
+}
+
+pub fn run_bench(rounds: usize, samples: usize) -> anyhow::Result<()> {
+    setup::run_setup()?;
+    run(cargo().args(["build", "--release", "--bins"]))?;
+    let kernel = output(cmd("uname").arg("-r")).unwrap_or_default();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| c.lines().find_map(|l| l.strip_prefix("model name").map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())))
+        .unwrap_or_default();
+    println!("kernel {}, CPU {cpu}, {} CPUs", kernel.trim(), std::thread::available_parallelism().map_or(0, |n| n.get()));
+
+    let mut guest = cmd(target_bin("release", "kvmtrace-testvm").to_str().context("path")?)
+        .args(["-name", "guest=kvmtrace-bench", "--loop", "--timeout", "1800", "--run", "cpuid,ms=1000"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting the bench guest")?;
+    let guest_pid = guest.id();
+    let rates = lines(guest.stdout.take().context("stdout")?);
+    let result = (|| -> anyhow::Result<()> {
+        let configs = [Config::Nothing, Config::EmptyProgram, Config::Kvmtrace, Config::Bpftrace];
+        let mut by_config: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
+        for round in 0..rounds {
+            for i in 0..configs.len() {
+                let idx = (i + round) % configs.len();
+                let tracer = start(configs[idx], Some(guest_pid))?;
+                while rates.try_recv().is_ok() {} // drop lines from before the tracer attached
+                wait_for(&rates, "a partial second", |l| l.starts_with("result"))?;
+                for _ in 0..samples {
+                    let line = rates.recv_timeout(Duration::from_secs(10)).context("guest rate")?;
+                    let rate: f64 = line.rsplit("rate=").next().unwrap_or("0").parse()?;
+                    by_config[idx].push(rate);
+                }
+                stop(tracer);
+            }
+        }
+        let medians: Vec<f64> = by_config.iter_mut().map(|v| median(v)).collect();
+        let base = medians[0];
+        println!("\nIn-kernel exit loop (guest CPUID, one kvm_cpuid event per exit), median of {} x {samples} s:", rounds);
+        println!("  {:<28} {:>12} {:>10}", "configuration", "exits/s", "vs nothing");
+        for (c, m) in configs.iter().zip(&medians) {
+            println!("  {:<28} {:>12.0} {:>+9.1}%", c.label(), m, 100.0 * (m / base - 1.0));
+        }
+        let slow = |m: f64| 100.0 * (1.0 - m / base);
+        let (floor, ours, bpft) = (slow(medians[1]), slow(medians[2]), slow(medians[3]));
+        println!("  kvmtrace slowdown {ours:.1}% = floor {floor:.1}% + {:.1} pp; bpftrace keyed count {bpft:.1}%", ours - floor);
+
+        // An unrelated process: this one, making getpid syscalls.
+        let mut without = Vec::new();
+        let mut with = Vec::new();
+        for _ in 0..rounds {
+            without.push(getpid_ns(2_000_000));
+            let tracer = start(Config::Kvmtrace, None)?;
+            with.push(getpid_ns(2_000_000));
+            stop(tracer);
+        }
+        let (a, b) = (median(&mut without), median(&mut with));
+        println!("\nUnrelated process, getpid syscall loop (median of {rounds}):");
+        println!("  without kvmtrace {a:.1} ns/call, with kvmtrace recording all VMs {b:.1} ns/call ({:+.1}%)", 100.0 * (b / a - 1.0));
+        Ok(())
+    })();
+    let _ = guest.kill();
+    let _ = guest.wait();
+    result
+}

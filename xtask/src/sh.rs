@@ -1,0 +1,68 @@
+//! Running commands: every child gets LLVM 22 first in PATH (bpf-linker's build and the eBPF
+//! build need it) and no RUSTUP_TOOLCHAIN (rustup exports it; it would pin nested cargos).
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+
+pub const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the workspace").to_path_buf()
+}
+
+pub fn cmd(program: &str) -> Command {
+    let mut c = Command::new(program);
+    let path = std::env::var("PATH").unwrap_or_default();
+    if !path.split(':').any(|p| p == LLVM_BIN) {
+        c.env("PATH", format!("{LLVM_BIN}:{path}"));
+    }
+    c.env_remove("RUSTUP_TOOLCHAIN");
+    c.current_dir(root());
+    c
+}
+
+pub fn cargo() -> Command {
+    cmd(&std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+/// Runs `c`, echoing it; fails on a non-zero exit.
+pub fn run(c: &mut Command) -> anyhow::Result<()> {
+    eprintln!("$ {}", show(c));
+    let status = c.status().with_context(|| format!("starting {}", show(c)))?;
+    if !status.success() {
+        bail!("`{}` failed ({status})", show(c));
+    }
+    Ok(())
+}
+
+/// Runs `c` quietly and returns whether it succeeded (for probes).
+pub fn succeeds(c: &mut Command) -> bool {
+    c.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Output of `c` as text, if it ran and succeeded.
+pub fn output(c: &mut Command) -> Option<String> {
+    let out = c.output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn show(c: &Command) -> String {
+    std::iter::once(c.get_program())
+        .chain(c.get_args())
+        .map(|a| a.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The built binary `name` in target/<profile>.
+pub fn target_bin(profile: &str, name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
+    target.join(profile).join(name)
+}

@@ -1,0 +1,25 @@
+//! `cargo xtask test`: everything CI checks, in order: set-up, formatting, clippy (also for the
+//! eBPF crate, on nightly, since it builds for another target), unit tests, then the integration
+//! tests against real guests as root, one at a time.
+
+use crate::{
+    setup,
+    sh::{cargo, cmd, run},
+};
+
+pub fn run_tests() -> anyhow::Result<()> {
+    setup::run_setup()?;
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    // The eBPF crate builds only for the BPF target, with nightly's build-std, so it gets its own
+    // clippy run (as aya-template does); bpf_target_arch is the cfg aya-build passes.
+    run(cmd("rustup")
+        .current_dir(crate::sh::root().join("kvmtrace-ebpf"))
+        .env("CARGO_ENCODED_RUSTFLAGS", "--cfg=bpf_target_arch=\"x86_64\"")
+        .args(["run", "nightly", "cargo", "clippy", "--release", "--target", "bpfel-unknown-none", "-Z", "build-std=core", "--target-dir", "../target/ebpf-clippy", "--", "-D", "warnings"]))?;
+    run(cargo().args(["build", "--bins"]))?;
+    run(cargo().args(["test", "--lib", "--bins"]))?;
+    run(cargo().args(["test", "-p", "kvmtrace-tests", "--test", "it", "--", "--test-threads=1"]))?;
+    eprintln!("xtask test: all checks passed");
+    Ok(())
+}
