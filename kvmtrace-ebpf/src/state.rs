@@ -91,7 +91,10 @@ pub fn thread_state(ctx: &TracePointContext, tid: u32) -> Option<*mut ThreadStat
     };
     if THREADS.insert(tid, fresh, BPF_NOEXIST).is_err() && THREADS.get_ptr_mut(tid).is_none() {
         bump(Counter::ThreadMapFull);
-        warn!(ctx, "THREADS map full: exits of thread {} are not paired", tid);
+        warn!(
+            ctx,
+            "THREADS map full: exits of thread {} are not paired", tid
+        );
         return None;
     }
     THREADS.get_ptr_mut(tid)
@@ -117,7 +120,10 @@ pub fn record_latency(ctx: &TracePointContext, key: &LatencyKey, ns: u64) {
                 Some(p) => p,
                 None => {
                     bump(Counter::LatencyMapFull);
-                    warn!(ctx, "LATENCY map full: a sample of thread {} was dropped", key.tid);
+                    warn!(
+                        ctx,
+                        "LATENCY map full: a sample of thread {} was dropped", key.tid
+                    );
                     return;
                 }
             }
@@ -154,6 +160,9 @@ pub fn count_detail(ctx: &TracePointContext, key: &DetailKey) {
     }
     if DETAILS.insert(key, 1u64, BPF_NOEXIST).is_err() {
         bump(Counter::DetailMapFull);
-        warn!(ctx, "DETAILS map full: an event of thread {} was dropped", key.tid);
+        warn!(
+            ctx,
+            "DETAILS map full: an event of thread {} was dropped", key.tid
+        );
     }
 }

@@ -65,7 +65,9 @@ pub struct ListArgs {
 fn parse_interval(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
     if d < Duration::from_millis(100) {
-        return Err(format!("{s} is too short; the interval must be at least 100ms"));
+        return Err(format!(
+            "{s} is too short; the interval must be at least 100ms"
+        ));
     }
     Ok(d)
 }

@@ -15,8 +15,8 @@ use aya::{
     programs::TracePoint,
 };
 use kvmtrace_common::{
-    CONFIG_GLOBAL, Config, Counter, DetailKey, HIST_BUCKETS, LatencyKey, LatencyStats,
-    ThreadState, maps, programs,
+    CONFIG_GLOBAL, Config, Counter, DetailKey, HIST_BUCKETS, LatencyKey, LatencyStats, ThreadState,
+    maps, programs,
 };
 
 use crate::{
@@ -109,9 +109,12 @@ impl Tracer {
         }
         init_template(&mut ebpf)?;
         if let Some(pids) = &opts.pids {
-            let map = ebpf
-                .map_mut(maps::TRACED_TGIDS)
-                .ok_or_else(|| Error::bpf(maps::TRACED_TGIDS, std::io::Error::other("map not in object")))?;
+            let map = ebpf.map_mut(maps::TRACED_TGIDS).ok_or_else(|| {
+                Error::bpf(
+                    maps::TRACED_TGIDS,
+                    std::io::Error::other("map not in object"),
+                )
+            })?;
             let mut traced: BpfHashMap<&mut MapData, u32, u32> =
                 BpfHashMap::try_from(map).map_err(|e| Error::bpf("TRACED_TGIDS", e))?;
             for &pid in pids {
@@ -155,7 +158,8 @@ impl Tracer {
             at,
             ..Default::default()
         };
-        let latency: BpfHashMap<&MapData, LatencyKey, LatencyStats> = map_ref(&self.ebpf, maps::LATENCY)?;
+        let latency: BpfHashMap<&MapData, LatencyKey, LatencyStats> =
+            map_ref(&self.ebpf, maps::LATENCY)?;
         for item in latency.iter() {
             let (key, now) = item.map_err(|e| Error::bpf("reading LATENCY", e))?;
             let prev = self.prev_latency.get(&key);
@@ -234,17 +238,23 @@ where
 
 /// New LATENCY entries are copied from this per-CPU template (min_ns = u64::MAX).
 fn init_template(ebpf: &mut Ebpf) -> Result<(), Error> {
-    let map = ebpf
-        .map_mut(maps::LATENCY_TEMPLATE)
-        .ok_or_else(|| Error::bpf(maps::LATENCY_TEMPLATE, std::io::Error::other("map not in object")))?;
+    let map = ebpf.map_mut(maps::LATENCY_TEMPLATE).ok_or_else(|| {
+        Error::bpf(
+            maps::LATENCY_TEMPLATE,
+            std::io::Error::other("map not in object"),
+        )
+    })?;
     let mut template: PerCpuArray<&mut MapData, LatencyStats> =
         PerCpuArray::try_from(map).map_err(|e| Error::bpf("LATENCY_TEMPLATE", e))?;
     let ncpus = aya::util::nr_cpus().map_err(|(what, e)| Error::Io {
         what: what.into(),
         source: e,
     })?;
-    let values = PerCpuValues::try_from(vec![LatencyStats::EMPTY; ncpus])
-        .map_err(|e| Error::Io { what: "per-CPU template".into(), source: e })?;
+    let values =
+        PerCpuValues::try_from(vec![LatencyStats::EMPTY; ncpus]).map_err(|e| Error::Io {
+            what: "per-CPU template".into(),
+            source: e,
+        })?;
     template
         .set(0, values, 0)
         .map_err(|e| Error::bpf("setting LATENCY_TEMPLATE", e))
@@ -266,7 +276,8 @@ fn spawn_log_drain(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
     use tokio::io::{Interest, unix::AsyncFd};
     // SAFETY: the logger owns its ring buffer's fd and keeps it open, unchanged, for as long as it
     // lives, which is as long as the AsyncFd that owns it.
-    let Ok(mut fd) = (unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) }) else {
+    let Ok(mut fd) = (unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) })
+    else {
         return;
     };
     tokio::spawn(async move {

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum Error {
     /// Loading BPF programs and reading tracefs need root (or CAP_BPF + CAP_PERFMON).
-    #[error("kvmtrace needs root to load BPF programs (running as uid {uid}); try: sudo kvmtrace ...")]
+    #[error(
+        "kvmtrace needs root to load BPF programs (running as uid {uid}); try: sudo kvmtrace ..."
+    )]
     NotRoot { uid: u32 },
 
     /// No usable tracefs.
@@ -14,10 +16,15 @@ pub enum Error {
         "no tracefs at {tried}{}; mount it with: mount -t tracefs nodev /sys/kernel/tracing",
         mount_error.as_ref().map(|e| format!(" (mounting it failed: {e})")).unwrap_or_default()
     )]
-    NoTracefs { tried: String, mount_error: Option<String> },
+    NoTracefs {
+        tried: String,
+        mount_error: Option<String>,
+    },
 
     /// tracefs has no kvm events: the kvm module is not loaded.
-    #[error("tracefs at {tracefs} has no kvm tracepoints (events/kvm); is the kvm module loaded? (lsmod | grep kvm)")]
+    #[error(
+        "tracefs at {tracefs} has no kvm tracepoints (events/kvm); is the kvm module loaded? (lsmod | grep kvm)"
+    )]
     NoKvmEvents { tracefs: PathBuf },
 
     /// A format file that does not parse.
@@ -25,8 +32,14 @@ pub enum Error {
     BadFormat { path: String, why: String },
 
     /// A field the programs read has another layout on this kernel.
-    #[error("tracepoint kvm:{event} field `{field}` is {why}; this kernel's layout is not supported")]
-    FieldLayout { event: &'static str, field: &'static str, why: String },
+    #[error(
+        "tracepoint kvm:{event} field `{field}` is {why}; this kernel's layout is not supported"
+    )]
+    FieldLayout {
+        event: &'static str,
+        field: &'static str,
+        why: String,
+    },
 
     /// `-d NAME` matched no VM.
     #[error("no VM named `{name}` on this host; {}", list_vms(found))]
@@ -41,7 +54,9 @@ pub enum Error {
     NotAVm { pid: u32, exists: bool },
 
     /// The embedded eBPF object is a placeholder (built with AYA_BUILD_SKIP=1).
-    #[error("this kvmtrace binary was built without its eBPF programs (AYA_BUILD_SKIP); rebuild without it")]
+    #[error(
+        "this kvmtrace binary was built without its eBPF programs (AYA_BUILD_SKIP); rebuild without it"
+    )]
     NoBpfObject,
 
     /// Loading, attaching or reading BPF (the cause follows in the error chain).
@@ -69,7 +84,10 @@ fn list_vms(found: &[String]) -> String {
 }
 
 impl Error {
-    pub fn bpf(what: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Error {
+    pub fn bpf(
+        what: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Error {
         Error::Bpf {
             what: what.into(),
             source: Box::new(source),

@@ -191,7 +191,11 @@ mod tests {
     #[test]
     fn buckets_cover_the_range_and_are_contiguous() {
         for i in 0..HIST_BUCKETS - 1 {
-            assert_eq!(bucket_low(i) + bucket_width(i), bucket_low(i + 1), "bucket {i}");
+            assert_eq!(
+                bucket_low(i) + bucket_width(i),
+                bucket_low(i + 1),
+                "bucket {i}"
+            );
             assert_eq!(bucket_index(bucket_low(i)), i);
             assert_eq!(bucket_index(bucket_low(i + 1) - 1), i);
         }
@@ -212,15 +216,37 @@ mod tests {
 
     #[test]
     fn aggregate_sums_intervals() {
-        let key = LatencyKey { tgid: 1, tid: 2, vcpu_id: 0, isa: 2, reason: 0x7b, kind: 0 };
-        let dkey = DetailKey { tgid: 1, tid: 2, kind: 1, a: 0x70, b: 1 | 1 << 8 };
+        let key = LatencyKey {
+            tgid: 1,
+            tid: 2,
+            vcpu_id: 0,
+            isa: 2,
+            reason: 0x7b,
+            kind: 0,
+        };
+        let dkey = DetailKey {
+            tgid: 1,
+            tid: 2,
+            kind: 1,
+            a: 0x70,
+            b: 1 | 1 << 8,
+        };
         let mut agg = Aggregate::default();
         for i in 1..=3u64 {
             let mut counters = [0; Counter::COUNT as usize];
             counters[Counter::DetailsSeen as usize] = 10 * i;
             agg.apply(&Interval {
                 at: Duration::from_secs(i),
-                latency: vec![(key, LatencyDelta { count: 2, total_ns: 300, min_ns: 100, max_ns: 200, buckets: vec![(bucket_index(100) as u16, 1), (bucket_index(200) as u16, 1)] })],
+                latency: vec![(
+                    key,
+                    LatencyDelta {
+                        count: 2,
+                        total_ns: 300,
+                        min_ns: 100,
+                        max_ns: 200,
+                        buckets: vec![(bucket_index(100) as u16, 1), (bucket_index(200) as u16, 1)],
+                    },
+                )],
                 details: vec![(dkey, 10)],
                 counters,
             });

@@ -4,9 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use kvmtrace_common::{
-    Counter, DetailKind, LatencyKind, UEXIT_ERRNO_FLAG, VCPU_UNKNOWN,
-};
+use kvmtrace_common::{Counter, DetailKind, LatencyKind, UEXIT_ERRNO_FLAG, VCPU_UNKNOWN};
 use serde::Serialize;
 
 use crate::{
@@ -242,7 +240,11 @@ fn rate(count: u64, secs: f64) -> f64 {
 }
 
 fn pct(part: u64, whole: u64) -> f64 {
-    if whole == 0 { 0.0 } else { 100.0 * part as f64 / whole as f64 }
+    if whole == 0 {
+        0.0
+    } else {
+        100.0 * part as f64 / whole as f64
+    }
 }
 
 fn vm_report(agg: &Aggregate, ctx: &Context, pid: u32, secs: f64) -> VmReport {
@@ -262,9 +264,15 @@ fn vm_report(agg: &Aggregate, ctx: &Context, pid: u32, secs: f64) -> VmReport {
     let mut round_trips: BTreeMap<(Option<String>, u32), LatencyAgg> = BTreeMap::new();
     for (k, v) in agg.latency.iter().filter(|(k, _)| k.tgid == pid) {
         if k.kind == LatencyKind::Exit as u32 {
-            exits.entry((label(k.tid), k.isa, k.reason)).or_default().merge(v);
+            exits
+                .entry((label(k.tid), k.isa, k.reason))
+                .or_default()
+                .merge(v);
         } else if k.kind == LatencyKind::VmmRoundTrip as u32 {
-            round_trips.entry((label(k.tid), k.reason)).or_default().merge(v);
+            round_trips
+                .entry((label(k.tid), k.reason))
+                .or_default()
+                .merge(v);
         }
     }
     let total_exits: u64 = exits.values().map(|a| a.count).sum();
@@ -283,7 +291,12 @@ fn vm_report(agg: &Aggregate, ctx: &Context, pid: u32, secs: f64) -> VmReport {
             latency: Latency::of(&a),
         })
         .collect();
-    exit_rows.sort_by(|a, b| b.count.cmp(&a.count).then(a.vcpu.cmp(&b.vcpu)).then(a.reason_code.cmp(&b.reason_code)));
+    exit_rows.sort_by(|a, b| {
+        b.count
+            .cmp(&a.count)
+            .then(a.vcpu.cmp(&b.vcpu))
+            .then(a.reason_code.cmp(&b.reason_code))
+    });
 
     let mut counts: BTreeMap<(u32, Option<String>, u32, u64), u64> = BTreeMap::new();
     for (k, n) in agg.details.iter().filter(|(k, _)| k.tgid == pid) {
@@ -379,7 +392,11 @@ fn userspace_reason(a: u32, errno: u64) -> String {
     if a & UEXIT_ERRNO_FLAG == 0 {
         return userspace_exit_name(a);
     }
-    if errno == libc::EINTR as u64 { "restart".into() } else { format!("error(errno {errno})") }
+    if errno == libc::EINTR as u64 {
+        "restart".into()
+    } else {
+        format!("error(errno {errno})")
+    }
 }
 
 /// The vCPUs of a VM: every thread with events, plus named `CPU N/KVM` threads. A label is the
@@ -395,13 +412,19 @@ fn vcpu_labels(agg: &Aggregate, vm: Option<&Vm>, pid: u32) -> Vec<VcpuInfo> {
         by_tid.entry(k.tid).or_default();
     }
     let threads = vm.map(|v| v.threads.as_slice()).unwrap_or_default();
-    for t in threads.iter().filter(|t| vcpu_index_of_comm(&t.comm).is_some()) {
+    for t in threads
+        .iter()
+        .filter(|t| vcpu_index_of_comm(&t.comm).is_some())
+    {
         by_tid.entry(t.tid).or_default();
     }
     let mut out: Vec<VcpuInfo> = by_tid
         .into_iter()
         .map(|(tid, id)| {
-            let thread_name = threads.iter().find(|t| t.tid == tid).map(|t| t.comm.clone());
+            let thread_name = threads
+                .iter()
+                .find(|t| t.tid == tid)
+                .map(|t| t.comm.clone());
             let index = id.or_else(|| thread_name.as_deref().and_then(vcpu_index_of_comm));
             VcpuInfo {
                 label: index.map_or_else(|| format!("tid {tid}"), |i| i.to_string()),
@@ -435,9 +458,18 @@ mod tests {
                 name: "web01".into(),
                 aliases: Default::default(),
                 threads: vec![
-                    Thread { tid: 100, comm: "qemu-kvm".into() },
-                    Thread { tid: 101, comm: "CPU 0/KVM".into() },
-                    Thread { tid: 102, comm: "CPU 1/KVM".into() },
+                    Thread {
+                        tid: 100,
+                        comm: "qemu-kvm".into(),
+                    },
+                    Thread {
+                        tid: 101,
+                        comm: "CPU 0/KVM".into(),
+                    },
+                    Thread {
+                        tid: 102,
+                        comm: "CPU 1/KVM".into(),
+                    },
                 ],
             },
         );
@@ -455,9 +487,29 @@ mod tests {
     }
 
     fn sample() -> Aggregate {
-        let exit = |tid, vcpu_id, reason| LatencyKey { tgid: 100, tid, vcpu_id, isa: 2, reason, kind: 0 };
-        let rt = |tid, reason| LatencyKey { tgid: 100, tid, vcpu_id: VCPU_UNKNOWN, isa: 0, reason, kind: 1 };
-        let d = |tid, kind: DetailKind, a, b| DetailKey { tgid: 100, tid, kind: kind as u32, a, b };
+        let exit = |tid, vcpu_id, reason| LatencyKey {
+            tgid: 100,
+            tid,
+            vcpu_id,
+            isa: 2,
+            reason,
+            kind: 0,
+        };
+        let rt = |tid, reason| LatencyKey {
+            tgid: 100,
+            tid,
+            vcpu_id: VCPU_UNKNOWN,
+            isa: 0,
+            reason,
+            kind: 1,
+        };
+        let d = |tid, kind: DetailKind, a, b| DetailKey {
+            tgid: 100,
+            tid,
+            kind: kind as u32,
+            a,
+            b,
+        };
         let mut counters = [0; Counter::COUNT as usize];
         counters[Counter::ExitsSeen as usize] = 400;
         counters[Counter::DetailsSeen as usize] = 500;
@@ -500,7 +552,10 @@ mod tests {
         assert_eq!(r.vms.len(), 1);
         let v = &r.vms[0];
         assert_eq!(v.name, "web01");
-        assert_eq!(v.vcpus.iter().map(|v| v.label.as_str()).collect::<Vec<_>>(), ["0", "1"]);
+        assert_eq!(
+            v.vcpus.iter().map(|v| v.label.as_str()).collect::<Vec<_>>(),
+            ["0", "1"]
+        );
         assert_eq!(v.total_exits, 400);
         assert_eq!(v.exits[0].reason, "io");
         assert_eq!(v.exits[0].count, 300);
@@ -510,10 +565,27 @@ mod tests {
         assert_eq!(v.exits[0].latency.p50_ns, 1000);
         assert_eq!(v.exits[1].reason, "cpuid");
         assert_eq!(v.userspace_exits[0].reason, "IO");
-        assert_eq!(v.userspace_exits[0].round_trip.as_ref().unwrap().p99_ns, 20_000);
-        assert_eq!((v.ports[0].port, v.ports[0].direction, v.ports[0].size, v.ports[0].count), (0x70, "out", 1, 300));
-        assert_eq!((v.msrs[0].msr, v.msrs[0].access, v.msrs[0].faulted), (0x6e0, "write", false));
-        assert_eq!((v.mmio[0].gpa, v.mmio[0].access, v.mmio[0].len), (0xfebf_1000, "write", 4));
+        assert_eq!(
+            v.userspace_exits[0].round_trip.as_ref().unwrap().p99_ns,
+            20_000
+        );
+        assert_eq!(
+            (
+                v.ports[0].port,
+                v.ports[0].direction,
+                v.ports[0].size,
+                v.ports[0].count
+            ),
+            (0x70, "out", 1, 300)
+        );
+        assert_eq!(
+            (v.msrs[0].msr, v.msrs[0].access, v.msrs[0].faulted),
+            (0x6e0, "write", false)
+        );
+        assert_eq!(
+            (v.mmio[0].gpa, v.mmio[0].access, v.mmio[0].len),
+            (0xfebf_1000, "write", 4)
+        );
         assert_eq!(v.cpuid[0].function, 0x4000_0000);
         assert_eq!(r.counters.exits_in_flight_at_stop, 1);
     }
@@ -523,8 +595,18 @@ mod tests {
         let vms = vm();
         let r = build(&sample(), &ctx(&vms, true));
         let v = &r.vms[0];
-        let rows: Vec<_> = v.exits.iter().map(|e| (e.vcpu.clone().unwrap(), e.reason.clone(), e.count)).collect();
-        assert_eq!(rows, [("0".into(), "io".into(), 300), ("1".into(), "cpuid".into(), 100)]);
+        let rows: Vec<_> = v
+            .exits
+            .iter()
+            .map(|e| (e.vcpu.clone().unwrap(), e.reason.clone(), e.count))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ("0".into(), "io".into(), 300),
+                ("1".into(), "cpuid".into(), 100)
+            ]
+        );
         assert_eq!(v.ports[0].vcpu.as_deref(), Some("0"));
         assert_eq!(v.msrs[0].vcpu.as_deref(), Some("1"));
     }

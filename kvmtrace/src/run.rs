@@ -37,13 +37,30 @@ fn list(args: &ListArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     if vms.is_empty() {
-        writeln!(out, "No VMs (processes with a KVM VM file descriptor) on this host.")?;
+        writeln!(
+            out,
+            "No VMs (processes with a KVM VM file descriptor) on this host."
+        )?;
         return Ok(());
     }
-    writeln!(out, "{:>8}  {:<24}  {:>5}  vCPU threads", "PID", "NAME", "vCPUs")?;
+    writeln!(
+        out,
+        "{:>8}  {:<24}  {:>5}  vCPU threads",
+        "PID", "NAME", "vCPUs"
+    )?;
     for vm in &vms {
-        let vcpus: Vec<String> = vm.vcpu_threads().map(|t| format!("{} ({})", t.tid, t.comm)).collect();
-        writeln!(out, "{:>8}  {:<24}  {:>5}  {}", vm.pid, vm.name, vcpus.len(), vcpus.join(", "))?;
+        let vcpus: Vec<String> = vm
+            .vcpu_threads()
+            .map(|t| format!("{} ({})", t.tid, t.comm))
+            .collect();
+        writeln!(
+            out,
+            "{:>8}  {:<24}  {:>5}  {}",
+            vm.pid,
+            vm.name,
+            vcpus.len(),
+            vcpus.join(", ")
+        )?;
     }
     Ok(())
 }
@@ -73,14 +90,21 @@ async fn record(args: RecordArgs) -> anyhow::Result<()> {
     };
     let mut tracer = Tracer::start(&opts)?;
     let what = if filtered {
-        directory.values().map(|vm| format!("{} (pid {})", vm.name, vm.pid)).collect::<Vec<_>>().join(", ")
+        directory
+            .values()
+            .map(|vm| format!("{} (pid {})", vm.name, vm.pid))
+            .collect::<Vec<_>>()
+            .join(", ")
     } else {
         format!("all VMs on this host ({} running now)", directory.len())
     };
     eprintln!(
         "kvmtrace: recording {what}; {}",
         match args.duration {
-            Some(d) => format!("for {}, Ctrl-C to stop early", humantime::format_duration(d)),
+            Some(d) => format!(
+                "for {}, Ctrl-C to stop early",
+                humantime::format_duration(d)
+            ),
             None => "Ctrl-C to stop".into(),
         }
     );

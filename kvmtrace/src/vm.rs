@@ -35,13 +35,18 @@ pub struct Vm {
 impl Vm {
     /// Threads that look like vCPUs (`CPU N/KVM`).
     pub fn vcpu_threads(&self) -> impl Iterator<Item = &Thread> {
-        self.threads.iter().filter(|t| vcpu_index_of_comm(&t.comm).is_some())
+        self.threads
+            .iter()
+            .filter(|t| vcpu_index_of_comm(&t.comm).is_some())
     }
 }
 
 /// `CPU 3/KVM` -> 3.
 pub fn vcpu_index_of_comm(comm: &str) -> Option<u32> {
-    comm.strip_prefix("CPU ")?.strip_suffix("/KVM")?.parse().ok()
+    comm.strip_prefix("CPU ")?
+        .strip_suffix("/KVM")?
+        .parse()
+        .ok()
 }
 
 /// The host's /proc and /run, or fake ones in tests.
@@ -79,9 +84,8 @@ impl Host {
         let Ok(fds) = fs::read_dir(self.proc_root.join(pid.to_string()).join("fd")) else {
             return false;
         };
-        fds.filter_map(Result::ok).any(|fd| {
-            fs::read_link(fd.path()).is_ok_and(|t| t.as_os_str() == "anon_inode:kvm-vm")
-        })
+        fds.filter_map(Result::ok)
+            .any(|fd| fs::read_link(fd.path()).is_ok_and(|t| t.as_os_str() == "anon_inode:kvm-vm"))
     }
 
     /// The VM `pid` with its names and threads (None if it vanished).
@@ -90,7 +94,9 @@ impl Host {
         let comm = read_trimmed(&dir.join("comm"))?;
         let mut aliases = BTreeSet::new();
         let libvirt = self.libvirt_name(pid);
-        let qemu = fs::read(dir.join("cmdline")).ok().and_then(|c| qemu_name(&c));
+        let qemu = fs::read(dir.join("cmdline"))
+            .ok()
+            .and_then(|c| qemu_name(&c));
         let machine = read_trimmed(&dir.join("cgroup")).and_then(|c| machine_name(&c));
         let name = libvirt
             .clone()
@@ -126,12 +132,15 @@ impl Host {
     /// The libvirt domain whose pid file holds `pid`.
     fn libvirt_name(&self, pid: u32) -> Option<String> {
         let dir = self.run_root.join("libvirt/qemu");
-        fs::read_dir(dir).ok()?.filter_map(Result::ok).find_map(|e| {
-            let path = e.path();
-            let stem = path.file_stem()?.to_str()?.to_string();
-            (path.extension()? == "pid" && read_trimmed(&path)?.parse::<u32>().ok()? == pid)
-                .then_some(stem)
-        })
+        fs::read_dir(dir)
+            .ok()?
+            .filter_map(Result::ok)
+            .find_map(|e| {
+                let path = e.path();
+                let stem = path.file_stem()?.to_str()?.to_string();
+                (path.extension()? == "pid" && read_trimmed(&path)?.parse::<u32>().ok()? == pid)
+                    .then_some(stem)
+            })
     }
 
     /// The VMs selected by `-d NAME`s and `-p PID`s (all VMs when both are empty).
@@ -196,8 +205,13 @@ pub fn qemu_name(cmdline: &[u8]) -> Option<String> {
         .find(|w| w[0] == "-name" || w[0] == "--name")
         .map(|w| w[1])?;
     let unescaped = value.replace(",,", "\u{0}");
-    let first = unescaped.split(',').find(|p| !p.contains('=') || p.starts_with("guest="))?;
-    let name = first.strip_prefix("guest=").unwrap_or(first).replace('\u{0}', ",");
+    let first = unescaped
+        .split(',')
+        .find(|p| !p.contains('=') || p.starts_with("guest="))?;
+    let name = first
+        .strip_prefix("guest=")
+        .unwrap_or(first)
+        .replace('\u{0}', ",");
     (!name.is_empty()).then_some(name)
 }
 
@@ -264,7 +278,14 @@ mod tests {
                 run_root: self.dir.path().join("run"),
             }
         }
-        fn process(&self, pid: u32, comm: &str, argv: &[&str], vm_fd: bool, threads: &[(u32, &str)]) {
+        fn process(
+            &self,
+            pid: u32,
+            comm: &str,
+            argv: &[&str],
+            vm_fd: bool,
+            threads: &[(u32, &str)],
+        ) {
             let p = self.dir.path().join("proc").join(pid.to_string());
             fs::create_dir_all(p.join("fd")).unwrap();
             fs::write(p.join("comm"), format!("{comm}\n")).unwrap();
@@ -293,23 +314,68 @@ mod tests {
     #[test]
     fn finds_vms_and_their_names() {
         let f = Fake::new();
-        f.process(100, "qemu-system-x86", &["qemu-system-x86_64", "-name", "guest=web01,debug-threads=on", "-m", "1G"], true, &[(100, "qemu-system-x86"), (101, "CPU 0/KVM"), (102, "CPU 1/KVM")]);
-        f.process(200, "qemu-kvm", &["qemu-kvm", "-name", "db02"], true, &[(200, "qemu-kvm")]);
+        f.process(
+            100,
+            "qemu-system-x86",
+            &[
+                "qemu-system-x86_64",
+                "-name",
+                "guest=web01,debug-threads=on",
+                "-m",
+                "1G",
+            ],
+            true,
+            &[
+                (100, "qemu-system-x86"),
+                (101, "CPU 0/KVM"),
+                (102, "CPU 1/KVM"),
+            ],
+        );
+        f.process(
+            200,
+            "qemu-kvm",
+            &["qemu-kvm", "-name", "db02"],
+            true,
+            &[(200, "qemu-kvm")],
+        );
         f.process(300, "bash", &["bash"], false, &[(300, "bash")]);
-        f.process(400, "qemu-kvm", &["qemu-kvm", "-name", "guest=ignored"], true, &[]);
+        f.process(
+            400,
+            "qemu-kvm",
+            &["qemu-kvm", "-name", "guest=ignored"],
+            true,
+            &[],
+        );
         f.write("run/libvirt/qemu/prod-vm.pid", "400\n");
         f.process(500, "qemu-kvm", &["qemu-kvm"], true, &[]);
-        f.write("proc/500/cgroup", "0::/machine.slice/machine-qemu\\x2d7\\x2dmail\\x2d1.scope/libvirt/emulator\n");
+        f.write(
+            "proc/500/cgroup",
+            "0::/machine.slice/machine-qemu\\x2d7\\x2dmail\\x2d1.scope/libvirt/emulator\n",
+        );
         let host = f.host();
         assert_eq!(
             names(&host.vms()),
-            vec![(100, "web01".into()), (200, "db02".into()), (400, "prod-vm".into()), (500, "mail-1".into())]
+            vec![
+                (100, "web01".into()),
+                (200, "db02".into()),
+                (400, "prod-vm".into()),
+                (500, "mail-1".into())
+            ]
         );
         let web = host.vm(100).unwrap();
-        assert_eq!(web.vcpu_threads().map(|t| t.tid).collect::<Vec<_>>(), [101, 102]);
+        assert_eq!(
+            web.vcpu_threads().map(|t| t.tid).collect::<Vec<_>>(),
+            [101, 102]
+        );
         // libvirt's name wins, but the -name still selects the VM.
-        assert_eq!(names(&host.select(&["ignored".into()], &[]).unwrap()), vec![(400, "prod-vm".into())]);
-        assert_eq!(names(&host.select(&["mail-1".into()], &[200]).unwrap()), vec![(200, "db02".into()), (500, "mail-1".into())]);
+        assert_eq!(
+            names(&host.select(&["ignored".into()], &[]).unwrap()),
+            vec![(400, "prod-vm".into())]
+        );
+        assert_eq!(
+            names(&host.select(&["mail-1".into()], &[200]).unwrap()),
+            vec![(200, "db02".into()), (500, "mail-1".into())]
+        );
     }
 
     #[test]
@@ -320,15 +386,25 @@ mod tests {
         f.process(300, "bash", &["bash"], false, &[]);
         let host = f.host();
         let err = host.select(&["nope".into()], &[]).unwrap_err().to_string();
-        assert_eq!(err, "no VM named `nope` on this host; VMs found: twin (pid 100), twin (pid 200)");
+        assert_eq!(
+            err,
+            "no VM named `nope` on this host; VMs found: twin (pid 100), twin (pid 200)"
+        );
         let err = host.select(&["twin".into()], &[]).unwrap_err().to_string();
-        assert_eq!(err, "the name `twin` matches 2 VMs: twin (pid 100), twin (pid 200); pick one with -p PID");
+        assert_eq!(
+            err,
+            "the name `twin` matches 2 VMs: twin (pid 100), twin (pid 200); pick one with -p PID"
+        );
         let err = host.select(&[], &[300]).unwrap_err().to_string();
         assert!(err.starts_with("process 300 is not a VM"), "{err}");
         let err = host.select(&[], &[999]).unwrap_err().to_string();
         assert!(err.starts_with("process 999 does not exist"), "{err}");
         let empty = Fake::new();
-        let err = empty.host().select(&["x".into()], &[]).unwrap_err().to_string();
+        let err = empty
+            .host()
+            .select(&["x".into()], &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("no VMs are running"), "{err}");
     }
 
@@ -336,16 +412,28 @@ mod tests {
     fn qemu_name_forms() {
         let q = |args: &[&str]| qemu_name((args.join("\0") + "\0").as_bytes());
         assert_eq!(q(&["qemu", "-name", "vm01"]), Some("vm01".into()));
-        assert_eq!(q(&["qemu", "-name", "guest=vm01,debug-threads=on"]), Some("vm01".into()));
-        assert_eq!(q(&["qemu", "-name", "debug-threads=on,guest=vm02"]), Some("vm02".into()));
+        assert_eq!(
+            q(&["qemu", "-name", "guest=vm01,debug-threads=on"]),
+            Some("vm01".into())
+        );
+        assert_eq!(
+            q(&["qemu", "-name", "debug-threads=on,guest=vm02"]),
+            Some("vm02".into())
+        );
         assert_eq!(q(&["qemu", "--name", "a,,b"]), Some("a,b".into()));
         assert_eq!(q(&["qemu", "-m", "1G"]), None);
     }
 
     #[test]
     fn machine_scope_forms() {
-        assert_eq!(machine_name("0::/machine.slice/machine-qemu\\x2d1\\x2dvm01.scope/libvirt/vcpu0"), Some("vm01".into()));
-        assert_eq!(machine_name("0::/machine.slice/machine-box.scope"), Some("box".into()));
+        assert_eq!(
+            machine_name("0::/machine.slice/machine-qemu\\x2d1\\x2dvm01.scope/libvirt/vcpu0"),
+            Some("vm01".into())
+        );
+        assert_eq!(
+            machine_name("0::/machine.slice/machine-box.scope"),
+            Some("box".into())
+        );
         assert_eq!(machine_name("0::/user.slice/user-0.slice"), None);
     }
 

@@ -4,15 +4,33 @@ use crate::harness::{Guest, Recorder, loaded_kvmtrace_programs, require_kvm_and_
 
 fn check_cleanup(stop: impl FnOnce(Recorder) -> std::process::Output, how: &str) {
     require_kvm_and_root();
-    assert!(loaded_kvmtrace_programs().is_empty(), "programs left over before the test");
+    assert!(
+        loaded_kvmtrace_programs().is_empty(),
+        "programs left over before the test"
+    );
     let guest = Guest::start(&format!("it-clean-{how}"), &["--run", "pio_out,count=10"]);
     let recorder = Recorder::start(&["-d", &guest.name, "--duration", "3s"]);
     let loaded = loaded_kvmtrace_programs();
-    assert_eq!(loaded.len(), 8, "while recording, all 8 programs are loaded: {loaded:?}");
+    assert_eq!(
+        loaded.len(),
+        8,
+        "while recording, all 8 programs are loaded: {loaded:?}"
+    );
     let out = stop(recorder);
-    assert!(out.status.success(), "{how}: {}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("VM it-clean-"), "{how}: report printed");
-    assert_eq!(loaded_kvmtrace_programs(), Vec::<String>::new(), "after {how}");
+    assert!(
+        out.status.success(),
+        "{how}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("VM it-clean-"),
+        "{how}: report printed"
+    );
+    assert_eq!(
+        loaded_kvmtrace_programs(),
+        Vec::<String>::new(),
+        "after {how}"
+    );
 }
 
 #[test]

@@ -10,19 +10,60 @@ fn port_mmio_msr_counts_are_exact() {
     require_kvm_and_root();
     let mut guest = Guest::start(
         "it-exact",
-        &["--run", "pio_out,port=0x70,count=20000;mmio_w,gpa=0xd0000000,count=5000;wrmsr,msr=0xc0000102,count=3000"],
+        &[
+            "--run",
+            "pio_out,port=0x70,count=20000;mmio_w,gpa=0xd0000000,count=5000;wrmsr,msr=0xc0000102,count=3000",
+        ],
     );
     let (report, results) = record_guest(&mut guest, &[]);
     assert_eq!(results.len(), 3, "{results:?}");
     let vm = vm_of(&report, guest.pid);
     assert_eq!(vm["name"], "it-exact");
 
-    assert_eq!(count_of(vm, "ports", &[("port", json!(0x70)), ("direction", json!("out")), ("size", json!(1))]), 20_000);
-    assert_eq!(count_of(vm, "mmio", &[("gpa", json!(0xd000_0000u64)), ("access", json!("write")), ("len", json!(4))]), 5_000);
-    assert_eq!(count_of(vm, "msrs", &[("msr", json!(0xc000_0102u64)), ("access", json!("write")), ("faulted", json!(false))]), 3_000);
+    assert_eq!(
+        count_of(
+            vm,
+            "ports",
+            &[
+                ("port", json!(0x70)),
+                ("direction", json!("out")),
+                ("size", json!(1))
+            ]
+        ),
+        20_000
+    );
+    assert_eq!(
+        count_of(
+            vm,
+            "mmio",
+            &[
+                ("gpa", json!(0xd000_0000u64)),
+                ("access", json!("write")),
+                ("len", json!(4))
+            ]
+        ),
+        5_000
+    );
+    assert_eq!(
+        count_of(
+            vm,
+            "msrs",
+            &[
+                ("msr", json!(0xc000_0102u64)),
+                ("access", json!("write")),
+                ("faulted", json!(false))
+            ]
+        ),
+        3_000
+    );
     // Each of the 3 steps ends with one `out` to the done port 0xf0.
     assert_eq!(count_of(vm, "ports", &[("port", json!(0xf0))]), 3);
-    assert_eq!(vm["ports"].as_array().unwrap().len(), 2, "only ports 0x70 and 0xf0: {:#}", vm["ports"]);
+    assert_eq!(
+        vm["ports"].as_array().unwrap().len(),
+        2,
+        "only ports 0x70 and 0xf0: {:#}",
+        vm["ports"]
+    );
 
     // Userspace exits and their VMM round trips: every IO/MMIO exit went to the VMM and back,
     // except the very last (the done port of the last step), after which the vCPU thread ended.
@@ -34,11 +75,23 @@ fn port_mmio_msr_counts_are_exact() {
     assert_eq!(io[0]["round_trip"]["count"], 20_002);
     assert_eq!(mmio[0]["round_trip"]["count"], 5_000);
     for rt in [&io[0]["round_trip"], &mmio[0]["round_trip"]] {
-        let (min, p50, p99, max) = (rt["min_ns"].as_u64().unwrap(), rt["p50_ns"].as_u64().unwrap(), rt["p99_ns"].as_u64().unwrap(), rt["max_ns"].as_u64().unwrap());
+        let (min, p50, p99, max) = (
+            rt["min_ns"].as_u64().unwrap(),
+            rt["p50_ns"].as_u64().unwrap(),
+            rt["p99_ns"].as_u64().unwrap(),
+            rt["max_ns"].as_u64().unwrap(),
+        );
         assert!(0 < min && min <= p50 && p50 <= p99 && p99 <= max, "{rt:#}");
     }
     assert_eq!(report["counters"]["round_trips_in_flight_at_stop"], 1);
-    for lost in ["unpaired_exits", "unpaired_entries", "unpaired_userspace_exits", "latency_map_full", "detail_map_full", "thread_map_full"] {
+    for lost in [
+        "unpaired_exits",
+        "unpaired_entries",
+        "unpaired_userspace_exits",
+        "latency_map_full",
+        "detail_map_full",
+        "thread_map_full",
+    ] {
         assert_eq!(report["counters"][lost], 0, "{lost}");
     }
 }
@@ -49,20 +102,49 @@ fn per_vcpu_attribution_is_exact() {
     require_kvm_and_root();
     let mut guest = Guest::start(
         "it-vcpus",
-        &["--vcpus", "2", "--run", "0:pio_out,port=0x70,count=3000", "--run", "1:mmio_w,count=2000;wrmsr,msr=0xc0000102,count=1000"],
+        &[
+            "--vcpus",
+            "2",
+            "--run",
+            "0:pio_out,port=0x70,count=3000",
+            "--run",
+            "1:mmio_w,count=2000;wrmsr,msr=0xc0000102,count=1000",
+        ],
     );
     let (report, _) = record_guest(&mut guest, &["--per-vcpu"]);
     let vm = vm_of(&report, guest.pid);
-    let labels: Vec<&str> = vm["vcpus"].as_array().unwrap().iter().map(|v| v["label"].as_str().unwrap()).collect();
+    let labels: Vec<&str> = vm["vcpus"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["label"].as_str().unwrap())
+        .collect();
     assert_eq!(labels, ["0", "1"]);
-    assert_eq!(count_of(vm, "ports", &[("port", json!(0x70)), ("vcpu", json!("0"))]), 3000);
+    assert_eq!(
+        count_of(vm, "ports", &[("port", json!(0x70)), ("vcpu", json!("0"))]),
+        3000
+    );
     assert!(rows(vm, "ports", &[("port", json!(0x70)), ("vcpu", json!("1"))]).is_empty());
     assert_eq!(count_of(vm, "mmio", &[("vcpu", json!("1"))]), 2000);
     assert!(rows(vm, "mmio", &[("vcpu", json!("0"))]).is_empty());
     assert_eq!(count_of(vm, "msrs", &[("vcpu", json!("1"))]), 1000);
     assert!(rows(vm, "msrs", &[("vcpu", json!("0"))]).is_empty());
-    assert_eq!(count_of(vm, "userspace_exits", &[("vcpu", json!("0")), ("reason", json!("IO"))]), 3001);
-    assert_eq!(count_of(vm, "userspace_exits", &[("vcpu", json!("1")), ("reason", json!("MMIO"))]), 2000);
+    assert_eq!(
+        count_of(
+            vm,
+            "userspace_exits",
+            &[("vcpu", json!("0")), ("reason", json!("IO"))]
+        ),
+        3001
+    );
+    assert_eq!(
+        count_of(
+            vm,
+            "userspace_exits",
+            &[("vcpu", json!("1")), ("reason", json!("MMIO"))]
+        ),
+        2000
+    );
 }
 
 /// Two guests, one traced by name: the other one's events are absent.
@@ -70,7 +152,10 @@ fn per_vcpu_attribution_is_exact() {
 fn untraced_guest_is_absent() {
     require_kvm_and_root();
     let mut traced = Guest::start("it-traced", &["--run", "pio_out,port=0x70,count=1000"]);
-    let mut other = Guest::start("it-other", &["--run", "pio_out,port=0x80,count=1000;cpuid,count=500"]);
+    let mut other = Guest::start(
+        "it-other",
+        &["--run", "pio_out,port=0x80,count=1000;cpuid,count=500"],
+    );
     other.go();
     let (report, _) = record_guest(&mut traced, &[]);
     other.wait_finished();
@@ -86,9 +171,25 @@ fn untraced_guest_is_absent() {
 #[test]
 fn in_kernel_exits_are_exact() {
     require_kvm_and_root();
-    let mut guest = Guest::start("it-inkernel", &["--run", "cpuid,fn=0x40000000,count=7000;rdmsr,msr=0xc0000102,count=4000"]);
+    let mut guest = Guest::start(
+        "it-inkernel",
+        &[
+            "--run",
+            "cpuid,fn=0x40000000,count=7000;rdmsr,msr=0xc0000102,count=4000",
+        ],
+    );
     let (report, _) = record_guest(&mut guest, &[]);
     let vm = vm_of(&report, guest.pid);
-    assert_eq!(count_of(vm, "cpuid", &[("function", json!(0x4000_0000u64))]), 7000);
-    assert_eq!(count_of(vm, "msrs", &[("msr", json!(0xc000_0102u64)), ("access", json!("read"))]), 4000);
+    assert_eq!(
+        count_of(vm, "cpuid", &[("function", json!(0x4000_0000u64))]),
+        7000
+    );
+    assert_eq!(
+        count_of(
+            vm,
+            "msrs",
+            &[("msr", json!(0xc000_0102u64)), ("access", json!("read"))]
+        ),
+        4000
+    );
 }

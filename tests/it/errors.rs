@@ -5,13 +5,22 @@ use std::process::{Command, Output};
 use crate::harness::{Guest, kvmtrace_bin, require_kvm_and_root};
 
 fn kvmtrace(args: &[&str]) -> Output {
-    Command::new(kvmtrace_bin()).args(args).output().expect("running kvmtrace")
+    Command::new(kvmtrace_bin())
+        .args(args)
+        .output()
+        .expect("running kvmtrace")
 }
 
 fn assert_fails_with(out: &Output, needle: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected failure, got success; stderr: {stderr}");
-    assert!(stderr.contains(needle), "stderr should contain {needle:?}: {stderr}");
+    assert!(
+        !out.status.success(),
+        "expected failure, got success; stderr: {stderr}"
+    );
+    assert!(
+        stderr.contains(needle),
+        "stderr should contain {needle:?}: {stderr}"
+    );
     assert!(out.stdout.is_empty(), "no report on failure");
 }
 
@@ -24,7 +33,10 @@ fn not_root() {
         .args(["record", "--duration", "1s"])
         .output()
         .expect("running setpriv");
-    assert_fails_with(&out, "kvmtrace needs root to load BPF programs (running as uid 65534)");
+    assert_fails_with(
+        &out,
+        "kvmtrace needs root to load BPF programs (running as uid 65534)",
+    );
 }
 
 #[test]
@@ -51,8 +63,17 @@ fn tracefs_missing_is_explained() {
     require_kvm_and_root();
     let empty = std::env::temp_dir().join("kvmtrace-it-no-tracefs");
     std::fs::create_dir_all(&empty).unwrap();
-    let out = kvmtrace(&["record", "--tracefs", empty.to_str().unwrap(), "--duration", "1s"]);
-    assert_fails_with(&out, "mount it with: mount -t tracefs nodev /sys/kernel/tracing");
+    let out = kvmtrace(&[
+        "record",
+        "--tracefs",
+        empty.to_str().unwrap(),
+        "--duration",
+        "1s",
+    ]);
+    assert_fails_with(
+        &out,
+        "mount it with: mount -t tracefs nodev /sys/kernel/tracing",
+    );
 }
 
 /// With tracefs unmounted (in a private mount namespace), kvmtrace mounts it and records.
@@ -65,10 +86,16 @@ fn tracefs_unmounted_gets_mounted() {
          exec {} record --duration 1s",
         kvmtrace_bin().display()
     );
-    let out = Command::new("unshare").args(["-m", "--propagation", "private", "sh", "-c", &script]).output().unwrap();
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "stderr: {stderr}");
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("kvmtrace: "), "a report");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("kvmtrace: "),
+        "a report"
+    );
 }
 
 #[test]

@@ -15,8 +15,15 @@ pub const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Checks what every test here needs; panics with the reason otherwise.
 pub fn require_kvm_and_root() {
     // SAFETY: geteuid has no preconditions.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "these tests need root (BPF and /dev/kvm)");
-    assert!(std::path::Path::new("/dev/kvm").exists(), "these tests need /dev/kvm");
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "these tests need root (BPF and /dev/kvm)"
+    );
+    assert!(
+        std::path::Path::new("/dev/kvm").exists(),
+        "these tests need /dev/kvm"
+    );
 }
 
 /// The kvmtrace binary: $KVMTRACE_BIN, else next to this test's target directory.
@@ -27,7 +34,11 @@ pub fn kvmtrace_bin() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap();
     let bin = dir.join("kvmtrace");
-    assert!(bin.exists(), "{} not built (cargo build -p kvmtrace, or set KVMTRACE_BIN)", bin.display());
+    assert!(
+        bin.exists(),
+        "{} not built (cargo build -p kvmtrace, or set KVMTRACE_BIN)",
+        bin.display()
+    );
     bin
 }
 
@@ -45,7 +56,11 @@ fn line_reader(stream: impl std::io::Read + Send + 'static) -> Receiver<String> 
     rx
 }
 
-fn wait_line(rx: &Receiver<String>, what: &str, pred: impl Fn(&str) -> bool) -> (String, Vec<String>) {
+fn wait_line(
+    rx: &Receiver<String>,
+    what: &str,
+    pred: impl Fn(&str) -> bool,
+) -> (String, Vec<String>) {
     let mut seen = Vec::new();
     loop {
         match rx.recv_timeout(STEP_TIMEOUT) {
@@ -69,7 +84,13 @@ impl Guest {
     /// Starts a guest named `name`; `args` are its --vcpus/--run arguments.
     pub fn start(name: &str, args: &[&str]) -> Guest {
         let mut child = Command::new(env!("CARGO_BIN_EXE_kvmtrace-testvm"))
-            .args(["-name", &format!("guest={name},debug-threads=on"), "--start-on-stdin", "--timeout", "120"])
+            .args([
+                "-name",
+                &format!("guest={name},debug-threads=on"),
+                "--start-on-stdin",
+                "--timeout",
+                "120",
+            ])
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -77,8 +98,16 @@ impl Guest {
             .expect("starting kvmtrace-testvm");
         let stdin = child.stdin.take();
         let stdout = line_reader(child.stdout.take().unwrap());
-        let mut guest = Guest { name: name.into(), pid: child.id(), child, stdin, stdout };
-        let (line, _) = wait_line(&guest.stdout, "the guest to be ready", |l| l.starts_with("ready pid="));
+        let mut guest = Guest {
+            name: name.into(),
+            pid: child.id(),
+            child,
+            stdin,
+            stdout,
+        };
+        let (line, _) = wait_line(&guest.stdout, "the guest to be ready", |l| {
+            l.starts_with("ready pid=")
+        });
         assert_eq!(line, format!("ready pid={}", guest.pid));
         guest.pid = guest.child.id();
         guest
@@ -94,7 +123,10 @@ impl Guest {
     /// Waits until every vCPU has finished its plan; returns the `result` lines.
     pub fn wait_finished(&mut self) -> Vec<String> {
         let (_, lines) = wait_line(&self.stdout, "the guest to finish", |l| l == "finished");
-        lines.into_iter().filter(|l| l.starts_with("result ")).collect()
+        lines
+            .into_iter()
+            .filter(|l| l.starts_with("result "))
+            .collect()
     }
 }
 
@@ -124,9 +156,17 @@ impl Recorder {
             .spawn()
             .expect("starting kvmtrace");
         let stderr = line_reader(child.stderr.take().unwrap());
-        let (banner, _) = wait_line(&stderr, "kvmtrace to start recording", |l| l.starts_with("kvmtrace: recording") || l.contains("error"));
-        assert!(banner.starts_with("kvmtrace: recording"), "kvmtrace failed: {banner}");
-        Recorder { child: Some(child), stderr }
+        let (banner, _) = wait_line(&stderr, "kvmtrace to start recording", |l| {
+            l.starts_with("kvmtrace: recording") || l.contains("error")
+        });
+        assert!(
+            banner.starts_with("kvmtrace: recording"),
+            "kvmtrace failed: {banner}"
+        );
+        Recorder {
+            child: Some(child),
+            stderr,
+        }
     }
 
     /// Sends `signal` and collects the output (stderr already consumed up to the banner).
@@ -158,7 +198,12 @@ impl Recorder {
             }
         };
         let mut out = out;
-        out.stderr = self.stderr.try_iter().collect::<Vec<_>>().join("\n").into_bytes();
+        out.stderr = self
+            .stderr
+            .try_iter()
+            .collect::<Vec<_>>()
+            .join("\n")
+            .into_bytes();
         out
     }
 }
@@ -180,10 +225,13 @@ pub fn record_guest(guest: &mut Guest, extra: &[&str]) -> (Value, Vec<String>) {
     guest.go();
     let results = guest.wait_finished();
     let out = recorder.stop(libc::SIGINT);
-    assert!(out.status.success(), "kvmtrace failed: {}", String::from_utf8_lossy(&out.stderr));
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("bad JSON ({e}): {}", String::from_utf8_lossy(&out.stdout))
-    });
+    assert!(
+        out.status.success(),
+        "kvmtrace failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("bad JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
     (report, results)
 }
 
@@ -210,13 +258,20 @@ pub fn rows<'a>(vm: &'a Value, table: &str, filter: &[(&str, Value)]) -> Vec<&'a
 /// The single row matching `filter`, and its count.
 pub fn count_of(vm: &Value, table: &str, filter: &[(&str, Value)]) -> u64 {
     let hits = rows(vm, table, filter);
-    assert_eq!(hits.len(), 1, "expected one {table} row for {filter:?}, got {hits:#?}");
+    assert_eq!(
+        hits.len(),
+        1,
+        "expected one {table} row for {filter:?}, got {hits:#?}"
+    );
     hits[0]["count"].as_u64().unwrap()
 }
 
 /// Names of our BPF programs currently loaded (from bpftool).
 pub fn loaded_kvmtrace_programs() -> Vec<String> {
-    let out = Command::new("bpftool").args(["prog", "show"]).output().expect("running bpftool");
+    let out = Command::new("bpftool")
+        .args(["prog", "show"])
+        .output()
+        .expect("running bpftool");
     assert!(out.status.success(), "bpftool prog show failed");
     String::from_utf8_lossy(&out.stdout)
         .lines()

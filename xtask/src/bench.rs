@@ -22,7 +22,16 @@ use crate::{
     sh::{cargo, cmd, output, run, target_bin},
 };
 
-const TRACEPOINTS: [&str; 8] = ["kvm_exit", "kvm_entry", "kvm_userspace_exit", "kvm_fpu", "kvm_pio", "kvm_mmio", "kvm_msr", "kvm_cpuid"];
+const TRACEPOINTS: [&str; 8] = [
+    "kvm_exit",
+    "kvm_entry",
+    "kvm_userspace_exit",
+    "kvm_fpu",
+    "kvm_pio",
+    "kvm_mmio",
+    "kvm_msr",
+    "kvm_cpuid",
+];
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Config {
@@ -45,7 +54,10 @@ impl Config {
 
 fn bpftrace_script(empty: bool) -> String {
     if empty {
-        let probes: Vec<String> = TRACEPOINTS.iter().map(|t| format!("tracepoint:kvm:{t}")).collect();
+        let probes: Vec<String> = TRACEPOINTS
+            .iter()
+            .map(|t| format!("tracepoint:kvm:{t}"))
+            .collect();
         return format!("{} {{ }}", probes.join(","));
     }
     [
@@ -104,11 +116,23 @@ fn start(config: Config, guest_pid: Option<u32>) -> anyhow::Result<Option<Child>
             if let Some(pid) = guest_pid {
                 c.args(["-p", &pid.to_string()]);
             }
-            (c.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().context("starting kvmtrace")?, true)
+            (
+                c.stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .context("starting kvmtrace")?,
+                true,
+            )
         }
     };
-    let rx = if ready_on_stderr { lines(child.stderr.take().context("stderr")?) } else { lines(child.stdout.take().context("stdout")?) };
-    wait_for(&rx, config.label(), |l| l.starts_with("Attaching") || l.starts_with("kvmtrace: recording"))?;
+    let rx = if ready_on_stderr {
+        lines(child.stderr.take().context("stderr")?)
+    } else {
+        lines(child.stdout.take().context("stdout")?)
+    };
+    wait_for(&rx, config.label(), |l| {
+        l.starts_with("Attaching") || l.starts_with("kvmtrace: recording")
+    })?;
     std::thread::sleep(Duration::from_millis(300));
     Ok(Some(child))
 }
@@ -142,19 +166,43 @@ pub fn run_bench(rounds: usize, samples: usize) -> anyhow::Result<()> {
     let kernel = output(cmd("uname").arg("-r")).unwrap_or_default();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find_map(|l| l.strip_prefix("model name").map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())))
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+            })
+        })
         .unwrap_or_default();
-    println!("kernel {}, CPU {cpu}, {} CPUs", kernel.trim(), std::thread::available_parallelism().map_or(0, |n| n.get()));
+    println!(
+        "kernel {}, CPU {cpu}, {} CPUs",
+        kernel.trim(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
 
-    let mut guest = cmd(target_bin("release", "kvmtrace-testvm").to_str().context("path")?)
-        .args(["-name", "guest=kvmtrace-bench", "--loop", "--timeout", "1800", "--run", "cpuid,ms=1000"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting the bench guest")?;
+    let mut guest = cmd(target_bin("release", "kvmtrace-testvm")
+        .to_str()
+        .context("path")?)
+    .args([
+        "-name",
+        "guest=kvmtrace-bench",
+        "--loop",
+        "--timeout",
+        "1800",
+        "--run",
+        "cpuid,ms=1000",
+    ])
+    .stdout(Stdio::piped())
+    .spawn()
+    .context("starting the bench guest")?;
     let guest_pid = guest.id();
     let rates = lines(guest.stdout.take().context("stdout")?);
     let result = (|| -> anyhow::Result<()> {
-        let configs = [Config::Nothing, Config::EmptyProgram, Config::Kvmtrace, Config::Bpftrace];
+        let configs = [
+            Config::Nothing,
+            Config::EmptyProgram,
+            Config::Kvmtrace,
+            Config::Bpftrace,
+        ];
         let mut by_config: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
         for round in 0..rounds {
             for i in 0..configs.len() {
@@ -163,7 +211,9 @@ pub fn run_bench(rounds: usize, samples: usize) -> anyhow::Result<()> {
                 while rates.try_recv().is_ok() {} // drop lines from before the tracer attached
                 wait_for(&rates, "a partial second", |l| l.starts_with("result"))?;
                 for _ in 0..samples {
-                    let line = rates.recv_timeout(Duration::from_secs(10)).context("guest rate")?;
+                    let line = rates
+                        .recv_timeout(Duration::from_secs(10))
+                        .context("guest rate")?;
                     let rate: f64 = line.rsplit("rate=").next().unwrap_or("0").parse()?;
                     by_config[idx].push(rate);
                 }
@@ -172,27 +222,51 @@ pub fn run_bench(rounds: usize, samples: usize) -> anyhow::Result<()> {
         }
         let medians: Vec<f64> = by_config.iter_mut().map(|v| median(v)).collect();
         let base = medians[0];
-        println!("\nIn-kernel exit loop (guest CPUID, one kvm_cpuid event per exit), median of {} x {samples} s:", rounds);
-        println!("  {:<28} {:>12} {:>10}", "configuration", "exits/s", "vs nothing");
+        println!(
+            "\nIn-kernel exit loop (guest CPUID, one kvm_cpuid event per exit), median of {} x {samples} s:",
+            rounds
+        );
+        println!(
+            "  {:<28} {:>12} {:>10}",
+            "configuration", "exits/s", "vs nothing"
+        );
         for (c, m) in configs.iter().zip(&medians) {
-            println!("  {:<28} {:>12.0} {:>+9.1}%", c.label(), m, 100.0 * (m / base - 1.0));
+            println!(
+                "  {:<28} {:>12.0} {:>+9.1}%",
+                c.label(),
+                m,
+                100.0 * (m / base - 1.0)
+            );
         }
         let slow = |m: f64| 100.0 * (1.0 - m / base);
         let (floor, ours, bpft) = (slow(medians[1]), slow(medians[2]), slow(medians[3]));
-        println!("  kvmtrace slowdown {ours:.1}% = floor {floor:.1}% + {:.1} pp; bpftrace keyed count {bpft:.1}%", ours - floor);
+        println!(
+            "  kvmtrace slowdown {ours:.1}% = floor {floor:.1}% + {:.1} pp; bpftrace keyed count {bpft:.1}%",
+            ours - floor
+        );
 
-        // An unrelated process: this one, making getpid syscalls.
+        // An unrelated process: this one, making getpid syscalls. kvmtrace attaches nothing to
+        // syscalls, so any difference is noise; best-of-N is robust to interference from the
+        // guest and the tracer on this small machine, and the baseline's own spread is the noise.
         let mut without = Vec::new();
         let mut with = Vec::new();
-        for _ in 0..rounds {
-            without.push(getpid_ns(2_000_000));
+        for _ in 0..rounds * 2 {
+            without.push(getpid_ns(1_000_000));
             let tracer = start(Config::Kvmtrace, None)?;
-            with.push(getpid_ns(2_000_000));
+            with.push(getpid_ns(1_000_000));
             stop(tracer);
         }
-        let (a, b) = (median(&mut without), median(&mut with));
-        println!("\nUnrelated process, getpid syscall loop (median of {rounds}):");
-        println!("  without kvmtrace {a:.1} ns/call, with kvmtrace recording all VMs {b:.1} ns/call ({:+.1}%)", 100.0 * (b / a - 1.0));
+        let best = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
+        let (a, b) = (best(&without), best(&with));
+        let noise = 100.0 * (median(&mut without.clone()) / a - 1.0);
+        println!(
+            "\nUnrelated process, getpid syscall loop (best of {}):",
+            rounds * 2
+        );
+        println!(
+            "  without kvmtrace {a:.1} ns/call, with kvmtrace recording all VMs {b:.1} ns/call ({:+.1}%; baseline median-vs-best spread {noise:.1}%)",
+            100.0 * (b / a - 1.0)
+        );
         Ok(())
     })();
     let _ = guest.kill();

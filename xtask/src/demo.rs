@@ -25,21 +25,33 @@ pub const DEMO_PLAN: [&str; 4] = [
 pub fn run_demo(seconds: u64) -> anyhow::Result<()> {
     setup::run_setup()?;
     run(cargo().args(["build", "--release", "--bins"]))?;
-    let mut guest = cmd(target_bin("release", "kvmtrace-testvm").to_str().context("path")?)
-        .args(["-name", &format!("guest={DEMO_VM}"), "--vcpus", "2", "--loop", "--timeout", &(seconds + 60).to_string()])
-        .args(DEMO_PLAN)
-        .stdout(Stdio::null())
-        .spawn()
-        .context("starting the demo guest")?;
+    let mut guest = cmd(target_bin("release", "kvmtrace-testvm")
+        .to_str()
+        .context("path")?)
+    .args([
+        "-name",
+        &format!("guest={DEMO_VM}"),
+        "--vcpus",
+        "2",
+        "--loop",
+        "--timeout",
+        &(seconds + 60).to_string(),
+    ])
+    .args(DEMO_PLAN)
+    .stdout(Stdio::null())
+    .spawn()
+    .context("starting the demo guest")?;
     std::thread::sleep(Duration::from_millis(500));
-    let recorded = run(cmd(target_bin("release", "kvmtrace").to_str().context("path")?).args([
-        "record",
-        "-d",
-        DEMO_VM,
-        "--duration",
-        &format!("{seconds}s"),
-        "--per-vcpu",
-    ]));
+    let recorded = run(
+        cmd(target_bin("release", "kvmtrace").to_str().context("path")?).args([
+            "record",
+            "-d",
+            DEMO_VM,
+            "--duration",
+            &format!("{seconds}s"),
+            "--per-vcpu",
+        ]),
+    );
     let _ = guest.kill();
     let _ = guest.wait();
     recorded

@@ -10,7 +10,15 @@ use anyhow::{Context as _, bail};
 
 use crate::sh::{cargo, cmd, output, run, succeeds};
 
-const APT_PACKAGES: &[&str] = &["llvm-22-dev", "libclang-22-dev", "zlib1g-dev", "libzstd-dev", "bpftool", "bpftrace", "util-linux"];
+const APT_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libclang-22-dev",
+    "zlib1g-dev",
+    "libzstd-dev",
+    "bpftool",
+    "bpftrace",
+    "util-linux",
+];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 pub fn run_setup() -> anyhow::Result<()> {
@@ -22,11 +30,16 @@ pub fn run_setup() -> anyhow::Result<()> {
 }
 
 fn installed(pkg: &str) -> bool {
-    output(cmd("dpkg-query").args(["-W", "-f=${Status}", pkg])).is_some_and(|s| s.contains("install ok installed"))
+    output(cmd("dpkg-query").args(["-W", "-f=${Status}", pkg]))
+        .is_some_and(|s| s.contains("install ok installed"))
 }
 
 fn apt() -> anyhow::Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !installed(p))
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -39,23 +52,27 @@ fn apt() -> anyhow::Result<()> {
 }
 
 fn rust_src() -> anyhow::Result<()> {
-    let have = output(cmd("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))
-        .is_some_and(|s| s.lines().any(|l| l.starts_with("rust-src")));
+    let have =
+        output(cmd("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))
+            .is_some_and(|s| s.lines().any(|l| l.starts_with("rust-src")));
     if have {
         return Ok(());
     }
     if !succeeds(cmd("rustup").args(["run", "nightly", "rustc", "--version"])) {
-        bail!("the nightly toolchain is missing; the eBPF build needs it (rustup toolchain install nightly)");
+        bail!(
+            "the nightly toolchain is missing; the eBPF build needs it (rustup toolchain install nightly)"
+        );
     }
     run(cmd("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
 }
 
 fn bpf_linker() -> anyhow::Result<()> {
-    let version = output(&mut cmd("bpf-linker").arg("--version")).unwrap_or_default();
+    let version = output(cmd("bpf-linker").arg("--version")).unwrap_or_default();
     if version.contains(BPF_LINKER_VERSION) {
         return Ok(());
     }
-    let nightly_llvm = output(cmd("rustup").args(["run", "nightly", "rustc", "-vV"])).unwrap_or_default();
+    let nightly_llvm =
+        output(cmd("rustup").args(["run", "nightly", "rustc", "-vV"])).unwrap_or_default();
     let llvm_major = nightly_llvm
         .lines()
         .find_map(|l| l.strip_prefix("LLVM version: "))
@@ -63,10 +80,23 @@ fn bpf_linker() -> anyhow::Result<()> {
         .context("cannot tell the nightly's LLVM version")?
         .to_string();
     if llvm_major != "22" {
-        bail!("the nightly uses LLVM {llvm_major}; this setup builds bpf-linker for LLVM 22 (see docs in toolchain notes)");
+        bail!(
+            "the nightly uses LLVM {llvm_major}; this setup builds bpf-linker for LLVM 22 (see docs in toolchain notes)"
+        );
     }
-    eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about 2 minutes, once)");
-    run(cargo().args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked", "--no-default-features", "--features", "llvm-22"]))
+    eprintln!(
+        "setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about 2 minutes, once)"
+    );
+    run(cargo().args([
+        "install",
+        "bpf-linker",
+        "--version",
+        BPF_LINKER_VERSION,
+        "--locked",
+        "--no-default-features",
+        "--features",
+        "llvm-22",
+    ]))
 }
 
 fn tracefs() -> anyhow::Result<()> {

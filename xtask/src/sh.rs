@@ -11,7 +11,10 @@ use anyhow::{Context as _, bail};
 pub const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits in the workspace")
+        .to_path_buf()
 }
 
 pub fn cmd(program: &str) -> Command {
@@ -32,7 +35,9 @@ pub fn cargo() -> Command {
 /// Runs `c`, echoing it; fails on a non-zero exit.
 pub fn run(c: &mut Command) -> anyhow::Result<()> {
     eprintln!("$ {}", show(c));
-    let status = c.status().with_context(|| format!("starting {}", show(c)))?;
+    let status = c
+        .status()
+        .with_context(|| format!("starting {}", show(c)))?;
     if !status.success() {
         bail!("`{}` failed ({status})", show(c));
     }
@@ -50,7 +55,9 @@ pub fn succeeds(c: &mut Command) -> bool {
 /// Output of `c` as text, if it ran and succeeded.
 pub fn output(c: &mut Command) -> Option<String> {
     let out = c.output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn show(c: &Command) -> String {
@@ -63,6 +70,7 @@ fn show(c: &Command) -> String {
 
 /// The built binary `name` in target/<profile>.
 pub fn target_bin(profile: &str, name: &str) -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
     target.join(profile).join(name)
 }

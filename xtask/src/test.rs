@@ -15,11 +15,37 @@ pub fn run_tests() -> anyhow::Result<()> {
     // clippy run (as aya-template does); bpf_target_arch is the cfg aya-build passes.
     run(cmd("rustup")
         .current_dir(crate::sh::root().join("kvmtrace-ebpf"))
-        .env("CARGO_ENCODED_RUSTFLAGS", "--cfg=bpf_target_arch=\"x86_64\"")
-        .args(["run", "nightly", "cargo", "clippy", "--release", "--target", "bpfel-unknown-none", "-Z", "build-std=core", "--target-dir", "../target/ebpf-clippy", "--", "-D", "warnings"]))?;
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            "--cfg=bpf_target_arch=\"x86_64\"",
+        )
+        .args([
+            "run",
+            "nightly",
+            "cargo",
+            "clippy",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--target-dir",
+            "../target/ebpf-clippy",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
     run(cargo().args(["build", "--bins"]))?;
     run(cargo().args(["test", "--lib", "--bins"]))?;
-    run(cargo().args(["test", "-p", "kvmtrace-tests", "--test", "it", "--", "--test-threads=1"]))?;
+    run(cargo().args([
+        "test",
+        "-p",
+        "kvmtrace-tests",
+        "--test",
+        "it",
+        "--",
+        "--test-threads=1",
+    ]))?;
     eprintln!("xtask test: all checks passed");
     Ok(())
 }

@@ -34,7 +34,10 @@ pub fn kvmtrace_pio(ctx: TracePointContext) -> u32 {
     count(&ctx, DetailKind::Pio, |ctx, cfg| {
         let rw = field::<u32>(ctx, cfg.pio_rw);
         let size = field::<u32>(ctx, cfg.pio_size);
-        (field::<u32>(ctx, cfg.pio_port), (rw & 1) as u64 | ((size as u64) << 8))
+        (
+            field::<u32>(ctx, cfg.pio_port),
+            (rw & 1) as u64 | ((size as u64) << 8),
+        )
     });
     0
 }
@@ -81,11 +84,14 @@ fn count(
         return;
     }
     let (a, b) = key_of(ctx, &cfg);
-    count_detail(ctx, &DetailKey {
-        tgid,
-        tid,
-        kind: kind as u32,
-        a,
-        b,
-    });
+    count_detail(
+        ctx,
+        &DetailKey {
+            tgid,
+            tid,
+            kind: kind as u32,
+            a,
+            b,
+        },
+    );
 }

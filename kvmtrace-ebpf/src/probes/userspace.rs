@@ -48,13 +48,16 @@ fn try_userspace_exit(ctx: &TracePointContext) {
     } else {
         (reason, 0)
     };
-    count_detail(ctx, &DetailKey {
-        tgid,
-        tid,
-        kind: DetailKind::UserspaceExit as u32,
-        a,
-        b,
-    });
+    count_detail(
+        ctx,
+        &DetailKey {
+            tgid,
+            tid,
+            kind: DetailKind::UserspaceExit as u32,
+            a,
+            b,
+        },
+    );
     let Some(state) = thread_state(ctx, tid) else {
         return;
     };
@@ -89,7 +92,11 @@ fn try_fpu(ctx: &TracePointContext) {
 #[inline(always)]
 pub fn close_round_trip(
     ctx: &TracePointContext,
-    tgid: u32, tid: u32, state: &mut ThreadState, ts: u64) {
+    tgid: u32,
+    tid: u32,
+    state: &mut ThreadState,
+    ts: u64,
+) {
     if state.uexit_ts == 0 {
         return;
     }

@@ -16,7 +16,11 @@ pub fn render(report: &Report, out: &mut impl io::Write) -> io::Result<()> {
         out,
         "kvmtrace: {:.2} s{}, {} VM{}",
         report.duration_secs,
-        report.kvm_module.as_deref().map(|m| format!(" on {m}")).unwrap_or_default(),
+        report
+            .kvm_module
+            .as_deref()
+            .map(|m| format!(" on {m}"))
+            .unwrap_or_default(),
         report.vms.len(),
         if report.vms.len() == 1 { "" } else { "s" }
     )?;
@@ -42,90 +46,144 @@ fn render_vm(vm: &VmReport, report: &Report, out: &mut impl io::Write) -> io::Re
         vm.pid,
         vm.total_exits,
         rate(vm.total_exits, report.duration_secs),
-        if vcpus.is_empty() { "-".into() } else { vcpus.join(", ") }
+        if vcpus.is_empty() {
+            "-".into()
+        } else {
+            vcpus.join(", ")
+        }
     )?;
     let v = |c: &Option<String>| c.clone().unwrap_or_default();
     let per_vcpu = report.per_vcpu;
 
     if !vm.exits.is_empty() {
         let isa = vm.exits[0].isa;
-        let mut t = Table::new(per_vcpu, 1, &[&format!("Exit reason ({isa})"), "Count", "Count%", "Time%", "Min", "p50", "p99", "Max", "Exits/s"]);
+        let mut t = Table::new(
+            per_vcpu,
+            1,
+            &[
+                &format!("Exit reason ({isa})"),
+                "Count",
+                "Count%",
+                "Time%",
+                "Min",
+                "p50",
+                "p99",
+                "Max",
+                "Exits/s",
+            ],
+        );
         for e in &vm.exits {
-            t.row(v(&e.vcpu), vec![
-                e.reason.clone(),
-                e.count.to_string(),
-                format!("{:.2}%", e.count_pct),
-                format!("{:.2}%", e.time_pct),
-                ns(e.latency.min_ns),
-                ns(e.latency.p50_ns),
-                ns(e.latency.p99_ns),
-                ns(e.latency.max_ns),
-                format!("{:.1}", e.per_sec),
-            ]);
+            t.row(
+                v(&e.vcpu),
+                vec![
+                    e.reason.clone(),
+                    e.count.to_string(),
+                    format!("{:.2}%", e.count_pct),
+                    format!("{:.2}%", e.time_pct),
+                    ns(e.latency.min_ns),
+                    ns(e.latency.p50_ns),
+                    ns(e.latency.p99_ns),
+                    ns(e.latency.max_ns),
+                    format!("{:.1}", e.per_sec),
+                ],
+            );
         }
         t.write("Exits (kvm_exit -> kvm_entry)", out)?;
     }
     if !vm.userspace_exits.is_empty() {
-        let mut t = Table::new(per_vcpu, 1, &["Reason", "Count", "Count%", "Exits/s", "VMM p50", "VMM p99", "VMM max", "VMM total"]);
+        let mut t = Table::new(
+            per_vcpu,
+            1,
+            &[
+                "Reason",
+                "Count",
+                "Count%",
+                "Exits/s",
+                "VMM p50",
+                "VMM p99",
+                "VMM max",
+                "VMM total",
+            ],
+        );
         for u in &vm.userspace_exits {
-            let rt = |f: fn(&Latency) -> u64| u.round_trip.as_ref().map_or("-".into(), |l| ns(f(l)));
-            t.row(v(&u.vcpu), vec![
-                u.reason.clone(),
-                u.count.to_string(),
-                format!("{:.2}%", u.count_pct),
-                format!("{:.1}", u.per_sec),
-                rt(|l| l.p50_ns),
-                rt(|l| l.p99_ns),
-                rt(|l| l.max_ns),
-                rt(|l| l.total_ns),
-            ]);
+            let rt =
+                |f: fn(&Latency) -> u64| u.round_trip.as_ref().map_or("-".into(), |l| ns(f(l)));
+            t.row(
+                v(&u.vcpu),
+                vec![
+                    u.reason.clone(),
+                    u.count.to_string(),
+                    format!("{:.2}%", u.count_pct),
+                    format!("{:.1}", u.per_sec),
+                    rt(|l| l.p50_ns),
+                    rt(|l| l.p99_ns),
+                    rt(|l| l.max_ns),
+                    rt(|l| l.total_ns),
+                ],
+            );
         }
         t.write("Userspace exits (KVM_RUN returned to the VMM; VMM = time until the vCPU re-entered KVM_RUN)", out)?;
     }
     if !vm.ports.is_empty() {
         let mut t = Table::new(per_vcpu, 3, &["Port", "Name", "Dir", "Size", "Count", "/s"]);
         for p in vm.ports.iter().take(TOP) {
-            t.row(v(&p.vcpu), vec![
-                format!("{:#06x}", p.port),
-                port_name(p.port).unwrap_or("-").into(),
-                p.direction.into(),
-                p.size.to_string(),
-                p.count.to_string(),
-                format!("{:.1}", p.per_sec),
-            ]);
+            t.row(
+                v(&p.vcpu),
+                vec![
+                    format!("{:#06x}", p.port),
+                    port_name(p.port).unwrap_or("-").into(),
+                    p.direction.into(),
+                    p.size.to_string(),
+                    p.count.to_string(),
+                    format!("{:.1}", p.per_sec),
+                ],
+            );
         }
         t.write(&top_title("I/O ports (kvm_pio)", vm.ports.len()), out)?;
     }
     if !vm.mmio.is_empty() {
         let mut t = Table::new(per_vcpu, 2, &["GPA", "Access", "Len", "Count", "/s"]);
         for m in vm.mmio.iter().take(TOP) {
-            t.row(v(&m.vcpu), vec![
-                format!("{:#x}", m.gpa),
-                m.access.into(),
-                m.len.to_string(),
-                m.count.to_string(),
-                format!("{:.1}", m.per_sec),
-            ]);
+            t.row(
+                v(&m.vcpu),
+                vec![
+                    format!("{:#x}", m.gpa),
+                    m.access.into(),
+                    m.len.to_string(),
+                    m.count.to_string(),
+                    format!("{:.1}", m.per_sec),
+                ],
+            );
         }
         t.write(&top_title("MMIO (kvm_mmio)", vm.mmio.len()), out)?;
     }
     if !vm.msrs.is_empty() {
         let mut t = Table::new(per_vcpu, 3, &["MSR", "Name", "Access", "Count", "/s"]);
         for m in vm.msrs.iter().take(TOP) {
-            t.row(v(&m.vcpu), vec![
-                format!("{:#x}", m.msr),
-                msr_name(m.msr).unwrap_or("-").into(),
-                format!("{}{}", m.access, if m.faulted { " (#GP)" } else { "" }),
-                m.count.to_string(),
-                format!("{:.1}", m.per_sec),
-            ]);
+            t.row(
+                v(&m.vcpu),
+                vec![
+                    format!("{:#x}", m.msr),
+                    msr_name(m.msr).unwrap_or("-").into(),
+                    format!("{}{}", m.access, if m.faulted { " (#GP)" } else { "" }),
+                    m.count.to_string(),
+                    format!("{:.1}", m.per_sec),
+                ],
+            );
         }
         t.write(&top_title("MSRs (kvm_msr)", vm.msrs.len()), out)?;
     }
     if !vm.cpuid.is_empty() {
         let mut t = Table::new(per_vcpu, 1, &["Function", "Count", "/s"]);
         for c in vm.cpuid.iter().take(TOP) {
-            t.row(v(&c.vcpu), vec![format!("{:#x}", c.function), c.count.to_string(), format!("{:.1}", c.per_sec)]);
+            t.row(
+                v(&c.vcpu),
+                vec![
+                    format!("{:#x}", c.function),
+                    c.count.to_string(),
+                    format!("{:.1}", c.per_sec),
+                ],
+            );
         }
         t.write(&top_title("CPUID (kvm_cpuid)", vm.cpuid.len()), out)?;
     }
@@ -136,7 +194,11 @@ fn render_counters(c: &Counters, out: &mut impl io::Write) -> io::Result<()> {
     writeln!(
         out,
         "Lost/unpaired: {}. unpaired exits {}, unpaired entries {}, VMM round trips without a re-entry marker {}, map full (latency/detail/thread) {}/{}/{}; in flight at stop: {} exits, {} VMM round trips; events: {} kvm_exit, {} kvm_entry, {} detail",
-        if c.losses() == 0 { "none" } else { "SOME DATA WAS LOST" },
+        if c.losses() == 0 {
+            "none"
+        } else {
+            "SOME DATA WAS LOST"
+        },
         c.unpaired_exits,
         c.unpaired_entries,
         c.unpaired_userspace_exits,
@@ -152,7 +214,11 @@ fn render_counters(c: &Counters, out: &mut impl io::Write) -> io::Result<()> {
 }
 
 fn top_title(what: &str, n: usize) -> String {
-    if n > TOP { format!("{what}, top {TOP} of {n}") } else { what.to_string() }
+    if n > TOP {
+        format!("{what}, top {TOP} of {n}")
+    } else {
+        what.to_string()
+    }
 }
 
 fn rate(n: u64, secs: f64) -> f64 {
@@ -185,7 +251,12 @@ impl Table {
             h.insert(0, "vCPU".into());
         }
         let left = left + per_vcpu as usize;
-        Table { header: h, rows: Vec::new(), per_vcpu, left }
+        Table {
+            header: h,
+            rows: Vec::new(),
+            per_vcpu,
+            left,
+        }
     }
 
     fn row(&mut self, vcpu: String, mut cells: Vec<String>) {
@@ -199,7 +270,14 @@ impl Table {
         let cols = self.header.len();
         let left = self.left;
         let width: Vec<usize> = (0..cols)
-            .map(|c| self.rows.iter().chain([&self.header]).map(|r| r[c].len()).max().unwrap_or(0))
+            .map(|c| {
+                self.rows
+                    .iter()
+                    .chain([&self.header])
+                    .map(|r| r[c].len())
+                    .max()
+                    .unwrap_or(0)
+            })
             .collect();
         writeln!(out, "\n  {title}")?;
         for r in std::iter::once(&self.header).chain(&self.rows) {
@@ -226,7 +304,14 @@ mod tests {
     use crate::report::{ExitRow, PortRow, UserspaceRow, VcpuInfo};
 
     fn report() -> Report {
-        let lat = |n, v| Latency { count: n, total_ns: n * v, min_ns: v, p50_ns: v, p99_ns: v, max_ns: v };
+        let lat = |n, v| Latency {
+            count: n,
+            total_ns: n * v,
+            min_ns: v,
+            p50_ns: v,
+            p99_ns: v,
+            max_ns: v,
+        };
         Report {
             duration_secs: 2.0,
             kvm_module: Some("kvm_amd".into()),
@@ -237,11 +322,40 @@ mod tests {
             vms: vec![VmReport {
                 pid: 100,
                 name: "web01".into(),
-                vcpus: vec![VcpuInfo { label: "0".into(), tid: 101, thread_name: Some("CPU 0/KVM".into()) }],
+                vcpus: vec![VcpuInfo {
+                    label: "0".into(),
+                    tid: 101,
+                    thread_name: Some("CPU 0/KVM".into()),
+                }],
                 total_exits: 300,
-                exits: vec![ExitRow { vcpu: None, isa: "SVM", reason_code: 0x7b, reason: "io".into(), count: 300, count_pct: 100.0, time_pct: 100.0, per_sec: 150.0, latency: lat(300, 1500) }],
-                userspace_exits: vec![UserspaceRow { vcpu: None, reason_code: 2, reason: "IO".into(), count: 300, count_pct: 100.0, per_sec: 150.0, round_trip: Some(lat(300, 20_000)) }],
-                ports: vec![PortRow { vcpu: None, port: 0x70, direction: "out", size: 1, count: 300, per_sec: 150.0 }],
+                exits: vec![ExitRow {
+                    vcpu: None,
+                    isa: "SVM",
+                    reason_code: 0x7b,
+                    reason: "io".into(),
+                    count: 300,
+                    count_pct: 100.0,
+                    time_pct: 100.0,
+                    per_sec: 150.0,
+                    latency: lat(300, 1500),
+                }],
+                userspace_exits: vec![UserspaceRow {
+                    vcpu: None,
+                    reason_code: 2,
+                    reason: "IO".into(),
+                    count: 300,
+                    count_pct: 100.0,
+                    per_sec: 150.0,
+                    round_trip: Some(lat(300, 20_000)),
+                }],
+                ports: vec![PortRow {
+                    vcpu: None,
+                    port: 0x70,
+                    direction: "out",
+                    size: 1,
+                    count: 300,
+                    per_sec: 150.0,
+                }],
                 mmio: vec![],
                 msrs: vec![],
                 cpuid: vec![],
@@ -282,7 +396,11 @@ Lost/unpaired: none. unpaired exits 0, unpaired entries 0, VMM round trips witho
         r.vms.clear();
         let mut out = Vec::new();
         render(&r, &mut out).unwrap();
-        assert!(String::from_utf8(out).unwrap().contains("No KVM events from the traced VMs."));
+        assert!(
+            String::from_utf8(out)
+                .unwrap()
+                .contains("No KVM events from the traced VMs.")
+        );
     }
 
     #[test]

@@ -53,7 +53,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Format, Error> {
     })
 }
 
-/// `field:unsigned int exit_reason;	offset:8;	size:4;	signed:0;`
+/// `field:unsigned int exit_reason; offset:8; size:4; signed:0;`
 fn parse_field(line: &str) -> Option<Field> {
     let mut decl = None;
     let (mut offset, mut size, mut signed) = (None, None, None);
@@ -124,16 +124,28 @@ mod tests {
         assert_eq!(names(&old), ["vcpu_id", "rip", "immediate_exit"]);
         assert_eq!(
             names(&new),
-            ["vcpu_id", "rip", "immediate_exit", "intr_info", "error_code"]
+            [
+                "vcpu_id",
+                "rip",
+                "immediate_exit",
+                "intr_info",
+                "error_code"
+            ]
         );
-        assert_eq!(new.field("immediate_exit"), Some(&f("immediate_exit", 24, 1, false)));
+        assert_eq!(
+            new.field("immediate_exit"),
+            Some(&f("immediate_exit", 24, 1, false))
+        );
     }
 
     #[test]
     fn parses_arrays_and_signedness() {
         let text = "name: x\nID: 7\nformat:\n\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\tfield:char comm[16];\toffset:8;\tsize:16;\tsigned:1;\n\tfield:int errno;\toffset:24;\tsize:4;\tsigned:1;\n";
         let fmt = parse(text, "x").unwrap();
-        assert_eq!(fmt.fields, vec![f("comm", 8, 16, true), f("errno", 24, 4, true)]);
+        assert_eq!(
+            fmt.fields,
+            vec![f("comm", 8, 16, true), f("errno", 24, 4, true)]
+        );
     }
 
     #[test]

@@ -16,23 +16,125 @@ struct Want {
 }
 
 const WANTS: &[Want] = &[
-    Want { event: "kvm_exit", field: "exit_reason", size: 4, required: true, set: |c, o| c.exit_reason = o },
-    Want { event: "kvm_exit", field: "isa", size: 4, required: false, set: |c, o| c.exit_isa = o },
-    Want { event: "kvm_exit", field: "vcpu_id", size: 4, required: false, set: |c, o| c.exit_vcpu_id = o },
-    Want { event: "kvm_entry", field: "vcpu_id", size: 4, required: false, set: |c, o| c.entry_vcpu_id = o },
-    Want { event: "kvm_pio", field: "rw", size: 4, required: true, set: |c, o| c.pio_rw = o },
-    Want { event: "kvm_pio", field: "port", size: 4, required: true, set: |c, o| c.pio_port = o },
-    Want { event: "kvm_pio", field: "size", size: 4, required: true, set: |c, o| c.pio_size = o },
-    Want { event: "kvm_mmio", field: "type", size: 4, required: true, set: |c, o| c.mmio_type = o },
-    Want { event: "kvm_mmio", field: "len", size: 4, required: true, set: |c, o| c.mmio_len = o },
-    Want { event: "kvm_mmio", field: "gpa", size: 8, required: true, set: |c, o| c.mmio_gpa = o },
-    Want { event: "kvm_msr", field: "write", size: 4, required: true, set: |c, o| c.msr_write = o },
-    Want { event: "kvm_msr", field: "ecx", size: 4, required: true, set: |c, o| c.msr_ecx = o },
-    Want { event: "kvm_msr", field: "exception", size: 1, required: false, set: |c, o| c.msr_exception = o },
-    Want { event: "kvm_cpuid", field: "function", size: 4, required: true, set: |c, o| c.cpuid_function = o },
-    Want { event: "kvm_userspace_exit", field: "reason", size: 4, required: true, set: |c, o| c.uexit_reason = o },
-    Want { event: "kvm_userspace_exit", field: "errno", size: 4, required: true, set: |c, o| c.uexit_errno = o },
-    Want { event: "kvm_fpu", field: "load", size: 4, required: true, set: |c, o| c.fpu_load = o },
+    Want {
+        event: "kvm_exit",
+        field: "exit_reason",
+        size: 4,
+        required: true,
+        set: |c, o| c.exit_reason = o,
+    },
+    Want {
+        event: "kvm_exit",
+        field: "isa",
+        size: 4,
+        required: false,
+        set: |c, o| c.exit_isa = o,
+    },
+    Want {
+        event: "kvm_exit",
+        field: "vcpu_id",
+        size: 4,
+        required: false,
+        set: |c, o| c.exit_vcpu_id = o,
+    },
+    Want {
+        event: "kvm_entry",
+        field: "vcpu_id",
+        size: 4,
+        required: false,
+        set: |c, o| c.entry_vcpu_id = o,
+    },
+    Want {
+        event: "kvm_pio",
+        field: "rw",
+        size: 4,
+        required: true,
+        set: |c, o| c.pio_rw = o,
+    },
+    Want {
+        event: "kvm_pio",
+        field: "port",
+        size: 4,
+        required: true,
+        set: |c, o| c.pio_port = o,
+    },
+    Want {
+        event: "kvm_pio",
+        field: "size",
+        size: 4,
+        required: true,
+        set: |c, o| c.pio_size = o,
+    },
+    Want {
+        event: "kvm_mmio",
+        field: "type",
+        size: 4,
+        required: true,
+        set: |c, o| c.mmio_type = o,
+    },
+    Want {
+        event: "kvm_mmio",
+        field: "len",
+        size: 4,
+        required: true,
+        set: |c, o| c.mmio_len = o,
+    },
+    Want {
+        event: "kvm_mmio",
+        field: "gpa",
+        size: 8,
+        required: true,
+        set: |c, o| c.mmio_gpa = o,
+    },
+    Want {
+        event: "kvm_msr",
+        field: "write",
+        size: 4,
+        required: true,
+        set: |c, o| c.msr_write = o,
+    },
+    Want {
+        event: "kvm_msr",
+        field: "ecx",
+        size: 4,
+        required: true,
+        set: |c, o| c.msr_ecx = o,
+    },
+    Want {
+        event: "kvm_msr",
+        field: "exception",
+        size: 1,
+        required: false,
+        set: |c, o| c.msr_exception = o,
+    },
+    Want {
+        event: "kvm_cpuid",
+        field: "function",
+        size: 4,
+        required: true,
+        set: |c, o| c.cpuid_function = o,
+    },
+    Want {
+        event: "kvm_userspace_exit",
+        field: "reason",
+        size: 4,
+        required: true,
+        set: |c, o| c.uexit_reason = o,
+    },
+    Want {
+        event: "kvm_userspace_exit",
+        field: "errno",
+        size: 4,
+        required: true,
+        set: |c, o| c.uexit_errno = o,
+    },
+    Want {
+        event: "kvm_fpu",
+        field: "load",
+        size: 4,
+        required: true,
+        set: |c, o| c.fpu_load = o,
+    },
 ];
 
 /// Fills `cfg`'s offsets from the formats of the tracepoints that exist (`formats`). Tracepoints
@@ -85,7 +187,16 @@ mod tests {
     fn offsets_of_6_18() {
         let formats = load(
             "6.18",
-            &["kvm_exit", "kvm_entry", "kvm_pio", "kvm_mmio", "kvm_msr", "kvm_cpuid", "kvm_userspace_exit", "kvm_fpu"],
+            &[
+                "kvm_exit",
+                "kvm_entry",
+                "kvm_pio",
+                "kvm_mmio",
+                "kvm_msr",
+                "kvm_cpuid",
+                "kvm_userspace_exit",
+                "kvm_fpu",
+            ],
         );
         let mut cfg = Config::UNSET;
         fill(&mut cfg, &formats).unwrap();
@@ -116,7 +227,10 @@ mod tests {
     fn offsets_of_6_1_exit_and_entry() {
         let mut cfg = Config::UNSET;
         fill(&mut cfg, &load("6.1", &["kvm_exit", "kvm_entry"])).unwrap();
-        assert_eq!((cfg.exit_reason, cfg.exit_isa, cfg.exit_vcpu_id), (8, 24, 56));
+        assert_eq!(
+            (cfg.exit_reason, cfg.exit_isa, cfg.exit_vcpu_id),
+            (8, 24, 56)
+        );
         assert_eq!(cfg.entry_vcpu_id, 8);
         // Not loaded: stays absent.
         assert_eq!(cfg.pio_port, FIELD_ABSENT);
@@ -125,9 +239,18 @@ mod tests {
     #[test]
     fn a_resized_field_is_an_error() {
         let mut formats = load("6.18", &["kvm_mmio"]);
-        formats[0].fields.iter_mut().find(|f| f.name == "gpa").unwrap().size = 4;
-        let err = fill(&mut Config::UNSET, &formats).unwrap_err().to_string();
-        assert!(err.contains("kvm_mmio") && err.contains("gpa") && err.contains("size 4"), "{err}");
+        formats[0]
+            .fields
+            .iter_mut()
+            .find(|f| f.name == "gpa")
+            .unwrap()
+            .size = 4;
+        let mut cfg = Config::UNSET;
+        let err = fill(&mut cfg, &formats).unwrap_err().to_string();
+        assert!(
+            err.contains("kvm_mmio") && err.contains("gpa") && err.contains("size 4"),
+            "{err}"
+        );
     }
 
     #[test]

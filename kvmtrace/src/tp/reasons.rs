@@ -74,9 +74,18 @@ mod tests {
     fn vmx_names() {
         assert_eq!(exit_reason_name(ISA_VMX, 30), "IO_INSTRUCTION");
         assert_eq!(exit_reason_name(ISA_VMX, 48), "EPT_VIOLATION");
-        assert_eq!(exit_reason_name(ISA_VMX, 0x8000_0021), "INVALID_STATE|FAILED_VMENTRY");
-        assert_eq!(exit_reason_name(ISA_VMX, 0x0c00_0030), "EPT_VIOLATION|ENCLAVE_MODE|BUS_LOCK_DETECTED");
-        assert_eq!(exit_reason_name(ISA_VMX, 0x0001_0030), "EPT_VIOLATION|FLAGS(0x10000)");
+        assert_eq!(
+            exit_reason_name(ISA_VMX, 0x8000_0021),
+            "INVALID_STATE|FAILED_VMENTRY"
+        );
+        assert_eq!(
+            exit_reason_name(ISA_VMX, 0x0c00_0030),
+            "EPT_VIOLATION|ENCLAVE_MODE|BUS_LOCK_DETECTED"
+        );
+        assert_eq!(
+            exit_reason_name(ISA_VMX, 0x0001_0030),
+            "EPT_VIOLATION|FLAGS(0x10000)"
+        );
         assert_eq!(exit_reason_name(ISA_VMX, 0x7777), "UNKNOWN(0x7777)");
     }
 

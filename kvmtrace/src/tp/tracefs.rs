@@ -55,9 +55,19 @@ fn mount_tracefs(at: &Path) -> std::io::Result<()> {
     let source = c("nodev")?;
     // SAFETY: all pointers are valid NUL-terminated strings that outlive the call.
     let rc = unsafe {
-        libc::mount(source.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
-    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// The format of `kvm:<name>`, or None when this kernel has no such tracepoint.

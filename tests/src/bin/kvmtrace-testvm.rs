@@ -61,7 +61,10 @@ fn parse_args() -> anyhow::Result<Options> {
             "--vcpus" => o.vcpus = value(&mut args, "--vcpus")?.parse()?,
             "--run" => {
                 let v = value(&mut args, "--run")?;
-                match v.split_once(':').filter(|(i, _)| i.parse::<usize>().is_ok()) {
+                match v
+                    .split_once(':')
+                    .filter(|(i, _)| i.parse::<usize>().is_ok())
+                {
                     Some((i, steps)) => o.plans.push((i.parse()?, plan::parse_steps(steps)?)),
                     None => o.default_plan = plan::parse_steps(&v)?,
                 }
@@ -70,7 +73,9 @@ fn parse_args() -> anyhow::Result<Options> {
             "--start-on-stdin" => o.start_on_stdin = true,
             "--timeout" => o.timeout_secs = value(&mut args, "--timeout")?.parse()?,
             "-h" | "--help" => {
-                println!("usage: kvmtrace-testvm -name guest=NAME [--vcpus N] [--run [V:]STEPS]... [--loop] [--start-on-stdin] [--timeout SECS]");
+                println!(
+                    "usage: kvmtrace-testvm -name guest=NAME [--vcpus N] [--run [V:]STEPS]... [--loop] [--start-on-stdin] [--timeout SECS]"
+                );
                 std::process::exit(0);
             }
             other => bail!("unknown argument `{other}` (see --help)"),
@@ -161,8 +166,8 @@ fn run() -> anyhow::Result<()> {
             .spawn(move || -> anyhow::Result<Vec<String>> {
                 // Warm-up: the first native entry takes a shadow page fault on kvm_pvm, and the
                 // first touch of each page may exit; do all that before anyone counts.
-                let warm = steps.iter().filter(|s| s.action != Action::Idle);
-                let warm_result = warm.map(|s| vcpu.batch(s.action, 2)).collect::<Result<(), _>>();
+                let mut warm = steps.iter().filter(|s| s.action != Action::Idle);
+                let warm_result = warm.try_for_each(|s| vcpu.batch(s.action, 2));
                 ready.wait();
                 go.wait();
                 warm_result?;

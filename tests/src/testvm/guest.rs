@@ -219,9 +219,18 @@ pub fn build_image(ram: &mut [u8], mmio_gpa: u64) -> anyhow::Result<()> {
     let mut put = |off: usize, v: u64| ram[off..off + 8].copy_from_slice(&v.to_le_bytes());
     let table = PTE_PRESENT | PTE_WRITE | PTE_USER;
     let idx = |va: u64, shift: u32| ((va >> shift) & 0x1ff) as usize;
-    put(OFF_PML4 + 8 * idx(RAM_VA, 39), (RAM_GPA + OFF_PDPT as u64) | table);
-    put(OFF_PDPT + 8 * idx(RAM_VA, 30), (RAM_GPA + OFF_PD as u64) | table);
-    put(OFF_PD + 8 * idx(RAM_VA, 21), (RAM_GPA + OFF_PT as u64) | table);
+    put(
+        OFF_PML4 + 8 * idx(RAM_VA, 39),
+        (RAM_GPA + OFF_PDPT as u64) | table,
+    );
+    put(
+        OFF_PDPT + 8 * idx(RAM_VA, 30),
+        (RAM_GPA + OFF_PD as u64) | table,
+    );
+    put(
+        OFF_PD + 8 * idx(RAM_VA, 21),
+        (RAM_GPA + OFF_PT as u64) | table,
+    );
     for page in 0..MAPPED_PAGES {
         put(OFF_PT + 8 * page, (RAM_GPA + 0x1000 * page as u64) | table);
     }

@@ -140,18 +140,51 @@ mod tests {
         assert_eq!(
             steps,
             vec![
-                Step { action: Action::PioOut { port: 0x70 }, amount: Amount::Count(20_000), rate: None },
-                Step { action: Action::MmioWrite { gpa: DEFAULT_MMIO_GPA }, amount: Amount::Count(5000), rate: None },
-                Step { action: Action::Wrmsr { msr: 0xc000_0102, value: 0 }, amount: Amount::Count(3000), rate: None },
-                Step { action: Action::Idle, amount: Amount::For(Duration::from_secs(2)), rate: None },
-                Step { action: Action::Hlt, amount: Amount::For(Duration::from_secs(3)), rate: Some(100) },
+                Step {
+                    action: Action::PioOut { port: 0x70 },
+                    amount: Amount::Count(20_000),
+                    rate: None
+                },
+                Step {
+                    action: Action::MmioWrite {
+                        gpa: DEFAULT_MMIO_GPA
+                    },
+                    amount: Amount::Count(5000),
+                    rate: None
+                },
+                Step {
+                    action: Action::Wrmsr {
+                        msr: 0xc000_0102,
+                        value: 0
+                    },
+                    amount: Amount::Count(3000),
+                    rate: None
+                },
+                Step {
+                    action: Action::Idle,
+                    amount: Amount::For(Duration::from_secs(2)),
+                    rate: None
+                },
+                Step {
+                    action: Action::Hlt,
+                    amount: Amount::For(Duration::from_secs(3)),
+                    rate: Some(100)
+                },
             ]
         );
     }
 
     #[test]
     fn rejects_bad_steps() {
-        for bad in ["bogus", "pio_out,port=0x10000", "pio_out,count=0", "idle", "pio_out,colour=1", "hlt,count=1,ms=2", "pio_out,port"] {
+        for bad in [
+            "bogus",
+            "pio_out,port=0x10000",
+            "pio_out,count=0",
+            "idle",
+            "pio_out,colour=1",
+            "hlt,count=1,ms=2",
+            "pio_out,port",
+        ] {
             assert!(parse_steps(bad).is_err(), "{bad} should fail");
         }
     }

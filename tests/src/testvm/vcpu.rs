@@ -153,7 +153,10 @@ impl Vcpu {
             match self.fd.run() {
                 Ok(VcpuExit::IoOut(guest::PORT_DONE, _)) => return Ok(()),
                 Ok(VcpuExit::IoOut(guest::PORT_BAD_VECTOR, _)) => {
-                    bail!("vCPU {}: the guest took an unexpected exception", self.index)
+                    bail!(
+                        "vCPU {}: the guest took an unexpected exception",
+                        self.index
+                    )
                 }
                 Ok(VcpuExit::IoIn(_, data)) => data.fill(0),
                 Ok(VcpuExit::MmioRead(_, data)) => data.fill(0),
