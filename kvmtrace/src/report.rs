@@ -64,6 +64,10 @@ pub struct VmReport {
     pub vcpus: Vec<VcpuInfo>,
     /// Paired exits (exit -> entry) of all reasons.
     pub total_exits: u64,
+    /// Returns of KVM_RUN to the VMM (kvm_userspace_exit).
+    pub total_userspace_exits: u64,
+    /// Events of the detail tracepoints (pio, mmio, msr, cpuid, userspace_exit).
+    pub detail_events: u64,
     pub exits: Vec<ExitRow>,
     pub userspace_exits: Vec<UserspaceRow>,
     pub ports: Vec<PortRow>,
@@ -379,6 +383,8 @@ fn vm_report(agg: &Aggregate, ctx: &Context, pid: u32, secs: f64) -> VmReport {
         name: vm.map_or_else(|| format!("pid {pid}"), |v| v.name.clone()),
         vcpus,
         total_exits,
+        total_userspace_exits: uexit_total,
+        detail_events: counts.values().sum(),
         exits: exit_rows,
         userspace_exits,
         ports,
@@ -557,6 +563,8 @@ mod tests {
             ["0", "1"]
         );
         assert_eq!(v.total_exits, 400);
+        assert_eq!(v.total_userspace_exits, 300);
+        assert_eq!(v.detail_events, 300 + 300 + 100 + 7 + 5);
         assert_eq!(v.exits[0].reason, "io");
         assert_eq!(v.exits[0].count, 300);
         assert_eq!(v.exits[0].count_pct, 75.0);

@@ -41,11 +41,14 @@ fn render_vm(vm: &VmReport, report: &Report, out: &mut impl io::Write) -> io::Re
     let vcpus: Vec<&str> = vm.vcpus.iter().map(|v| v.label.as_str()).collect();
     writeln!(
         out,
-        "\nVM {} (pid {}): {} exits, {:.1}/s; vCPUs: {}",
+        "\nVM {} (pid {}): {} exits ({:.1}/s), {} to the VMM ({:.1}/s), {} detail events; vCPUs: {}",
         vm.name,
         vm.pid,
         vm.total_exits,
         rate(vm.total_exits, report.duration_secs),
+        vm.total_userspace_exits,
+        rate(vm.total_userspace_exits, report.duration_secs),
+        vm.detail_events,
         if vcpus.is_empty() {
             "-".into()
         } else {
@@ -328,6 +331,8 @@ mod tests {
                     thread_name: Some("CPU 0/KVM".into()),
                 }],
                 total_exits: 300,
+                total_userspace_exits: 300,
+                detail_events: 600,
                 exits: vec![ExitRow {
                     vcpu: None,
                     isa: "SVM",
@@ -371,7 +376,7 @@ mod tests {
         let expected = "\
 kvmtrace: 2.00 s on kvm_amd, 1 VM
 
-VM web01 (pid 100): 300 exits, 150.0/s; vCPUs: 0
+VM web01 (pid 100): 300 exits (150.0/s), 300 to the VMM (150.0/s), 600 detail events; vCPUs: 0
 
   Exits (kvm_exit -> kvm_entry)
   Exit reason (SVM)  Count   Count%    Time%     Min     p50     p99     Max  Exits/s
