@@ -14,7 +14,8 @@ pub use hist::{HIST_BUCKETS, bucket_index, bucket_low, bucket_width};
 
 /// Map names (the `#[map]` statics in kvmtrace-ebpf carry exactly these names).
 pub mod maps {
-    /// tgid -> 1 for the VMs being traced; consulted only when `Config::filter_tgids` is 1.
+    /// tgid -> 1 for the VMs being traced; consulted only when `Config::filter_tgids` is 1 and
+    /// more VMs are traced than `Config::tgids` holds.
     pub const TRACED_TGIDS: &str = "TRACED_TGIDS";
     /// tid -> [`crate::ThreadState`]: the open exit and the open userspace round trip of a vCPU thread.
     pub const THREADS: &str = "THREADS";
@@ -55,6 +56,9 @@ pub mod programs {
     ];
 }
 
+/// How many selected VMs the configuration holds inline.
+pub const INLINE_TGIDS: usize = 8;
+
 /// Offset value meaning "this kernel's tracepoint has no such field".
 pub const FIELD_ABSENT: u32 = u32::MAX;
 /// vcpu_id value meaning "not known" (no kvm_exit seen for this thread yet).
@@ -68,8 +72,13 @@ pub const VCPU_UNKNOWN: u32 = u32::MAX;
 pub struct Config {
     /// The collector's own tgid, always ignored.
     pub self_tgid: u32,
-    /// 1: trace only the tgids in TRACED_TGIDS; 0: every VM on the host.
+    /// 1: trace only the selected VMs; 0: every VM on the host.
     pub filter_tgids: u32,
+    /// The selected VMs when there are at most [`INLINE_TGIDS`] (compared inline: cheaper than a
+    /// map lookup); unused slots are 0. With more, the TRACED_TGIDS map holds them all.
+    pub tgids: [u32; INLINE_TGIDS],
+    /// How many of `tgids` are used; 0 with filter_tgids = 1 means "look in TRACED_TGIDS".
+    pub n_tgids: u32,
     pub exit_reason: u32,
     pub exit_isa: u32,
     pub exit_vcpu_id: u32,
@@ -95,6 +104,8 @@ impl Config {
     pub const UNSET: Config = Config {
         self_tgid: 0,
         filter_tgids: 0,
+        tgids: [0; INLINE_TGIDS],
+        n_tgids: 0,
         exit_reason: FIELD_ABSENT,
         exit_isa: FIELD_ABSENT,
         exit_vcpu_id: FIELD_ABSENT,

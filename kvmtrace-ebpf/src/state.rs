@@ -57,7 +57,17 @@ pub fn traced(cfg: &Config, tgid: u32) -> bool {
     if tgid == cfg.self_tgid {
         return false;
     }
-    cfg.filter_tgids == 0 || TRACED_TGIDS.get_ptr(tgid).is_some()
+    if cfg.filter_tgids == 0 {
+        return true;
+    }
+    if cfg.n_tgids == 0 {
+        return TRACED_TGIDS.get_ptr(tgid).is_some();
+    }
+    // The verifier knows CONFIG's values (a frozen .rodata map), so this loop is short.
+    cfg.tgids
+        .iter()
+        .take(cfg.n_tgids as usize)
+        .any(|&t| t == tgid)
 }
 
 #[inline(always)]
@@ -69,6 +79,10 @@ pub fn bump(counter: Counter) {
 }
 
 /// Reads a tracepoint field of type T at `offset`, or 0 when this kernel lacks the field.
+///
+/// Through bpf_probe_read_kernel: a direct load would be cheaper, but the verifier only allows
+/// context loads whose offset is in the instruction itself ("dereference of modified ctx ptr"),
+/// and these offsets are known only at load time.
 #[inline(always)]
 pub fn field<T: Default>(ctx: &TracePointContext, offset: u32) -> T {
     if offset == FIELD_ABSENT {

@@ -15,8 +15,8 @@ use aya::{
     programs::TracePoint,
 };
 use kvmtrace_common::{
-    CONFIG_GLOBAL, Config, Counter, DetailKey, HIST_BUCKETS, LatencyKey, LatencyStats, ThreadState,
-    maps, programs,
+    CONFIG_GLOBAL, Config, Counter, DetailKey, HIST_BUCKETS, INLINE_TGIDS, LatencyKey,
+    LatencyStats, ThreadState, maps, programs,
 };
 
 use crate::{
@@ -93,6 +93,10 @@ impl Tracer {
             filter_tgids: opts.pids.is_some() as u32,
             ..Config::UNSET
         };
+        if let Some(pids) = opts.pids.as_ref().filter(|p| p.len() <= INLINE_TGIDS) {
+            cfg.tgids[..pids.len()].copy_from_slice(pids);
+            cfg.n_tgids = pids.len() as u32;
+        }
         offsets::fill(&mut cfg, &formats)?;
         bump_memlock_rlimit();
 

@@ -150,6 +150,53 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
+/// (run_time_ns, run_cnt) of every loaded BPF program, by id.
+fn prog_stats() -> anyhow::Result<std::collections::HashMap<u64, (u64, u64)>> {
+    let text =
+        output(cmd("bpftool").args(["prog", "show", "--json"])).context("bpftool prog show")?;
+    let progs: Vec<serde_json::Value> = serde_json::from_str(&text)?;
+    Ok(progs
+        .iter()
+        .filter_map(|p| {
+            let id = p["id"].as_u64()?;
+            Some((
+                id,
+                (
+                    p["run_time_ns"].as_u64().unwrap_or(0),
+                    p["run_cnt"].as_u64().unwrap_or(0),
+                ),
+            ))
+        })
+        .collect())
+}
+
+/// Mean ns per program run of the programs `config` loads, while the guest runs for `secs`.
+fn program_cost(config: Config, guest_pid: u32, secs: usize) -> anyhow::Result<(f64, u64)> {
+    const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+    let before_ids: std::collections::HashSet<u64> = prog_stats()?.into_keys().collect();
+    let previous = std::fs::read_to_string(STATS).unwrap_or_else(|_| "0".into());
+    std::fs::write(STATS, "1").context("enabling BPF run-time statistics")?;
+    let tracer = start(config, Some(guest_pid))?;
+    let ours = |all: &std::collections::HashMap<u64, (u64, u64)>| -> (u64, u64) {
+        all.iter()
+            .filter(|(id, _)| !before_ids.contains(id))
+            .fold((0, 0), |(t, n), (_, (dt, dn))| (t + dt, n + dn))
+    };
+    let a = ours(&prog_stats()?);
+    std::thread::sleep(Duration::from_secs(secs as u64));
+    let b = ours(&prog_stats()?);
+    stop(tracer);
+    std::fs::write(STATS, previous.trim()).context("restoring kernel.bpf_stats_enabled")?;
+    let events = b.1 - a.1;
+    if events == 0 {
+        bail!(
+            "{} ran no program while the guest made exits",
+            config.label()
+        );
+    }
+    Ok(((b.0 - a.0) as f64 / events as f64, events))
+}
+
 /// ns per getpid syscall over `n` calls.
 fn getpid_ns(n: u32) -> f64 {
     let t = Instant::now();
@@ -244,6 +291,17 @@ pub fn run_bench(rounds: usize, samples: usize) -> anyhow::Result<()> {
             "  kvmtrace slowdown {ours:.1}% = floor {floor:.1}% + {:.1} pp; bpftrace keyed count {bpft:.1}%",
             ours - floor
         );
+
+        // Per-event cost of each tracer's programs, from the kernel's own BPF run-time statistics
+        // (immune to the run-to-run noise above; the statistics add the same ~100 ns to both).
+        println!("\nProgram cost per event (kernel.bpf_stats_enabled, mean over {samples} s):");
+        for config in [Config::EmptyProgram, Config::Kvmtrace, Config::Bpftrace] {
+            let (ns, events) = program_cost(config, guest_pid, samples)?;
+            println!(
+                "  {:<28} {ns:>8.1} ns/event over {events} events",
+                config.label()
+            );
+        }
 
         // An unrelated process: this one, making getpid syscalls. kvmtrace attaches nothing to
         // syscalls, so any difference is noise; best-of-N is robust to interference from the
