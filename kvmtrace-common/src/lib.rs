@@ -142,7 +142,8 @@ pub struct ThreadState {
     pub uexit_reason: u32,
     /// THREAD_* bits.
     pub flags: u32,
-    pub _reserved: u32,
+    /// The thread's process (the VM), so that open exits can be attributed at stop.
+    pub tgid: u32,
 }
 
 /// [`ThreadState::flags`]: the thread has had a kvm_entry since attach.

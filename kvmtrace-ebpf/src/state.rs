@@ -95,12 +95,13 @@ pub fn field<T: Default>(ctx: &TracePointContext, offset: u32) -> T {
 
 /// The thread's pairing state, created on first use. None only when THREADS is full.
 #[inline(always)]
-pub fn thread_state(ctx: &TracePointContext, tid: u32) -> Option<*mut ThreadState> {
+pub fn thread_state(ctx: &TracePointContext, tgid: u32, tid: u32) -> Option<*mut ThreadState> {
     if let Some(p) = THREADS.get_ptr_mut(tid) {
         return Some(p);
     }
     let fresh = ThreadState {
         vcpu_id: kvmtrace_common::VCPU_UNKNOWN,
+        tgid,
         ..ThreadState::default()
     };
     if THREADS.insert(tid, fresh, BPF_NOEXIST).is_err() && THREADS.get_ptr_mut(tid).is_none() {

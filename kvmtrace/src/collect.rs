@@ -15,13 +15,13 @@ use aya::{
     programs::TracePoint,
 };
 use kvmtrace_common::{
-    CONFIG_GLOBAL, Config, Counter, DetailKey, HIST_BUCKETS, INLINE_TGIDS, LatencyKey,
+    CONFIG_GLOBAL, Config, Counter, DetailKey, HIST_BUCKETS, INLINE_TGIDS, LatencyKey, LatencyKind,
     LatencyStats, ThreadState, maps, programs,
 };
 
 use crate::{
     error::Error,
-    model::{Interval, LatencyDelta},
+    model::{InFlight, Interval, LatencyDelta},
     tp::{offsets, tracefs},
 };
 
@@ -193,15 +193,25 @@ impl Tracer {
     }
 
     /// Exits and userspace round trips still open (no entry yet) right now, over traced threads.
-    pub fn in_flight(&self) -> Result<(u64, u64), Error> {
+    pub fn in_flight(&self) -> Result<InFlight, Error> {
         let threads: BpfHashMap<&MapData, u32, ThreadState> = map_ref(&self.ebpf, maps::THREADS)?;
-        let (mut exits, mut round_trips) = (0, 0);
+        let mut open = InFlight::default();
         for item in threads.iter() {
-            let (_, st) = item.map_err(|e| Error::bpf("reading THREADS", e))?;
-            exits += (st.exit_ts != 0) as u64;
-            round_trips += (st.uexit_ts != 0) as u64;
+            let (tid, st) = item.map_err(|e| Error::bpf("reading THREADS", e))?;
+            if st.exit_ts != 0 {
+                let key = LatencyKey {
+                    tgid: st.tgid,
+                    tid,
+                    vcpu_id: st.vcpu_id,
+                    isa: st.exit_isa,
+                    reason: st.exit_reason,
+                    kind: LatencyKind::Exit as u32,
+                };
+                *open.exits.entry(key).or_default() += 1;
+            }
+            open.round_trips += (st.uexit_ts != 0) as u64;
         }
-        Ok((exits, round_trips))
+        Ok(open)
     }
 
     pub fn tracefs(&self) -> &Path {

@@ -100,6 +100,20 @@ impl LatencyAgg {
     }
 }
 
+/// What was still open when recording stopped: exits with no entry yet (by key, without a
+/// latency sample) and VMM round trips with no re-entry yet.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InFlight {
+    pub exits: BTreeMap<LatencyKey, u64>,
+    pub round_trips: u64,
+}
+
+impl InFlight {
+    pub fn exit_total(&self) -> u64 {
+        self.exits.values().sum()
+    }
+}
+
 /// The running sum of every interval so far.
 #[derive(Clone, Debug, Default)]
 pub struct Aggregate {

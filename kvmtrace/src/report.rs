@@ -8,7 +8,7 @@ use kvmtrace_common::{Counter, DetailKind, LatencyKind, UEXIT_ERRNO_FLAG, VCPU_U
 use serde::Serialize;
 
 use crate::{
-    model::{Aggregate, LatencyAgg},
+    model::{Aggregate, InFlight, LatencyAgg},
     tp::reasons::{exit_reason_name, isa_name, userspace_exit_name},
     vm::{Vm, vcpu_index_of_comm},
 };
@@ -62,7 +62,7 @@ pub struct VmReport {
     pub pid: u32,
     pub name: String,
     pub vcpus: Vec<VcpuInfo>,
-    /// Paired exits (exit -> entry) of all reasons.
+    /// Exits of all reasons (paired ones plus those open at stop).
     pub total_exits: u64,
     /// Returns of KVM_RUN to the VMM (kvm_userspace_exit).
     pub total_userspace_exits: u64,
@@ -113,7 +113,10 @@ pub struct ExitRow {
     pub isa: &'static str,
     pub reason_code: u32,
     pub reason: String,
+    /// Exits of this reason: latency samples plus those still open at stop.
     pub count: u64,
+    /// Exits with no kvm_entry yet when recording stopped (no latency sample).
+    pub in_flight: u64,
     pub count_pct: f64,
     pub time_pct: f64,
     pub per_sec: f64,
@@ -178,8 +181,8 @@ pub struct Context<'a> {
     pub kvm_module: Option<String>,
     pub attached: Vec<String>,
     pub missing: Vec<String>,
-    /// (exits, round trips) open when recording stopped.
-    pub in_flight: (u64, u64),
+    /// Exits and round trips still open when recording stopped.
+    pub in_flight: &'a InFlight,
 }
 
 pub fn build(agg: &Aggregate, ctx: &Context) -> Report {
@@ -193,8 +196,8 @@ pub fn build(agg: &Aggregate, ctx: &Context) -> Report {
         unpaired_entries: c(Counter::UnpairedEntries),
         first_entries: c(Counter::FirstEntries),
         unpaired_userspace_exits: c(Counter::UnpairedUserspaceExits),
-        exits_in_flight_at_stop: ctx.in_flight.0,
-        round_trips_in_flight_at_stop: ctx.in_flight.1,
+        exits_in_flight_at_stop: ctx.in_flight.exit_total(),
+        round_trips_in_flight_at_stop: ctx.in_flight.round_trips,
         latency_map_full: c(Counter::LatencyMapFull),
         detail_map_full: c(Counter::DetailMapFull),
         thread_map_full: c(Counter::ThreadMapFull),
@@ -263,8 +266,14 @@ fn vm_report(agg: &Aggregate, ctx: &Context, pid: u32, secs: f64) -> VmReport {
         })
     };
 
-    // Exit reasons: (vcpu, isa, reason) -> merged latency.
+    // Exit reasons: (vcpu, isa, reason) -> merged latency, and exits still open at stop.
     let mut exits: BTreeMap<(Option<String>, u32, u32), LatencyAgg> = BTreeMap::new();
+    let mut open: BTreeMap<(Option<String>, u32, u32), u64> = BTreeMap::new();
+    for (k, n) in ctx.in_flight.exits.iter().filter(|(k, _)| k.tgid == pid) {
+        let key = (label(k.tid), k.isa, k.reason);
+        exits.entry(key.clone()).or_default();
+        *open.entry(key).or_default() += n;
+    }
     let mut round_trips: BTreeMap<(Option<String>, u32), LatencyAgg> = BTreeMap::new();
     for (k, v) in agg.latency.iter().filter(|(k, _)| k.tgid == pid) {
         if k.kind == LatencyKind::Exit as u32 {
@@ -279,20 +288,27 @@ fn vm_report(agg: &Aggregate, ctx: &Context, pid: u32, secs: f64) -> VmReport {
                 .merge(v);
         }
     }
-    let total_exits: u64 = exits.values().map(|a| a.count).sum();
+    let total_exits: u64 =
+        exits.values().map(|a| a.count).sum::<u64>() + open.values().sum::<u64>();
     let total_ns: u64 = exits.values().map(|a| a.total_ns).sum();
     let mut exit_rows: Vec<ExitRow> = exits
         .into_iter()
-        .map(|((vcpu, isa, reason), a)| ExitRow {
-            vcpu,
-            isa: isa_name(isa),
-            reason_code: reason,
-            reason: exit_reason_name(isa, reason),
-            count: a.count,
-            count_pct: pct(a.count, total_exits),
-            time_pct: pct(a.total_ns, total_ns),
-            per_sec: rate(a.count, secs),
-            latency: Latency::of(&a),
+        .map(|(key, a)| {
+            let in_flight = open.get(&key).copied().unwrap_or(0);
+            let (vcpu, isa, reason) = key;
+            let count = a.count + in_flight;
+            ExitRow {
+                vcpu,
+                isa: isa_name(isa),
+                reason_code: reason,
+                reason: exit_reason_name(isa, reason),
+                count,
+                in_flight,
+                count_pct: pct(count, total_exits),
+                time_pct: pct(a.total_ns, total_ns),
+                per_sec: rate(count, secs),
+                latency: Latency::of(&a),
+            }
         })
         .collect();
     exit_rows.sort_by(|a, b| {
@@ -539,6 +555,25 @@ mod tests {
         agg
     }
 
+    fn open_io_exit() -> &'static InFlight {
+        static OPEN: std::sync::OnceLock<InFlight> = std::sync::OnceLock::new();
+        OPEN.get_or_init(|| InFlight {
+            exits: [(
+                LatencyKey {
+                    tgid: 100,
+                    tid: 101,
+                    vcpu_id: 0,
+                    isa: 2,
+                    reason: 0x7b,
+                    kind: 0,
+                },
+                1,
+            )]
+            .into(),
+            round_trips: 0,
+        })
+    }
+
     fn ctx(vms: &BTreeMap<u32, Vm>, per_vcpu: bool) -> Context<'_> {
         Context {
             vms,
@@ -546,7 +581,7 @@ mod tests {
             kvm_module: Some("kvm_amd".into()),
             attached: vec!["kvm_exit".into(), "kvm_entry".into()],
             missing: vec![],
-            in_flight: (1, 0),
+            in_flight: open_io_exit(),
         }
     }
 
@@ -562,14 +597,24 @@ mod tests {
             v.vcpus.iter().map(|v| v.label.as_str()).collect::<Vec<_>>(),
             ["0", "1"]
         );
-        assert_eq!(v.total_exits, 400);
+        assert_eq!(
+            v.total_exits, 401,
+            "300 io + 100 cpuid samples, 1 io exit open at stop"
+        );
         assert_eq!(v.total_userspace_exits, 300);
         assert_eq!(v.detail_events, 300 + 300 + 100 + 7 + 5);
         assert_eq!(v.exits[0].reason, "io");
-        assert_eq!(v.exits[0].count, 300);
-        assert_eq!(v.exits[0].count_pct, 75.0);
+        assert_eq!(
+            (
+                v.exits[0].count,
+                v.exits[0].in_flight,
+                v.exits[0].latency.count
+            ),
+            (301, 1, 300)
+        );
+        assert!((v.exits[0].count_pct - 301.0 / 401.0 * 100.0).abs() < 1e-9);
         assert!((v.exits[0].time_pct - 300.0 * 1000.0 / 350_000.0 * 100.0).abs() < 1e-9);
-        assert_eq!(v.exits[0].per_sec, 150.0);
+        assert_eq!(v.exits[0].per_sec, 150.5);
         assert_eq!(v.exits[0].latency.p50_ns, 1000);
         assert_eq!(v.exits[1].reason, "cpuid");
         assert_eq!(v.userspace_exits[0].reason, "IO");
@@ -611,7 +656,7 @@ mod tests {
         assert_eq!(
             rows,
             [
-                ("0".into(), "io".into(), 300),
+                ("0".into(), "io".into(), 301),
                 ("1".into(), "cpuid".into(), 100)
             ]
         );
@@ -625,8 +670,10 @@ mod tests {
         let mut agg = sample();
         agg.latency.retain(|k, _| k.kind == 1);
         agg.counters[Counter::ExitsSeen as usize] = 0;
+        let nothing_open = InFlight::default();
         let mut c = ctx(&vms, false);
         c.kvm_module = Some("kvm_pvm".into());
+        c.in_flight = &nothing_open;
         let r = build(&agg, &c);
         assert_eq!(r.notes.len(), 1);
         assert!(r.notes[0].starts_with("kvm_exit and kvm_entry are attached but fired 0 times while 500 detail events arrived (this host's KVM, kvm_pvm, does not emit them)"), "{}", r.notes[0]);

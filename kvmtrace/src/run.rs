@@ -136,7 +136,7 @@ async fn record(args: RecordArgs) -> anyhow::Result<()> {
         kvm_module: kvm_module(),
         attached: tracer.attached.iter().map(|s| s.to_string()).collect(),
         missing: tracer.missing.iter().map(|s| s.to_string()).collect(),
-        in_flight,
+        in_flight: &in_flight,
     };
     let report = report::build(&agg, &ctx);
     drop(tracer); // detach before printing: nothing of ours stays attached

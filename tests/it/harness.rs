@@ -42,6 +42,14 @@ pub fn kvmtrace_bin() -> PathBuf {
     bin
 }
 
+/// The test guest: $KVMTRACE_TESTVM_BIN (set inside the nested L1), else the one cargo built.
+pub fn testvm_bin() -> PathBuf {
+    std::env::var_os("KVMTRACE_TESTVM_BIN").map_or_else(
+        || env!("CARGO_BIN_EXE_kvmtrace-testvm").into(),
+        PathBuf::from,
+    )
+}
+
 /// Lines of a child's stream, readable with a timeout.
 fn line_reader(stream: impl std::io::Read + Send + 'static) -> Receiver<String> {
     let (tx, rx) = channel();
@@ -83,7 +91,7 @@ pub struct Guest {
 impl Guest {
     /// Starts a guest named `name`; `args` are its --vcpus/--run arguments.
     pub fn start(name: &str, args: &[&str]) -> Guest {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kvmtrace-testvm"))
+        let mut child = Command::new(testvm_bin())
             .args([
                 "-name",
                 &format!("guest={name},debug-threads=on"),

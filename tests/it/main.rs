@@ -7,3 +7,4 @@ mod harness;
 mod cleanup;
 mod counts;
 mod errors;
+mod nested_l1;

@@ -2,6 +2,7 @@
 mod bench;
 mod codegen;
 mod demo;
+mod nested;
 mod setup;
 mod sh;
 mod test;
@@ -36,6 +37,15 @@ enum Task {
         #[arg(long, default_value_t = 3)]
         samples: usize,
     },
+    /// Boot the nested SVM L1 (QEMU TCG + kvm_amd) and run the tests that need real kvm_exit.
+    Nested {
+        /// Give up (and kill QEMU) after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+        /// CPUs of L1 (the two-vCPU test needs 2).
+        #[arg(long, default_value_t = 2)]
+        smp: u32,
+    },
     /// Regenerate the exit-reason tables from tracepoint format files.
     Codegen {
         #[arg(long, default_value = "kvmtrace/tests/data/formats/6.18")]
@@ -49,6 +59,10 @@ fn main() -> anyhow::Result<()> {
         Task::Test => test::run_tests(),
         Task::Demo { seconds } => demo::run_demo(seconds),
         Task::Bench { rounds, samples } => bench::run_bench(rounds, samples),
+        Task::Nested { timeout, smp } => nested::run_nested(&nested::Options {
+            timeout: std::time::Duration::from_secs(timeout),
+            smp,
+        }),
         Task::Codegen { formats } => codegen::run(&sh::root(), &formats),
     }
 }

@@ -1,9 +1,9 @@
 //! `cargo xtask test`: everything CI checks, in order: set-up, formatting, clippy (also for the
 //! eBPF crate, on nightly, since it builds for another target), unit tests, then the integration
-//! tests against real guests as root, one at a time.
+//! tests against real guests as root, one at a time, and the nested-SVM suite (real kvm_exit).
 
 use crate::{
-    setup,
+    nested, setup,
     sh::{cargo, cmd, run},
 };
 
@@ -46,6 +46,8 @@ pub fn run_tests() -> anyhow::Result<()> {
         "--",
         "--test-threads=1",
     ]))?;
+    // The tests that need real kvm_exit/kvm_entry run inside the nested SVM L1.
+    nested::run_nested(&nested::Options::default())?;
     eprintln!("xtask test: all checks passed");
     Ok(())
 }

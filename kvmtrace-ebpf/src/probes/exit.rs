@@ -48,7 +48,7 @@ fn try_exit(ctx: &TracePointContext) {
     }
     let ts = now_ns();
     bump(Counter::ExitsSeen);
-    let Some(state) = thread_state(ctx, tid) else {
+    let Some(state) = thread_state(ctx, tgid, tid) else {
         return;
     };
     // SAFETY: `state` points at this thread's THREADS value; only this thread's events write it.
@@ -73,7 +73,7 @@ fn try_entry(ctx: &TracePointContext) {
     }
     let ts = now_ns();
     bump(Counter::EntriesSeen);
-    let Some(state) = thread_state(ctx, tid) else {
+    let Some(state) = thread_state(ctx, tgid, tid) else {
         return;
     };
     // SAFETY: as in try_exit.

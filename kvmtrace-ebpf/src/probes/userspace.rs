@@ -58,7 +58,7 @@ fn try_userspace_exit(ctx: &TracePointContext) {
             b,
         },
     );
-    let Some(state) = thread_state(ctx, tid) else {
+    let Some(state) = thread_state(ctx, tgid, tid) else {
         return;
     };
     // SAFETY: `state` points at this thread's THREADS value; only this thread's events write it.

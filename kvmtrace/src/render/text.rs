@@ -339,6 +339,7 @@ mod tests {
                     reason_code: 0x7b,
                     reason: "io".into(),
                     count: 300,
+                    in_flight: 0,
                     count_pct: 100.0,
                     time_pct: 100.0,
                     per_sec: 150.0,
