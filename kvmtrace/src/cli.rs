@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
     name = "kvmtrace",
     version,
     about = "Trace KVM VM exits with eBPF: which VM, vCPU, exit reason, port/MMIO/MSR, and how long",
-    after_help = "EXAMPLES:\n    kvmtrace list                          # the VMs on this host\n    kvmtrace record -d vm01                # trace VM vm01 until Ctrl-C, then report\n    kvmtrace record -d vm01 --duration 10s --per-vcpu\n    kvmtrace record -p 4242 --json > exits.json\n    kvmtrace record                        # every VM on the host"
+    after_help = "EXAMPLES:\n    kvmtrace list                          # the VMs on this host\n    kvmtrace record -d vm01                # trace VM vm01 until Ctrl-C, then report\n    kvmtrace record -d vm01 --duration 10s --per-vcpu\n    kvmtrace record -d vm01 -o vm01.kvmtrace   # also save a recording\n    kvmtrace report -i vm01.kvmtrace --format flamegraph -o vm01.svg\n    kvmtrace diff before.kvmtrace after.kvmtrace\n    kvmtrace record -p 4242 --json > exits.json\n    kvmtrace record                        # every VM on the host"
 )]
 pub struct Cli {
     /// More log output (-v info, -vv debug); kernel-side warnings are always shown.
@@ -25,6 +25,10 @@ pub enum Command {
     Record(RecordArgs),
     /// List the VMs on this host: pid, name, vCPU threads.
     List(ListArgs),
+    /// Report on a recording made with `record -o FILE`.
+    Report(ReportArgs),
+    /// Compare two recordings: per-reason and per-key deltas, sorted by impact.
+    Diff(DiffArgs),
 }
 
 #[derive(Debug, Args)]
@@ -47,9 +51,15 @@ pub struct RecordArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// No live progress line, even on a terminal.
+    #[arg(long)]
+    pub quiet: bool,
     /// tracefs mount point (default: /sys/kernel/tracing, mounted if absent).
     #[arg(long, value_name = "DIR")]
     pub tracefs: Option<PathBuf>,
+    /// Also write the recording to FILE (streamed: a killed recorder leaves a readable file).
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: Option<PathBuf>,
     /// Capacity of the kernel's latency map (VMs x vCPUs x exit reasons).
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
     pub max_keys: u32,
@@ -60,6 +70,91 @@ pub struct ListArgs {
     /// Print as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+    Csv,
+    /// Folded stacks (`VM;vCPU N;REASON;detail weight`) for flamegraph tools.
+    Folded,
+    /// An SVG flamegraph (inferno).
+    Flamegraph,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SortKey {
+    Count,
+    Time,
+    P99,
+    Max,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Weight {
+    /// Host time spent handling the exits.
+    Time,
+    /// Number of exits.
+    Count,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The recording to read.
+    #[arg(short = 'i', long = "input", value_name = "FILE")]
+    pub input: PathBuf,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Order of the rows in every table.
+    #[arg(long, value_enum, default_value_t = SortKey::Count)]
+    pub sort: SortKey,
+    /// Only these VMs (name or pid). Repeatable.
+    #[arg(long = "vm", value_name = "NAME|PID")]
+    pub vms: Vec<String>,
+    /// Only these vCPUs (as labelled in the report: 0, 1, ... or "tid N"). Implies --per-vcpu.
+    #[arg(long = "vcpu", value_name = "N")]
+    pub vcpus: Vec<String>,
+    /// Only these exit reasons (names as in the report, e.g. io, EPT_VIOLATION, IO). Repeatable.
+    #[arg(long = "reason", value_name = "NAME")]
+    pub reasons: Vec<String>,
+    /// Start of the time window, from the start of the recording (e.g. 30s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub from: Option<Duration>,
+    /// End of the time window, from the start of the recording.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub to: Option<Duration>,
+    /// Break every table down by vCPU.
+    #[arg(long)]
+    pub per_vcpu: bool,
+    /// What flamegraph/folded frames are weighted by.
+    #[arg(long, value_enum, default_value_t = Weight::Time)]
+    pub weight: Weight,
+    /// Write to FILE instead of stdout.
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DiffFormat {
+    Text,
+    Json,
+    /// A differential flamegraph (red grew, blue shrank).
+    Flamegraph,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    pub before: PathBuf,
+    pub after: PathBuf,
+    #[arg(long, value_enum, default_value_t = DiffFormat::Text)]
+    pub format: DiffFormat,
+    /// What the differential flamegraph is weighted by.
+    #[arg(long, value_enum, default_value_t = Weight::Time)]
+    pub weight: Weight,
+    /// Write to FILE instead of stdout.
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: Option<PathBuf>,
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {

@@ -55,6 +55,8 @@ pub struct Tracer {
     /// tracepoints attached / absent on this kernel
     pub attached: Vec<&'static str>,
     pub missing: Vec<&'static str>,
+    /// The format files of the attached tracepoints, by event name (for recordings).
+    pub formats: std::collections::BTreeMap<String, String>,
     pub tracefs: PathBuf,
     started: Instant,
     prev_latency: HashMap<LatencyKey, LatencyStats>,
@@ -81,10 +83,14 @@ impl Tracer {
             return Err(Error::NoKvmEvents { tracefs });
         }
         let mut formats = Vec::new();
+        let mut format_texts = std::collections::BTreeMap::new();
         let mut missing = Vec::new();
         for (_, event) in programs::ALL {
             match tracefs::kvm_format(&tracefs, event)? {
-                Some(f) => formats.push(f),
+                Some((f, text)) => {
+                    formats.push(f);
+                    format_texts.insert(event.to_string(), text);
+                }
                 None => missing.push(event),
             }
         }
@@ -148,6 +154,7 @@ impl Tracer {
             ebpf,
             attached,
             missing,
+            formats: format_texts,
             tracefs,
             started: Instant::now(),
             prev_latency: HashMap::new(),

@@ -67,6 +67,14 @@ pub enum Error {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
 
+    /// A recording that cannot be read.
+    #[error("cannot read the recording {path}")]
+    Recording {
+        path: String,
+        #[source]
+        source: crate::record::FormatError,
+    },
+
     #[error("{what}")]
     Io {
         what: String,

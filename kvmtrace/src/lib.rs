@@ -7,13 +7,17 @@
 
 pub mod cli;
 pub mod collect;
+pub mod diff;
 pub mod error;
 pub mod model;
 pub mod names;
+pub mod offline;
+pub mod record;
 pub mod render;
 pub mod report;
 pub mod run;
 pub mod tp;
+pub mod view;
 pub mod vm;
 
 pub use error::Error;

@@ -1,17 +1,30 @@
 //! Wires the stages for each command: select VMs, start the tracer, drain at each interval until
-//! the duration ends or a signal arrives, then build and render the report.
+//! the duration ends or a signal arrives, then build and render the report; or the same from a
+//! recording file.
 
-use std::{collections::BTreeMap, io::Write as _, time::Duration};
+use std::{
+    collections::BTreeMap,
+    io::{self, Write as _},
+    path::Path,
+    time::{Duration, SystemTime},
+};
 
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    cli::{Cli, Command, ListArgs, RecordArgs},
+    cli::{
+        Cli, Command, DiffArgs, DiffFormat, Format, ListArgs, RecordArgs, ReportArgs, SortKey,
+        Weight,
+    },
     collect::{TraceOptions, Tracer, check_root},
+    diff,
     error::Error,
     model::{Aggregate, Interval},
+    offline::{self, Window},
+    record::{Header, Writer},
     render,
-    report::{self, Context},
+    report::{self, Context, Report},
+    view,
     vm::{Host, Vm},
 };
 
@@ -25,12 +38,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             rt.block_on(record(args))
         }
         Command::List(args) => list(&args),
+        Command::Report(args) => report_file(&args),
+        Command::Diff(args) => diff_files(&args),
     }
 }
 
 fn list(args: &ListArgs) -> anyhow::Result<()> {
     let vms = Host::default().vms();
-    let mut out = std::io::stdout().lock();
+    let mut out = io::stdout().lock();
     if args.json {
         serde_json::to_writer_pretty(&mut out, &vms)?;
         writeln!(out)?;
@@ -69,8 +84,60 @@ fn list(args: &ListArgs) -> anyhow::Result<()> {
 fn kvm_module() -> Option<String> {
     ["kvm_intel", "kvm_amd", "kvm_pvm"]
         .into_iter()
-        .find(|m| std::path::Path::new("/sys/module").join(m).exists())
+        .find(|m| Path::new("/sys/module").join(m).exists())
         .map(str::to_string)
+}
+
+/// Stdout, or the file given with -o.
+fn output(path: Option<&Path>) -> anyhow::Result<Box<dyn io::Write>> {
+    Ok(match path {
+        Some(p) => Box::new(io::BufWriter::new(std::fs::File::create(p).map_err(
+            |e| Error::Io {
+                what: format!("cannot write {}", p.display()),
+                source: e,
+            },
+        )?)),
+        None => Box::new(io::BufWriter::new(io::stdout().lock())),
+    })
+}
+
+/// Broken pipes (`| head`) end output quietly.
+fn finish_output(r: io::Result<()>) -> anyhow::Result<()> {
+    match r {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
+}
+
+fn render_report(
+    report: &Report,
+    format: Format,
+    weight: Weight,
+    title: &str,
+    out: &mut dyn io::Write,
+) -> io::Result<()> {
+    let mut out = out;
+    match format {
+        Format::Text => render::text::render(report, &mut out),
+        Format::Json => render::json::render(report, &mut out),
+        Format::Csv => render::csv::render(report, &mut out),
+        Format::Folded => render::folded::lines(report, weight)
+            .iter()
+            .try_for_each(|l| writeln!(out, "{l}")),
+        Format::Flamegraph => render::flamegraph::render(
+            &render::folded::lines(report, weight),
+            title,
+            weight,
+            &mut out,
+        ),
+    }?;
+    out.flush()
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 async fn record(args: RecordArgs) -> anyhow::Result<()> {
@@ -78,6 +145,8 @@ async fn record(args: RecordArgs) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     check_root()?;
+    // Fail on an unwritable output before any tracing starts.
+    let file = args.output.as_deref().map(Writer::create).transpose()?;
     let host = Host::default();
     let selected = host.select(&args.names, &args.pids)?;
     let filtered = !(args.names.is_empty() && args.pids.is_empty());
@@ -89,6 +158,34 @@ async fn record(args: RecordArgs) -> anyhow::Result<()> {
         ..Default::default()
     };
     let mut tracer = Tracer::start(&opts)?;
+    let mut writer = match (file, &args.output) {
+        (Some(file), Some(path)) => {
+            let header = Header {
+                kvmtrace_version: env!("CARGO_PKG_VERSION").into(),
+                host: host_name(),
+                kernel_release: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                    .unwrap_or_default()
+                    .trim()
+                    .into(),
+                kvm_module: kvm_module(),
+                formats: tracer.formats.clone(),
+                tracepoints_attached: tracer.attached.iter().map(|s| s.to_string()).collect(),
+                tracepoints_missing: tracer.missing.iter().map(|s| s.to_string()).collect(),
+                interval_ms: args.interval.as_millis() as u64,
+                start_unix_secs: SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map(|d| d.as_secs_f64())
+                    .unwrap_or(0.0),
+                command_line: std::env::args().collect(),
+            };
+            let mut w = Writer::start(file, path, &header)?;
+            for vm in directory.values() {
+                w.vm(vm)?;
+            }
+            Some(w)
+        }
+        _ => None,
+    };
     let what = if filtered {
         directory
             .values()
@@ -99,7 +196,11 @@ async fn record(args: RecordArgs) -> anyhow::Result<()> {
         format!("all VMs on this host ({} running now)", directory.len())
     };
     eprintln!(
-        "kvmtrace: recording {what}; {}",
+        "kvmtrace: recording {what}{}; {}",
+        args.output
+            .as_ref()
+            .map(|p| format!(" to {}", p.display()))
+            .unwrap_or_default(),
         match args.duration {
             Some(d) => format!(
                 "for {}, Ctrl-C to stop early",
@@ -108,9 +209,11 @@ async fn record(args: RecordArgs) -> anyhow::Result<()> {
             None => "Ctrl-C to stop".into(),
         }
     );
+    let progress = Progress::new(args.quiet);
 
     let mut agg = Aggregate::default();
     let mut ticker = tokio::time::interval(args.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await; // the first tick is immediate
     let deadline = tokio::time::sleep(args.duration.unwrap_or(Duration::from_secs(u64::MAX / 4)));
     tokio::pin!(deadline);
@@ -118,8 +221,8 @@ async fn record(args: RecordArgs) -> anyhow::Result<()> {
         tokio::select! {
             _ = ticker.tick() => {
                 let iv = tracer.drain()?;
-                learn_identities(&host, &mut directory, &iv);
-                agg.apply(&iv);
+                step(&host, &mut directory, &mut agg, &mut writer, &iv)?;
+                progress.update(&agg, &iv);
             }
             _ = &mut deadline => break,
             _ = sigint.recv() => break,
@@ -127,9 +230,9 @@ async fn record(args: RecordArgs) -> anyhow::Result<()> {
         }
     }
     let iv = tracer.drain()?;
-    learn_identities(&host, &mut directory, &iv);
-    agg.apply(&iv);
+    step(&host, &mut directory, &mut agg, &mut writer, &iv)?;
     let in_flight = tracer.in_flight()?;
+    progress.finish();
     let ctx = Context {
         vms: &directory,
         per_vcpu: args.per_vcpu,
@@ -140,20 +243,58 @@ async fn record(args: RecordArgs) -> anyhow::Result<()> {
     };
     let report = report::build(&agg, &ctx);
     drop(tracer); // detach before printing: nothing of ours stays attached
-    let mut out = std::io::stdout().lock();
-    let written = if args.json {
-        render::json::render(&report, &mut out)
-    } else {
-        render::text::render(&report, &mut out)
-    };
-    match written {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        other => Ok(other?),
+    if let Some(w) = writer {
+        let raw = w.raw_bytes;
+        w.finish(&offline::end_of(&in_flight))?;
+        if let Some(path) = &args.output {
+            let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+            eprintln!(
+                "kvmtrace: wrote {} ({} bytes, {} before compression)",
+                path.display(),
+                size,
+                raw
+            );
+        }
     }
+    let format = if args.json {
+        Format::Json
+    } else {
+        Format::Text
+    };
+    finish_output(render_report(
+        &report,
+        format,
+        Weight::Time,
+        "",
+        &mut io::stdout().lock(),
+    ))
 }
 
-/// Names for VMs and threads first seen in this interval (while they are still alive).
-fn learn_identities(host: &Host, directory: &mut BTreeMap<u32, Vm>, iv: &Interval) {
+/// One drained interval: learn new VMs and threads, add to the aggregate, append to the file.
+fn step(
+    host: &Host,
+    directory: &mut BTreeMap<u32, Vm>,
+    agg: &mut Aggregate,
+    writer: &mut Option<Writer>,
+    iv: &Interval,
+) -> Result<(), Error> {
+    let changed = learn_identities(host, directory, iv);
+    agg.apply(iv);
+    if let Some(w) = writer {
+        for pid in changed {
+            if let Some(vm) = directory.get(&pid) {
+                w.vm(vm)?;
+            }
+        }
+        w.interval(iv)?;
+    }
+    Ok(())
+}
+
+/// Names for VMs and threads first seen in this interval (while they are still alive); returns
+/// the pids whose identity changed.
+fn learn_identities(host: &Host, directory: &mut BTreeMap<u32, Vm>, iv: &Interval) -> Vec<u32> {
+    let mut changed = Vec::new();
     let tids = iv
         .latency
         .iter()
@@ -168,18 +309,131 @@ fn learn_identities(host: &Host, directory: &mut BTreeMap<u32, Vm>, iv: &Interva
                         vm.threads.push(t);
                     }
                 }
+                // Remember that this tid was looked for, so we do not scan /proc again for it.
+                if !vm.threads.iter().any(|t| t.tid == tid) {
+                    vm.threads.push(crate::vm::Thread {
+                        tid,
+                        comm: String::new(),
+                    });
+                }
+                changed.push(tgid);
             }
             None => {
                 if let Some(vm) = host.vm(tgid) {
                     directory.insert(tgid, vm);
+                    changed.push(tgid);
                 }
             }
         }
     }
+    changed.sort_unstable();
+    changed.dedup();
+    changed
 }
 
-impl From<Error> for std::io::Error {
+/// The live progress line on a terminal (elapsed, exits/s, lost events); nothing when piped.
+struct Progress(Option<indicatif::ProgressBar>);
+
+impl Progress {
+    fn new(quiet: bool) -> Progress {
+        use std::io::IsTerminal as _;
+        if quiet || !io::stderr().is_terminal() {
+            return Progress(None);
+        }
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {elapsed} {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        Progress(Some(bar))
+    }
+
+    fn update(&self, agg: &Aggregate, iv: &Interval) {
+        let Some(bar) = &self.0 else { return };
+        let secs = agg.elapsed.as_secs_f64().max(1e-9);
+        let exits: u64 = agg.latency.values().map(|l| l.count).sum();
+        let details: u64 = agg.details.values().sum();
+        let c = |k: kvmtrace_common::Counter| iv.counters[k as usize];
+        let lost = c(kvmtrace_common::Counter::LatencyMapFull)
+            + c(kvmtrace_common::Counter::DetailMapFull)
+            + c(kvmtrace_common::Counter::UnpairedExits)
+            + c(kvmtrace_common::Counter::UnpairedEntries);
+        bar.set_message(format!(
+            "{:.0} exits/s, {:.0} detail events/s, {lost} lost",
+            exits as f64 / secs,
+            details as f64 / secs
+        ));
+        bar.tick();
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.0 {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+fn report_file(args: &ReportArgs) -> anyhow::Result<()> {
+    let loaded = offline::load(
+        &args.input,
+        Window {
+            from: args.from,
+            to: args.to,
+        },
+    )?;
+    let per_vcpu = args.per_vcpu || !args.vcpus.is_empty();
+    let mut report = offline::build_report(&loaded, per_vcpu);
+    view::filter(
+        &mut report,
+        &view::Filter {
+            vms: args.vms.clone(),
+            vcpus: args.vcpus.clone(),
+            reasons: args.reasons.clone(),
+        },
+    );
+    if args.sort != SortKey::Count {
+        view::sort(&mut report, args.sort);
+    }
+    let title = format!("kvmtrace {}", args.input.display());
+    let mut out = output(args.output.as_deref())?;
+    finish_output(render_report(
+        &report,
+        args.format,
+        args.weight,
+        &title,
+        &mut out,
+    ))
+}
+
+fn diff_files(args: &DiffArgs) -> anyhow::Result<()> {
+    let before = offline::build_report(&offline::load(&args.before, Window::default())?, false);
+    let after = offline::build_report(&offline::load(&args.after, Window::default())?, false);
+    let mut out = output(args.output.as_deref())?;
+    let r = match args.format {
+        DiffFormat::Text => diff::render_text(&diff::diff(&before, &after), &mut out),
+        DiffFormat::Json => serde_json::to_writer_pretty(&mut out, &diff::diff(&before, &after))
+            .map_err(io::Error::other)
+            .and_then(|()| writeln!(out)),
+        DiffFormat::Flamegraph => {
+            let title = format!(
+                "kvmtrace diff {} -> {}",
+                args.before.display(),
+                args.after.display()
+            );
+            render::flamegraph::render_differential(
+                &render::folded::lines(&before, args.weight),
+                &render::folded::lines(&after, args.weight),
+                &title,
+                args.weight,
+                &mut out,
+            )
+        }
+    };
+    finish_output(r.and_then(|()| out.flush()))
+}
+
+impl From<Error> for io::Error {
     fn from(e: Error) -> Self {
-        std::io::Error::other(e.to_string())
+        io::Error::other(e.to_string())
     }
 }

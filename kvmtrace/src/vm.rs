@@ -10,19 +10,19 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 
 /// A vCPU thread's identity as the report shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Thread {
     pub tid: u32,
     /// `comm`: QEMU names vCPU threads `CPU N/KVM`.
     pub comm: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Vm {
     pub pid: u32,
     /// The best name: libvirt's, else QEMU's `-name`, else the systemd machine, else `comm`.

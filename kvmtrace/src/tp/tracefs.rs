@@ -70,11 +70,12 @@ fn mount_tracefs(at: &Path) -> std::io::Result<()> {
     }
 }
 
-/// The format of `kvm:<name>`, or None when this kernel has no such tracepoint.
-pub fn kvm_format(tracefs: &Path, name: &str) -> Result<Option<Format>, Error> {
+/// The format of `kvm:<name>` (parsed, and its text), or None when this kernel has no such
+/// tracepoint.
+pub fn kvm_format(tracefs: &Path, name: &str) -> Result<Option<(Format, String)>, Error> {
     let path = tracefs.join("events/kvm").join(name).join("format");
     match std::fs::read_to_string(&path) {
-        Ok(text) => format::parse(&text, &path.display().to_string()).map(Some),
+        Ok(text) => format::parse(&text, &path.display().to_string()).map(|f| Some((f, text))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::Io {
             what: format!("reading {}", path.display()),

@@ -1,0 +1,133 @@
+//! Reports from a recording: the file's intervals are applied to an [`Aggregate`] exactly as the
+//! live recorder applies drained ones, so `report -i` shows what the live report showed.
+
+use std::{collections::BTreeMap, path::Path, time::Duration};
+
+use kvmtrace_common::{Counter, LatencyKey};
+
+use crate::{
+    error::Error,
+    model::{Aggregate, InFlight},
+    record::{self, End, Header, Recording},
+    report::{self, Context, Report},
+    vm::Vm,
+};
+
+pub struct Loaded {
+    pub header: Header,
+    pub agg: Aggregate,
+    pub vms: BTreeMap<u32, Vm>,
+    pub in_flight: InFlight,
+    pub cut_short: bool,
+    /// End of the last complete interval, from the start of the recording.
+    pub last_interval_at: Duration,
+}
+
+/// A time window over the recording, from its start.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Window {
+    pub from: Option<Duration>,
+    pub to: Option<Duration>,
+}
+
+pub fn load(path: &Path, window: Window) -> Result<Loaded, Error> {
+    let rec = record::read_file(path)?;
+    Ok(from_recording(rec, window))
+}
+
+pub fn from_recording(rec: Recording, window: Window) -> Loaded {
+    let from = window.from.unwrap_or_default();
+    let to = window.to.unwrap_or(Duration::MAX);
+    let mut agg = Aggregate::default();
+    // Counters are cumulative: a window's values are the last ones minus those before it.
+    let mut before = [0u64; Counter::COUNT as usize];
+    let mut window_start = Duration::ZERO;
+    let mut last_at = Duration::ZERO;
+    for iv in &rec.intervals {
+        last_at = iv.at;
+        if iv.at <= from {
+            before = iv.counters;
+            window_start = iv.at;
+            continue;
+        }
+        if iv.at > to {
+            continue;
+        }
+        agg.apply(iv);
+    }
+    for (c, b) in agg.counters.iter_mut().zip(before) {
+        *c = c.saturating_sub(b);
+    }
+    agg.elapsed = agg.elapsed.saturating_sub(window_start);
+    let reaches_end = window.to.is_none_or(|t| t >= last_at);
+    let in_flight = match (&rec.end, reaches_end) {
+        (Some(end), true) => in_flight_of(end),
+        _ => InFlight::default(),
+    };
+    let mut vms = BTreeMap::new();
+    for vm in rec.vms {
+        vms.insert(vm.pid, vm); // later records update earlier ones
+    }
+    Loaded {
+        header: rec.header,
+        agg,
+        vms,
+        in_flight,
+        cut_short: rec.end.is_none(),
+        last_interval_at: last_at,
+    }
+}
+
+pub fn in_flight_of(end: &End) -> InFlight {
+    InFlight {
+        exits: end
+            .exits_in_flight
+            .iter()
+            .map(|(f, n)| {
+                (
+                    LatencyKey {
+                        tgid: f[0],
+                        tid: f[1],
+                        vcpu_id: f[2],
+                        isa: f[3],
+                        reason: f[4],
+                        kind: f[5],
+                    },
+                    *n,
+                )
+            })
+            .collect(),
+        round_trips: end.round_trips_in_flight,
+    }
+}
+
+pub fn end_of(in_flight: &InFlight) -> End {
+    End {
+        exits_in_flight: in_flight
+            .exits
+            .iter()
+            .map(|(k, n)| ([k.tgid, k.tid, k.vcpu_id, k.isa, k.reason, k.kind], *n))
+            .collect(),
+        round_trips_in_flight: in_flight.round_trips,
+    }
+}
+
+/// The report of a loaded recording, with a note when the file was cut short.
+pub fn build_report(loaded: &Loaded, per_vcpu: bool) -> Report {
+    let ctx = Context {
+        vms: &loaded.vms,
+        per_vcpu,
+        kvm_module: loaded.header.kvm_module.clone(),
+        attached: loaded.header.tracepoints_attached.clone(),
+        missing: loaded.header.tracepoints_missing.clone(),
+        in_flight: &loaded.in_flight,
+    };
+    let mut report = report::build(&loaded.agg, &ctx);
+    if loaded.cut_short {
+        report.notes.push(format!(
+            "the recording was cut short (the recorder was killed before it finished the file); this covers it up to its last complete interval, at {:.1} s.",
+            loaded.last_interval_at.as_secs_f64()
+        ));
+    }
+    report
+}

@@ -1,0 +1,312 @@
+//! The compact binary encoding of an [`Interval`]: LEB128 varints, and keys sent once (a
+//! dictionary that grows as keys first appear) and then referred to by a small id. A typical
+//! interval of 120 active keys encodes to a few hundred bytes before compression.
+
+use std::collections::HashMap;
+
+use kvmtrace_common::{Counter, DetailKey, HIST_BUCKETS, LatencyKey};
+
+use super::FormatError;
+use crate::model::{Interval, LatencyDelta};
+
+pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// A cursor over an encoded payload; every read is bounds-checked.
+pub struct Input<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Input<'a> {
+    pub fn new(buf: &'a [u8]) -> Self {
+        Input { buf, pos: 0 }
+    }
+
+    pub fn varint(&mut self) -> Result<u64, FormatError> {
+        let mut v: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            let b = *self
+                .buf
+                .get(self.pos)
+                .ok_or(FormatError::Malformed("varint runs past the record"))?;
+            self.pos += 1;
+            v |= ((b & 0x7f) as u64) << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(FormatError::Malformed("varint longer than 64 bits"))
+    }
+
+    pub fn u32(&mut self) -> Result<u32, FormatError> {
+        u32::try_from(self.varint()?)
+            .map_err(|_| FormatError::Malformed("value does not fit 32 bits"))
+    }
+
+    /// A count of items that each take at least one byte: bounded by what is left, so a corrupt
+    /// count cannot make the reader allocate without limit.
+    pub fn count(&mut self) -> Result<usize, FormatError> {
+        let n = self.varint()? as usize;
+        if n > self.buf.len() - self.pos {
+            return Err(FormatError::Malformed("item count larger than the record"));
+        }
+        Ok(n)
+    }
+
+    pub fn finished(&self) -> bool {
+        self.pos == self.buf.len()
+    }
+}
+
+/// Encoder state: the keys already sent.
+#[derive(Default)]
+pub struct Encoder {
+    latency_ids: HashMap<LatencyKey, u64>,
+    detail_ids: HashMap<DetailKey, u64>,
+}
+
+/// Decoder state: the keys received so far, by id.
+#[derive(Default)]
+pub struct Decoder {
+    latency_keys: Vec<LatencyKey>,
+    detail_keys: Vec<DetailKey>,
+}
+
+impl Encoder {
+    pub fn encode(&mut self, iv: &Interval) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + iv.latency.len() * 32 + iv.details.len() * 8);
+        put_varint(&mut out, iv.at.as_nanos() as u64);
+        // New keys first, so the entries below can refer to them.
+        let new_latency: Vec<&LatencyKey> = iv
+            .latency
+            .iter()
+            .map(|(k, _)| k)
+            .filter(|k| !self.latency_ids.contains_key(k))
+            .collect();
+        put_varint(&mut out, new_latency.len() as u64);
+        for k in new_latency {
+            for v in [k.tgid, k.tid, k.vcpu_id, k.isa, k.reason, k.kind] {
+                put_varint(&mut out, v as u64);
+            }
+            let id = self.latency_ids.len() as u64;
+            self.latency_ids.insert(*k, id);
+        }
+        let new_detail: Vec<&DetailKey> = iv
+            .details
+            .iter()
+            .map(|(k, _)| k)
+            .filter(|k| !self.detail_ids.contains_key(k))
+            .collect();
+        put_varint(&mut out, new_detail.len() as u64);
+        for k in new_detail {
+            for v in [k.tgid, k.tid, k.kind, k.a] {
+                put_varint(&mut out, v as u64);
+            }
+            put_varint(&mut out, k.b);
+            let id = self.detail_ids.len() as u64;
+            self.detail_ids.insert(*k, id);
+        }
+        put_varint(&mut out, iv.latency.len() as u64);
+        for (k, d) in &iv.latency {
+            put_varint(&mut out, self.latency_ids[k]);
+            put_varint(&mut out, d.count);
+            put_varint(&mut out, d.total_ns);
+            put_varint(&mut out, d.min_ns);
+            put_varint(&mut out, d.max_ns);
+            put_varint(&mut out, d.buckets.len() as u64);
+            let mut prev = 0u64;
+            for &(idx, n) in &d.buckets {
+                put_varint(&mut out, idx as u64 - prev);
+                put_varint(&mut out, n as u64);
+                prev = idx as u64;
+            }
+        }
+        put_varint(&mut out, iv.details.len() as u64);
+        for (k, n) in &iv.details {
+            put_varint(&mut out, self.detail_ids[k]);
+            put_varint(&mut out, *n);
+        }
+        for c in iv.counters {
+            put_varint(&mut out, c);
+        }
+        out
+    }
+}
+
+impl Decoder {
+    pub fn decode(&mut self, payload: &[u8]) -> Result<Interval, FormatError> {
+        let mut input = Input::new(payload);
+        let mut iv = Interval {
+            at: std::time::Duration::from_nanos(input.varint()?),
+            ..Default::default()
+        };
+        for _ in 0..input.count()? {
+            let mut f = [0u32; 6];
+            for v in &mut f {
+                *v = input.u32()?;
+            }
+            self.latency_keys.push(LatencyKey {
+                tgid: f[0],
+                tid: f[1],
+                vcpu_id: f[2],
+                isa: f[3],
+                reason: f[4],
+                kind: f[5],
+            });
+        }
+        for _ in 0..input.count()? {
+            let mut f = [0u32; 4];
+            for v in &mut f {
+                *v = input.u32()?;
+            }
+            let b = input.varint()?;
+            self.detail_keys.push(DetailKey {
+                tgid: f[0],
+                tid: f[1],
+                kind: f[2],
+                a: f[3],
+                b,
+            });
+        }
+        for _ in 0..input.count()? {
+            let key = *self
+                .latency_keys
+                .get(input.varint()? as usize)
+                .ok_or(FormatError::Malformed("unknown latency key id"))?;
+            let mut d = LatencyDelta {
+                count: input.varint()?,
+                total_ns: input.varint()?,
+                min_ns: input.varint()?,
+                max_ns: input.varint()?,
+                buckets: Vec::new(),
+            };
+            let mut idx = 0u64;
+            for _ in 0..input.count()? {
+                idx += input.varint()?;
+                if idx >= HIST_BUCKETS as u64 {
+                    return Err(FormatError::Malformed("histogram bucket out of range"));
+                }
+                d.buckets.push((idx as u16, input.u32()?));
+            }
+            iv.latency.push((key, d));
+        }
+        for _ in 0..input.count()? {
+            let key = *self
+                .detail_keys
+                .get(input.varint()? as usize)
+                .ok_or(FormatError::Malformed("unknown detail key id"))?;
+            iv.details.push((key, input.varint()?));
+        }
+        for c in 0..Counter::COUNT as usize {
+            iv.counters[c] = input.varint()?;
+        }
+        if !input.finished() {
+            return Err(FormatError::Malformed("trailing bytes after an interval"));
+        }
+        Ok(iv)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn interval(at: u64, n: u32) -> Interval {
+        let mut counters = [0; Counter::COUNT as usize];
+        counters[0] = at * 1000;
+        Interval {
+            at: Duration::from_secs(at),
+            latency: (0..n)
+                .map(|i| {
+                    (
+                        LatencyKey {
+                            tgid: 100,
+                            tid: 101 + i % 4,
+                            vcpu_id: i % 4,
+                            isa: 2,
+                            reason: 0x60 + i,
+                            kind: 0,
+                        },
+                        LatencyDelta {
+                            count: 1000 + i as u64,
+                            total_ns: 1 << 33,
+                            min_ns: 300,
+                            max_ns: 9_000_000,
+                            buckets: vec![(100, 7), (101, 900), (300, 1)],
+                        },
+                    )
+                })
+                .collect(),
+            details: (0..n)
+                .map(|i| {
+                    (
+                        DetailKey {
+                            tgid: 100,
+                            tid: 101,
+                            kind: 1,
+                            a: 0x70 + i,
+                            b: 1 | 1 << 8,
+                        },
+                        20_000 + i as u64,
+                    )
+                })
+                .collect(),
+            counters,
+        }
+    }
+
+    #[test]
+    fn round_trips_with_a_growing_dictionary() {
+        let mut enc = Encoder::default();
+        let mut dec = Decoder::default();
+        for (at, n) in [(1, 3), (2, 5), (3, 5), (4, 0)] {
+            let iv = interval(at, n);
+            let bytes = enc.encode(&iv);
+            let back = dec.decode(&bytes).unwrap();
+            assert_eq!(back.at, iv.at);
+            assert_eq!(back.latency, iv.latency);
+            assert_eq!(back.details, iv.details);
+            assert_eq!(back.counters, iv.counters);
+        }
+        // Keys are sent once: the third interval (same keys as the second) is smaller.
+        let mut enc = Encoder::default();
+        let first = enc.encode(&interval(2, 5)).len();
+        let again = enc.encode(&interval(3, 5)).len();
+        assert!(again < first, "{again} < {first}");
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        let mut dec = Decoder::default();
+        for bad in [
+            &[][..],
+            &[0x80],
+            &[
+                1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            ],
+            &[0, 0, 0, 1, 7, 1],
+        ] {
+            assert!(dec.decode(bad).is_err(), "{bad:?}");
+        }
+        let mut bytes = Encoder::default().encode(&interval(1, 2));
+        bytes.push(0);
+        assert!(Decoder::default().decode(&bytes).is_err(), "trailing byte");
+    }
+
+    #[test]
+    fn varints() {
+        for v in [0, 1, 127, 128, 300, u32::MAX as u64, u64::MAX] {
+            let mut out = Vec::new();
+            put_varint(&mut out, v);
+            assert_eq!(Input::new(&out).varint().unwrap(), v);
+        }
+    }
+}

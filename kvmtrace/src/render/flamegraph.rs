@@ -1,0 +1,70 @@
+//! SVG flamegraphs of folded stacks, with inferno; and differential ones for `diff`.
+
+use std::io;
+
+use crate::cli::Weight;
+
+fn options(title: &str, weight: Weight) -> inferno::flamegraph::Options<'static> {
+    let mut opts = inferno::flamegraph::Options::default();
+    opts.title = title.to_string();
+    opts.count_name = match weight {
+        Weight::Time => "ns".into(),
+        Weight::Count => "exits".into(),
+    };
+    opts.name_type = "Frame:".into();
+    opts.colors =
+        inferno::flamegraph::color::Palette::Basic(inferno::flamegraph::color::BasicPalette::Hot);
+    opts
+}
+
+/// Writes an SVG of `folded` lines. An empty profile still gives a valid SVG, with a note.
+pub fn render(
+    folded: &[String],
+    title: &str,
+    weight: Weight,
+    out: &mut impl io::Write,
+) -> io::Result<()> {
+    let mut opts = options(title, weight);
+    if folded.is_empty() {
+        opts.subtitle = Some("no data".into());
+        return inferno::flamegraph::from_lines(&mut opts, ["no_data 1"].iter().copied(), out)
+            .map_err(io::Error::other);
+    }
+    inferno::flamegraph::from_lines(&mut opts, folded.iter().map(String::as_str), out)
+        .map_err(io::Error::other)
+}
+
+/// Folded lines `stack before after` from two profiles (inferno's differential format).
+pub fn differential_folded(before: &[String], after: &[String]) -> io::Result<Vec<String>> {
+    let mut out = Vec::new();
+    let join = |l: &[String]| l.join("\n").into_bytes();
+    inferno::differential::from_readers(
+        inferno::differential::Options::default(),
+        &join(before)[..],
+        &join(after)[..],
+        &mut out,
+    )?;
+    Ok(String::from_utf8_lossy(&out)
+        .lines()
+        .map(str::to_string)
+        .collect())
+}
+
+/// A differential flamegraph: frame widths from `after`, red where it grew, blue where it shrank.
+pub fn render_differential(
+    before: &[String],
+    after: &[String],
+    title: &str,
+    weight: Weight,
+    out: &mut impl io::Write,
+) -> io::Result<()> {
+    let lines = differential_folded(before, after)?;
+    let mut opts = options(title, weight);
+    if lines.is_empty() {
+        opts.subtitle = Some("no data".into());
+        return inferno::flamegraph::from_lines(&mut opts, ["no_data 1 1"].iter().copied(), out)
+            .map_err(io::Error::other);
+    }
+    inferno::flamegraph::from_lines(&mut opts, lines.iter().map(String::as_str), out)
+        .map_err(io::Error::other)
+}

@@ -1,0 +1,215 @@
+//! Folded stacks `VM;vCPU N;REASON;detail weight`, the input of flamegraphs.
+//!
+//! With kvm_exit data, each exit reason's frame is weighted by its host time (or count), and the
+//! part of it that detail tracepoints explain is split over its ports / MMIO addresses / MSRs /
+//! CPUID functions in proportion to their counts. Without it (kvm_pvm), userspace exits are
+//! weighted by their VMM round trip, and in-kernel detail events (MSR, CPUID) by count only
+//! (under --weight time they are left out, since their time is not measured).
+
+use crate::{
+    cli::Weight,
+    names::{msr_name, port_name},
+    report::{Report, VmReport},
+};
+
+/// Which detail table explains an exit reason (VMX and SVM names).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum DetailOf {
+    Ports,
+    Mmio,
+    Msrs,
+    Cpuid,
+    None,
+}
+
+fn detail_of(reason: &str) -> DetailOf {
+    match reason {
+        "io" | "IO_INSTRUCTION" | "IO" => DetailOf::Ports,
+        "npf" | "EPT_MISCONFIG" | "EPT_VIOLATION" | "MMIO" => DetailOf::Mmio,
+        "msr" | "MSR_READ" | "MSR_WRITE" => DetailOf::Msrs,
+        "cpuid" | "CPUID" => DetailOf::Cpuid,
+        _ => DetailOf::None,
+    }
+}
+
+/// Frame-safe text: no `;` (frame separator) and no trailing count-like spaces.
+fn frame(s: &str) -> String {
+    s.replace(';', ",")
+}
+
+fn vcpu_frame(v: &Option<String>) -> String {
+    match v {
+        Some(l) if l.starts_with("tid ") => l.clone(),
+        Some(l) => format!("vCPU {l}"),
+        None => "all vCPUs".into(),
+    }
+}
+
+/// (detail label, count) rows of `table` on `vcpu`.
+fn details(
+    vm: &VmReport,
+    table: DetailOf,
+    vcpu: &Option<String>,
+    reason: &str,
+) -> Vec<(String, u64)> {
+    let on = |v: &Option<String>| v == vcpu;
+    match table {
+        DetailOf::Ports => vm
+            .ports
+            .iter()
+            .filter(|p| on(&p.vcpu))
+            .map(|p| {
+                (
+                    format!(
+                        "port {:#06x}{} {}",
+                        p.port,
+                        port_name(p.port)
+                            .map(|n| format!(" {n}"))
+                            .unwrap_or_default(),
+                        p.direction
+                    ),
+                    p.count,
+                )
+            })
+            .collect(),
+        DetailOf::Mmio => vm
+            .mmio
+            .iter()
+            .filter(|m| on(&m.vcpu) && m.access != "unsatisfied-read")
+            .map(|m| (format!("gpa {:#x} {}", m.gpa, m.access), m.count))
+            .collect(),
+        DetailOf::Msrs => vm
+            .msrs
+            .iter()
+            .filter(|m| on(&m.vcpu))
+            .filter(|m| match reason {
+                "MSR_READ" => m.access == "read",
+                "MSR_WRITE" => m.access == "write",
+                _ => true,
+            })
+            .map(|m| {
+                (
+                    format!(
+                        "msr {:#x}{} {}",
+                        m.msr,
+                        msr_name(m.msr).map(|n| format!(" {n}")).unwrap_or_default(),
+                        m.access
+                    ),
+                    m.count,
+                )
+            })
+            .collect(),
+        DetailOf::Cpuid => vm
+            .cpuid
+            .iter()
+            .filter(|c| on(&c.vcpu))
+            .map(|c| (format!("cpuid {:#x}", c.function), c.count))
+            .collect(),
+        DetailOf::None => Vec::new(),
+    }
+}
+
+/// Splits `weight` over `parts` in proportion to their counts; the rounding remainder stays
+/// with the parent frame. Returns (label, weight) and the parent's own weight.
+fn split(weight: u64, parts: &[(String, u64)]) -> (Vec<(String, u64)>, u64) {
+    let total: u64 = parts.iter().map(|(_, n)| n).sum();
+    if total == 0 {
+        return (Vec::new(), weight);
+    }
+    let shares: Vec<(String, u64)> = parts
+        .iter()
+        .map(|(l, n)| {
+            (
+                l.clone(),
+                (weight as u128 * *n as u128 / total as u128) as u64,
+            )
+        })
+        .collect();
+    let used: u64 = shares.iter().map(|(_, w)| w).sum();
+    (shares, weight - used)
+}
+
+pub fn lines(report: &Report, weight: Weight) -> Vec<String> {
+    let mut out = Vec::new();
+    for vm in &report.vms {
+        let vm_frame = frame(&format!("{} (pid {})", vm.name, vm.pid));
+        let mut emit = |stack: &[&str], w: u64| {
+            if w > 0 {
+                out.push(format!(
+                    "{vm_frame};{} {w}",
+                    stack.iter().map(|s| frame(s)).collect::<Vec<_>>().join(";")
+                ));
+            }
+        };
+        if !vm.exits.is_empty() {
+            for e in &vm.exits {
+                let w = match weight {
+                    Weight::Time => e.latency.total_ns,
+                    Weight::Count => e.count,
+                };
+                let vcpu = vcpu_frame(&e.vcpu);
+                let (parts, own) = split(w, &details(vm, detail_of(&e.reason), &e.vcpu, &e.reason));
+                emit(&[&vcpu, &e.reason], own);
+                for (label, pw) in parts {
+                    emit(&[&vcpu, &e.reason, &label], pw);
+                }
+            }
+            continue;
+        }
+        // No kvm_exit data: userspace exits (weighted by VMM time or count) and in-kernel
+        // detail events (count only).
+        for u in &vm.userspace_exits {
+            let w = match (weight, &u.round_trip) {
+                (Weight::Time, Some(l)) => l.total_ns,
+                (Weight::Time, None) => 0,
+                (Weight::Count, _) => u.count,
+            };
+            let vcpu = vcpu_frame(&u.vcpu);
+            let reason = format!("VMM {}", u.reason);
+            let (parts, own) = split(w, &details(vm, detail_of(&u.reason), &u.vcpu, &u.reason));
+            emit(&[&vcpu, &reason], own);
+            for (label, pw) in parts {
+                emit(&[&vcpu, &reason, &label], pw);
+            }
+        }
+        if weight == Weight::Count {
+            let mut vcpus: Vec<&Option<String>> = vm
+                .msrs
+                .iter()
+                .map(|m| &m.vcpu)
+                .chain(vm.cpuid.iter().map(|c| &c.vcpu))
+                .collect();
+            vcpus.sort();
+            vcpus.dedup();
+            for vcpu in vcpus {
+                for (table, reason) in [(DetailOf::Msrs, "msr"), (DetailOf::Cpuid, "cpuid")] {
+                    for (label, n) in details(vm, table, vcpu, reason) {
+                        emit(&[&vcpu_frame(vcpu), reason, &label], n);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_is_proportional_and_loses_nothing() {
+        let (parts, own) = split(1000, &[("a".into(), 1), ("b".into(), 2)]);
+        assert_eq!(parts, vec![("a".into(), 333), ("b".into(), 666)]);
+        assert_eq!(own, 1);
+        assert_eq!(split(50, &[]), (vec![], 50));
+    }
+
+    #[test]
+    fn frames_never_contain_separators() {
+        assert_eq!(frame("a;b"), "a,b");
+        assert_eq!(vcpu_frame(&Some("3".into())), "vCPU 3");
+        assert_eq!(vcpu_frame(&Some("tid 9".into())), "tid 9");
+        assert_eq!(vcpu_frame(&None), "all vCPUs");
+    }
+}

@@ -1,0 +1,79 @@
+//! Narrowing and ordering a [`Report`]: `--vm`, `--vcpu`, `--reason` filters and `--sort`.
+//! Pure functions over the report, shared by live and offline reports.
+
+use crate::{
+    cli::SortKey,
+    report::{ExitRow, Report},
+};
+
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    /// VM names or pids.
+    pub vms: Vec<String>,
+    /// vCPU labels.
+    pub vcpus: Vec<String>,
+    /// Exit reason names (kvm_exit or KVM_EXIT_*), matched case-insensitively.
+    pub reasons: Vec<String>,
+}
+
+impl Filter {
+    pub fn is_empty(&self) -> bool {
+        self.vms.is_empty() && self.vcpus.is_empty() && self.reasons.is_empty()
+    }
+}
+
+fn keep_vcpu(f: &Filter, vcpu: &Option<String>) -> bool {
+    f.vcpus.is_empty() || vcpu.as_ref().is_some_and(|v| f.vcpus.contains(v))
+}
+
+fn keep_reason(f: &Filter, reason: &str) -> bool {
+    f.reasons.is_empty() || f.reasons.iter().any(|r| r.eq_ignore_ascii_case(reason))
+}
+
+/// Removes what the filter excludes. Detail tables (ports, MMIO, MSRs, CPUID) follow the vCPU
+/// filter; the reason filter applies to exit and userspace-exit rows.
+pub fn filter(report: &mut Report, f: &Filter) {
+    report.vms.retain(|vm| {
+        f.vms.is_empty()
+            || f.vms
+                .iter()
+                .any(|s| *s == vm.name || *s == vm.pid.to_string())
+    });
+    for vm in &mut report.vms {
+        vm.exits
+            .retain(|r| keep_vcpu(f, &r.vcpu) && keep_reason(f, &r.reason));
+        vm.userspace_exits
+            .retain(|r| keep_vcpu(f, &r.vcpu) && keep_reason(f, &r.reason));
+        vm.ports.retain(|r| keep_vcpu(f, &r.vcpu));
+        vm.mmio.retain(|r| keep_vcpu(f, &r.vcpu));
+        vm.msrs.retain(|r| keep_vcpu(f, &r.vcpu));
+        vm.cpuid.retain(|r| keep_vcpu(f, &r.vcpu));
+        if !f.vcpus.is_empty() {
+            vm.vcpus.retain(|v| f.vcpus.contains(&v.label));
+        }
+        vm.total_exits = vm.exits.iter().map(|r| r.count).sum();
+    }
+}
+
+/// Orders the exit rows by `key` (largest first); detail rows keep their count order, the only
+/// measure they have. Userspace exits sort by round-trip time or p99 where asked.
+pub fn sort(report: &mut Report, key: SortKey) {
+    let exit_key = |r: &ExitRow| match key {
+        SortKey::Count => r.count,
+        SortKey::Time => r.latency.total_ns,
+        SortKey::P99 => r.latency.p99_ns,
+        SortKey::Max => r.latency.max_ns,
+    };
+    for vm in &mut report.vms {
+        vm.exits
+            .sort_by(|a, b| exit_key(b).cmp(&exit_key(a)).then(a.reason.cmp(&b.reason)));
+        vm.userspace_exits.sort_by_key(|r| {
+            std::cmp::Reverse(match (key, &r.round_trip) {
+                (SortKey::Count, _) | (_, None) => r.count,
+                (SortKey::Time, Some(l)) => l.total_ns,
+                (SortKey::P99, Some(l)) => l.p99_ns,
+                (SortKey::Max, Some(l)) => l.max_ns,
+            })
+        });
+    }
+}
