@@ -381,7 +381,10 @@ fn report_file(args: &ReportArgs) -> anyhow::Result<()> {
             to: args.to,
         },
     )?;
-    let per_vcpu = args.per_vcpu || !args.vcpus.is_empty();
+    // Flamegraph frames are VM;vCPU N;REASON;detail, so those formats are always per vCPU.
+    let per_vcpu = args.per_vcpu
+        || !args.vcpus.is_empty()
+        || matches!(args.format, Format::Folded | Format::Flamegraph);
     let mut report = offline::build_report(&loaded, per_vcpu);
     view::filter(
         &mut report,
@@ -406,8 +409,9 @@ fn report_file(args: &ReportArgs) -> anyhow::Result<()> {
 }
 
 fn diff_files(args: &DiffArgs) -> anyhow::Result<()> {
-    let before = offline::build_report(&offline::load(&args.before, Window::default())?, false);
-    let after = offline::build_report(&offline::load(&args.after, Window::default())?, false);
+    let per_vcpu = args.format == DiffFormat::Flamegraph;
+    let before = offline::build_report(&offline::load(&args.before, Window::default())?, per_vcpu);
+    let after = offline::build_report(&offline::load(&args.after, Window::default())?, per_vcpu);
     let mut out = output(args.output.as_deref())?;
     let r = match args.format {
         DiffFormat::Text => diff::render_text(&diff::diff(&before, &after), &mut out),

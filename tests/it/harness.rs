@@ -225,7 +225,24 @@ impl Drop for Recorder {
     }
 }
 
-/// Runs a guest plan while `kvmtrace record EXTRA -d NAME --json` records it; returns the report.
+/// Runs a guest plan while `kvmtrace record -d NAME --interval 200ms EXTRA` records it, stops
+/// the recorder with SIGINT and returns its output.
+pub fn record_guest_output(guest: &mut Guest, extra: &[&str]) -> Output {
+    let mut args = vec!["-d", guest.name.as_str(), "--interval", "200ms"];
+    args.extend_from_slice(extra);
+    let recorder = Recorder::start(&args);
+    guest.go();
+    guest.wait_finished();
+    let out = recorder.stop(libc::SIGINT);
+    assert!(
+        out.status.success(),
+        "kvmtrace failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Like [`record_guest_output`] with `--json`; returns the parsed report and the guest's results.
 pub fn record_guest(guest: &mut Guest, extra: &[&str]) -> (Value, Vec<String>) {
     let mut args = vec!["-d", guest.name.as_str(), "--json", "--interval", "200ms"];
     args.extend_from_slice(extra);
@@ -238,9 +255,26 @@ pub fn record_guest(guest: &mut Guest, extra: &[&str]) -> (Value, Vec<String>) {
         "kvmtrace failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let report: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("bad JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
-    (report, results)
+    (parse_json(&out.stdout), results)
+}
+
+pub fn parse_json(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|e| panic!("bad JSON ({e}): {}", String::from_utf8_lossy(bytes)))
+}
+
+/// `kvmtrace ARGS`, which must succeed; returns stdout.
+pub fn kvmtrace_ok(args: &[&str]) -> Vec<u8> {
+    let out = Command::new(kvmtrace_bin())
+        .args(args)
+        .output()
+        .expect("running kvmtrace");
+    assert!(
+        out.status.success(),
+        "kvmtrace {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
 }
 
 /// The report's VM with `pid`.

@@ -8,3 +8,4 @@ mod cleanup;
 mod counts;
 mod errors;
 mod nested_l1;
+mod recordings;

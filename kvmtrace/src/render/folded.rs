@@ -132,7 +132,14 @@ fn split(weight: u64, parts: &[(String, u64)]) -> (Vec<(String, u64)>, u64) {
 pub fn lines(report: &Report, weight: Weight) -> Vec<String> {
     let mut out = Vec::new();
     for vm in &report.vms {
-        let vm_frame = frame(&format!("{} (pid {})", vm.name, vm.pid));
+        // The VM frame is its name, so recordings of the same VM compare (diff) even when its pid
+        // changed; the pid is added only to tell apart two VMs of one name.
+        let twins = report.vms.iter().filter(|v| v.name == vm.name).count();
+        let vm_frame = frame(&if twins > 1 {
+            format!("{} (pid {})", vm.name, vm.pid)
+        } else {
+            vm.name.clone()
+        });
         let mut emit = |stack: &[&str], w: u64| {
             if w > 0 {
                 out.push(format!(
