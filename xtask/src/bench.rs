@@ -210,6 +210,8 @@ fn getpid_ns(n: u32) -> f64 {
 pub fn run_bench(rounds: usize, samples: usize) -> anyhow::Result<()> {
     setup::run_setup()?;
     run(cargo().args(["build", "--release", "--bins"]))?;
+    // Recordings: size per VM-hour and offline report time (synthetic one-hour recording).
+    run(cargo().args(["bench", "-p", "kvmtrace", "--bench", "recording"]))?;
     let kernel = output(cmd("uname").arg("-r")).unwrap_or_default();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()

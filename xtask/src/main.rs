@@ -2,6 +2,7 @@
 mod bench;
 mod codegen;
 mod demo;
+mod fuzz;
 mod nested;
 mod setup;
 mod sh;
@@ -46,6 +47,11 @@ enum Task {
         #[arg(long, default_value_t = 2)]
         smp: u32,
     },
+    /// Fuzz the recording reader for a bounded time.
+    Fuzz {
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// Regenerate the exit-reason tables from tracepoint format files.
     Codegen {
         #[arg(long, default_value = "kvmtrace/tests/data/formats/6.18")]
@@ -63,6 +69,7 @@ fn main() -> anyhow::Result<()> {
             timeout: std::time::Duration::from_secs(timeout),
             smp,
         }),
+        Task::Fuzz { seconds } => fuzz::run_fuzz(seconds),
         Task::Codegen { formats } => codegen::run(&sh::root(), &formats),
     }
 }

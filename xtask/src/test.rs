@@ -1,9 +1,10 @@
 //! `cargo xtask test`: everything CI checks, in order: set-up, formatting, clippy (also for the
 //! eBPF crate, on nightly, since it builds for another target), unit tests, then the integration
-//! tests against real guests as root, one at a time, and the nested-SVM suite (real kvm_exit).
+//! tests against real guests as root, one at a time, the nested-SVM suite (real kvm_exit), the
+//! recording benchmarks' bars, and a bounded fuzzing run of the recording reader.
 
 use crate::{
-    nested, setup,
+    fuzz, nested, setup,
     sh::{cargo, cmd, run},
 };
 
@@ -48,6 +49,10 @@ pub fn run_tests() -> anyhow::Result<()> {
     ]))?;
     // The tests that need real kvm_exit/kvm_entry run inside the nested SVM L1.
     nested::run_nested(&nested::Options::default())?;
+    // Recording size and offline report speed bars (exits non-zero when missed).
+    run(cargo().args(["bench", "-p", "kvmtrace", "--bench", "recording"]))?;
+    // The recording reader never panics on arbitrary bytes.
+    fuzz::run_fuzz(60)?;
     eprintln!("xtask test: all checks passed");
     Ok(())
 }
