@@ -397,7 +397,7 @@ fn report_file(args: &ReportArgs) -> anyhow::Result<()> {
     if args.sort != SortKey::Count {
         view::sort(&mut report, args.sort);
     }
-    let title = format!("kvmtrace {}", args.input.display());
+    let title = format!("kvmtrace: {}", file_name(&args.input));
     let mut out = output(args.output.as_deref())?;
     finish_output(render_report(
         &report,
@@ -406,6 +406,14 @@ fn report_file(args: &ReportArgs) -> anyhow::Result<()> {
         &title,
         &mut out,
     ))
+}
+
+/// A recording's file name, for flamegraph titles.
+fn file_name(p: &Path) -> String {
+    p.file_name().map_or_else(
+        || p.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
 }
 
 fn diff_files(args: &DiffArgs) -> anyhow::Result<()> {

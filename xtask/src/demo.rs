@@ -1,6 +1,7 @@
 //! `cargo xtask demo`: the main job on a built-in VM. Starts the test guest as `demo-vm` with an
 //! RTC port-I/O storm on vCPU 0 and a mix on vCPU 1, records it with
-//! `kvmtrace record -d demo-vm --duration 5s --per-vcpu`, prints the report, stops the guest.
+//! `kvmtrace record -d demo-vm --duration 5s --per-vcpu -o target/demo.kvmtrace`, prints the
+//! report, stops the guest, and draws the recording's flamegraph (target/demo-flamegraph.svg).
 
 use std::{process::Stdio, time::Duration};
 
@@ -42,17 +43,41 @@ pub fn run_demo(seconds: u64) -> anyhow::Result<()> {
     .spawn()
     .context("starting the demo guest")?;
     std::thread::sleep(Duration::from_millis(500));
-    let recorded = run(
-        cmd(target_bin("release", "kvmtrace").to_str().context("path")?).args([
+    let recording = crate::sh::root().join("target/demo.kvmtrace");
+    let kvmtrace = target_bin("release", "kvmtrace");
+    let recorded = run(cmd(kvmtrace.to_str().context("path")?)
+        .args([
             "record",
             "-d",
             DEMO_VM,
             "--duration",
             &format!("{seconds}s"),
             "--per-vcpu",
-        ]),
-    );
+            "-o",
+        ])
+        .arg(&recording));
     let _ = guest.kill();
     let _ = guest.wait();
-    recorded
+    recorded?;
+    let svg = crate::sh::root().join("target/demo-flamegraph.svg");
+    run(cmd(kvmtrace.to_str().context("path")?)
+        .args([
+            "report",
+            "--format",
+            "flamegraph",
+            "--weight",
+            "count",
+            "-i",
+        ])
+        .arg(&recording)
+        .arg("-o")
+        .arg(&svg))?;
+    eprintln!(
+        "\nThe recording is {}; its flamegraph {}.\nTry: {} report -i {} --format csv",
+        recording.display(),
+        svg.display(),
+        kvmtrace.display(),
+        recording.display()
+    );
+    Ok(())
 }
