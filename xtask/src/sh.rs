@@ -1,5 +1,8 @@
 //! Running commands: every child gets LLVM 22 first in PATH (bpf-linker's build and the eBPF
-//! build need it) and no RUSTUP_TOOLCHAIN (rustup exports it; it would pin nested cargos).
+//! build need it) and a pinned RUSTUP_TOOLCHAIN. The pin matters: cargo runs rustc through the
+//! rustup proxy in each dependency's directory, and a crate that ships a rust-toolchain.toml
+//! (dashmap pins 1.85) would otherwise ask for a toolchain this machine does not have. The eBPF
+//! build and fuzzing use `rustup run nightly`, which sets its own.
 
 use std::{
     path::{Path, PathBuf},
@@ -23,7 +26,9 @@ pub fn cmd(program: &str) -> Command {
     if !path.split(':').any(|p| p == LLVM_BIN) {
         c.env("PATH", format!("{LLVM_BIN}:{path}"));
     }
-    c.env_remove("RUSTUP_TOOLCHAIN");
+    if std::env::var_os("RUSTUP_TOOLCHAIN").is_none() {
+        c.env("RUSTUP_TOOLCHAIN", "stable");
+    }
     c.current_dir(root());
     c
 }
