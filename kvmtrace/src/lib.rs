@@ -5,6 +5,7 @@
 //! tables) -> [`render`] (text, JSON). [`vm`] finds VMs and names; [`tp`] parses tracepoint formats
 //! and names exit reasons; [`cli`] and [`run`] wire it together.
 
+pub mod analyze;
 pub mod cli;
 pub mod collect;
 pub mod diff;
@@ -16,6 +17,7 @@ pub mod record;
 pub mod render;
 pub mod report;
 pub mod run;
+pub mod series;
 pub mod tp;
 pub mod view;
 pub mod vm;

@@ -1,0 +1,457 @@
+//! Exit storms: a (VM, vCPU, exit reason or detail key) whose rate exceeds an absolute threshold,
+//! or jumps by a factor over its trailing baseline, for at least `sustain` intervals; or whose
+//! handling costs at least `cost_pct` % of a CPU. Storms on related keys of one vCPU at the same
+//! time (exit reason io, userspace IO, port 0x70) are one storm, named by its most specific key.
+
+use std::time::Duration;
+
+use kvmtrace_common::{DetailKind, UEXIT_ERRNO_FLAG};
+use serde::Serialize;
+
+use super::diagnose::{Diagnosis, Facts, diagnose};
+use crate::{
+    names::{msr_name, port_name},
+    series::{Key, Points, Series, What},
+    tp::reasons::{exit_reason_name, userspace_exit_name},
+};
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Config {
+    /// Exits/s of one key on one vCPU that is a storm by itself.
+    pub rate: f64,
+    /// A rate this many times its trailing baseline is a storm...
+    pub jump: f64,
+    /// ...if it is also at least this many exits/s.
+    pub jump_min_rate: f64,
+    /// Intervals a condition must hold.
+    pub sustain: usize,
+    /// Handling time, in % of one CPU, that is a storm by itself.
+    pub cost_pct: f64,
+    /// Points in the trailing baseline.
+    pub baseline_points: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            rate: 10_000.0,
+            jump: 10.0,
+            jump_min_rate: 1000.0,
+            sustain: 2,
+            cost_pct: 50.0,
+            baseline_points: 5,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Storm {
+    pub pid: u32,
+    pub tid: u32,
+    /// Filled in by the report (vCPU label).
+    pub vcpu: Option<String>,
+    /// The storm's key, e.g. "port 0x0070 (RTC index) out", "HLT".
+    pub what: String,
+    /// Every reason and key that stormed with it.
+    pub related: Vec<String>,
+    pub start_secs: f64,
+    pub end_secs: f64,
+    /// Still going when the recording stopped.
+    pub ongoing: bool,
+    pub peak_rate: f64,
+    pub mean_rate: f64,
+    pub count: u64,
+    /// Handling time during the storm (exit->entry or VMM round trips), % of one CPU.
+    pub cost_pct: Option<f64>,
+    pub diagnosis: Option<Diagnosis>,
+    #[serde(skip)]
+    pub key: Option<Key>,
+}
+
+/// Index ranges [start, end) of the storms in one series.
+pub fn runs(series: &Series, p: &Points, cfg: &Config) -> Vec<(usize, usize)> {
+    let n = series.ends.len().min(p.counts.len());
+    let rate = |i: usize| {
+        let w = series.width(i).as_secs_f64();
+        if w > 0.0 { p.counts[i] as f64 / w } else { 0.0 }
+    };
+    let cost = |i: usize| {
+        let w = series.width(i).as_secs_f64();
+        if w > 0.0 {
+            100.0 * p.ns[i] as f64 / 1e9 / w
+        } else {
+            0.0
+        }
+    };
+    let mut baseline: Vec<f64> = Vec::new();
+    let mut out = Vec::new();
+    let mut run_start: Option<usize> = None;
+    for i in 0..n {
+        let r = rate(i);
+        let base = if baseline.is_empty() {
+            0.0
+        } else {
+            baseline.iter().sum::<f64>() / baseline.len() as f64
+        };
+        let hot = r >= cfg.rate
+            || (base > 0.0 && r >= cfg.jump_min_rate && r >= cfg.jump * base)
+            || cost(i) >= cfg.cost_pct;
+        match (hot, run_start) {
+            (true, None) => run_start = Some(i),
+            (false, Some(s)) => {
+                if i - s >= cfg.sustain {
+                    out.push((s, i));
+                }
+                run_start = None;
+            }
+            _ => {}
+        }
+        if !hot {
+            baseline.push(r);
+            if baseline.len() > cfg.baseline_points {
+                baseline.remove(0);
+            }
+        }
+    }
+    if let Some(s) = run_start
+        && n - s >= cfg.sustain
+    {
+        out.push((s, n));
+    }
+    out
+}
+
+/// A key's human name.
+pub fn describe(what: &What) -> String {
+    match *what {
+        What::Exit { isa, reason } => exit_reason_name(isa, reason),
+        What::Detail { kind, a, b } => match DetailKind::from_u32(kind) {
+            Some(DetailKind::Pio) => format!(
+                "port {:#06x}{} {}",
+                a,
+                port_name(a as u16)
+                    .map(|n| format!(" ({n})"))
+                    .unwrap_or_default(),
+                if b & 1 == 1 { "out" } else { "in" }
+            ),
+            Some(DetailKind::Mmio) => format!(
+                "MMIO {:#x} {}",
+                b,
+                match a & 0xff {
+                    0 => "unsatisfied-read",
+                    1 => "read",
+                    _ => "write",
+                }
+            ),
+            Some(DetailKind::Msr) => format!(
+                "MSR {:#x}{} {}",
+                a,
+                msr_name(a).map(|n| format!(" ({n})")).unwrap_or_default(),
+                if b & 1 == 1 { "write" } else { "read" }
+            ),
+            Some(DetailKind::Cpuid) => format!("CPUID {a:#x}"),
+            Some(DetailKind::UserspaceExit) if a & UEXIT_ERRNO_FLAG != 0 => {
+                "KVM_RUN error/restart".into()
+            }
+            Some(DetailKind::UserspaceExit) => format!("KVM_EXIT_{}", userspace_exit_name(a)),
+            None => format!("detail {kind} {a:#x} {b:#x}"),
+        },
+    }
+}
+
+/// How specific a key is: detail keys name the culprit, exit reasons only the kind.
+fn specificity(what: &What) -> u8 {
+    match what {
+        What::Detail { kind, .. } if *kind == DetailKind::UserspaceExit as u32 => 1,
+        What::Detail { .. } => 2,
+        What::Exit { .. } => 0,
+    }
+}
+
+/// The family a key belongs to, so related storms merge: io / IO / port; npf, EPT, MMIO / gpa;
+/// msr / MSR; cpuid / CPUID. None for keys that stand alone (HLT, interrupts...).
+fn family(what: &What) -> Option<u8> {
+    match *what {
+        What::Detail { kind, a, .. } => match DetailKind::from_u32(kind)? {
+            DetailKind::Pio => Some(1),
+            DetailKind::Mmio => Some(2),
+            DetailKind::Msr => Some(3),
+            DetailKind::Cpuid => Some(4),
+            DetailKind::UserspaceExit => match userspace_exit_name(a).as_str() {
+                "IO" => Some(1),
+                "MMIO" => Some(2),
+                _ => None,
+            },
+        },
+        What::Exit { isa, reason } => match exit_reason_name(isa, reason).as_str() {
+            "io" | "IO_INSTRUCTION" => Some(1),
+            "npf" | "EPT_MISCONFIG" | "EPT_VIOLATION" => Some(2),
+            "msr" | "MSR_READ" | "MSR_WRITE" => Some(3),
+            "cpuid" | "CPUID" => Some(4),
+            _ => None,
+        },
+    }
+}
+
+fn facts(keys: &[What]) -> Facts {
+    let mut f = Facts::default();
+    for what in keys {
+        match *what {
+            What::Exit { isa, reason } => f.exit_reasons.push(exit_reason_name(isa, reason)),
+            What::Detail { kind, a, .. } => match DetailKind::from_u32(kind) {
+                Some(DetailKind::Pio) => f.port = Some(a as u16),
+                Some(DetailKind::Mmio) => f.mmio = true,
+                Some(DetailKind::Msr) => f.msr = Some(a),
+                Some(DetailKind::Cpuid) => f.cpuid = true,
+                Some(DetailKind::UserspaceExit) => f.userspace.push(userspace_exit_name(a)),
+                None => {}
+            },
+        }
+    }
+    f
+}
+
+/// Every storm in the recording, merged and diagnosed, biggest first.
+pub fn detect(series: &Series, cfg: &Config) -> Vec<Storm> {
+    // (key, start index, end index) of every run.
+    let mut found: Vec<(Key, usize, usize)> = Vec::new();
+    for (key, p) in &series.by_key {
+        if matches!(key.what, What::Detail { kind, a, .. } if kind == DetailKind::UserspaceExit as u32 && a & UEXIT_ERRNO_FLAG != 0)
+        {
+            continue;
+        }
+        for (s, e) in runs(series, p, cfg) {
+            found.push((*key, s, e));
+        }
+    }
+    // Most specific first: a port storm absorbs the io / IO storms of its vCPU that overlap it.
+    found.sort_by_key(|(k, s, _)| (std::cmp::Reverse(specificity(&k.what)), k.pid, k.tid, *s));
+    let mut groups: Vec<(Key, usize, usize, Vec<Key>)> = Vec::new();
+    for (key, s, e) in found {
+        let fam = family(&key.what);
+        let absorbed = groups.iter_mut().find(|(g, gs, ge, _)| {
+            g.pid == key.pid
+                && g.tid == key.tid
+                && s < *ge
+                && *gs < e
+                && fam.is_some()
+                && family(&g.what) == fam
+                && specificity(&g.what) > specificity(&key.what)
+        });
+        match absorbed {
+            Some(group) => group.3.push(key),
+            None => groups.push((key, s, e, Vec::new())),
+        }
+    }
+    let mut storms: Vec<Storm> = groups
+        .into_iter()
+        .map(|(key, s, e, related)| {
+            let p = &series.by_key[&key];
+            let secs = |i: usize| series.width(i).as_secs_f64();
+            let count: u64 = p.counts[s..e].iter().sum();
+            let duration: f64 = (s..e).map(secs).sum();
+            let peak = (s..e)
+                .map(|i| {
+                    if secs(i) > 0.0 {
+                        p.counts[i] as f64 / secs(i)
+                    } else {
+                        0.0
+                    }
+                })
+                .fold(0.0, f64::max);
+            // Handling time: the key's own, or that of the related reason that has it.
+            let ns: u64 = std::iter::once(&key)
+                .chain(&related)
+                .map(|k| series.by_key[k].ns[s..e].iter().sum::<u64>())
+                .max()
+                .unwrap_or(0);
+            let mut whats = vec![key.what];
+            whats.extend(related.iter().map(|k| k.what));
+            Storm {
+                pid: key.pid,
+                tid: key.tid,
+                vcpu: None,
+                what: describe(&key.what),
+                related: related.iter().map(|k| describe(&k.what)).collect(),
+                start_secs: series.start(s).as_secs_f64(),
+                end_secs: series.ends[e - 1].as_secs_f64(),
+                ongoing: e == series.ends.len(),
+                peak_rate: peak,
+                mean_rate: if duration > 0.0 {
+                    count as f64 / duration
+                } else {
+                    0.0
+                },
+                count,
+                cost_pct: (ns > 0 && duration > 0.0).then(|| 100.0 * ns as f64 / 1e9 / duration),
+                diagnosis: diagnose(&facts(&whats)),
+                key: Some(key),
+            }
+        })
+        .collect();
+    storms.sort_by(|a, b| {
+        b.count
+            .cmp(&a.count)
+            .then(a.start_secs.total_cmp(&b.start_secs))
+    });
+    storms
+}
+
+/// Storms that started (`new`) or ended since `before`, for live lines: keyed by (key, start).
+pub fn changes<'a>(before: &[Storm], now: &'a [Storm]) -> (Vec<&'a Storm>, Vec<&'a Storm>) {
+    let same = |a: &Storm, b: &Storm| a.key == b.key && (a.start_secs - b.start_secs).abs() < 1e-9;
+    let started = now
+        .iter()
+        .filter(|s| !before.iter().any(|b| same(b, s)))
+        .collect();
+    let ended = now
+        .iter()
+        .filter(|s| !s.ongoing && before.iter().any(|b| same(b, s) && b.ongoing))
+        .collect();
+    (started, ended)
+}
+
+pub fn duration(s: &Storm) -> Duration {
+    Duration::from_secs_f64((s.end_secs - s.start_secs).max(0.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use kvmtrace_common::DetailKey;
+
+    use super::*;
+    use crate::model::Interval;
+
+    const PORT70: What = What::Detail {
+        kind: DetailKind::Pio as u32,
+        a: 0x70,
+        b: 1 | 1 << 8,
+    };
+
+    /// A series of one key on one thread from per-second counts.
+    fn series_of(what: What, counts: &[u64]) -> Series {
+        let mut s = Series::default();
+        for (i, &n) in counts.iter().enumerate() {
+            let mut iv = Interval {
+                at: Duration::from_secs(i as u64 + 1),
+                ..Default::default()
+            };
+            if let What::Detail { kind, a, b } = what {
+                iv.details.push((
+                    DetailKey {
+                        tgid: 1,
+                        tid: 2,
+                        kind,
+                        a,
+                        b,
+                    },
+                    n,
+                ));
+            }
+            s.push(&iv);
+        }
+        s
+    }
+
+    fn spans(s: &Series) -> Vec<(f64, f64)> {
+        detect(s, &Config::default())
+            .iter()
+            .map(|s| (s.start_secs, s.end_secs))
+            .collect()
+    }
+
+    #[test]
+    fn step_is_one_storm_with_exact_bounds() {
+        let s = series_of(PORT70, &[0, 0, 20_000, 20_000, 20_000, 0, 0]);
+        let storms = detect(&s, &Config::default());
+        assert_eq!(storms.len(), 1);
+        let st = &storms[0];
+        assert_eq!((st.start_secs, st.end_secs), (2.0, 5.0));
+        assert_eq!(st.mean_rate, 20_000.0);
+        assert_eq!(st.what, "port 0x0070 (RTC index) out");
+        assert_eq!(st.diagnosis.as_ref().unwrap().rule, "rtc");
+        assert!(!st.ongoing);
+    }
+
+    #[test]
+    fn a_one_interval_spike_is_not_sustained() {
+        assert!(spans(&series_of(PORT70, &[0, 50_000, 0, 0])).is_empty());
+    }
+
+    #[test]
+    fn ramp_starts_where_it_crosses_the_threshold() {
+        let s = series_of(PORT70, &[1000, 4000, 8000, 12_000, 16_000, 20_000]);
+        assert_eq!(spans(&s), vec![(3.0, 6.0)]);
+        assert!(detect(&s, &Config::default())[0].ongoing);
+    }
+
+    #[test]
+    fn noise_below_thresholds_is_quiet() {
+        let noise = [800, 950, 700, 990, 850, 900, 760, 999, 820, 870];
+        assert!(spans(&series_of(PORT70, &noise)).is_empty());
+    }
+
+    #[test]
+    fn a_jump_over_the_baseline_is_a_storm_below_the_absolute_rate() {
+        let s = series_of(PORT70, &[200, 210, 190, 200, 5000, 5200, 200]);
+        assert_eq!(spans(&s), vec![(4.0, 6.0)]);
+        // Without a baseline (from silence), only the absolute rate counts.
+        assert!(spans(&series_of(PORT70, &[0, 0, 5000, 5000, 0])).is_empty());
+    }
+
+    #[test]
+    fn related_keys_merge_into_the_most_specific() {
+        let uexit_io = What::Detail {
+            kind: DetailKind::UserspaceExit as u32,
+            a: 2,
+            b: 0,
+        };
+        let mut s = Series::default();
+        for (i, n) in [0u64, 15_000, 15_000, 0].into_iter().enumerate() {
+            let iv = Interval {
+                at: Duration::from_secs(i as u64 + 1),
+                details: vec![
+                    (
+                        DetailKey {
+                            tgid: 1,
+                            tid: 2,
+                            kind: 1,
+                            a: 0x70,
+                            b: 1 | 1 << 8,
+                        },
+                        n,
+                    ),
+                    (
+                        DetailKey {
+                            tgid: 1,
+                            tid: 2,
+                            kind: 5,
+                            a: 2,
+                            b: 0,
+                        },
+                        n,
+                    ),
+                ],
+                ..Default::default()
+            };
+            s.push(&iv);
+        }
+        let storms = detect(&s, &Config::default());
+        assert_eq!(storms.len(), 1, "{storms:#?}");
+        assert_eq!(storms[0].what, "port 0x0070 (RTC index) out");
+        assert_eq!(storms[0].related, vec![describe(&uexit_io)]);
+    }
+
+    #[test]
+    fn live_changes() {
+        let a = detect(&series_of(PORT70, &[0, 20_000, 20_000]), &Config::default());
+        let b = detect(
+            &series_of(PORT70, &[0, 20_000, 20_000, 0]),
+            &Config::default(),
+        );
+        let (started, ended) = changes(&[], &a);
+        assert_eq!((started.len(), ended.len()), (1, 0));
+        let (started, ended) = changes(&a, &b);
+        assert_eq!((started.len(), ended.len()), (0, 1));
+    }
+}

@@ -1,0 +1,205 @@
+//! Per-key time series of counts (and handling time) at every drain interval, kept for the whole
+//! recording in bounded memory: when [`MAX_POINTS`] is reached, the oldest half of the points is
+//! merged pairwise, so old data gets coarser while recent data keeps the drain resolution.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use kvmtrace_common::{DetailKind, LatencyKind};
+
+use crate::model::Interval;
+
+pub const MAX_POINTS: usize = 2048;
+
+/// What a series counts, for one thread (vCPU) of one VM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum What {
+    /// kvm_exit reason (isa, code); ns = exit->entry time.
+    Exit { isa: u32, reason: u32 },
+    /// A detail key ([`DetailKind`] discriminant, a, b); for userspace exits ns = VMM time.
+    Detail { kind: u32, a: u32, b: u64 },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key {
+    pub pid: u32,
+    pub tid: u32,
+    pub what: What,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Points {
+    pub counts: Vec<u64>,
+    pub ns: Vec<u64>,
+}
+
+/// Every series, aligned on one timeline of interval ends.
+#[derive(Clone, Debug, Default)]
+pub struct Series {
+    /// End of each point's interval, from the start of the recording.
+    pub ends: Vec<Duration>,
+    pub by_key: BTreeMap<Key, Points>,
+}
+
+impl Series {
+    /// Adds one drained interval as one point of every series.
+    pub fn push(&mut self, iv: &Interval) {
+        if self.ends.len() == MAX_POINTS {
+            self.downsample();
+        }
+        let n = self.ends.len();
+        self.ends.push(iv.at);
+        let mut add = |key: Key, count: u64, ns: u64| {
+            let p = self.by_key.entry(key).or_default();
+            p.counts.resize(n + 1, 0);
+            p.ns.resize(n + 1, 0);
+            p.counts[n] += count;
+            p.ns[n] += ns;
+        };
+        for (k, d) in &iv.latency {
+            if k.kind == LatencyKind::Exit as u32 {
+                add(
+                    Key {
+                        pid: k.tgid,
+                        tid: k.tid,
+                        what: What::Exit {
+                            isa: k.isa,
+                            reason: k.reason,
+                        },
+                    },
+                    d.count,
+                    d.total_ns,
+                );
+            } else if k.kind == LatencyKind::VmmRoundTrip as u32 {
+                let what = What::Detail {
+                    kind: DetailKind::UserspaceExit as u32,
+                    a: k.reason,
+                    b: 0,
+                };
+                add(
+                    Key {
+                        pid: k.tgid,
+                        tid: k.tid,
+                        what,
+                    },
+                    0,
+                    d.total_ns,
+                );
+            }
+        }
+        for (k, count) in &iv.details {
+            add(
+                Key {
+                    pid: k.tgid,
+                    tid: k.tid,
+                    what: What::Detail {
+                        kind: k.kind,
+                        a: k.a,
+                        b: k.b,
+                    },
+                },
+                *count,
+                0,
+            );
+        }
+        for p in self.by_key.values_mut() {
+            p.counts.resize(n + 1, 0);
+            p.ns.resize(n + 1, 0);
+        }
+    }
+
+    /// Merges the oldest half of the points pairwise (sums, keeping the later end).
+    fn downsample(&mut self) {
+        let half = self.ends.len() / 2;
+        let merge = |v: &mut Vec<u64>| {
+            let mut out: Vec<u64> = v[..half].chunks(2).map(|c| c.iter().sum()).collect();
+            out.extend_from_slice(&v[half..]);
+            *v = out;
+        };
+        let mut ends: Vec<Duration> = self.ends[..half]
+            .chunks(2)
+            .map(|c| *c.last().unwrap_or(&Duration::ZERO))
+            .collect();
+        ends.extend_from_slice(&self.ends[half..]);
+        self.ends = ends;
+        for p in self.by_key.values_mut() {
+            merge(&mut p.counts);
+            merge(&mut p.ns);
+        }
+    }
+
+    /// Length of point i's interval.
+    pub fn width(&self, i: usize) -> Duration {
+        let start = if i == 0 {
+            Duration::ZERO
+        } else {
+            self.ends[i - 1]
+        };
+        self.ends[i].saturating_sub(start)
+    }
+
+    /// Start of point i's interval.
+    pub fn start(&self, i: usize) -> Duration {
+        if i == 0 {
+            Duration::ZERO
+        } else {
+            self.ends[i - 1]
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kvmtrace_common::DetailKey;
+
+    use super::*;
+
+    fn iv(sec: u64, n: u64) -> Interval {
+        Interval {
+            at: Duration::from_secs(sec),
+            details: vec![(
+                DetailKey {
+                    tgid: 1,
+                    tid: 2,
+                    kind: 1,
+                    a: 0x70,
+                    b: 1,
+                },
+                n,
+            )],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn aligned_and_bounded() {
+        let mut s = Series::default();
+        for sec in 1..=(3 * MAX_POINTS as u64) {
+            s.push(&iv(sec, sec % 7));
+        }
+        assert!(s.ends.len() <= MAX_POINTS);
+        let p = s.by_key.values().next().unwrap();
+        assert_eq!(p.counts.len(), s.ends.len());
+        // Nothing is lost by downsampling.
+        let total: u64 = (1..=(3 * MAX_POINTS as u64)).map(|s| s % 7).sum();
+        assert_eq!(p.counts.iter().sum::<u64>(), total);
+        // The newest points keep the 1 s resolution; the oldest are coarser.
+        assert_eq!(s.width(s.ends.len() - 1), Duration::from_secs(1));
+        assert!(s.width(0) > Duration::from_secs(1));
+        assert_eq!(
+            *s.ends.last().unwrap(),
+            Duration::from_secs(3 * MAX_POINTS as u64)
+        );
+    }
+
+    #[test]
+    fn late_keys_are_zero_filled() {
+        let mut s = Series::default();
+        s.push(&Interval {
+            at: Duration::from_secs(1),
+            ..Default::default()
+        });
+        s.push(&iv(2, 5));
+        let p = s.by_key.values().next().unwrap();
+        assert_eq!(p.counts, vec![0, 5]);
+    }
+}
