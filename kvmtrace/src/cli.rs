@@ -54,6 +54,14 @@ pub struct RecordArgs {
     /// No live progress line, even on a terminal.
     #[arg(long)]
     pub quiet: bool,
+    /// Print a line when a storm starts and when it ends (default: when stdout is a terminal).
+    #[arg(long, overrides_with = "no_watch")]
+    pub watch: bool,
+    /// No live storm lines.
+    #[arg(long)]
+    pub no_watch: bool,
+    #[command(flatten)]
+    pub storms: StormArgs,
     /// tracefs mount point (default: /sys/kernel/tracing, mounted if absent).
     #[arg(long, value_name = "DIR")]
     pub tracefs: Option<PathBuf>,
@@ -63,6 +71,36 @@ pub struct RecordArgs {
     /// Capacity of the kernel's latency map (VMs x vCPUs x exit reasons).
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
     pub max_keys: u32,
+}
+
+/// Storm detection thresholds (see the report's "Storms" section).
+#[derive(Clone, Debug, Args)]
+pub struct StormArgs {
+    /// Exits/s of one reason or key on one vCPU that make a storm.
+    #[arg(long, default_value_t = 10_000.0, value_name = "PER_SEC")]
+    pub storm_rate: f64,
+    /// A rate this many times its trailing baseline is a storm (if also >= --storm-rate / 10).
+    #[arg(long, default_value_t = 10.0, value_name = "FACTOR")]
+    pub storm_jump: f64,
+    /// Intervals a storm condition must last.
+    #[arg(long, default_value_t = 2, value_name = "INTERVALS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub storm_sustain: u32,
+    /// Handling time (% of one CPU) that makes a storm.
+    #[arg(long, default_value_t = 50.0, value_name = "PERCENT")]
+    pub storm_cost: f64,
+}
+
+impl StormArgs {
+    pub fn config(&self) -> crate::analyze::storms::Config {
+        crate::analyze::storms::Config {
+            rate: self.storm_rate,
+            jump: self.storm_jump,
+            jump_min_rate: self.storm_rate / 10.0,
+            sustain: self.storm_sustain as usize,
+            cost_pct: self.storm_cost,
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -133,6 +171,8 @@ pub struct ReportArgs {
     /// Write to FILE instead of stdout.
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: Option<PathBuf>,
+    #[command(flatten)]
+    pub storms: StormArgs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

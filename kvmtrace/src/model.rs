@@ -122,10 +122,13 @@ pub struct Aggregate {
     pub latency: BTreeMap<LatencyKey, LatencyAgg>,
     pub details: BTreeMap<DetailKey, u64>,
     pub counters: [u64; Counter::COUNT as usize],
+    /// Every key's counts per interval, for storms and rates over time.
+    pub series: crate::series::Series,
 }
 
 impl Aggregate {
     pub fn apply(&mut self, iv: &Interval) {
+        self.series.push(iv);
         self.elapsed = iv.at;
         self.intervals += 1;
         for (key, delta) in &iv.latency {

@@ -6,6 +6,7 @@ use std::{collections::BTreeMap, path::Path, time::Duration};
 use kvmtrace_common::{Counter, LatencyKey};
 
 use crate::{
+    analyze::storms::Config as StormConfig,
     error::Error,
     model::{Aggregate, InFlight},
     record::{self, End, Header, Recording},
@@ -52,6 +53,9 @@ pub fn from_recording(rec: Recording, window: Window) -> Loaded {
         }
         if iv.at > to {
             continue;
+        }
+        if agg.intervals == 0 {
+            agg.series.origin = window_start;
         }
         agg.apply(iv);
     }
@@ -113,8 +117,9 @@ pub fn end_of(in_flight: &InFlight) -> End {
 }
 
 /// The report of a loaded recording, with a note when the file was cut short.
-pub fn build_report(loaded: &Loaded, per_vcpu: bool) -> Report {
+pub fn build_report(loaded: &Loaded, per_vcpu: bool, storm: &StormConfig) -> Report {
     let ctx = Context {
+        storm,
         vms: &loaded.vms,
         per_vcpu,
         kvm_module: loaded.header.kvm_module.clone(),

@@ -8,6 +8,7 @@ use kvmtrace_common::{Counter, DetailKind, LatencyKind, UEXIT_ERRNO_FLAG, VCPU_U
 use serde::Serialize;
 
 use crate::{
+    analyze::storms::{self, Config as StormConfig, Storm},
     model::{Aggregate, InFlight, LatencyAgg},
     tp::reasons::{exit_reason_name, isa_name, userspace_exit_name},
     vm::{Vm, vcpu_index_of_comm},
@@ -24,6 +25,8 @@ pub struct Report {
     /// Plain sentences about what the data can and cannot say.
     pub notes: Vec<String>,
     pub per_vcpu: bool,
+    /// Exit storms, biggest first (per vCPU), each with its diagnosis.
+    pub storms: Vec<Storm>,
     pub vms: Vec<VmReport>,
     pub counters: Counters,
 }
@@ -176,6 +179,8 @@ pub struct CpuidRow {
 
 /// Inputs besides the aggregate.
 pub struct Context<'a> {
+    /// Storm detection thresholds.
+    pub storm: &'a StormConfig,
     pub vms: &'a BTreeMap<u32, Vm>,
     pub per_vcpu: bool,
     pub kvm_module: Option<String>,
@@ -226,10 +231,18 @@ pub fn build(agg: &Aggregate, ctx: &Context) -> Report {
     pids.extend(ctx.vms.keys());
     pids.sort_unstable();
     pids.dedup();
-    let vms = pids
+    let vms: Vec<VmReport> = pids
         .into_iter()
         .map(|pid| vm_report(agg, ctx, pid, secs))
         .collect();
+    let mut storms = storms::detect(&agg.series, ctx.storm);
+    for st in &mut storms {
+        st.vcpu = vms
+            .iter()
+            .find(|v| v.pid == st.pid)
+            .and_then(|v| v.vcpus.iter().find(|c| c.tid == st.tid))
+            .map(|c| c.label.clone());
+    }
     Report {
         duration_secs: secs,
         kvm_module: ctx.kvm_module.clone(),
@@ -237,6 +250,7 @@ pub fn build(agg: &Aggregate, ctx: &Context) -> Report {
         tracepoints_missing: ctx.missing.clone(),
         notes,
         per_vcpu: ctx.per_vcpu,
+        storms,
         vms,
         counters,
     }
@@ -555,6 +569,15 @@ mod tests {
         agg
     }
 
+    static DEFAULT_STORM: StormConfig = StormConfig {
+        rate: 10_000.0,
+        jump: 10.0,
+        jump_min_rate: 1000.0,
+        sustain: 2,
+        cost_pct: 50.0,
+        baseline_points: 5,
+    };
+
     fn open_io_exit() -> &'static InFlight {
         static OPEN: std::sync::OnceLock<InFlight> = std::sync::OnceLock::new();
         OPEN.get_or_init(|| InFlight {
@@ -576,6 +599,7 @@ mod tests {
 
     fn ctx(vms: &BTreeMap<u32, Vm>, per_vcpu: bool) -> Context<'_> {
         Context {
+            storm: &DEFAULT_STORM,
             vms,
             per_vcpu,
             kvm_module: Some("kvm_amd".into()),

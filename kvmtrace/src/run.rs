@@ -12,6 +12,7 @@ use std::{
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
+    analyze::storms::{self, Config as StormConfig, Storm},
     cli::{
         Cli, Command, DiffArgs, DiffFormat, Format, ListArgs, RecordArgs, ReportArgs, SortKey,
         Weight,
@@ -210,6 +211,12 @@ async fn record(args: RecordArgs) -> anyhow::Result<()> {
         }
     );
     let progress = Progress::new(args.quiet);
+    let storm_cfg = args.storms.config();
+    let watch = {
+        use std::io::IsTerminal as _;
+        !args.no_watch && (args.watch || io::stdout().is_terminal())
+    };
+    let mut announced: Vec<Storm> = Vec::new();
 
     let mut agg = Aggregate::default();
     let mut ticker = tokio::time::interval(args.interval);
@@ -223,6 +230,9 @@ async fn record(args: RecordArgs) -> anyhow::Result<()> {
                 let iv = tracer.drain()?;
                 step(&host, &mut directory, &mut agg, &mut writer, &iv)?;
                 progress.update(&agg, &iv);
+                if watch {
+                    announced = watch_storms(&agg, &directory, &storm_cfg, &announced, &progress);
+                }
             }
             _ = &mut deadline => break,
             _ = sigint.recv() => break,
@@ -231,9 +241,13 @@ async fn record(args: RecordArgs) -> anyhow::Result<()> {
     }
     let iv = tracer.drain()?;
     step(&host, &mut directory, &mut agg, &mut writer, &iv)?;
+    if watch {
+        watch_storms(&agg, &directory, &storm_cfg, &announced, &progress);
+    }
     let in_flight = tracer.in_flight()?;
     progress.finish();
     let ctx = Context {
+        storm: &storm_cfg,
         vms: &directory,
         per_vcpu: args.per_vcpu,
         kvm_module: kvm_module(),
@@ -268,6 +282,53 @@ async fn record(args: RecordArgs) -> anyhow::Result<()> {
         "",
         &mut io::stdout().lock(),
     ))
+}
+
+/// Prints a line for each storm that started or ended since the last call; returns the storms
+/// known now.
+fn watch_storms(
+    agg: &Aggregate,
+    vms: &BTreeMap<u32, Vm>,
+    cfg: &crate::analyze::storms::Config,
+    before: &[Storm],
+    progress: &Progress,
+) -> Vec<Storm> {
+    let now = storms::detect(&agg.series, cfg);
+    let (started, ended) = storms::changes(before, &now);
+    let name = |s: &Storm| {
+        let vm = vms
+            .get(&s.pid)
+            .map_or_else(|| format!("pid {}", s.pid), |v| v.name.clone());
+        let vcpu = vms
+            .get(&s.pid)
+            .and_then(|v| v.threads.iter().find(|t| t.tid == s.tid))
+            .and_then(|t| crate::vm::vcpu_index_of_comm(&t.comm))
+            .map_or_else(|| format!("tid {}", s.tid), |i| format!("vCPU {i}"));
+        format!("{vm} {vcpu}: {}", s.what)
+    };
+    for s in started {
+        progress.println(format!(
+            "storm started at {:.1} s: {} at {:.0}/s{}",
+            s.start_secs,
+            name(s),
+            s.peak_rate,
+            s.diagnosis
+                .as_ref()
+                .map(|d| format!(" ({})", d.title))
+                .unwrap_or_default()
+        ));
+    }
+    for s in ended {
+        progress.println(format!(
+            "storm ended at {:.1} s: {} after {:.1} s, mean {:.0}/s, {} exits",
+            s.end_secs,
+            name(s),
+            s.end_secs - s.start_secs,
+            s.mean_rate,
+            s.count
+        ));
+    }
+    now
 }
 
 /// One drained interval: learn new VMs and threads, add to the aggregate, append to the file.
@@ -371,6 +432,14 @@ impl Progress {
             bar.finish_and_clear();
         }
     }
+
+    /// A line on stderr that does not fight with the progress line.
+    fn println(&self, line: String) {
+        match &self.0 {
+            Some(bar) => bar.println(line),
+            None => eprintln!("kvmtrace: {line}"),
+        }
+    }
 }
 
 fn report_file(args: &ReportArgs) -> anyhow::Result<()> {
@@ -385,7 +454,7 @@ fn report_file(args: &ReportArgs) -> anyhow::Result<()> {
     let per_vcpu = args.per_vcpu
         || !args.vcpus.is_empty()
         || matches!(args.format, Format::Folded | Format::Flamegraph);
-    let mut report = offline::build_report(&loaded, per_vcpu);
+    let mut report = offline::build_report(&loaded, per_vcpu, &args.storms.config());
     view::filter(
         &mut report,
         &view::Filter {
@@ -418,8 +487,17 @@ fn file_name(p: &Path) -> String {
 
 fn diff_files(args: &DiffArgs) -> anyhow::Result<()> {
     let per_vcpu = args.format == DiffFormat::Flamegraph;
-    let before = offline::build_report(&offline::load(&args.before, Window::default())?, per_vcpu);
-    let after = offline::build_report(&offline::load(&args.after, Window::default())?, per_vcpu);
+    let storm = StormConfig::default();
+    let before = offline::build_report(
+        &offline::load(&args.before, Window::default())?,
+        per_vcpu,
+        &storm,
+    );
+    let after = offline::build_report(
+        &offline::load(&args.after, Window::default())?,
+        per_vcpu,
+        &storm,
+    );
     let mut out = output(args.output.as_deref())?;
     let r = match args.format {
         DiffFormat::Text => diff::render_text(&diff::diff(&before, &after), &mut out),

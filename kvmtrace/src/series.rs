@@ -35,6 +35,8 @@ pub struct Points {
 /// Every series, aligned on one timeline of interval ends.
 #[derive(Clone, Debug, Default)]
 pub struct Series {
+    /// Start of the first point (the start of the recording, or of a report's time window).
+    pub origin: Duration,
     /// End of each point's interval, from the start of the recording.
     pub ends: Vec<Duration>,
     pub by_key: BTreeMap<Key, Points>,

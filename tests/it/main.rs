@@ -9,3 +9,4 @@ mod counts;
 mod errors;
 mod nested_l1;
 mod recordings;
+mod storms;

@@ -61,15 +61,18 @@ pub struct Storm {
     pub peak_rate: f64,
     pub mean_rate: f64,
     pub count: u64,
-    /// Handling time during the storm (exit->entry or VMM round trips), % of one CPU.
+    /// Handling time during the storm (exit->entry, or VMM round trips, which are wall time),
+    /// in % of the storm's duration: 100 % = one CPU's worth.
     pub cost_pct: Option<f64>,
     pub diagnosis: Option<Diagnosis>,
     #[serde(skip)]
     pub key: Option<Key>,
 }
 
-/// Index ranges [start, end) of the storms in one series.
-pub fn runs(series: &Series, p: &Points, cfg: &Config) -> Vec<(usize, usize)> {
+/// Index ranges [start, end) of the storms in one series. `costs_cpu`: the series' time is CPU
+/// time (exit handling), so the cost criterion applies; wall-clock waits (HLT, VMM round trips,
+/// which include the VMM sleeping) are not CPU burn and only rates count for them.
+pub fn runs(series: &Series, p: &Points, cfg: &Config, costs_cpu: bool) -> Vec<(usize, usize)> {
     let n = series.ends.len().min(p.counts.len());
     let rate = |i: usize| {
         let w = series.width(i).as_secs_f64();
@@ -77,7 +80,7 @@ pub fn runs(series: &Series, p: &Points, cfg: &Config) -> Vec<(usize, usize)> {
     };
     let cost = |i: usize| {
         let w = series.width(i).as_secs_f64();
-        if w > 0.0 {
+        if w > 0.0 && costs_cpu {
             100.0 * p.ns[i] as f64 / 1e9 / w
         } else {
             0.0
@@ -119,6 +122,18 @@ pub fn runs(series: &Series, p: &Points, cfg: &Config) -> Vec<(usize, usize)> {
         out.push((s, n));
     }
     out
+}
+
+/// Whether a key's handling time is CPU time: exit handling in the kernel, except halts, which
+/// block until an interrupt. VMM round trips are wall time (the VMM may sleep or wait).
+fn time_is_cpu(what: &What) -> bool {
+    match *what {
+        What::Exit { isa, reason } => !matches!(
+            exit_reason_name(isa, reason).as_str(),
+            "HLT" | "hlt" | "idle-halt"
+        ),
+        What::Detail { .. } => false,
+    }
 }
 
 /// A key's human name.
@@ -220,7 +235,7 @@ pub fn detect(series: &Series, cfg: &Config) -> Vec<Storm> {
         {
             continue;
         }
-        for (s, e) in runs(series, p, cfg) {
+        for (s, e) in runs(series, p, cfg, time_is_cpu(&key.what)) {
             found.push((*key, s, e));
         }
     }
@@ -440,6 +455,44 @@ mod tests {
         assert_eq!(storms.len(), 1, "{storms:#?}");
         assert_eq!(storms[0].what, "port 0x0070 (RTC index) out");
         assert_eq!(storms[0].related, vec![describe(&uexit_io)]);
+    }
+
+    #[test]
+    fn cpu_cost_makes_a_storm_but_wall_time_waits_do_not() {
+        let mut s = Series::default();
+        for (i, ns) in [0u64, 700_000_000, 800_000_000, 0].into_iter().enumerate() {
+            let mut iv = Interval {
+                at: Duration::from_secs(i as u64 + 1),
+                ..Default::default()
+            };
+            for (kind, reason) in [(0, 0x7c), (1, 2)] {
+                iv.latency.push((
+                    kvmtrace_common::LatencyKey {
+                        tgid: 1,
+                        tid: 2,
+                        vcpu_id: 0,
+                        isa: if kind == 0 { 2 } else { 0 },
+                        reason,
+                        kind,
+                    },
+                    crate::model::LatencyDelta {
+                        count: 100,
+                        total_ns: ns,
+                        min_ns: 1,
+                        max_ns: 1,
+                        buckets: vec![],
+                    },
+                ));
+            }
+            s.push(&iv);
+        }
+        let storms = detect(&s, &Config::default());
+        assert_eq!(storms.len(), 1, "{storms:#?}");
+        assert_eq!(
+            storms[0].what, "msr",
+            "a 100/s MSR storm costing 70-80 % of a CPU"
+        );
+        assert!((storms[0].cost_pct.unwrap() - 75.0).abs() < 1e-9);
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub fn render(report: &Report, out: &mut impl io::Write) -> io::Result<()> {
     for note in &report.notes {
         writeln!(out, "note: {note}")?;
     }
+    render_storms(report, out)?;
     if report.vms.is_empty() {
         writeln!(out, "\nNo KVM events from the traced VMs.")?;
     }
@@ -193,6 +194,65 @@ fn render_vm(vm: &VmReport, report: &Report, out: &mut impl io::Write) -> io::Re
     Ok(())
 }
 
+/// The answer first: which storms, on which vCPU, since when, what they cost, what to do.
+fn render_storms(report: &Report, out: &mut impl io::Write) -> io::Result<()> {
+    if report.storms.is_empty() {
+        if !report.vms.is_empty() {
+            writeln!(out, "\nStorms: none.")?;
+        }
+        return Ok(());
+    }
+    writeln!(out, "\nStorms ({}):", report.storms.len())?;
+    for (i, s) in report.storms.iter().enumerate() {
+        let vm = report
+            .vms
+            .iter()
+            .find(|v| v.pid == s.pid)
+            .map_or_else(|| format!("pid {}", s.pid), |v| v.name.clone());
+        let vcpu = s.vcpu.as_deref().map_or_else(
+            || format!("tid {}", s.tid),
+            |l| {
+                if l.starts_with("tid") {
+                    l.to_string()
+                } else {
+                    format!("vCPU {l}")
+                }
+            },
+        );
+        writeln!(
+            out,
+            "  {}. {vm} {vcpu}: {} from {:.1} s to {:.1} s{} ({:.1} s), mean {:.0}/s, peak {:.0}/s, {} exits{}",
+            i + 1,
+            s.what,
+            s.start_secs,
+            s.end_secs,
+            if s.ongoing { " (still going)" } else { "" },
+            s.end_secs - s.start_secs,
+            s.mean_rate,
+            s.peak_rate,
+            s.count,
+            s.cost_pct
+                .map(|c| format!(", handling time {c:.1}% of the storm's wall time"))
+                .unwrap_or_default()
+        )?;
+        if !s.related.is_empty() {
+            writeln!(out, "     with: {}", s.related.join(", "))?;
+        }
+        match &s.diagnosis {
+            Some(d) => {
+                writeln!(out, "     diagnosis: {}. {}", d.title, d.cause)?;
+                writeln!(out, "     fix: {}", d.fix)?;
+                writeln!(out, "     see: {}", d.reference)?;
+            }
+            None => writeln!(
+                out,
+                "     diagnosis: no rule in the knowledge base matches this pattern."
+            )?,
+        }
+    }
+    Ok(())
+}
+
 fn render_counters(c: &Counters, out: &mut impl io::Write) -> io::Result<()> {
     writeln!(
         out,
@@ -322,6 +382,7 @@ mod tests {
             tracepoints_missing: vec![],
             notes: vec![],
             per_vcpu: false,
+            storms: vec![],
             vms: vec![VmReport {
                 pid: 100,
                 name: "web01".into(),
@@ -376,6 +437,8 @@ mod tests {
         render(&report(), &mut out).unwrap();
         let expected = "\
 kvmtrace: 2.00 s on kvm_amd, 1 VM
+
+Storms: none.
 
 VM web01 (pid 100): 300 exits (150.0/s), 300 to the VMM (150.0/s), 600 detail events; vCPUs: 0
 

@@ -101,9 +101,9 @@ impl Vcpu {
             Amount::For(d) => Some(started + d),
             Amount::Count(_) => None,
         };
-        // With a rate, run in ~1 ms chunks and sleep until each chunk is due.
+        // With a rate, run in ~10 ms chunks (one done-port exit each) and sleep until each is due.
         let chunk = match step.rate {
-            Some(rate) => (rate / 1000).max(1),
+            Some(rate) => (rate / 100).max(1),
             None => total.unwrap_or(TIMED_BATCH).min(1 << 40),
         };
         loop {

@@ -1,0 +1,145 @@
+//! Storm detection on real guests: one storm where the guest made one, on the right vCPU, with
+//! the right bounds, rate and diagnosis; none for a steady low-rate mix.
+
+use serde_json::Value;
+
+use crate::harness::{Guest, Recorder, parse_json, require_kvm_and_root};
+
+/// This host's vCPU makes at most ~16 000 port exits/s, so the storm is 10 000/s (the issue's
+/// 20 000/s cannot be reached here) and the threshold 5 000/s.
+const STORM: &str = "idle,ms=2000;pio_out,port=0x70,ms=3000,rate=10000;idle,ms=2000";
+const ARGS: [&str; 6] = [
+    "--interval",
+    "500ms",
+    "--storm-rate",
+    "5000",
+    "--json",
+    "--watch",
+];
+
+fn record(guest: &mut Guest) -> (Value, String) {
+    let mut args = vec!["-d", guest.name.as_str()];
+    args.extend_from_slice(&ARGS);
+    let recorder = Recorder::start(&args);
+    guest.go();
+    guest.wait_finished();
+    let out = recorder.stop(libc::SIGINT);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        parse_json(&out.stdout),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn check_rtc_storm(report: &Value, vcpu: &str) {
+    let storms = report["storms"].as_array().unwrap();
+    assert_eq!(storms.len(), 1, "exactly one storm: {storms:#?}");
+    let s = &storms[0];
+    assert_eq!(s["vcpu"], vcpu);
+    assert_eq!(s["what"], "port 0x0070 (RTC index) out");
+    // The truth: 2 s quiet, 3 s at 10 000/s, from `go` (a few ms after recording started).
+    let (start, end) = (
+        s["start_secs"].as_f64().unwrap(),
+        s["end_secs"].as_f64().unwrap(),
+    );
+    assert!(
+        (start - 2.0).abs() <= 0.5,
+        "start {start} within one 0.5 s interval of 2 s"
+    );
+    assert!(
+        (end - 5.0).abs() <= 0.5,
+        "end {end} within one 0.5 s interval of 5 s"
+    );
+    let mean = s["mean_rate"].as_f64().unwrap();
+    assert!(
+        (mean - 10_000.0).abs() <= 1000.0,
+        "mean rate {mean} within 10 % of 10 000/s"
+    );
+    assert_eq!(s["ongoing"], false);
+    let d = &s["diagnosis"];
+    assert_eq!(d["rule"], "rtc");
+    assert!(d["fix"].as_str().unwrap().contains("kvmclock"), "{d:#}");
+}
+
+#[test]
+fn one_rtc_storm_with_bounds_rate_and_advice() {
+    require_kvm_and_root();
+    let mut guest = Guest::start("it-storm", &["--run", STORM]);
+    let (report, stderr) = record(&mut guest);
+    check_rtc_storm(&report, "0");
+    // Live lines: one when it started, one when it ended.
+    let started: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("storm started"))
+        .collect();
+    let ended: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("storm ended"))
+        .collect();
+    assert_eq!((started.len(), ended.len()), (1, 1), "{stderr}");
+    assert!(
+        started[0].contains("it-storm vCPU 0: port 0x0070 (RTC index) out"),
+        "{}",
+        started[0]
+    );
+}
+
+#[test]
+fn storm_on_one_of_two_vcpus_is_attributed_to_it() {
+    require_kvm_and_root();
+    let mut guest = Guest::start(
+        "it-storm2",
+        &[
+            "--vcpus",
+            "2",
+            "--run",
+            &format!("1:{STORM}"),
+            "--run",
+            "0:mmio_w,ms=7000,rate=500",
+        ],
+    );
+    let (report, _) = record(&mut guest);
+    check_rtc_storm(&report, "1");
+}
+
+#[test]
+fn steady_low_rate_mix_is_no_storm() {
+    require_kvm_and_root();
+    let mut guest = Guest::start(
+        "it-calm",
+        &[
+            "--vcpus",
+            "3",
+            "--run",
+            "0:pio_out,port=0x70,ms=5000,rate=800",
+            "--run",
+            "1:mmio_w,ms=5000,rate=500",
+            "--run",
+            "2:wrmsr,msr=0x6e0,ms=5000,rate=900",
+        ],
+    );
+    let recorder = Recorder::start(&["-d", "it-calm", "--interval", "500ms", "--json"]);
+    guest.go();
+    guest.wait_finished();
+    let out = recorder.stop(libc::SIGINT);
+    let report = parse_json(&out.stdout);
+    assert_eq!(
+        report["storms"].as_array().unwrap().len(),
+        0,
+        "{:#}",
+        report["storms"]
+    );
+    // And the mix really ran at those rates.
+    let vm = &report["vms"][0];
+    let port = vm["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["port"] == 0x70)
+        .unwrap();
+    assert_eq!(port["count"], 4000);
+}
