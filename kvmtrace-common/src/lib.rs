@@ -43,16 +43,18 @@ pub mod programs {
     pub const KVM_MMIO: &str = "kvmtrace_mmio";
     pub const KVM_MSR: &str = "kvmtrace_msr";
     pub const KVM_CPUID: &str = "kvmtrace_cpuid";
-    /// Every program with its `kvm:` tracepoint, in attach order.
-    pub const ALL: [(&str, &str); 8] = [
-        (KVM_EXIT, "kvm_exit"),
-        (KVM_ENTRY, "kvm_entry"),
-        (KVM_USERSPACE_EXIT, "kvm_userspace_exit"),
-        (KVM_FPU, "kvm_fpu"),
-        (KVM_PIO, "kvm_pio"),
-        (KVM_MMIO, "kvm_mmio"),
-        (KVM_MSR, "kvm_msr"),
-        (KVM_CPUID, "kvm_cpuid"),
+    pub const SCHED_SWITCH: &str = "kvmtrace_switch";
+    /// Every program with its tracepoint (category, event), in attach order.
+    pub const ALL: [(&str, &str, &str); 9] = [
+        (KVM_EXIT, "kvm", "kvm_exit"),
+        (KVM_ENTRY, "kvm", "kvm_entry"),
+        (KVM_USERSPACE_EXIT, "kvm", "kvm_userspace_exit"),
+        (KVM_FPU, "kvm", "kvm_fpu"),
+        (KVM_PIO, "kvm", "kvm_pio"),
+        (KVM_MMIO, "kvm", "kvm_mmio"),
+        (KVM_MSR, "kvm", "kvm_msr"),
+        (KVM_CPUID, "kvm", "kvm_cpuid"),
+        (SCHED_SWITCH, "sched", "sched_switch"),
     ];
 }
 
@@ -96,7 +98,10 @@ pub struct Config {
     pub uexit_reason: u32,
     pub uexit_errno: u32,
     pub fpu_load: u32,
-    pub _reserved: u32,
+    pub sched_prev_pid: u32,
+    /// `long prev_state` (8 bytes).
+    pub sched_prev_state: u32,
+    pub sched_next_pid: u32,
 }
 
 impl Config {
@@ -123,7 +128,9 @@ impl Config {
         uexit_reason: FIELD_ABSENT,
         uexit_errno: FIELD_ABSENT,
         fpu_load: FIELD_ABSENT,
-        _reserved: 0,
+        sched_prev_pid: FIELD_ABSENT,
+        sched_prev_state: FIELD_ABSENT,
+        sched_next_pid: FIELD_ABSENT,
     };
 }
 
@@ -144,10 +151,29 @@ pub struct ThreadState {
     pub flags: u32,
     /// The thread's process (the VM), so that open exits can be attributed at stop.
     pub tgid: u32,
+    // CPU accounting (cumulative ns since `first_ts`), from kvm_fpu and sched_switch.
+    /// ktime of the thread's first event after attach.
+    pub first_ts: u64,
+    /// ktime of the current KVM_RUN's kvm_fpu load; 0 outside KVM_RUN.
+    pub run_ts: u64,
+    /// Wall time inside completed KVM_RUN calls.
+    pub run_ns: u64,
+    /// ktime the thread was switched out; 0 while it is on a CPU.
+    pub off_ts: u64,
+    /// Off-CPU time inside KVM_RUN: blocked (halted vCPU, waiting) and runnable but not running.
+    pub off_run_blocked_ns: u64,
+    pub off_run_runnable_ns: u64,
+    /// Off-CPU time outside KVM_RUN (in the VMM's user space).
+    pub off_user_blocked_ns: u64,
+    pub off_user_runnable_ns: u64,
 }
 
 /// [`ThreadState::flags`]: the thread has had a kvm_entry since attach.
 pub const THREAD_SEEN_ENTRY: u32 = 1;
+/// [`ThreadState::flags`]: switched out while inside KVM_RUN.
+pub const THREAD_OFF_IN_RUN: u32 = 2;
+/// [`ThreadState::flags`]: switched out while runnable (preempted), not blocked.
+pub const THREAD_OFF_RUNNABLE: u32 = 4;
 
 /// What a [`LatencyKey`] measures.
 #[repr(u32)]

@@ -102,6 +102,7 @@ pub fn thread_state(ctx: &TracePointContext, tgid: u32, tid: u32) -> Option<*mut
     let fresh = ThreadState {
         vcpu_id: kvmtrace_common::VCPU_UNKNOWN,
         tgid,
+        first_ts: now_ns(),
         ..ThreadState::default()
     };
     if THREADS.insert(tid, fresh, BPF_NOEXIST).is_err() && THREADS.get_ptr_mut(tid).is_none() {

@@ -16,12 +16,12 @@ use aya::{
 };
 use kvmtrace_common::{
     CONFIG_GLOBAL, Config, Counter, DetailKey, HIST_BUCKETS, INLINE_TGIDS, LatencyKey, LatencyKind,
-    LatencyStats, ThreadState, maps, programs,
+    LatencyStats, THREAD_OFF_IN_RUN, THREAD_OFF_RUNNABLE, ThreadState, maps, programs,
 };
 
 use crate::{
     error::Error,
-    model::{InFlight, Interval, LatencyDelta},
+    model::{InFlight, Interval, LatencyDelta, ThreadCpu},
     tp::{offsets, tracefs},
 };
 
@@ -85,8 +85,8 @@ impl Tracer {
         let mut formats = Vec::new();
         let mut format_texts = std::collections::BTreeMap::new();
         let mut missing = Vec::new();
-        for (_, event) in programs::ALL {
-            match tracefs::kvm_format(&tracefs, event)? {
+        for (_, category, event) in programs::ALL {
+            match tracefs::event_format(&tracefs, category, event)? {
                 Some((f, text)) => {
                     formats.push(f);
                     format_texts.insert(event.to_string(), text);
@@ -134,7 +134,7 @@ impl Tracer {
             }
         }
         let mut attached = Vec::new();
-        for (prog, event) in programs::ALL {
+        for (prog, category, event) in programs::ALL {
             if missing.contains(&event) {
                 continue;
             }
@@ -144,12 +144,12 @@ impl Tracer {
                 .try_into()
                 .map_err(|e| Error::bpf(format!("program {prog}"), e))?;
             p.load()
-                .map_err(|e| Error::bpf(format!("loading {prog} (kvm:{event})"), e))?;
-            p.attach("kvm", event)
-                .map_err(|e| Error::bpf(format!("attaching {prog} to kvm:{event}"), e))?;
+                .map_err(|e| Error::bpf(format!("loading {prog} ({category}:{event})"), e))?;
+            p.attach(category, event)
+                .map_err(|e| Error::bpf(format!("attaching {prog} to {category}:{event}"), e))?;
             attached.push(event);
         }
-        log::info!("attached to kvm:{{{}}}", attached.join(","));
+        log::info!("attached to {}", attached.join(", "));
         Ok(Tracer {
             ebpf,
             attached,
@@ -196,7 +196,48 @@ impl Tracer {
         }
         iv.latency.sort_by_key(|(k, _)| *k);
         iv.details.sort_by_key(|(k, _)| *k);
+        iv.threads = self.thread_cpu()?;
         Ok(iv)
+    }
+
+    /// Every traced thread's CPU accounting as of now, counting the open KVM_RUN and the open
+    /// off-CPU period up to now.
+    fn thread_cpu(&self) -> Result<Vec<ThreadCpu>, Error> {
+        let threads: BpfHashMap<&MapData, u32, ThreadState> = map_ref(&self.ebpf, maps::THREADS)?;
+        let now = ktime_ns();
+        let mut out = Vec::new();
+        for item in threads.iter() {
+            let (tid, st) = item.map_err(|e| Error::bpf("reading THREADS", e))?;
+            let mut t = ThreadCpu {
+                tgid: st.tgid,
+                tid,
+                tracked_ns: now.saturating_sub(st.first_ts),
+                run_ns: st.run_ns,
+                off_run_blocked_ns: st.off_run_blocked_ns,
+                off_run_runnable_ns: st.off_run_runnable_ns,
+                off_user_blocked_ns: st.off_user_blocked_ns,
+                off_user_runnable_ns: st.off_user_runnable_ns,
+                procfs_ns: None,
+            };
+            if st.run_ts != 0 {
+                t.run_ns += now.saturating_sub(st.run_ts);
+            }
+            if st.off_ts != 0 {
+                let open = now.saturating_sub(st.off_ts);
+                match (
+                    st.flags & THREAD_OFF_IN_RUN != 0,
+                    st.flags & THREAD_OFF_RUNNABLE != 0,
+                ) {
+                    (true, true) => t.off_run_runnable_ns += open,
+                    (true, false) => t.off_run_blocked_ns += open,
+                    (false, true) => t.off_user_runnable_ns += open,
+                    (false, false) => t.off_user_blocked_ns += open,
+                }
+            }
+            out.push(t);
+        }
+        out.sort_by_key(|t| t.tid);
+        Ok(out)
     }
 
     /// Exits and userspace round trips still open (no entry yet) right now, over traced threads.
@@ -279,6 +320,17 @@ fn init_template(ebpf: &mut Ebpf) -> Result<(), Error> {
     template
         .set(0, values, 0)
         .map_err(|e| Error::bpf("setting LATENCY_TEMPLATE", e))
+}
+
+/// CLOCK_MONOTONIC in ns: the clock bpf_ktime_get_ns reads.
+pub fn ktime_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it (harmless on newer ones).

@@ -44,11 +44,15 @@ pub fn from_recording(rec: Recording, window: Window) -> Loaded {
     let mut before = [0u64; Counter::COUNT as usize];
     let mut window_start = Duration::ZERO;
     let mut last_at = Duration::ZERO;
+    let mut threads_before: BTreeMap<u32, crate::model::ThreadCpu> = BTreeMap::new();
     for iv in &rec.intervals {
         last_at = iv.at;
         if iv.at <= from {
             before = iv.counters;
             window_start = iv.at;
+            for t in &iv.threads {
+                threads_before.insert(t.tid, *t);
+            }
             continue;
         }
         if iv.at > to {
@@ -63,6 +67,11 @@ pub fn from_recording(rec: Recording, window: Window) -> Loaded {
         *c = c.saturating_sub(b);
     }
     agg.elapsed = agg.elapsed.saturating_sub(window_start);
+    for (tid, t) in agg.threads.iter_mut() {
+        if let Some(b) = threads_before.get(tid) {
+            *t = t.since(b);
+        }
+    }
     let reaches_end = window.to.is_none_or(|t| t >= last_at);
     let in_flight = match (&rec.end, reaches_end) {
         (Some(end), true) => in_flight_of(end),

@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use kvmtrace_common::{Counter, DetailKind, LatencyKind, UEXIT_ERRNO_FLAG, VCPU_UNKNOWN};
+use kvmtrace_common::{
+    Counter, DetailKind, LatencyKey, LatencyKind, UEXIT_ERRNO_FLAG, VCPU_UNKNOWN,
+};
 use serde::Serialize;
 
 use crate::{
@@ -77,6 +79,51 @@ pub struct VmReport {
     pub mmio: Vec<MmioRow>,
     pub msrs: Vec<MsrRow>,
     pub cpuid: Vec<CpuidRow>,
+    /// Where each vCPU thread's time went.
+    pub cpu: Vec<CpuRow>,
+    /// "Of this VM's X % CPU, Y % is handling <reason/key>."
+    pub cpu_summary: Option<CpuSummary>,
+}
+
+/// One vCPU thread's time, in % of its wall time since it was first seen.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct CpuRow {
+    pub vcpu: String,
+    pub tid: u32,
+    pub wall_secs: f64,
+    /// On-CPU, from the kernel's events (KVM_RUN on-CPU + VMM on-CPU).
+    pub cpu_pct: f64,
+    /// utime + stime from procfs over the recording, for comparison.
+    pub procfs_cpu_pct: Option<f64>,
+    /// On-CPU inside KVM_RUN: guest plus in-kernel exit handling.
+    pub in_kvm_run_pct: f64,
+    /// Split of in_kvm_run where kvm_exit/kvm_entry fire: exit handling (non-HLT exit->entry
+    /// time) and the rest, guest time.
+    pub exit_handling_pct: Option<f64>,
+    pub guest_pct: Option<f64>,
+    /// On-CPU in the VMM's user space (handling userspace exits, its own work).
+    pub vmm_pct: f64,
+    /// Off-CPU, blocked (inside KVM_RUN: a halted vCPU; outside: the VMM waiting).
+    pub blocked_pct: f64,
+    /// Off-CPU, runnable but waiting for a CPU (host contention).
+    pub runnable_wait_pct: f64,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct CpuSummary {
+    /// Sum over vCPU threads, % of one CPU.
+    pub cpu_pct: f64,
+    /// Biggest consumers, each in % of the VM's CPU time.
+    pub handling: Vec<Handling>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Handling {
+    pub what: String,
+    /// % of the VM's CPU time.
+    pub pct_of_vm_cpu: f64,
+    /// % of one CPU.
+    pub cpu_pct: f64,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -408,7 +455,10 @@ fn vm_report(agg: &Aggregate, ctx: &Context, pid: u32, secs: f64) -> VmReport {
         .collect();
     cpuid.sort_by(|a, b| b.count.cmp(&a.count).then(a.function.cmp(&b.function)));
 
+    let (cpu, cpu_summary) = cpu_rows(agg, pid, &vcpus, &userspace_exits, &ports);
     VmReport {
+        cpu,
+        cpu_summary,
         pid,
         name: vm.map_or_else(|| format!("pid {pid}"), |v| v.name.clone()),
         vcpus,
@@ -422,6 +472,140 @@ fn vm_report(agg: &Aggregate, ctx: &Context, pid: u32, secs: f64) -> VmReport {
         msrs,
         cpuid,
     }
+}
+
+/// The CPU table of one VM, and what its CPU goes to: in-kernel exit handling per reason (from
+/// exit->entry times, halts excluded as they block) and VMM handling per userspace exit reason
+/// (the VMM's on-CPU time, split by each reason's share of VMM round-trip time).
+fn cpu_rows(
+    agg: &Aggregate,
+    pid: u32,
+    vcpus: &[VcpuInfo],
+    uexits: &[UserspaceRow],
+    ports: &[PortRow],
+) -> (Vec<CpuRow>, Option<CpuSummary>) {
+    let pct = |ns: u64, wall: u64| {
+        if wall == 0 {
+            0.0
+        } else {
+            100.0 * ns as f64 / wall as f64
+        }
+    };
+    let is_halt = |isa: u32, reason: u32| {
+        matches!(
+            exit_reason_name(isa, reason).as_str(),
+            "HLT" | "hlt" | "idle-halt"
+        )
+    };
+    let mut rows = Vec::new();
+    let (mut vm_cpu, mut vm_vmm) = (0u64, 0u64);
+    let mut max_wall = 0u64;
+    for t in agg
+        .threads
+        .values()
+        .filter(|t| t.tgid == pid && t.tracked_ns > 0)
+    {
+        let exits: Vec<(&LatencyKey, &LatencyAgg)> = agg
+            .latency
+            .iter()
+            .filter(|(k, _)| k.tid == t.tid && k.kind == LatencyKind::Exit as u32)
+            .collect();
+        let handling: u64 = exits
+            .iter()
+            .filter(|(k, _)| !is_halt(k.isa, k.reason))
+            .map(|(_, a)| a.total_ns)
+            .sum();
+        let in_run = t.in_run_on_cpu();
+        let has_exits = !exits.is_empty();
+        let wall = t.tracked_ns;
+        max_wall = max_wall.max(wall);
+        vm_cpu += t.on_cpu();
+        vm_vmm += t.vmm_on_cpu();
+        rows.push(CpuRow {
+            vcpu: vcpus
+                .iter()
+                .find(|v| v.tid == t.tid)
+                .map_or_else(|| format!("tid {}", t.tid), |v| v.label.clone()),
+            tid: t.tid,
+            wall_secs: wall as f64 / 1e9,
+            cpu_pct: pct(t.on_cpu(), wall),
+            procfs_cpu_pct: t.procfs_ns.map(|p| pct(p, wall)),
+            in_kvm_run_pct: pct(in_run, wall),
+            exit_handling_pct: has_exits.then(|| pct(handling.min(in_run), wall)),
+            guest_pct: has_exits.then(|| pct(in_run.saturating_sub(handling), wall)),
+            vmm_pct: pct(t.vmm_on_cpu(), wall),
+            blocked_pct: pct(t.off_run_blocked_ns + t.off_user_blocked_ns, wall),
+            runnable_wait_pct: pct(t.off_run_runnable_ns + t.off_user_runnable_ns, wall),
+        });
+    }
+    if rows.is_empty() || vm_cpu == 0 {
+        return (rows, None);
+    }
+    rows.sort_by_key(|r| (r.vcpu.parse::<u32>().unwrap_or(u32::MAX), r.tid));
+    let mut handling: Vec<(String, u64)> = Vec::new();
+    let mut by_reason: BTreeMap<(u32, u32), u64> = BTreeMap::new();
+    for (k, a) in agg.latency.iter().filter(|(k, _)| {
+        k.tgid == pid && k.kind == LatencyKind::Exit as u32 && !is_halt(k.isa, k.reason)
+    }) {
+        *by_reason.entry((k.isa, k.reason)).or_default() += a.total_ns;
+    }
+    for ((isa, reason), ns) in by_reason {
+        handling.push((
+            format!("exit handling of {}", exit_reason_name(isa, reason)),
+            ns,
+        ));
+    }
+    let vmm_wall: u64 = uexits
+        .iter()
+        .filter_map(|u| u.round_trip.as_ref())
+        .map(|l| l.total_ns)
+        .sum();
+    if vmm_wall > 0 {
+        let mut by_uexit: BTreeMap<&str, u64> = BTreeMap::new();
+        for u in uexits {
+            *by_uexit.entry(u.reason.as_str()).or_default() +=
+                u.round_trip.as_ref().map_or(0, |l| l.total_ns);
+        }
+        for (reason, wall) in by_uexit {
+            let share = (vm_vmm as u128 * wall as u128 / vmm_wall as u128) as u64;
+            let top_port = (reason == "IO")
+                .then(|| {
+                    ports
+                        .iter()
+                        .filter(|p| p.port != 0xf0 || ports.len() == 1)
+                        .max_by_key(|p| p.count)
+                })
+                .flatten();
+            let detail = top_port
+                .map(|p| {
+                    format!(
+                        " (top port {:#06x}{})",
+                        p.port,
+                        crate::names::port_name(p.port)
+                            .map(|n| format!(" {n}"))
+                            .unwrap_or_default()
+                    )
+                })
+                .unwrap_or_default();
+            handling.push((format!("VMM handling of KVM_EXIT_{reason}{detail}"), share));
+        }
+    }
+    handling.sort_by_key(|h| std::cmp::Reverse(h.1));
+    let wall = max_wall.max(1);
+    let summary = CpuSummary {
+        cpu_pct: pct(vm_cpu, wall),
+        handling: handling
+            .into_iter()
+            .filter(|(_, ns)| *ns > 0)
+            .take(3)
+            .map(|(what, ns)| Handling {
+                what,
+                pct_of_vm_cpu: pct(ns, vm_cpu),
+                cpu_pct: pct(ns, wall),
+            })
+            .collect(),
+    };
+    (rows, Some(summary))
 }
 
 fn userspace_reason(a: u32, errno: u64) -> String {
@@ -565,6 +749,7 @@ mod tests {
                 (d(102, DetailKind::Mmio, 2 | 4 << 8, 0xfebf_1000), 5),
             ],
             counters,
+            threads: vec![],
         });
         agg
     }

@@ -158,6 +158,15 @@ async fn record(args: RecordArgs) -> anyhow::Result<()> {
         max_latency_keys: args.max_keys,
         ..Default::default()
     };
+    // procfs CPU time of every known thread before attaching: the cross-check's baseline.
+    let mut procfs = ProcfsCpu::default();
+    for vm in directory.values() {
+        for t in &vm.threads {
+            if let Some(ns) = host.thread_cpu_ns(vm.pid, t.tid) {
+                procfs.base.insert(t.tid, ns);
+            }
+        }
+    }
     let mut tracer = Tracer::start(&opts)?;
     let mut writer = match (file, &args.output) {
         (Some(file), Some(path)) => {
@@ -227,7 +236,8 @@ async fn record(args: RecordArgs) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = ticker.tick() => {
-                let iv = tracer.drain()?;
+                let mut iv = tracer.drain()?;
+                procfs.fill(&host, &mut iv);
                 step(&host, &mut directory, &mut agg, &mut writer, &iv)?;
                 progress.update(&agg, &iv);
                 if watch {
@@ -239,7 +249,8 @@ async fn record(args: RecordArgs) -> anyhow::Result<()> {
             _ = sigterm.recv() => break,
         }
     }
-    let iv = tracer.drain()?;
+    let mut iv = tracer.drain()?;
+    procfs.fill(&host, &mut iv);
     step(&host, &mut directory, &mut agg, &mut writer, &iv)?;
     if watch {
         watch_storms(&agg, &directory, &storm_cfg, &announced, &progress);
@@ -329,6 +340,30 @@ fn watch_storms(
         ));
     }
     now
+}
+
+/// procfs CPU time of each traced thread since recording started (or since it was first seen),
+/// the cross-check of the kernel's accounting.
+#[derive(Default)]
+struct ProcfsCpu {
+    /// Value at the start (or first sight) of each thread.
+    base: BTreeMap<u32, u64>,
+    /// Last value read: a thread that exited keeps it.
+    last: BTreeMap<u32, u64>,
+}
+
+impl ProcfsCpu {
+    fn fill(&mut self, host: &Host, iv: &mut Interval) {
+        for t in &mut iv.threads {
+            if let Some(now) = host.thread_cpu_ns(t.tgid, t.tid) {
+                self.base.entry(t.tid).or_insert(now);
+                self.last.insert(t.tid, now);
+            }
+            if let (Some(b), Some(l)) = (self.base.get(&t.tid), self.last.get(&t.tid)) {
+                t.procfs_ns = Some(l.saturating_sub(*b));
+            }
+        }
+    }
 }
 
 /// One drained interval: learn new VMs and threads, add to the aggregate, append to the file.

@@ -129,6 +129,19 @@ impl Host {
         threads
     }
 
+    /// A thread's CPU time so far (utime + stime from /proc/PID/task/TID/stat), in ns.
+    pub fn thread_cpu_ns(&self, pid: u32, tid: u32) -> Option<u64> {
+        let stat = fs::read_to_string(
+            self.proc_root
+                .join(pid.to_string())
+                .join("task")
+                .join(tid.to_string())
+                .join("stat"),
+        )
+        .ok()?;
+        cpu_ns_of_stat(&stat)
+    }
+
     /// The libvirt domain whose pid file holds `pid`.
     fn libvirt_name(&self, pid: u32) -> Option<String> {
         let dir = self.run_root.join("libvirt/qemu");
@@ -183,6 +196,18 @@ impl Host {
         chosen.dedup_by_key(|vm| vm.pid);
         Ok(chosen)
     }
+}
+
+/// utime + stime (fields 14 and 15) of a stat line, in ns. The command name (field 2) may hold
+/// spaces and parentheses, so fields are counted after its closing parenthesis.
+pub fn cpu_ns_of_stat(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state): utime is field 14 -> index 11, stime index 12.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Some(ticks * 1_000_000_000 / hz)
 }
 
 fn describe(vm: &Vm) -> String {
@@ -435,6 +460,15 @@ mod tests {
             Some("box".into())
         );
         assert_eq!(machine_name("0::/user.slice/user-0.slice"), None);
+    }
+
+    #[test]
+    fn cpu_time_from_stat() {
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+        let stat = "4242 (CPU 0/KVM) R 1 2 3 0 -1 4194368 0 0 0 0 150 50 0 0 20 0 1 0 100 0 0";
+        assert_eq!(cpu_ns_of_stat(stat), Some(200 * 1_000_000_000 / hz));
+        assert_eq!(cpu_ns_of_stat("garbage"), None);
     }
 
     #[test]

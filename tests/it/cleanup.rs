@@ -13,8 +13,8 @@ fn check_cleanup(stop: impl FnOnce(Recorder) -> std::process::Output, how: &str)
     let loaded = loaded_kvmtrace_programs();
     assert_eq!(
         loaded.len(),
-        8,
-        "while recording, all 8 programs are loaded: {loaded:?}"
+        9,
+        "while recording, all 9 programs are loaded: {loaded:?}"
     );
     let out = stop(recorder);
     assert!(

@@ -143,3 +143,60 @@ fn steady_low_rate_mix_is_no_storm() {
         .unwrap();
     assert_eq!(port["count"], 4000);
 }
+
+/// The kernel's CPU accounting of each vCPU thread agrees with procfs (utime + stime) within 5 %.
+#[test]
+fn cpu_attribution_matches_procfs() {
+    require_kvm_and_root();
+    // The threads stay alive (idle) past the recording: procfs can only be read while they exist.
+    let mut guest = Guest::start(
+        "it-cpu",
+        &[
+            "--vcpus",
+            "2",
+            "--run",
+            "0:pio_out,port=0x70,ms=3000;idle,ms=4000",
+            "--run",
+            "1:mmio_w,ms=3000,rate=2000;idle,ms=4000",
+        ],
+    );
+    let recorder = Recorder::start(&["-d", "it-cpu", "--interval", "500ms", "--json"]);
+    guest.go();
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let out = recorder.stop(libc::SIGINT);
+    let report = parse_json(&out.stdout);
+    let vm = &report["vms"][0];
+    let rows = vm["cpu"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{rows:#?}");
+    for r in rows {
+        let (cpu, procfs) = (
+            r["cpu_pct"].as_f64().unwrap(),
+            r["procfs_cpu_pct"].as_f64().unwrap(),
+        );
+        assert!(
+            (cpu - procfs).abs() <= 0.05 * procfs,
+            "vCPU {}: kernel {cpu:.2}% vs procfs {procfs:.2}%",
+            r["vcpu"]
+        );
+        let parts = r["in_kvm_run_pct"].as_f64().unwrap() + r["vmm_pct"].as_f64().unwrap();
+        assert!((parts - cpu).abs() < 1e-6, "KVM_RUN + VMM = CPU: {r:#}");
+        let all =
+            cpu + r["blocked_pct"].as_f64().unwrap() + r["runnable_wait_pct"].as_f64().unwrap();
+        assert!((all - 100.0).abs() < 1e-6, "on + off = wall: {r:#}");
+    }
+    // vCPU 0 ran flat out for 3 of ~4 s; vCPU 1 mostly slept between paced batches.
+    assert!(rows[0]["cpu_pct"].as_f64().unwrap() > 50.0, "{:#}", rows[0]);
+    assert!(
+        rows[1]["blocked_pct"].as_f64().unwrap() > 50.0,
+        "{:#}",
+        rows[1]
+    );
+    let top = &vm["cpu_summary"]["handling"][0];
+    assert!(
+        top["what"]
+            .as_str()
+            .unwrap()
+            .starts_with("VMM handling of KVM_EXIT_IO (top port 0x0070 RTC index)"),
+        "{top:#}"
+    );
+}

@@ -70,6 +70,8 @@ fn try_userspace_exit(ctx: &TracePointContext) {
     state.uexit_reason = a;
 }
 
+/// kvm_fpu load opens a KVM_RUN (and closes the VMM round trip), unload closes it: the wall
+/// time inside KVM_RUN for CPU attribution.
 #[inline(always)]
 fn try_fpu(ctx: &TracePointContext) {
     let cfg = config();
@@ -77,14 +79,21 @@ fn try_fpu(ctx: &TracePointContext) {
     if !traced(&cfg, tgid) {
         return;
     }
-    if field::<u32>(ctx, cfg.fpu_load) == 0 {
-        return;
-    }
+    let load = field::<u32>(ctx, cfg.fpu_load) != 0;
     let ts = now_ns();
-    // Only threads with an open round trip have anything to do; do not create state for others.
-    if let Some(state) = crate::state::THREADS.get_ptr_mut(tid) {
-        // SAFETY: as above.
-        close_round_trip(ctx, tgid, tid, unsafe { &mut *state }, ts);
+    let Some(state) = thread_state(ctx, tgid, tid) else {
+        return;
+    };
+    // SAFETY: as above.
+    let state = unsafe { &mut *state };
+    if load {
+        close_round_trip(ctx, tgid, tid, state, ts);
+        if state.run_ts == 0 {
+            state.run_ts = ts;
+        }
+    } else if state.run_ts != 0 {
+        state.run_ns += ts.saturating_sub(state.run_ts);
+        state.run_ts = 0;
     }
 }
 

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use kvmtrace_common::{Counter, DetailKey, HIST_BUCKETS, LatencyKey};
 
 use super::FormatError;
-use crate::model::{Interval, LatencyDelta};
+use crate::model::{Interval, LatencyDelta, ThreadCpu};
 
 pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
@@ -135,6 +135,23 @@ impl Encoder {
         for c in iv.counters {
             put_varint(&mut out, c);
         }
+        put_varint(&mut out, iv.threads.len() as u64);
+        for t in &iv.threads {
+            put_varint(&mut out, t.tgid as u64);
+            put_varint(&mut out, t.tid as u64);
+            for v in [
+                t.tracked_ns,
+                t.run_ns,
+                t.off_run_blocked_ns,
+                t.off_run_runnable_ns,
+                t.off_user_blocked_ns,
+                t.off_user_runnable_ns,
+            ] {
+                put_varint(&mut out, v);
+            }
+            // 0 = unknown, else value + 1.
+            put_varint(&mut out, t.procfs_ns.map_or(0, |v| v.saturating_add(1)));
+        }
         out
     }
 }
@@ -206,6 +223,25 @@ impl Decoder {
         for c in 0..Counter::COUNT as usize {
             iv.counters[c] = input.varint()?;
         }
+        for _ in 0..input.count()? {
+            let (tgid, tid) = (input.u32()?, input.u32()?);
+            let mut f = [0u64; 6];
+            for v in &mut f {
+                *v = input.varint()?;
+            }
+            let procfs = input.varint()?;
+            iv.threads.push(ThreadCpu {
+                tgid,
+                tid,
+                tracked_ns: f[0],
+                run_ns: f[1],
+                off_run_blocked_ns: f[2],
+                off_run_runnable_ns: f[3],
+                off_user_blocked_ns: f[4],
+                off_user_runnable_ns: f[5],
+                procfs_ns: procfs.checked_sub(1),
+            });
+        }
         if !input.finished() {
             return Err(FormatError::Malformed("trailing bytes after an interval"));
         }
@@ -260,6 +296,16 @@ mod tests {
                 })
                 .collect(),
             counters,
+            threads: (0..n)
+                .map(|i| ThreadCpu {
+                    tgid: 100,
+                    tid: 101 + i,
+                    tracked_ns: at * 1_000_000_000,
+                    run_ns: 7,
+                    procfs_ns: (i % 2 == 0).then_some(i as u64),
+                    ..Default::default()
+                })
+                .collect(),
         }
     }
 
@@ -275,6 +321,7 @@ mod tests {
             assert_eq!(back.latency, iv.latency);
             assert_eq!(back.details, iv.details);
             assert_eq!(back.counters, iv.counters);
+            assert_eq!(back.threads, iv.threads);
         }
         // Keys are sent once: the third interval (same keys as the second) is smaller.
         let mut enc = Encoder::default();

@@ -137,6 +137,7 @@ pub(crate) mod tests {
                 100,
             )],
             counters,
+            threads: vec![],
         }
     }
 

@@ -58,6 +58,7 @@ fn render_vm(vm: &VmReport, report: &Report, out: &mut impl io::Write) -> io::Re
     )?;
     let v = |c: &Option<String>| c.clone().unwrap_or_default();
     let per_vcpu = report.per_vcpu;
+    render_cpu(vm, out)?;
 
     if !vm.exits.is_empty() {
         let isa = vm.exits[0].isa;
@@ -192,6 +193,57 @@ fn render_vm(vm: &VmReport, report: &Report, out: &mut impl io::Write) -> io::Re
         t.write(&top_title("CPUID (kvm_cpuid)", vm.cpuid.len()), out)?;
     }
     Ok(())
+}
+
+/// Where the vCPU threads' time went, and what the VM's CPU is spent handling.
+fn render_cpu(vm: &VmReport, out: &mut impl io::Write) -> io::Result<()> {
+    if let Some(sum) = &vm.cpu_summary {
+        let parts: Vec<String> = sum
+            .handling
+            .iter()
+            .map(|h| format!("{:.1}% is {}", h.pct_of_vm_cpu, h.what))
+            .collect();
+        writeln!(
+            out,
+            "\n  Of this VM's {:.1}% CPU (vCPU threads, % of one CPU){}",
+            sum.cpu_pct,
+            if parts.is_empty() {
+                ".".to_string()
+            } else {
+                format!(", {}.", parts.join(", "))
+            }
+        )?;
+    }
+    if vm.cpu.is_empty() {
+        return Ok(());
+    }
+    let opt = |x: Option<f64>| x.map_or_else(|| "-".to_string(), |v| format!("{v:.1}"));
+    let mut t = Table::new(
+        false,
+        1,
+        &[
+            "vCPU", "CPU%", "procfs%", "KVM_RUN%", "guest%", "exits%", "VMM%", "blocked%",
+            "waiting%", "wall",
+        ],
+    );
+    for r in &vm.cpu {
+        t.row(
+            String::new(),
+            vec![
+                r.vcpu.clone(),
+                format!("{:.1}", r.cpu_pct),
+                opt(r.procfs_cpu_pct),
+                format!("{:.1}", r.in_kvm_run_pct),
+                opt(r.guest_pct),
+                opt(r.exit_handling_pct),
+                format!("{:.1}", r.vmm_pct),
+                format!("{:.1}", r.blocked_pct),
+                format!("{:.1}", r.runnable_wait_pct),
+                format!("{:.1}s", r.wall_secs),
+            ],
+        );
+    }
+    t.write("CPU of the vCPU threads, % of wall time (KVM_RUN = on-CPU inside KVM_RUN: guest + exit handling; VMM = on-CPU in user space; waiting = runnable, no CPU)", out)
 }
 
 /// The answer first: which storms, on which vCPU, since when, what they cost, what to do.
@@ -384,6 +436,8 @@ mod tests {
             per_vcpu: false,
             storms: vec![],
             vms: vec![VmReport {
+                cpu: vec![],
+                cpu_summary: None,
                 pid: 100,
                 name: "web01".into(),
                 vcpus: vec![VcpuInfo {

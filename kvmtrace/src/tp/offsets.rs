@@ -135,6 +135,27 @@ const WANTS: &[Want] = &[
         required: true,
         set: |c, o| c.fpu_load = o,
     },
+    Want {
+        event: "sched_switch",
+        field: "prev_pid",
+        size: 4,
+        required: true,
+        set: |c, o| c.sched_prev_pid = o,
+    },
+    Want {
+        event: "sched_switch",
+        field: "prev_state",
+        size: 8,
+        required: true,
+        set: |c, o| c.sched_prev_state = o,
+    },
+    Want {
+        event: "sched_switch",
+        field: "next_pid",
+        size: 4,
+        required: true,
+        set: |c, o| c.sched_next_pid = o,
+    },
 ];
 
 /// Fills `cfg`'s offsets from the formats of the tracepoints that exist (`formats`). Tracepoints
@@ -196,6 +217,7 @@ mod tests {
                 "kvm_cpuid",
                 "kvm_userspace_exit",
                 "kvm_fpu",
+                "sched_switch",
             ],
         );
         let mut cfg = Config::UNSET;
@@ -218,6 +240,9 @@ mod tests {
             uexit_reason: 8,
             uexit_errno: 12,
             fpu_load: 8,
+            sched_prev_pid: 24,
+            sched_prev_state: 32,
+            sched_next_pid: 56,
             ..Config::UNSET
         };
         assert_eq!(cfg, expected);

@@ -70,10 +70,18 @@ fn mount_tracefs(at: &Path) -> std::io::Result<()> {
     }
 }
 
-/// The format of `kvm:<name>` (parsed, and its text), or None when this kernel has no such
-/// tracepoint.
-pub fn kvm_format(tracefs: &Path, name: &str) -> Result<Option<(Format, String)>, Error> {
-    let path = tracefs.join("events/kvm").join(name).join("format");
+/// The format of `<category>:<name>` (parsed, and its text), or None when this kernel has no
+/// such tracepoint.
+pub fn event_format(
+    tracefs: &Path,
+    category: &str,
+    name: &str,
+) -> Result<Option<(Format, String)>, Error> {
+    let path = tracefs
+        .join("events")
+        .join(category)
+        .join(name)
+        .join("format");
     match std::fs::read_to_string(&path) {
         Ok(text) => format::parse(&text, &path.display().to_string()).map(|f| Some((f, text))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
