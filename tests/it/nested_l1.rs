@@ -213,3 +213,37 @@ fn json_and_text_agree() {
         );
     }
 }
+
+/// An I/O storm under SVM is one storm on the port, carrying the `io` exit reason with it.
+#[test]
+#[ignore = "needs real kvm_exit/kvm_entry: runs inside the nested SVM L1 (cargo xtask nested)"]
+fn io_storm_shows_as_ioio_with_its_port() {
+    assert_in_l1();
+    let mut guest = Guest::start(
+        "l1-storm",
+        &[
+            "--run",
+            "idle,ms=1000;pio_out,port=0x70,ms=2000,rate=5000;idle,ms=1000",
+        ],
+    );
+    let (report, _) = record_guest(&mut guest, &["--storm-rate", "2000"]);
+    let storms = report["storms"].as_array().unwrap();
+    assert_eq!(storms.len(), 1, "{storms:#?}");
+    let s = &storms[0];
+    assert_eq!(s["what"], "port 0x0070 (RTC index) out");
+    let related: Vec<&str> = s["related"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    assert!(
+        related.contains(&"io"),
+        "the SVM io exit reason stormed with it: {related:?}"
+    );
+    assert!(
+        s["cost_pct"].as_f64().unwrap() > 0.0,
+        "exit handling time is measured under SVM: {s:#}"
+    );
+    assert_eq!(s["diagnosis"]["rule"], "rtc");
+}
