@@ -247,3 +247,35 @@ fn io_storm_shows_as_ioio_with_its_port() {
     );
     assert_eq!(s["diagnosis"]["rule"], "rtc");
 }
+
+/// HLT under SVM with an in-kernel irqchip: the exits are counted exactly, their time is spent
+/// blocked (not CPU), and the CPU summary does not blame HLT.
+#[test]
+#[ignore = "needs real kvm_exit/kvm_entry: runs inside the nested SVM L1 (cargo xtask nested)"]
+fn hlt_time_is_mostly_blocked() {
+    assert_in_l1();
+    let mut guest = Guest::start(
+        "l1-hlt",
+        &[
+            "--irqchip",
+            "--run",
+            "hlt_timer,count=500,us=2000;idle,ms=3000",
+        ],
+    );
+    let recorder = Recorder::start(&["-d", "l1-hlt", "--interval", "500ms", "--json"]);
+    guest.go();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let out = recorder.stop(libc::SIGINT);
+    let report = crate::harness::parse_json(&out.stdout);
+    let vm = vm_of(&report, guest.pid);
+    assert_eq!(exit_count(vm, "hlt", None), 500);
+    let cpu = &vm["cpu"][0];
+    assert!(cpu["blocked_pct"].as_f64().unwrap() > 50.0, "{cpu:#}");
+    let handling = vm["cpu_summary"]["handling"].as_array().unwrap();
+    assert!(
+        handling
+            .iter()
+            .all(|h| !h["what"].as_str().unwrap().contains("hlt")),
+        "{handling:#?}"
+    );
+}

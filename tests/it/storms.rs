@@ -200,3 +200,35 @@ fn cpu_attribution_matches_procfs() {
         "{top:#}"
     );
 }
+
+/// A vCPU that halts until its LAPIC timer fires (in-kernel irqchip) spends its time blocked
+/// inside KVM_RUN, not on a CPU: HLT waiting is not CPU burn.
+#[test]
+fn hlt_waits_are_blocked_not_cpu() {
+    require_kvm_and_root();
+    let mut guest = Guest::start(
+        "it-hlt",
+        &[
+            "--irqchip",
+            "--run",
+            "hlt_timer,count=2000,us=1000;idle,ms=3000",
+        ],
+    );
+    let recorder = Recorder::start(&["-d", "it-hlt", "--interval", "500ms", "--json"]);
+    guest.go();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let out = recorder.stop(libc::SIGINT);
+    let report = parse_json(&out.stdout);
+    let vm = &report["vms"][0];
+    let cpu = &vm["cpu"][0];
+    assert!(cpu["blocked_pct"].as_f64().unwrap() > 80.0, "{cpu:#}");
+    assert!(cpu["cpu_pct"].as_f64().unwrap() < 20.0, "{cpu:#}");
+    // One EOI per timer interrupt that woke a HLT.
+    let eoi = vm["msrs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["msr"] == 0x80b)
+        .unwrap();
+    assert_eq!(eoi["count"], 2000);
+}

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! kvmtrace-testvm -name guest=NAME [--vcpus N] [--run [V:]STEPS]... [--loop]
-//!                 [--start-on-stdin] [--timeout SECS]
+//!                 [--start-on-stdin] [--timeout SECS] [--irqchip]
 //! ```
 //! STEPS is `KIND[,key=value]...;...` (see `testvm::plan`). `--run STEPS` applies to every vCPU
 //! without its own `--run V:STEPS`. `--start-on-stdin` sets everything up (vCPU threads named
@@ -34,6 +34,7 @@ struct Options {
     repeat: bool,
     start_on_stdin: bool,
     timeout_secs: u32,
+    irqchip: bool,
 }
 
 fn parse_args() -> anyhow::Result<Options> {
@@ -46,6 +47,7 @@ fn parse_args() -> anyhow::Result<Options> {
         repeat: false,
         start_on_stdin: false,
         timeout_secs: 600,
+        irqchip: false,
     };
     let value = |args: &mut dyn Iterator<Item = String>, flag: &str| {
         args.next().ok_or_else(|| anyhow!("{flag} needs a value"))
@@ -70,6 +72,7 @@ fn parse_args() -> anyhow::Result<Options> {
                 }
             }
             "--loop" => o.repeat = true,
+            "--irqchip" => o.irqchip = true,
             "--start-on-stdin" => o.start_on_stdin = true,
             "--timeout" => o.timeout_secs = value(&mut args, "--timeout")?.parse()?,
             "-h" | "--help" => {
@@ -134,6 +137,10 @@ fn run() -> anyhow::Result<()> {
 
     let kvm = Kvm::new().context("opening /dev/kvm")?;
     let vm = kvm.create_vm().context("KVM_CREATE_VM")?;
+    if o.irqchip {
+        // The in-kernel PIC/IOAPIC/LAPICs: HLT then blocks in the kernel until an interrupt.
+        vm.create_irq_chip().context("KVM_CREATE_IRQCHIP")?;
+    }
     let ram = guest_ram()?;
     // SAFETY: `ram` is a private anonymous mapping of RAM_SIZE bytes that lives (leaked) until
     // the process exits, so the memslot never points at freed memory.
@@ -153,7 +160,7 @@ fn run() -> anyhow::Result<()> {
         .context("KVM_GET_SUPPORTED_CPUID")?;
     let mut vcpus = Vec::new();
     for i in 0..o.vcpus {
-        vcpus.push(Vcpu::create(&vm, i, &cpuid, backend, ram)?);
+        vcpus.push(Vcpu::create(&vm, i, &cpuid, backend, ram, o.irqchip)?);
     }
 
     let ready = Arc::new(Barrier::new(o.vcpus + 1));

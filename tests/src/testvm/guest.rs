@@ -3,6 +3,9 @@
 //! paging at a lower-half virtual address, a GDT and an IDT whose #PF handler skips the faulting
 //! load so that page faults can be made in a loop).
 //!
+//! `hlt_timer` (needs the in-kernel irqchip) enables the x2APIC, starts its timer periodic with
+//! vector 0x20 and r14 ticks (ns) per period, and halts r15 times; each tick wakes it.
+//!
 //! Registers the VMM sets per batch: r15 = iterations (>= 1), r14 = port / MSR / CPUID function,
 //! r13 = wrmsr value, rsi = MMIO virtual address, rdi = a not-present virtual address.
 
@@ -42,6 +45,9 @@ const PTE_WRITE: u64 = 2;
 /// kvm_pvm requires the User bit at every level, or the vCPU loops on #PF inside the host.
 const PTE_USER: u64 = 4;
 
+/// The LAPIC timer's vector in `hlt_timer` (with `--irqchip`).
+const TIMER_VECTOR: usize = 0x20;
+
 pub const GDT_CS: u16 = 0x10;
 pub const GDT_DS: u16 = 0x18;
 
@@ -53,6 +59,7 @@ core::arch::global_asm!(
     .globl kvmtrace_g_pio_out, kvmtrace_g_pio_in, kvmtrace_g_mmio_w, kvmtrace_g_mmio_r
     .globl kvmtrace_g_hlt, kvmtrace_g_cpuid, kvmtrace_g_pvcpuid, kvmtrace_g_rdmsr, kvmtrace_g_wrmsr
     .globl kvmtrace_g_pf, kvmtrace_g_pf_handler, kvmtrace_g_bad_vector
+    .globl kvmtrace_g_hlt_timer, kvmtrace_g_timer_handler, kvmtrace_g_spurious_handler
 kvmtrace_guest_start:
 kvmtrace_g_pio_out:
     mov %r14d, %edx
@@ -114,6 +121,44 @@ kvmtrace_g_pf:
     dec %r15
     jnz 2b
     jmp kvmtrace_g_done
+kvmtrace_g_hlt_timer:
+    mov $0x80f, %ecx
+    mov $0x1ff, %eax
+    xor %edx, %edx
+    wrmsr
+    mov $0x83e, %ecx
+    mov $0xb, %eax
+    wrmsr
+    mov $0x832, %ecx
+    mov $0x20020, %eax
+    wrmsr
+    mov $0x838, %ecx
+    mov %r14d, %eax
+    wrmsr
+2:  sti
+    hlt
+    cli
+    dec %r15
+    jnz 2b
+    mov $0x832, %ecx
+    mov $0x10000, %eax
+    xor %edx, %edx
+    wrmsr
+    jmp kvmtrace_g_done
+kvmtrace_g_timer_handler:
+    push %rax
+    push %rcx
+    push %rdx
+    mov $0x80b, %ecx
+    xor %eax, %eax
+    xor %edx, %edx
+    wrmsr
+    pop %rdx
+    pop %rcx
+    pop %rax
+    iretq
+kvmtrace_g_spurious_handler:
+    iretq
 kvmtrace_g_pf_handler:
     add $8, %rsp
     addq $2, (%rsp)
@@ -145,6 +190,9 @@ unsafe extern "C" {
     static kvmtrace_g_wrmsr: u8;
     static kvmtrace_g_pf: u8;
     static kvmtrace_g_pf_handler: u8;
+    static kvmtrace_g_hlt_timer: u8;
+    static kvmtrace_g_timer_handler: u8;
+    static kvmtrace_g_spurious_handler: u8;
     static kvmtrace_g_bad_vector: u8;
 }
 
@@ -174,6 +222,7 @@ pub fn entry_va(action: Action, backend: Backend) -> u64 {
         Action::Rdmsr { .. } => &raw const kvmtrace_g_rdmsr,
         Action::Wrmsr { .. } => &raw const kvmtrace_g_wrmsr,
         Action::PageFault => &raw const kvmtrace_g_pf,
+        Action::HltTimer { .. } => &raw const kvmtrace_g_hlt_timer,
     })
 }
 
@@ -242,11 +291,19 @@ pub fn build_image(ram: &mut [u8], mmio_gpa: u64) -> anyhow::Result<()> {
     put(OFF_GDT + 0x10, 0x00af_9b00_0000_ffff);
     put(OFF_GDT + 0x18, 0x00cf_9300_0000_ffff);
 
-    // IDT: 64-bit interrupt gates; #PF skips the faulting 2-byte load, anything else is a bug.
+    // IDT: 64-bit interrupt gates; #PF skips the faulting 2-byte load, the LAPIC timer (0x20)
+    // sends EOI, the spurious vector (0xff) returns; anything else is a bug.
     let pf = code_va(&raw const kvmtrace_g_pf_handler);
     let bad = code_va(&raw const kvmtrace_g_bad_vector);
+    let timer = code_va(&raw const kvmtrace_g_timer_handler);
+    let spurious = code_va(&raw const kvmtrace_g_spurious_handler);
     for vector in 0..256 {
-        let handler = if vector == 14 { pf } else { bad };
+        let handler = match vector {
+            14 => pf,
+            TIMER_VECTOR => timer,
+            0xff => spurious,
+            _ => bad,
+        };
         let low = (handler & 0xffff)
             | ((GDT_CS as u64) << 16)
             | (0x8e << 40)

@@ -1,6 +1,7 @@
 //! What each vCPU does: a list of steps, parsed from `KIND[,key=value]...` separated by `;`.
 //!
-//! Kinds: `pio_out`, `pio_in` (key `port`), `mmio_w`, `mmio_r` (key `gpa`), `hlt`, `cpuid` (key
+//! Kinds: `pio_out`, `pio_in` (key `port`), `mmio_w`, `mmio_r` (key `gpa`), `hlt`, `hlt_timer`
+//! (key `us`: timer period; needs `--irqchip`), `cpuid` (key
 //! `fn`), `rdmsr`, `wrmsr` (key `msr`, `value`), `pf` (guest page faults), `idle` (key `ms`: the
 //! vCPU thread sleeps in user space). Every exit kind takes `count` (default 1) and optionally
 //! `rate` (exits per second; without it, full speed) and `ms` (run for this long instead of a count).
@@ -11,14 +12,33 @@ use anyhow::{Context as _, anyhow, bail};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
-    PioOut { port: u16 },
-    PioIn { port: u16 },
-    MmioWrite { gpa: u64 },
-    MmioRead { gpa: u64 },
+    PioOut {
+        port: u16,
+    },
+    PioIn {
+        port: u16,
+    },
+    MmioWrite {
+        gpa: u64,
+    },
+    MmioRead {
+        gpa: u64,
+    },
     Hlt,
-    Cpuid { function: u32 },
-    Rdmsr { msr: u32 },
-    Wrmsr { msr: u32, value: u32 },
+    /// HLT woken by a periodic LAPIC timer (needs `--irqchip`): the halts block in the kernel.
+    HltTimer {
+        period_us: u32,
+    },
+    Cpuid {
+        function: u32,
+    },
+    Rdmsr {
+        msr: u32,
+    },
+    Wrmsr {
+        msr: u32,
+        value: u32,
+    },
     PageFault,
     Idle,
 }
@@ -74,6 +94,9 @@ fn parse_step(text: &str) -> anyhow::Result<Step> {
             gpa: take("gpa").unwrap_or(DEFAULT_MMIO_GPA),
         },
         "hlt" => Action::Hlt,
+        "hlt_timer" => Action::HltTimer {
+            period_us: u32::try_from(take("us").unwrap_or(1000))?,
+        },
         "cpuid" => Action::Cpuid {
             function: u32::try_from(take("fn").unwrap_or(0))?,
         },

@@ -14,6 +14,7 @@ use super::{
 };
 
 const MSR_SFMASK: u32 = 0xc000_0084;
+const MSR_APIC_BASE: u32 = 0x1b;
 /// Exits per batch when a step runs for a time at full speed: small enough to stop on time.
 const TIMED_BATCH: u64 = 4096;
 
@@ -41,6 +42,7 @@ impl Vcpu {
         cpuid: &CpuId,
         backend: Backend,
         ram: &mut [u8],
+        irqchip: bool,
     ) -> anyhow::Result<Vcpu> {
         let fd = vm
             .create_vcpu(index as u64)
@@ -70,6 +72,11 @@ impl Vcpu {
         sregs.idt.limit = 0xfff;
         fd.set_sregs(&sregs).context("KVM_SET_SREGS")?;
         let mut msrs = vec![(MSR_SFMASK, 0)];
+        if irqchip {
+            // The in-kernel LAPIC, in x2APIC mode (EN | EXTD, BSP on vCPU 0).
+            let bsp = if index == 0 { 1 << 8 } else { 0 };
+            msrs.push((MSR_APIC_BASE, 0xfee0_0000 | 1 << 11 | 1 << 10 | bsp));
+        }
         if backend == Backend::Pvm {
             ram[guest::vif_offset(index)] = 1; // virtual IF on
             msrs.push((MSR_PVM_VIF, guest::vif_gpa(index) | 1));
@@ -135,6 +142,8 @@ impl Vcpu {
             Action::Cpuid { function } => (function as u64, 0, 0),
             Action::Rdmsr { msr } => (msr as u64, 0, 0),
             Action::Wrmsr { msr, value } => (msr as u64, value as u64, 0),
+            // The LAPIC timer counts ns (KVM's APIC bus runs at 1 GHz) with divide-by-1.
+            Action::HltTimer { period_us } => (period_us as u64 * 1000, 0, 0),
             Action::Hlt | Action::PageFault | Action::Idle => (0, 0, 0),
         };
         let regs = kvm_regs {
@@ -208,6 +217,7 @@ pub fn step_name(step: &Step) -> String {
         Action::MmioWrite { gpa } => format!("mmio_w gpa={gpa:#x}"),
         Action::MmioRead { gpa } => format!("mmio_r gpa={gpa:#x}"),
         Action::Hlt => "hlt".into(),
+        Action::HltTimer { period_us } => format!("hlt_timer us={period_us}"),
         Action::Cpuid { function } => format!("cpuid fn={function:#x}"),
         Action::Rdmsr { msr } => format!("rdmsr msr={msr:#x}"),
         Action::Wrmsr { msr, .. } => format!("wrmsr msr={msr:#x}"),
