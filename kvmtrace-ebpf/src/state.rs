@@ -4,7 +4,7 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::map,
-    maps::{HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
     programs::TracePointContext,
 };
 use aya_log_ebpf::warn;
@@ -20,6 +20,14 @@ static CONFIG: Config = Config::UNSET;
 pub static TRACED_TGIDS: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
 #[map]
 pub static THREADS: HashMap<u32, ThreadState> = HashMap::with_max_entries(8192, 0);
+/// One byte per tid below [`TID_MARKS`]: 1 when the tid has a THREADS entry. sched_switch
+/// checks it (an array load the verifier inlines) before the hash lookups, so the context
+/// switches of the host's other threads cost almost nothing. Only the thread itself writes its
+/// byte, so no atomics are needed; a stale 1 after tid reuse only costs a failed lookup.
+#[map]
+pub static TID_MARKS: Array<u8> = Array::with_max_entries(TID_MARKS_LEN, 0);
+pub const TID_MARKS_LEN: u32 = 1 << 20;
+
 #[map]
 pub static LATENCY: HashMap<LatencyKey, LatencyStats> = HashMap::with_max_entries(4096, 0);
 #[map]
@@ -78,6 +86,15 @@ pub fn bump(counter: Counter) {
     }
 }
 
+/// Could `tid` be a traced vCPU thread? Exact for tids below TID_MARKS_LEN, "maybe" above.
+#[inline(always)]
+pub fn maybe_traced_tid(tid: u32) -> bool {
+    if tid >= TID_MARKS_LEN {
+        return true;
+    }
+    TID_MARKS.get(tid).is_some_and(|m| *m != 0)
+}
+
 /// Reads a tracepoint field of type T at `offset`, or 0 when this kernel lacks the field.
 ///
 /// Through bpf_probe_read_kernel: a direct load would be cheaper, but the verifier only allows
@@ -105,6 +122,10 @@ pub fn thread_state(ctx: &TracePointContext, tgid: u32, tid: u32) -> Option<*mut
         first_ts: now_ns(),
         ..ThreadState::default()
     };
+    if let Some(mark) = TID_MARKS.get_ptr_mut(tid) {
+        // SAFETY: an element of a map value array; only this thread writes its byte.
+        unsafe { *mark = 1 };
+    }
     if THREADS.insert(tid, fresh, BPF_NOEXIST).is_err() && THREADS.get_ptr_mut(tid).is_none() {
         bump(Counter::ThreadMapFull);
         warn!(

@@ -69,6 +69,7 @@ fn bpftrace_script(empty: bool) -> String {
         "tracepoint:kvm:kvm_mmio { @mmio[tid, args->gpa, args->type] = count(); }",
         "tracepoint:kvm:kvm_msr { @msr[tid, args->ecx, args->write] = count(); }",
         "tracepoint:kvm:kvm_cpuid { @cpuid[tid, args->function] = count(); }",
+        "tracepoint:sched:sched_switch { @switch[args->prev_pid, args->prev_state] = count(); }",
     ]
     .join(" ")
 }
@@ -195,6 +196,32 @@ fn program_cost(config: Config, guest_pid: u32, secs: usize) -> anyhow::Result<(
         );
     }
     Ok(((b.0 - a.0) as f64 / events as f64, events))
+}
+
+/// ns per round trip of two threads ping-ponging a byte over a socket pair: two context switches
+/// (or wake-ups) per round trip, each of which runs the sched_switch program while kvmtrace
+/// records.
+fn ping_pong_ns(n: u32) -> f64 {
+    use std::io::{Read as _, Write as _};
+    let (mut a, mut b) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+    let echo = std::thread::spawn(move || {
+        let mut byte = [0u8];
+        for _ in 0..n {
+            if b.read_exact(&mut byte).is_err() || b.write_all(&byte).is_err() {
+                return;
+            }
+        }
+    });
+    let t = Instant::now();
+    let mut byte = [1u8];
+    for _ in 0..n {
+        if a.write_all(&byte).is_err() || a.read_exact(&mut byte).is_err() {
+            break;
+        }
+    }
+    let ns = t.elapsed().as_nanos() as f64 / n as f64;
+    let _ = echo.join();
+    ns
 }
 
 /// ns per getpid syscall over `n` calls.
@@ -327,6 +354,31 @@ pub fn run_bench(rounds: usize, samples: usize) -> anyhow::Result<()> {
             "  without kvmtrace {a:.1} ns/call, with kvmtrace recording all VMs {b:.1} ns/call ({:+.1}%; baseline median-vs-best spread {noise:.1}%)",
             100.0 * (b / a - 1.0)
         );
+
+        // Context switches of an unrelated process: each one runs the sched_switch programs of
+        // kvmtrace (two failed THREADS lookups for threads that are not vCPUs), of the empty
+        // floor and of bpftrace.
+        let mut pp: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
+        for round in 0..rounds {
+            for i in 0..configs.len() {
+                let idx = (i + round) % configs.len();
+                let tracer = start(configs[idx], None)?;
+                pp[idx].push(ping_pong_ns(100_000));
+                stop(tracer);
+            }
+        }
+        let pp: Vec<f64> = pp.iter().map(|v| best(v)).collect();
+        println!(
+            "\nUnrelated process, thread ping-pong over a socket pair (context switches; best of {rounds}):"
+        );
+        for (c, ns) in configs.iter().zip(&pp) {
+            println!(
+                "  {:<28} {:>8.0} ns/round trip {:>+7.1}%",
+                c.label(),
+                ns,
+                100.0 * (ns / pp[0] - 1.0)
+            );
+        }
         Ok(())
     })();
     let _ = guest.kill();

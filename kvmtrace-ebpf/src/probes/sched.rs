@@ -1,6 +1,6 @@
 //! sched:sched_switch, for vCPU threads only: off-CPU time, split into blocked and
-//! runnable-but-waiting, inside and outside KVM_RUN. The filter is the THREADS map: threads of
-//! traced VMs that have had a KVM event; every other switch on the host costs two failed lookups.
+//! runnable-but-waiting, inside and outside KVM_RUN. The filter is TID_MARKS (a byte per tid) in
+//! front of the THREADS map: every other switch on the host costs two array loads.
 //!
 //! ```text
 //! name: sched_switch
@@ -17,7 +17,7 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use kvmtrace_common::{THREAD_OFF_IN_RUN, THREAD_OFF_RUNNABLE};
 
-use crate::state::{THREADS, config, field, now_ns};
+use crate::state::{THREADS, config, field, maybe_traced_tid, now_ns};
 
 #[tracepoint]
 pub fn kvmtrace_switch(ctx: TracePointContext) -> u32 {
@@ -32,7 +32,9 @@ fn try_switch(ctx: &TracePointContext) {
     let next = field::<u32>(ctx, cfg.sched_next_pid);
     // Each side is looked up and handled on its own: combining the two lookups' results lets the
     // compiler OR the pointers together, which the verifier rejects.
-    if let Some(p) = THREADS.get_ptr_mut(prev) {
+    if maybe_traced_tid(prev)
+        && let Some(p) = THREADS.get_ptr_mut(prev)
+    {
         let ts = now_ns();
         // SAFETY: THREADS values are only written by their own thread's events, and this is the
         // switch away from that thread.
@@ -47,7 +49,9 @@ fn try_switch(ctx: &TracePointContext) {
             p.flags |= THREAD_OFF_RUNNABLE;
         }
     }
-    if let Some(n) = THREADS.get_ptr_mut(next) {
+    if maybe_traced_tid(next)
+        && let Some(n) = THREADS.get_ptr_mut(next)
+    {
         let ts = now_ns();
         // SAFETY: as above; this is the switch to that thread.
         let n = unsafe { &mut *n };
