@@ -199,6 +199,31 @@ pub struct LatencyKey {
     pub kind: u32,
 }
 
+impl LatencyKey {
+    /// The fields in declaration order (for compact encodings).
+    pub const fn to_fields(&self) -> [u32; 6] {
+        [
+            self.tgid,
+            self.tid,
+            self.vcpu_id,
+            self.isa,
+            self.reason,
+            self.kind,
+        ]
+    }
+
+    pub const fn from_fields(f: [u32; 6]) -> LatencyKey {
+        LatencyKey {
+            tgid: f[0],
+            tid: f[1],
+            vcpu_id: f[2],
+            isa: f[3],
+            reason: f[4],
+            kind: f[5],
+        }
+    }
+}
+
 /// Cumulative latency statistics for one [`LatencyKey`]. Bucket counters are u32 and wrap; the
 /// collector takes deltas with wrapping subtraction, which is exact while an interval sees fewer
 /// than 2^32 samples in one bucket.

@@ -96,19 +96,7 @@ pub fn in_flight_of(end: &End) -> InFlight {
         exits: end
             .exits_in_flight
             .iter()
-            .map(|(f, n)| {
-                (
-                    LatencyKey {
-                        tgid: f[0],
-                        tid: f[1],
-                        vcpu_id: f[2],
-                        isa: f[3],
-                        reason: f[4],
-                        kind: f[5],
-                    },
-                    *n,
-                )
-            })
+            .map(|(f, n)| (LatencyKey::from_fields(*f), *n))
             .collect(),
         round_trips: end.round_trips_in_flight,
     }
@@ -119,7 +107,7 @@ pub fn end_of(in_flight: &InFlight) -> End {
         exits_in_flight: in_flight
             .exits
             .iter()
-            .map(|(k, n)| ([k.tgid, k.tid, k.vcpu_id, k.isa, k.reason, k.kind], *n))
+            .map(|(k, n)| (k.to_fields(), *n))
             .collect(),
         round_trips_in_flight: in_flight.round_trips,
     }

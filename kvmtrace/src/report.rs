@@ -754,15 +754,6 @@ mod tests {
         agg
     }
 
-    static DEFAULT_STORM: StormConfig = StormConfig {
-        rate: 10_000.0,
-        jump: 10.0,
-        jump_min_rate: 1000.0,
-        sustain: 2,
-        cost_pct: 50.0,
-        baseline_points: 5,
-    };
-
     fn open_io_exit() -> &'static InFlight {
         static OPEN: std::sync::OnceLock<InFlight> = std::sync::OnceLock::new();
         OPEN.get_or_init(|| InFlight {
@@ -784,7 +775,7 @@ mod tests {
 
     fn ctx(vms: &BTreeMap<u32, Vm>, per_vcpu: bool) -> Context<'_> {
         Context {
-            storm: &DEFAULT_STORM,
+            storm: &StormConfig::DEFAULT,
             vms,
             per_vcpu,
             kvm_module: Some("kvm_amd".into()),

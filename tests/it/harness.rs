@@ -228,9 +228,16 @@ impl Drop for Recorder {
 /// Runs a guest plan while `kvmtrace record -d NAME --interval 200ms EXTRA` records it, stops
 /// the recorder with SIGINT and returns its output.
 pub fn record_guest_output(guest: &mut Guest, extra: &[&str]) -> Output {
-    let mut args = vec!["-d", guest.name.as_str(), "--interval", "200ms"];
+    let name = guest.name.clone();
+    let mut args = vec!["-d", name.as_str(), "--interval", "200ms"];
     args.extend_from_slice(extra);
-    let recorder = Recorder::start(&args);
+    record_guest_with(guest, &args)
+}
+
+/// Runs a guest plan while `kvmtrace record ARGS` records it, stops the recorder with SIGINT
+/// once the guest is done, and returns its (successful) output.
+pub fn record_guest_with(guest: &mut Guest, args: &[&str]) -> Output {
+    let recorder = Recorder::start(args);
     guest.go();
     guest.wait_finished();
     let out = recorder.stop(libc::SIGINT);

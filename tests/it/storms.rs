@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::harness::{Guest, Recorder, parse_json, require_kvm_and_root};
+use crate::harness::{Guest, Recorder, parse_json, record_guest_with, require_kvm_and_root};
 
 /// This host's vCPU makes at most ~16 000 port exits/s, so the storm is 10 000/s (the issue's
 /// 20 000/s cannot be reached here) and the threshold 5 000/s.
@@ -18,17 +18,10 @@ const ARGS: [&str; 6] = [
 ];
 
 fn record(guest: &mut Guest) -> (Value, String) {
-    let mut args = vec!["-d", guest.name.as_str()];
+    let name = guest.name.clone();
+    let mut args = vec!["-d", name.as_str()];
     args.extend_from_slice(&ARGS);
-    let recorder = Recorder::start(&args);
-    guest.go();
-    guest.wait_finished();
-    let out = recorder.stop(libc::SIGINT);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = record_guest_with(guest, &args);
     (
         parse_json(&out.stdout),
         String::from_utf8_lossy(&out.stderr).into_owned(),

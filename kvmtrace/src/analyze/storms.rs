@@ -31,16 +31,21 @@ pub struct Config {
     pub baseline_points: usize,
 }
 
+impl Config {
+    /// The defaults: 10 000/s, 10x baseline (above 1 000/s), 2 intervals, 50 % of a CPU.
+    pub const DEFAULT: Config = Config {
+        rate: 10_000.0,
+        jump: 10.0,
+        jump_min_rate: 1000.0,
+        sustain: 2,
+        cost_pct: 50.0,
+        baseline_points: 5,
+    };
+}
+
 impl Default for Config {
     fn default() -> Self {
-        Config {
-            rate: 10_000.0,
-            jump: 10.0,
-            jump_min_rate: 1000.0,
-            sustain: 2,
-            cost_pct: 50.0,
-            baseline_points: 5,
-        }
+        Config::DEFAULT
     }
 }
 

@@ -91,7 +91,7 @@ impl Encoder {
             .collect();
         put_varint(&mut out, new_latency.len() as u64);
         for k in new_latency {
-            for v in [k.tgid, k.tid, k.vcpu_id, k.isa, k.reason, k.kind] {
+            for v in k.to_fields() {
                 put_varint(&mut out, v as u64);
             }
             let id = self.latency_ids.len() as u64;
@@ -168,14 +168,7 @@ impl Decoder {
             for v in &mut f {
                 *v = input.u32()?;
             }
-            self.latency_keys.push(LatencyKey {
-                tgid: f[0],
-                tid: f[1],
-                vcpu_id: f[2],
-                isa: f[3],
-                reason: f[4],
-                kind: f[5],
-            });
+            self.latency_keys.push(LatencyKey::from_fields(f));
         }
         for _ in 0..input.count()? {
             let mut f = [0u32; 4];
