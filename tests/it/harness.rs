@@ -315,17 +315,29 @@ pub fn count_of(vm: &Value, table: &str, filter: &[(&str, Value)]) -> u64 {
     hits[0]["count"].as_u64().unwrap()
 }
 
-/// Names of our BPF programs currently loaded (from bpftool).
-pub fn loaded_kvmtrace_programs() -> Vec<String> {
+/// One loaded BPF program, from `bpftool -j prog show`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prog {
+    pub id: u64,
+    pub name: String,
+}
+
+/// kvmtrace's BPF programs currently loaded (names kvmtrace_*), by any process.
+pub fn loaded_kvmtrace_programs() -> Vec<Prog> {
     let out = Command::new("bpftool")
-        .args(["prog", "show"])
+        .args(["-j", "prog", "show"])
         .output()
         .expect("running bpftool");
     assert!(out.status.success(), "bpftool prog show failed");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_whitespace().skip_while(|w| *w != "name").nth(1))
-        .filter(|n| n.starts_with("kvmtrace_"))
-        .map(str::to_string)
+    let progs: Vec<Value> = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+    progs
+        .iter()
+        .filter_map(|p| {
+            let name = p["name"].as_str()?;
+            name.starts_with("kvmtrace_").then(|| Prog {
+                id: p["id"].as_u64().unwrap_or(0),
+                name: name.to_string(),
+            })
+        })
         .collect()
 }
