@@ -5,12 +5,12 @@
 //!
 //! The mix: 1 VM, 4 vCPUs, 1 s interval, per vCPU ~30 active keys: 8 exit reasons and 2 VMM round
 //! trips with latency histograms, 20 detail keys (ports, MMIO addresses, MSRs, CPUID functions),
-//! counts that vary from interval to interval.
+//! counts that vary from interval to interval, and each vCPU thread's CPU accounting.
 
 use std::time::{Duration, Instant};
 
 use kvmtrace::{
-    model::{InFlight, Interval, LatencyDelta},
+    model::{InFlight, Interval, LatencyDelta, ThreadCpu},
     offline::{self, Window},
     record::{End, Header, Writer},
     render,
@@ -119,6 +119,21 @@ fn interval(second: u64, rng: &mut Rng, counters: &mut [u64; Counter::COUNT as u
     counters[Counter::ExitsSeen as usize] += iv.latency.iter().map(|(_, d)| d.count).sum::<u64>();
     counters[Counter::DetailsSeen as usize] += iv.details.iter().map(|(_, n)| n).sum::<u64>();
     iv.counters = *counters;
+    // Cumulative CPU accounting of each vCPU thread.
+    for v in 0..VCPUS {
+        let base = second * 1_000_000_000;
+        iv.threads.push(ThreadCpu {
+            tgid: 1,
+            tid: 1000 + v,
+            tracked_ns: base,
+            run_ns: base / 2 + rng.around(1_000_000),
+            off_run_blocked_ns: base / 4 + rng.around(1_000_000),
+            off_run_runnable_ns: rng.around(100_000) * second,
+            off_user_blocked_ns: base / 8,
+            off_user_runnable_ns: rng.around(10_000) * second,
+            procfs_ns: Some(base / 2),
+        });
+    }
     iv
 }
 

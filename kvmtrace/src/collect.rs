@@ -3,11 +3,7 @@
 //! [`Interval`] deltas. Dropping the [`Tracer`] detaches and frees everything (no pinning, so the
 //! kernel also frees it all if the process is killed).
 
-use std::{
-    collections::HashMap,
-    path::{Path, PathBuf},
-    time::Instant,
-};
+use std::{collections::HashMap, path::PathBuf, time::Instant};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -260,10 +256,6 @@ impl Tracer {
             open.round_trips += (st.uexit_ts != 0) as u64;
         }
         Ok(open)
-    }
-
-    pub fn tracefs(&self) -> &Path {
-        &self.tracefs
     }
 }
 

@@ -556,9 +556,3 @@ fn diff_files(args: &DiffArgs) -> anyhow::Result<()> {
     };
     finish_output(r.and_then(|()| out.flush()))
 }
-
-impl From<Error> for io::Error {
-    fn from(e: Error) -> Self {
-        io::Error::other(e.to_string())
-    }
-}

@@ -16,12 +16,6 @@ pub struct Filter {
     pub reasons: Vec<String>,
 }
 
-impl Filter {
-    pub fn is_empty(&self) -> bool {
-        self.vms.is_empty() && self.vcpus.is_empty() && self.reasons.is_empty()
-    }
-}
-
 fn keep_vcpu(f: &Filter, vcpu: &Option<String>) -> bool {
     f.vcpus.is_empty() || vcpu.as_ref().is_some_and(|v| f.vcpus.contains(v))
 }

@@ -3,8 +3,6 @@
 //! handling costs at least `cost_pct` % of a CPU. Storms on related keys of one vCPU at the same
 //! time (exit reason io, userspace IO, port 0x70) are one storm, named by its most specific key.
 
-use std::time::Duration;
-
 use kvmtrace_common::{DetailKind, UEXIT_ERRNO_FLAG};
 use serde::Serialize;
 
@@ -331,12 +329,10 @@ pub fn changes<'a>(before: &[Storm], now: &'a [Storm]) -> (Vec<&'a Storm>, Vec<&
     (started, ended)
 }
 
-pub fn duration(s: &Storm) -> Duration {
-    Duration::from_secs_f64((s.end_secs - s.start_secs).max(0.0))
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use kvmtrace_common::DetailKey;
 
     use super::*;
