@@ -284,11 +284,14 @@ pub fn build(agg: &Aggregate, ctx: &Context) -> Report {
         .collect();
     let mut storms = storms::detect(&agg.series, ctx.storm);
     for st in &mut storms {
-        st.vcpu = vms
-            .iter()
-            .find(|v| v.pid == st.pid)
-            .and_then(|v| v.vcpus.iter().find(|c| c.tid == st.tid))
-            .map(|c| c.label.clone());
+        st.vcpu = if st.tid == storms::ALL_VCPUS {
+            Some("all".into())
+        } else {
+            vms.iter()
+                .find(|v| v.pid == st.pid)
+                .and_then(|v| v.vcpus.iter().find(|c| c.tid == st.tid))
+                .map(|c| c.label.clone())
+        };
     }
     Report {
         duration_secs: secs,

@@ -310,11 +310,14 @@ fn watch_storms(
         let vm = vms
             .get(&s.pid)
             .map_or_else(|| format!("pid {}", s.pid), |v| v.name.clone());
-        let vcpu = vms
-            .get(&s.pid)
-            .and_then(|v| v.threads.iter().find(|t| t.tid == s.tid))
-            .and_then(|t| crate::vm::vcpu_index_of_comm(&t.comm))
-            .map_or_else(|| format!("tid {}", s.tid), |i| format!("vCPU {i}"));
+        let vcpu = if s.tid == storms::ALL_VCPUS {
+            "all vCPUs".to_string()
+        } else {
+            vms.get(&s.pid)
+                .and_then(|v| v.threads.iter().find(|t| t.tid == s.tid))
+                .and_then(|t| crate::vm::vcpu_index_of_comm(&t.comm))
+                .map_or_else(|| format!("tid {}", s.tid), |i| format!("vCPU {i}"))
+        };
         format!("{vm} {vcpu}: {}", s.what)
     };
     for s in started {

@@ -4,6 +4,8 @@
 //! time (exit reason io, userspace IO, port 0x70) are one storm, named by its most specific key.
 
 use kvmtrace_common::{DetailKind, UEXIT_ERRNO_FLAG};
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 use super::diagnose::{Diagnosis, Facts, diagnose};
@@ -229,11 +231,47 @@ fn facts(keys: &[What]) -> Facts {
     f
 }
 
+/// The tid of VM-wide series and storms: the sum over all vCPU threads.
+pub const ALL_VCPUS: u32 = u32::MAX;
+
+/// The per-thread series plus, for keys seen on two or more threads of a VM, their VM-wide sum
+/// (a storm spread over vCPUs, each below the threshold, is still a storm of the VM).
+fn with_vm_wide(series: &Series) -> BTreeMap<Key, Points> {
+    let mut all = series.by_key.clone();
+    let mut threads: BTreeMap<(u32, What), u32> = BTreeMap::new();
+    for k in series.by_key.keys() {
+        *threads.entry((k.pid, k.what)).or_default() += 1;
+    }
+    for (k, p) in &series.by_key {
+        if threads[&(k.pid, k.what)] < 2 {
+            continue;
+        }
+        let sum = all
+            .entry(Key {
+                pid: k.pid,
+                tid: ALL_VCPUS,
+                what: k.what,
+            })
+            .or_insert_with(|| Points {
+                counts: vec![0; p.counts.len()],
+                ns: vec![0; p.ns.len()],
+            });
+        for (a, b) in sum.counts.iter_mut().zip(&p.counts) {
+            *a += b;
+        }
+        for (a, b) in sum.ns.iter_mut().zip(&p.ns) {
+            *a += b;
+        }
+    }
+    all
+}
+
 /// Every storm in the recording, merged and diagnosed, biggest first.
 pub fn detect(series: &Series, cfg: &Config) -> Vec<Storm> {
+    let all = with_vm_wide(series);
     // (key, start index, end index) of every run.
     let mut found: Vec<(Key, usize, usize)> = Vec::new();
-    for (key, p) in &series.by_key {
+    for (key, p) in &all {
         if matches!(key.what, What::Detail { kind, a, .. } if kind == DetailKind::UserspaceExit as u32 && a & UEXIT_ERRNO_FLAG != 0)
         {
             continue;
@@ -261,10 +299,26 @@ pub fn detect(series: &Series, cfg: &Config) -> Vec<Storm> {
             None => groups.push((key, s, e, Vec::new())),
         }
     }
+    // A VM-wide storm only stands where no single vCPU's storm of the same kind explains it.
+    let per_vcpu: Vec<(Key, usize, usize)> = groups
+        .iter()
+        .filter(|g| g.0.tid != ALL_VCPUS)
+        .map(|g| (g.0, g.1, g.2))
+        .collect();
+    groups.retain(|(k, s, e, _)| {
+        k.tid != ALL_VCPUS
+            || !per_vcpu.iter().any(|(v, vs, ve)| {
+                v.pid == k.pid
+                    && *s < *ve
+                    && *vs < *e
+                    && (v.what == k.what
+                        || (family(&v.what).is_some() && family(&v.what) == family(&k.what)))
+            })
+    });
     let mut storms: Vec<Storm> = groups
         .into_iter()
         .map(|(key, s, e, related)| {
-            let p = &series.by_key[&key];
+            let p = &all[&key];
             let secs = |i: usize| series.width(i).as_secs_f64();
             let count: u64 = p.counts[s..e].iter().sum();
             let duration: f64 = (s..e).map(secs).sum();
@@ -280,7 +334,7 @@ pub fn detect(series: &Series, cfg: &Config) -> Vec<Storm> {
             // Handling time: the key's own, or that of the related reason that has it.
             let ns: u64 = std::iter::once(&key)
                 .chain(&related)
-                .map(|k| series.by_key[k].ns[s..e].iter().sum::<u64>())
+                .map(|k| all[k].ns[s..e].iter().sum::<u64>())
                 .max()
                 .unwrap_or(0);
             let mut whats = vec![key.what];
@@ -494,6 +548,73 @@ mod tests {
             "a 100/s MSR storm costing 70-80 % of a CPU"
         );
         assert!((storms[0].cost_pct.unwrap() - 75.0).abs() < 1e-9);
+    }
+
+    /// Two vCPUs at 6 000/s each on the same port: neither is a storm, the VM is.
+    #[test]
+    fn a_storm_spread_over_vcpus_is_a_vm_wide_storm() {
+        let mut s = Series::default();
+        for (i, n) in [0u64, 6000, 6000, 6000, 0].into_iter().enumerate() {
+            let details = (2..4)
+                .map(|tid| {
+                    (
+                        DetailKey {
+                            tgid: 1,
+                            tid,
+                            kind: 1,
+                            a: 0x70,
+                            b: 1 | 1 << 8,
+                        },
+                        n,
+                    )
+                })
+                .collect();
+            s.push(&Interval {
+                at: Duration::from_secs(i as u64 + 1),
+                details,
+                ..Default::default()
+            });
+        }
+        let storms = detect(&s, &Config::default());
+        assert_eq!(storms.len(), 1, "{storms:#?}");
+        assert_eq!(
+            (storms[0].tid, storms[0].mean_rate, storms[0].count),
+            (ALL_VCPUS, 12_000.0, 36_000)
+        );
+
+        // One vCPU over the threshold on its own: its storm explains the VM's, which is dropped.
+        let mut s = Series::default();
+        for (i, n) in [0u64, 15_000, 15_000, 0].into_iter().enumerate() {
+            let details = vec![
+                (
+                    DetailKey {
+                        tgid: 1,
+                        tid: 2,
+                        kind: 1,
+                        a: 0x70,
+                        b: 1 | 1 << 8,
+                    },
+                    n,
+                ),
+                (
+                    DetailKey {
+                        tgid: 1,
+                        tid: 3,
+                        kind: 1,
+                        a: 0x70,
+                        b: 1 | 1 << 8,
+                    },
+                    10,
+                ),
+            ];
+            s.push(&Interval {
+                at: Duration::from_secs(i as u64 + 1),
+                details,
+                ..Default::default()
+            });
+        }
+        let storms = detect(&s, &Config::default());
+        assert_eq!(storms.iter().map(|s| s.tid).collect::<Vec<_>>(), vec![2]);
     }
 
     #[test]
