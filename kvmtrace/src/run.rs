@@ -168,26 +168,10 @@ async fn record(args: RecordArgs) -> anyhow::Result<()> {
         }
     }
     let mut tracer = Tracer::start(&opts)?;
+    let kvm = kvm_module();
     let mut writer = match (file, &args.output) {
         (Some(file), Some(path)) => {
-            let header = Header {
-                kvmtrace_version: env!("CARGO_PKG_VERSION").into(),
-                host: host_name(),
-                kernel_release: std::fs::read_to_string("/proc/sys/kernel/osrelease")
-                    .unwrap_or_default()
-                    .trim()
-                    .into(),
-                kvm_module: kvm_module(),
-                formats: tracer.formats.clone(),
-                tracepoints_attached: tracer.attached.iter().map(|s| s.to_string()).collect(),
-                tracepoints_missing: tracer.missing.iter().map(|s| s.to_string()).collect(),
-                interval_ms: args.interval.as_millis() as u64,
-                start_unix_secs: SystemTime::now()
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map(|d| d.as_secs_f64())
-                    .unwrap_or(0.0),
-                command_line: std::env::args().collect(),
-            };
+            let header = recording_header(&tracer, &args, kvm.clone());
             let mut w = Writer::start(file, path, &header)?;
             for vm in directory.values() {
                 w.vm(vm)?;
@@ -261,7 +245,7 @@ async fn record(args: RecordArgs) -> anyhow::Result<()> {
         storm: &storm_cfg,
         vms: &directory,
         per_vcpu: args.per_vcpu,
-        kvm_module: kvm_module(),
+        kvm_module: kvm,
         attached: tracer.attached.iter().map(|s| s.to_string()).collect(),
         missing: tracer.missing.iter().map(|s| s.to_string()).collect(),
         in_flight: &in_flight,
@@ -293,6 +277,28 @@ async fn record(args: RecordArgs) -> anyhow::Result<()> {
         "",
         &mut io::stdout().lock(),
     ))
+}
+
+/// What a recording file says about itself.
+fn recording_header(tracer: &Tracer, args: &RecordArgs, kvm_module: Option<String>) -> Header {
+    Header {
+        kvmtrace_version: env!("CARGO_PKG_VERSION").into(),
+        host: host_name(),
+        kernel_release: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .into(),
+        kvm_module,
+        formats: tracer.formats.clone(),
+        tracepoints_attached: tracer.attached.iter().map(|s| s.to_string()).collect(),
+        tracepoints_missing: tracer.missing.iter().map(|s| s.to_string()).collect(),
+        interval_ms: args.interval.as_millis() as u64,
+        start_unix_secs: SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0),
+        command_line: std::env::args().collect(),
+    }
 }
 
 /// Prints a line for each storm that started or ended since the last call; returns the storms
