@@ -571,14 +571,11 @@ fn cpu_rows(
         }
         for (reason, wall) in by_uexit {
             let share = (vm_vmm as u128 * wall as u128 / vmm_wall as u128) as u64;
-            let top_port = (reason == "IO")
-                .then(|| {
-                    ports
-                        .iter()
-                        .filter(|p| p.port != 0xf0 || ports.len() == 1)
-                        .max_by_key(|p| p.count)
-                })
-                .flatten();
+            let top_port = if reason == "IO" {
+                ports.iter().max_by_key(|p| p.count)
+            } else {
+                None
+            };
             let detail = top_port
                 .map(|p| {
                     format!(
