@@ -27,6 +27,16 @@ fn exit_count(vm: &Value, reason: &str, vcpu: Option<&str>) -> u64 {
     hits[0]["count"].as_u64().unwrap()
 }
 
+/// Asserts an exact exit count; on a mismatch, shows everything needed to tell why.
+fn expect_exits(vm: &Value, reason: &str, vcpu: Option<&str>, expected: u64) {
+    let got = exit_count(vm, reason, vcpu);
+    assert_eq!(
+        got, expected,
+        "`{reason}` exits on {vcpu:?}: vCPUs {:#}\nexits {:#}\nuserspace {:#}\nports {:#}",
+        vm["vcpus"], vm["exits"], vm["userspace_exits"], vm["ports"]
+    );
+}
+
 fn assert_in_l1() {
     require_kvm_and_root();
     assert!(
@@ -43,10 +53,10 @@ const MIX: &str =
 fn check_mix(report: &Value, pid: u32) {
     let vm = vm_of(report, pid);
     // io: 7 000 writes + one `out` to the done port per step (4 steps).
-    assert_eq!(exit_count(vm, "io", None), 7004);
-    assert_eq!(exit_count(vm, "cpuid", None), 1500);
-    assert_eq!(exit_count(vm, "hlt", None), 300);
-    assert_eq!(exit_count(vm, "msr", None), 400);
+    expect_exits(vm, "io", None, 7004);
+    expect_exits(vm, "cpuid", None, 1500);
+    expect_exits(vm, "hlt", None, 300);
+    expect_exits(vm, "msr", None, 400);
     let c = &report["counters"];
     for zero in [
         "unpaired_exits",
@@ -135,7 +145,7 @@ fn kvm_entry_6_1_layout_pairs() {
     let c = &report["counters"];
     assert!(c["entries_seen"].as_u64().unwrap() >= 2000, "{c:#}");
     assert_eq!(c["unpaired_entries"], 0);
-    assert_eq!(exit_count(vm_of(&report, guest.pid), "cpuid", None), 2000);
+    expect_exits(vm_of(&report, guest.pid), "cpuid", None, 2000);
 }
 
 /// Two vCPUs (L1 has 2 CPUs) doing different work: attribution by vcpu_id is exact.
@@ -156,10 +166,10 @@ fn two_vcpus_attributed_exactly() {
     );
     let (report, _) = record_guest(&mut guest, &["--per-vcpu"]);
     let vm = vm_of(&report, guest.pid);
-    assert_eq!(exit_count(vm, "io", Some("0")), 2001);
-    assert_eq!(exit_count(vm, "io", Some("1")), 2);
-    assert_eq!(exit_count(vm, "cpuid", Some("1")), 1000);
-    assert_eq!(exit_count(vm, "msr", Some("1")), 300);
+    expect_exits(vm, "io", Some("0"), 2001);
+    expect_exits(vm, "io", Some("1"), 2);
+    expect_exits(vm, "cpuid", Some("1"), 1000);
+    expect_exits(vm, "msr", Some("1"), 300);
     assert!(
         rows(
             vm,
@@ -268,7 +278,7 @@ fn hlt_time_is_mostly_blocked() {
     let out = recorder.stop(libc::SIGINT);
     let report = crate::harness::parse_json(&out.stdout);
     let vm = vm_of(&report, guest.pid);
-    assert_eq!(exit_count(vm, "hlt", None), 500);
+    expect_exits(vm, "hlt", None, 500);
     let cpu = &vm["cpu"][0];
     assert!(cpu["blocked_pct"].as_f64().unwrap() > 50.0, "{cpu:#}");
     let handling = vm["cpu_summary"]["handling"].as_array().unwrap();

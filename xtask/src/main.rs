@@ -68,7 +68,8 @@ fn main() -> anyhow::Result<()> {
         Task::Nested { timeout, smp } => nested::run_nested(&nested::Options {
             timeout: std::time::Duration::from_secs(timeout),
             smp,
-        }),
+        })
+        .map(|_| ()),
         Task::Fuzz { seconds } => fuzz::run_fuzz(seconds),
         Task::Codegen { formats } => codegen::run(&sh::root(), &formats),
     }

@@ -46,7 +46,8 @@ fn work_dir() -> PathBuf {
     root().join("target/nested")
 }
 
-pub fn run_nested(opts: &Options) -> anyhow::Result<()> {
+/// Returns how many tests passed inside L1.
+pub fn run_nested(opts: &Options) -> anyhow::Result<u64> {
     let started = Instant::now();
     for tool in ["qemu-system-x86_64", "cpio", "depmod", "dpkg-deb"] {
         if output(cmd("sh").args(["-c", &format!("command -v {tool}")])).is_none() {
@@ -318,8 +319,9 @@ fn boot(vmlinuz: &Path, initramfs: &Path, opts: &Options) -> anyhow::Result<Stri
     Ok(log)
 }
 
-/// Passes only if L1 reported its test run, the run exited 0, and it ran the expected tests.
-fn verdict(log: &str) -> anyhow::Result<()> {
+/// Passes only if L1 reported its test run, the run exited 0, and it ran the expected tests;
+/// returns how many passed.
+fn verdict(log: &str) -> anyhow::Result<u64> {
     let rc = log
         .lines()
         .find_map(|l| l.split(RESULT_MARK).nth(1))
@@ -330,12 +332,7 @@ fn verdict(log: &str) -> anyhow::Result<()> {
         .lines()
         .find(|l| l.starts_with("test result:"))
         .context("no libtest summary in L1's output")?;
-    let passed: u32 = summary
-        .split("ok. ")
-        .nth(1)
-        .and_then(|s| s.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
+    let passed = crate::sh::passed_in(summary);
     println!("nested L1: {summary}");
     if !rc.starts_with("0 ") || !summary.contains(" 0 failed") {
         bail!("the nested L1 tests failed: {summary} ({RESULT_MARK}{rc})");
@@ -343,5 +340,5 @@ fn verdict(log: &str) -> anyhow::Result<()> {
     if passed == 0 {
         bail!("the nested L1 run passed no test: {summary}");
     }
-    Ok(())
+    Ok(passed)
 }

@@ -49,6 +49,38 @@ pub fn run(c: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs a `cargo test` command `c`, echoing its output, and returns how many tests passed (the sum
+/// of its libtest "test result:" lines); fails on a non-zero exit.
+pub fn run_counting(c: &mut Command) -> anyhow::Result<u64> {
+    use std::io::BufRead as _;
+    eprintln!("$ {}", show(c));
+    let mut child = c
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", show(c)))?;
+    let mut passed = 0;
+    if let Some(out) = child.stdout.take() {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            println!("{line}");
+            passed += passed_in(&line);
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("`{}` failed ({status})", show(c));
+    }
+    Ok(passed)
+}
+
+/// N from a libtest summary `test result: ok. N passed; ...` (0 for other lines).
+pub fn passed_in(line: &str) -> u64 {
+    line.trim_start_matches("L1| ")
+        .strip_prefix("test result: ok. ")
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Runs `c` quietly and returns whether it succeeded (for probes).
 pub fn succeeds(c: &mut Command) -> bool {
     c.stdout(std::process::Stdio::null())
