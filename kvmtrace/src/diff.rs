@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::{
-    names::{msr_name, port_name},
+    names::{msr_label, port_label},
     report::Report,
 };
 
@@ -98,14 +98,7 @@ fn sides(r: &Report) -> BTreeMap<(&'static str, String, String), Side> {
             add(
                 "port",
                 &vm.name,
-                format!(
-                    "{:#06x}{} {}",
-                    p.port,
-                    port_name(p.port)
-                        .map(|n| format!(" {n}"))
-                        .unwrap_or_default(),
-                    p.direction
-                ),
+                format!("{} {}", port_label(p.port), p.direction),
                 count_only(p.count, p.per_sec),
             );
         }
@@ -121,12 +114,7 @@ fn sides(r: &Report) -> BTreeMap<(&'static str, String, String), Side> {
             add(
                 "msr",
                 &vm.name,
-                format!(
-                    "{:#x}{} {}",
-                    x.msr,
-                    msr_name(x.msr).map(|n| format!(" {n}")).unwrap_or_default(),
-                    x.access
-                ),
+                format!("{} {}", msr_label(x.msr), x.access),
                 count_only(x.count, x.per_sec),
             );
         }

@@ -70,6 +70,22 @@ pub fn msr_name(msr: u32) -> Option<&'static str> {
     MSRS.iter().find(|(m, _)| *m == msr).map(|(_, n)| *n)
 }
 
+/// `0x0070 RTC index`, or `0x1234` for a port without a name.
+pub fn port_label(port: u16) -> String {
+    match port_name(port) {
+        Some(n) => format!("{port:#06x} {n}"),
+        None => format!("{port:#06x}"),
+    }
+}
+
+/// `0x6e0 IA32_TSC_DEADLINE`, or `0x1` for an MSR without a name.
+pub fn msr_label(msr: u32) -> String {
+    match msr_name(msr) {
+        Some(n) => format!("{msr:#x} {n}"),
+        None => format!("{msr:#x}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,5 +99,9 @@ mod tests {
         assert_eq!(msr_name(0x6e0), Some("IA32_TSC_DEADLINE"));
         assert_eq!(msr_name(0x830), Some("x2APIC ICR"));
         assert_eq!(msr_name(0x1), None);
+        assert_eq!(port_label(0x70), "0x0070 RTC index");
+        assert_eq!(port_label(0x1234), "0x1234");
+        assert_eq!(msr_label(0x6e0), "0x6e0 IA32_TSC_DEADLINE");
+        assert_eq!(msr_label(0x1), "0x1");
     }
 }

@@ -577,15 +577,7 @@ fn cpu_rows(
                 None
             };
             let detail = top_port
-                .map(|p| {
-                    format!(
-                        " (top port {:#06x}{})",
-                        p.port,
-                        crate::names::port_name(p.port)
-                            .map(|n| format!(" {n}"))
-                            .unwrap_or_default()
-                    )
-                })
+                .map(|p| format!(" (top port {})", crate::names::port_label(p.port)))
                 .unwrap_or_default();
             handling.push((format!("VMM handling of KVM_EXIT_{reason}{detail}"), share));
         }

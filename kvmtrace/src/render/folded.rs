@@ -8,7 +8,7 @@
 
 use crate::{
     cli::Weight,
-    names::{msr_name, port_name},
+    names::{msr_label, port_label},
     report::{Report, VmReport},
 };
 
@@ -60,14 +60,7 @@ fn details(
             .filter(|p| on(&p.vcpu))
             .map(|p| {
                 (
-                    format!(
-                        "port {:#06x}{} {}",
-                        p.port,
-                        port_name(p.port)
-                            .map(|n| format!(" {n}"))
-                            .unwrap_or_default(),
-                        p.direction
-                    ),
+                    format!("port {} {}", port_label(p.port), p.direction),
                     p.count,
                 )
             })
@@ -87,17 +80,7 @@ fn details(
                 "MSR_WRITE" => m.access == "write",
                 _ => true,
             })
-            .map(|m| {
-                (
-                    format!(
-                        "msr {:#x}{} {}",
-                        m.msr,
-                        msr_name(m.msr).map(|n| format!(" {n}")).unwrap_or_default(),
-                        m.access
-                    ),
-                    m.count,
-                )
-            })
+            .map(|m| (format!("msr {} {}", msr_label(m.msr), m.access), m.count))
             .collect(),
         DetailOf::Cpuid => vm
             .cpuid
