@@ -234,10 +234,11 @@ fn facts(keys: &[What]) -> Facts {
 /// The tid of VM-wide series and storms: the sum over all vCPU threads.
 pub const ALL_VCPUS: u32 = u32::MAX;
 
-/// The per-thread series plus, for keys seen on two or more threads of a VM, their VM-wide sum
-/// (a storm spread over vCPUs, each below the threshold, is still a storm of the VM).
-fn with_vm_wide(series: &Series) -> BTreeMap<Key, Points> {
-    let mut all = series.by_key.clone();
+/// For keys seen on two or more threads of a VM, their VM-wide sum (a storm spread over vCPUs,
+/// each below the threshold, is still a storm of the VM). Only the sums: the per-thread series
+/// are not copied (this runs at every interval while watching).
+fn vm_wide(series: &Series) -> BTreeMap<Key, Points> {
+    let mut wide: BTreeMap<Key, Points> = BTreeMap::new();
     let mut threads: BTreeMap<(u32, What), u32> = BTreeMap::new();
     for k in series.by_key.keys() {
         *threads.entry((k.pid, k.what)).or_default() += 1;
@@ -246,7 +247,7 @@ fn with_vm_wide(series: &Series) -> BTreeMap<Key, Points> {
         if threads[&(k.pid, k.what)] < 2 {
             continue;
         }
-        let sum = all
+        let sum = wide
             .entry(Key {
                 pid: k.pid,
                 tid: ALL_VCPUS,
@@ -263,15 +264,16 @@ fn with_vm_wide(series: &Series) -> BTreeMap<Key, Points> {
             *a += b;
         }
     }
-    all
+    wide
 }
 
 /// Every storm in the recording, merged and diagnosed, biggest first.
 pub fn detect(series: &Series, cfg: &Config) -> Vec<Storm> {
-    let all = with_vm_wide(series);
+    let wide = vm_wide(series);
+    let points = |k: &Key| series.by_key.get(k).or_else(|| wide.get(k));
     // (key, start index, end index) of every run.
     let mut found: Vec<(Key, usize, usize)> = Vec::new();
-    for (key, p) in &all {
+    for (key, p) in series.by_key.iter().chain(&wide) {
         if matches!(key.what, What::Detail { kind, a, .. } if kind == DetailKind::UserspaceExit as u32 && a & UEXIT_ERRNO_FLAG != 0)
         {
             continue;
@@ -317,8 +319,8 @@ pub fn detect(series: &Series, cfg: &Config) -> Vec<Storm> {
     });
     let mut storms: Vec<Storm> = groups
         .into_iter()
-        .map(|(key, s, e, related)| {
-            let p = &all[&key];
+        .filter_map(|(key, s, e, related)| {
+            let p = points(&key)?;
             let secs = |i: usize| series.width(i).as_secs_f64();
             let count: u64 = p.counts[s..e].iter().sum();
             let duration: f64 = (s..e).map(secs).sum();
@@ -334,12 +336,13 @@ pub fn detect(series: &Series, cfg: &Config) -> Vec<Storm> {
             // Handling time: the key's own, or that of the related reason that has it.
             let ns: u64 = std::iter::once(&key)
                 .chain(&related)
-                .map(|k| all[k].ns[s..e].iter().sum::<u64>())
+                .filter_map(&points)
+                .map(|p| p.ns[s..e].iter().sum::<u64>())
                 .max()
                 .unwrap_or(0);
             let mut whats = vec![key.what];
             whats.extend(related.iter().map(|k| k.what));
-            Storm {
+            Some(Storm {
                 pid: key.pid,
                 tid: key.tid,
                 vcpu: None,
@@ -358,7 +361,7 @@ pub fn detect(series: &Series, cfg: &Config) -> Vec<Storm> {
                 cost_pct: (ns > 0 && duration > 0.0).then(|| 100.0 * ns as f64 / 1e9 / duration),
                 diagnosis: diagnose(&facts(&whats)),
                 key: Some(key),
-            }
+            })
         })
         .collect();
     storms.sort_by(|a, b| {
