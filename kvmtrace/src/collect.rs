@@ -115,14 +115,8 @@ impl Tracer {
         }
         init_template(&mut ebpf)?;
         if let Some(pids) = &opts.pids {
-            let map = ebpf.map_mut(maps::TRACED_TGIDS).ok_or_else(|| {
-                Error::bpf(
-                    maps::TRACED_TGIDS,
-                    std::io::Error::other("map not in object"),
-                )
-            })?;
             let mut traced: BpfHashMap<&mut MapData, u32, u32> =
-                BpfHashMap::try_from(map).map_err(|e| Error::bpf("TRACED_TGIDS", e))?;
+                map_mut(&mut ebpf, maps::TRACED_TGIDS)?;
             for &pid in pids {
                 traced
                     .insert(pid, 1, 0)
@@ -290,16 +284,20 @@ where
     T::try_from(map).map_err(|e| Error::bpf(format!("map {name}"), e))
 }
 
+fn map_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<T, Error>
+where
+    T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf
+        .map_mut(name)
+        .ok_or_else(|| Error::bpf(name, std::io::Error::other("map not in object")))?;
+    T::try_from(map).map_err(|e| Error::bpf(format!("map {name}"), e))
+}
+
 /// New LATENCY entries are copied from this per-CPU template (min_ns = u64::MAX).
 fn init_template(ebpf: &mut Ebpf) -> Result<(), Error> {
-    let map = ebpf.map_mut(maps::LATENCY_TEMPLATE).ok_or_else(|| {
-        Error::bpf(
-            maps::LATENCY_TEMPLATE,
-            std::io::Error::other("map not in object"),
-        )
-    })?;
     let mut template: PerCpuArray<&mut MapData, LatencyStats> =
-        PerCpuArray::try_from(map).map_err(|e| Error::bpf("LATENCY_TEMPLATE", e))?;
+        map_mut(ebpf, maps::LATENCY_TEMPLATE)?;
     let ncpus = aya::util::nr_cpus().map_err(|(what, e)| Error::Io {
         what: what.into(),
         source: e,
