@@ -19,13 +19,22 @@ pub mod maps {
     pub const TRACED_TGIDS: &str = "TRACED_TGIDS";
     /// tid -> [`crate::ThreadState`]: the open exit and the open userspace round trip of a vCPU thread.
     pub const THREADS: &str = "THREADS";
-    /// [`crate::LatencyKey`] -> [`crate::LatencyStats`], cumulative since attach.
+    /// [`crate::LatencyMapKey`] -> [`crate::LatencyStats`] of one epoch (one interval): the
+    /// collector reads and deletes an epoch's entries after switching to the next one.
     pub const LATENCY: &str = "LATENCY";
     /// Per-CPU single [`crate::LatencyStats`] that new LATENCY entries are copied from (too big to
     /// build on the 512-byte BPF stack). The collector fills it with [`crate::LatencyStats::EMPTY`].
     pub const LATENCY_TEMPLATE: &str = "LATENCY_TEMPLATE";
-    /// [`crate::DetailKey`] -> event count (u64), cumulative since attach.
+    /// [`crate::DetailMapKey`] -> event count (u64) of one epoch, read and deleted like LATENCY.
+    /// Each thread may add at most `Config::detail_keys_per_thread` keys per epoch; its other
+    /// events are only counted in [`crate::ThreadState::detail_events`] ("other keys").
     pub const DETAILS: &str = "DETAILS";
+    /// One u32: the epoch sequence number. 0 = closed (every program returns at once: nothing is
+    /// counted before everything is attached and the threads' states are established, nor after
+    /// stop); otherwise its parity selects the epoch that LATENCY and DETAILS keys are written to.
+    pub const CONTROL: &str = "CONTROL";
+    /// tid -> 1: a byte per tid marking vCPU threads (see kvmtrace-ebpf's state.rs).
+    pub const TID_MARKS: &str = "TID_MARKS";
     /// Per-CPU array of u64 indexed by [`crate::Counter`].
     pub const COUNTERS: &str = "COUNTERS";
 }
@@ -102,6 +111,10 @@ pub struct Config {
     /// `long prev_state` (8 bytes).
     pub sched_prev_state: u32,
     pub sched_next_pid: u32,
+    /// Distinct DETAILS keys one thread may add per epoch; beyond it, events are counted only in
+    /// the thread's per-kind totals (the report's "other keys" row). One guest touching thousands
+    /// of ports cannot use up the map for the others.
+    pub detail_keys_per_thread: u32,
 }
 
 impl Config {
@@ -131,6 +144,7 @@ impl Config {
         sched_prev_pid: FIELD_ABSENT,
         sched_prev_state: FIELD_ABSENT,
         sched_next_pid: FIELD_ABSENT,
+        detail_keys_per_thread: 512,
     };
 }
 
@@ -166,6 +180,24 @@ pub struct ThreadState {
     /// Off-CPU time outside KVM_RUN (in the VMM's user space).
     pub off_user_blocked_ns: u64,
     pub off_user_runnable_ns: u64,
+    /// VMM round-trip time inside the open exit: subtracted from its exit->entry span, so
+    /// [`LatencyKind::Exit`] is in-kernel handling only and [`LatencyKind::ExitVmm`] the rest.
+    pub exit_vmm_ns: u64,
+    /// The epoch sequence number `keys_used` counts in.
+    pub keys_seq: u32,
+    /// DETAILS keys this thread added in epoch `keys_seq`.
+    pub keys_used: u32,
+    /// Detail events per epoch parity and [`DetailKind`] (index `parity * DETAIL_KINDS + kind -
+    /// 1`), cumulative: the exact totals per (thread, kind) however many keys were dropped.
+    pub detail_events: [u64; 2 * DETAIL_KINDS],
+}
+
+/// How many [`DetailKind`]s there are.
+pub const DETAIL_KINDS: usize = 5;
+
+/// The index of (epoch parity, kind) in [`ThreadState::detail_events`].
+pub const fn detail_slot(parity: u32, kind: DetailKind) -> usize {
+    (parity as usize & 1) * DETAIL_KINDS + kind as usize - 1
 }
 
 /// [`ThreadState::flags`]: the thread has had a kvm_entry since attach.
@@ -174,6 +206,11 @@ pub const THREAD_SEEN_ENTRY: u32 = 1;
 pub const THREAD_OFF_IN_RUN: u32 = 2;
 /// [`ThreadState::flags`]: switched out while runnable (preempted), not blocked.
 pub const THREAD_OFF_RUNNABLE: u32 = 4;
+/// [`ThreadState::flags`]: whether the thread is inside KVM_RUN is not known yet (it was
+/// running when tracing started, or this is its first event). It is taken to be inside
+/// (`run_ts` set) until its first kvm_fpu event: an unload confirms it; a load shows it was
+/// outside, and the time so far moves to the VMM side.
+pub const THREAD_UNRESOLVED: u32 = 8;
 
 /// What a [`LatencyKey`] measures.
 #[repr(u32)]
@@ -184,6 +221,9 @@ pub enum LatencyKind {
     /// kvm_userspace_exit -> the same thread's next kvm_fpu load or kvm_entry (whichever comes
     /// first), keyed by the userspace exit reason: the VMM's handling time.
     VmmRoundTrip = 1,
+    /// The VMM round trips inside one exit (kvm_exit -> kvm_entry), keyed by the exit's (isa,
+    /// reason): what the VMM adds to that reason, beside its in-kernel time ([`Self::Exit`]).
+    ExitVmm = 2,
 }
 
 #[repr(C)]
@@ -224,15 +264,32 @@ impl LatencyKey {
     }
 }
 
-/// Cumulative latency statistics for one [`LatencyKey`]. Bucket counters are u32 and wrap; the
-/// collector takes deltas with wrapping subtraction, which is exact while an interval sees fewer
-/// than 2^32 samples in one bucket.
+/// A LATENCY map key: the key and the epoch parity it was written in.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LatencyMapKey {
+    pub key: LatencyKey,
+    pub epoch: u32,
+}
+
+/// A DETAILS map key: the key and the epoch parity it was written in.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DetailMapKey {
+    pub key: DetailKey,
+    pub epoch: u32,
+    /// Always 0 (hash keys compare every byte).
+    pub pad: u32,
+}
+
+/// Latency statistics of one key over one epoch (the kernel creates the entry on the epoch's
+/// first sample; the collector deletes it after reading).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LatencyStats {
     pub count: u64,
     pub total_ns: u64,
-    /// Smallest sample since attach (u64::MAX before the first one).
+    /// Smallest sample of the epoch (u64::MAX before the first one).
     pub min_ns: u64,
     pub max_ns: u64,
     pub buckets: [u32; HIST_BUCKETS],
@@ -266,6 +323,14 @@ pub enum DetailKind {
 }
 
 impl DetailKind {
+    pub const ALL: [DetailKind; DETAIL_KINDS] = [
+        DetailKind::Pio,
+        DetailKind::Mmio,
+        DetailKind::Msr,
+        DetailKind::Cpuid,
+        DetailKind::UserspaceExit,
+    ];
+
     pub const fn from_u32(v: u32) -> Option<Self> {
         match v {
             1 => Some(Self::Pio),
@@ -289,6 +354,25 @@ pub struct DetailKey {
     pub b: u64,
 }
 
+impl DetailKey {
+    /// The "other keys" row of a (VM, thread, kind): its events that have no key of their own
+    /// (beyond the per-thread key budget, or the map was full). Made by the collector from the
+    /// thread's exact per-kind totals; never written by the kernel.
+    pub const fn other(tgid: u32, tid: u32, kind: DetailKind) -> DetailKey {
+        DetailKey {
+            tgid,
+            tid,
+            kind: kind as u32,
+            a: u32::MAX,
+            b: u64::MAX,
+        }
+    }
+
+    pub const fn is_other(&self) -> bool {
+        self.a == u32::MAX && self.b == u64::MAX
+    }
+}
+
 /// Indexes into the per-CPU COUNTERS array: events seen and every way information can be lost.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -307,7 +391,8 @@ pub enum Counter {
     FirstEntries = 5,
     /// LATENCY had no room for a new key: a sample was dropped.
     LatencyMapFull = 6,
-    /// DETAILS had no room for a new key: an event was dropped.
+    /// DETAILS had no room for a new key: the event is counted only in its thread's totals
+    /// (the "other keys" row).
     DetailMapFull = 7,
     /// THREADS had no room for a new thread: its exits cannot be paired.
     ThreadMapFull = 8,

@@ -7,3 +7,5 @@ unsafe impl aya::Pod for crate::ThreadState {}
 unsafe impl aya::Pod for crate::LatencyKey {}
 unsafe impl aya::Pod for crate::LatencyStats {}
 unsafe impl aya::Pod for crate::DetailKey {}
+unsafe impl aya::Pod for crate::LatencyMapKey {}
+unsafe impl aya::Pod for crate::DetailMapKey {}

@@ -1,5 +1,6 @@
 //! Maps, the load-time configuration and the helpers every probe uses: the VM filter (checked
-//! first, so untraced processes cost one map lookup), counters, and map-entry creation.
+//! first, so untraced processes cost one map lookup), the epoch gate, counters, and map-entry
+//! creation.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
@@ -7,9 +8,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray},
     programs::TracePointContext,
 };
-use aya_log_ebpf::warn;
 use kvmtrace_common::{
-    Config, Counter, DetailKey, FIELD_ABSENT, LatencyKey, LatencyStats, ThreadState,
+    Config, Counter, DetailKey, DetailKind, DetailMapKey, FIELD_ABSENT, LatencyKey, LatencyMapKey,
+    LatencyStats, THREAD_UNRESOLVED, ThreadState,
 };
 
 /// Set by the collector with `override_global` before load.
@@ -23,17 +24,20 @@ pub static THREADS: HashMap<u32, ThreadState> = HashMap::with_max_entries(8192, 
 /// One byte per tid below [`TID_MARKS`]: 1 when the tid has a THREADS entry. sched_switch
 /// checks it (an array load the verifier inlines) before the hash lookups, so the context
 /// switches of the host's other threads cost almost nothing. Only the thread itself writes its
-/// byte, so no atomics are needed; a stale 1 after tid reuse only costs a failed lookup.
+/// byte (or the collector, for threads it seeds or retires), so no atomics are needed; a stale 1
+/// after tid reuse only costs a failed lookup.
 #[map]
 pub static TID_MARKS: Array<u8> = Array::with_max_entries(TID_MARKS_LEN, 0);
 pub const TID_MARKS_LEN: u32 = 1 << 20;
 
 #[map]
-pub static LATENCY: HashMap<LatencyKey, LatencyStats> = HashMap::with_max_entries(4096, 0);
+pub static CONTROL: Array<u32> = Array::with_max_entries(1, 0);
+#[map]
+pub static LATENCY: HashMap<LatencyMapKey, LatencyStats> = HashMap::with_max_entries(4096, 0);
 #[map]
 pub static LATENCY_TEMPLATE: PerCpuArray<LatencyStats> = PerCpuArray::with_max_entries(1, 0);
 #[map]
-pub static DETAILS: HashMap<DetailKey, u64> = HashMap::with_max_entries(16384, 0);
+pub static DETAILS: HashMap<DetailMapKey, u64> = HashMap::with_max_entries(16384, 0);
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
@@ -110,57 +114,76 @@ pub fn field<T: Default>(ctx: &TracePointContext, offset: u32) -> T {
     unsafe { ctx.read_at::<T>(offset as usize) }.unwrap_or_default()
 }
 
-/// The thread's pairing state, created on first use. None only when THREADS is full.
+/// The thread's state, created on its first event after attach (threads already running when
+/// tracing started were created by the collector). A tid reused by another process starts
+/// fresh. None only when THREADS is full.
 #[inline(always)]
-pub fn thread_state(ctx: &TracePointContext, tgid: u32, tid: u32) -> Option<*mut ThreadState> {
+pub fn thread_state(tgid: u32, tid: u32) -> Option<*mut ThreadState> {
     if let Some(p) = THREADS.get_ptr_mut(tid) {
+        // SAFETY: p points at this thread's THREADS value; only this thread's events write it.
+        let state = unsafe { &mut *p };
+        if state.tgid != tgid {
+            *state = fresh_state(tgid);
+        }
         return Some(p);
     }
-    let fresh = ThreadState {
-        vcpu_id: kvmtrace_common::VCPU_UNKNOWN,
-        tgid,
-        first_ts: now_ns(),
-        ..ThreadState::default()
-    };
     if let Some(mark) = TID_MARKS.get_ptr_mut(tid) {
         // SAFETY: an element of a map value array; only this thread writes its byte.
         unsafe { *mark = 1 };
     }
+    let fresh = fresh_state(tgid);
     if THREADS.insert(tid, fresh, BPF_NOEXIST).is_err() && THREADS.get_ptr_mut(tid).is_none() {
         bump(Counter::ThreadMapFull);
-        warn!(
-            ctx,
-            "THREADS map full: exits of thread {} are not paired", tid
-        );
         return None;
     }
     THREADS.get_ptr_mut(tid)
 }
 
-/// Adds one latency sample to `key`'s statistics.
+/// A thread seen for the first time: inside KVM_RUN until its first kvm_fpu event says
+/// otherwise (every event but a kvm_fpu load happens inside KVM_RUN).
 #[inline(always)]
-pub fn record_latency(ctx: &TracePointContext, key: &LatencyKey, ns: u64) {
-    let stats = match LATENCY.get_ptr_mut(key) {
+fn fresh_state(tgid: u32) -> ThreadState {
+    let now = now_ns();
+    ThreadState {
+        vcpu_id: kvmtrace_common::VCPU_UNKNOWN,
+        tgid,
+        first_ts: now,
+        run_ts: now,
+        flags: THREAD_UNRESOLVED,
+        ..ThreadState::default()
+    }
+}
+
+/// The open epoch's sequence number, or None while counting is closed (before start, after stop).
+#[inline(always)]
+pub fn open_epoch() -> Option<u32> {
+    CONTROL.get(0).copied().filter(|&seq| seq != 0)
+}
+
+/// Adds one latency sample to `key`'s statistics in the epoch of `seq`.
+#[inline(always)]
+pub fn record_latency(key: &LatencyKey, ns: u64, seq: u32) {
+    let key = LatencyMapKey {
+        key: *key,
+        epoch: seq & 1,
+    };
+    let stats = match LATENCY.get_ptr_mut(&key) {
         Some(p) => p,
         None => {
             let Some(template) = LATENCY_TEMPLATE.get_ptr(0) else {
                 return;
             };
             // SAFETY: `template` points at a map value of the right type; insert copies from it.
-            // EEXIST (another CPU created the key first) is fine: the lookup below finds theirs.
+            // EEXIST cannot happen (the key contains the tid; only this thread writes it).
             #[expect(
                 clippy::needless_borrows_for_generic_args,
                 reason = "passing the value would copy 2 KiB onto the 512-byte BPF stack"
             )]
-            let _ = unsafe { LATENCY.insert(key, &*template, BPF_NOEXIST) };
-            match LATENCY.get_ptr_mut(key) {
+            let _ = unsafe { LATENCY.insert(&key, &*template, BPF_NOEXIST) };
+            match LATENCY.get_ptr_mut(&key) {
                 Some(p) => p,
                 None => {
                     bump(Counter::LatencyMapFull);
-                    warn!(
-                        ctx,
-                        "LATENCY map full: a sample of thread {} was dropped", key.tid
-                    );
                     return;
                 }
             }
@@ -174,7 +197,8 @@ pub fn record_latency(ctx: &TracePointContext, key: &LatencyKey, ns: u64) {
     let bucket = unsafe { core::ptr::read_volatile(&bucket) };
     // SAFETY: `stats` points into a LATENCY value. Every key contains the tid and only that
     // thread's own events write it; a thread's events run one after another, never concurrently,
-    // so plain read-modify-writes are exact without atomics.
+    // so plain read-modify-writes are exact without atomics. The collector reads an epoch's
+    // entries only after every program that could still write them has finished.
     let stats = unsafe { &mut *stats };
     stats.count += 1;
     stats.total_ns += ns;
@@ -185,21 +209,44 @@ pub fn record_latency(ctx: &TracePointContext, key: &LatencyKey, ns: u64) {
     }
 }
 
-/// Counts one detail event under `key`.
+/// Counts one detail event: always in the thread's per-kind total, and under its own key while
+/// the thread has key budget left in this epoch and the map has room.
 #[inline(always)]
-pub fn count_detail(ctx: &TracePointContext, key: &DetailKey) {
+pub fn count_detail(
+    cfg: &Config,
+    seq: u32,
+    state: &mut ThreadState,
+    key: &DetailKey,
+    kind: DetailKind,
+) {
     bump(Counter::DetailsSeen);
-    if let Some(p) = DETAILS.get_ptr_mut(key) {
+    if let Some(total) = state
+        .detail_events
+        .get_mut(kvmtrace_common::detail_slot(seq, kind))
+    {
+        *total += 1;
+    }
+    let key = DetailMapKey {
+        key: *key,
+        epoch: seq & 1,
+        pad: 0,
+    };
+    if let Some(p) = DETAILS.get_ptr_mut(&key) {
         // SAFETY: p points at a DETAILS value; the key contains the tid, so (as in record_latency)
         // only this thread's serialized events write it.
         unsafe { *p += 1 };
         return;
     }
-    if DETAILS.insert(key, 1u64, BPF_NOEXIST).is_err() {
-        bump(Counter::DetailMapFull);
-        warn!(
-            ctx,
-            "DETAILS map full: an event of thread {} was dropped", key.tid
-        );
+    if state.keys_seq != seq {
+        state.keys_seq = seq;
+        state.keys_used = 0;
     }
+    if state.keys_used >= cfg.detail_keys_per_thread {
+        return;
+    }
+    if DETAILS.insert(&key, 1u64, BPF_NOEXIST).is_err() {
+        bump(Counter::DetailMapFull);
+        return;
+    }
+    state.keys_used += 1;
 }

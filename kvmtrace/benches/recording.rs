@@ -175,7 +175,7 @@ fn main() {
 
     let report_start = Instant::now();
     let loaded = offline::load(&path, Window::default()).expect("read");
-    let report = offline::build_report(&loaded, true, &Default::default());
+    let report = offline::build_report(&loaded, true, &Default::default(), None);
     let mut sink = Vec::new();
     render::text::render(&report, &mut sink).expect("render");
     let report_time = report_start.elapsed();

@@ -8,6 +8,14 @@ use clap::{Args, Parser, Subcommand};
 #[command(
     name = "kvmtrace",
     version,
+    // `--version`: also the commit and the aya version (both from build.rs), for bug reports.
+    long_version = concat!(
+        env!("CARGO_PKG_VERSION"),
+        "\ncommit ",
+        env!("KVMTRACE_GIT_COMMIT"),
+        "\naya ",
+        env!("KVMTRACE_AYA_VERSION")
+    ),
     about = "Trace KVM VM exits with eBPF: which VM, vCPU, exit reason, port/MMIO/MSR, and how long",
     after_help = "EXAMPLES:\n    kvmtrace list                          # the VMs on this host\n    kvmtrace record -d vm01                # trace VM vm01 until Ctrl-C, then report\n    kvmtrace record -d vm01 --duration 10s --per-vcpu\n    kvmtrace record -d vm01 -o vm01.kvmtrace   # also save a recording\n    kvmtrace report -i vm01.kvmtrace --format flamegraph -o vm01.svg\n    kvmtrace diff before.kvmtrace after.kvmtrace\n    kvmtrace record -p 4242 --json > exits.json\n    kvmtrace record                        # every VM on the host"
 )]
@@ -71,6 +79,19 @@ pub struct RecordArgs {
     /// Capacity of the kernel's latency map (VMs x vCPUs x exit reasons).
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
     pub max_keys: u32,
+    /// Capacity of the kernel's detail map (ports, MMIO addresses, MSRs, CPUID functions per vCPU
+    /// and interval). When full, events are still counted, in "other keys" rows.
+    #[arg(long, default_value_t = 16384, value_parser = clap::value_parser!(u32).range(16..=4_194_304))]
+    pub max_detail_keys: u32,
+    /// Distinct ports / MMIO addresses / MSRs / CPUID functions one vCPU may add per interval;
+    /// the rest of its events are counted in its "other keys" rows, so one guest touching
+    /// thousands of addresses cannot crowd out the others.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+    pub max_keys_per_vcpu: u32,
+    /// Every port / MMIO / MSR / CPUID row in the report (default: the top 50 of each, the rest
+    /// summed in an "other keys" row).
+    #[arg(long)]
+    pub all_keys: bool,
 }
 
 /// Storm detection thresholds (see the report's "Storms" section).
@@ -173,6 +194,10 @@ pub struct ReportArgs {
     pub output: Option<PathBuf>,
     #[command(flatten)]
     pub storms: StormArgs,
+    /// Every port / MMIO / MSR / CPUID row (default for text and JSON: the top 50 of each, the
+    /// rest summed in an "other keys" row; CSV, folded and flamegraph always have every row).
+    #[arg(long)]
+    pub all_keys: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -1,23 +1,39 @@
 //! The kernel side, from user space: load the embedded eBPF object with this kernel's field
-//! offsets and the VM filter, attach one program per kvm tracepoint, and drain the maps into
-//! [`Interval`] deltas. Dropping the [`Tracer`] detaches and frees everything (no pinning, so the
-//! kernel also frees it all if the process is killed).
+//! offsets and the VM filter, attach one program per kvm tracepoint, establish the state of the
+//! vCPU threads already running, then open counting; at each interval switch the epoch and drain
+//! the closed one into an [`Interval`]. Dropping the [`Tracer`] detaches and frees everything (no
+//! pinning, so the kernel also frees it all if the process is killed).
+//!
+//! Epochs: every LATENCY and DETAILS key carries the parity of the epoch it was written in. The
+//! collector switches CONTROL to the next epoch, waits until every program that may still be
+//! writing the old one has returned (an RCU grace period: tracepoint programs run inside RCU
+//! read-side sections), then reads and deletes the old epoch's entries. So an interval is
+//! internally consistent (count = sum of buckets), min/max are per interval, and entries of
+//! threads that are gone vanish with their last epoch. THREADS entries of exited threads are
+//! read one last time and deleted.
 
-use std::{collections::HashMap, path::PathBuf, time::Instant};
+use std::{
+    collections::{HashMap, HashSet},
+    path::{Path, PathBuf},
+    time::Instant,
+};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues},
     programs::TracePoint,
 };
 use kvmtrace_common::{
-    CONFIG_GLOBAL, Config, Counter, DetailKey, HIST_BUCKETS, INLINE_TGIDS, LatencyKey, LatencyKind,
-    LatencyStats, THREAD_OFF_IN_RUN, THREAD_OFF_RUNNABLE, ThreadState, maps, programs,
+    CONFIG_GLOBAL, Config, Counter, DETAIL_KINDS, DetailKey, DetailKind, DetailMapKey,
+    HIST_BUCKETS, INLINE_TGIDS, LatencyKey, LatencyKind, LatencyMapKey, LatencyStats,
+    THREAD_OFF_IN_RUN, THREAD_OFF_RUNNABLE, THREAD_UNRESOLVED, ThreadState, detail_slot, maps,
+    programs,
 };
 
 use crate::{
     error::Error,
     model::{InFlight, Interval, LatencyDelta, ThreadCpu},
+    thread_probe::AtStart,
     tp::{offsets, tracefs},
 };
 
@@ -33,6 +49,8 @@ pub struct TraceOptions {
     pub max_latency_keys: u32,
     /// Capacity of the detail map.
     pub max_detail_keys: u32,
+    /// Distinct detail keys one vCPU thread may add per interval (the rest: "other keys").
+    pub detail_keys_per_thread: u32,
 }
 
 impl Default for TraceOptions {
@@ -42,6 +60,7 @@ impl Default for TraceOptions {
             tracefs: None,
             max_latency_keys: 4096,
             max_detail_keys: 16384,
+            detail_keys_per_thread: Config::UNSET.detail_keys_per_thread,
         }
     }
 }
@@ -55,8 +74,21 @@ pub struct Tracer {
     pub formats: std::collections::BTreeMap<String, String>,
     pub tracefs: PathBuf,
     started: Instant,
-    prev_latency: HashMap<LatencyKey, LatencyStats>,
-    prev_details: HashMap<DetailKey, u64>,
+    /// The open epoch's sequence number; 0 before [`Tracer::open`] and after [`Tracer::close`].
+    seq: u32,
+    /// Each live thread's per-(parity, kind) detail totals as last read.
+    prev_totals: HashMap<(u32, u32), [u64; 2 * DETAIL_KINDS]>,
+    /// Threads found gone at the previous drain: read once more (events of the epoch they died
+    /// in), then deleted. Their CPU accounting was frozen when they were found gone.
+    exited: HashSet<(u32, u32)>,
+    /// Where /proc is (threads that are gone are deleted from THREADS).
+    proc_root: PathBuf,
+    /// Loss counters already warned about, so a full map is reported once, not per event.
+    warned: HashSet<Counter>,
+    /// The last epoch before [`Tracer::close`]: the final drain reads it.
+    closed_seq: u32,
+    /// Exits whose thread ended before their kvm_entry (counted, never timed).
+    ended_exits: std::collections::BTreeMap<LatencyKey, u64>,
 }
 
 pub fn check_root() -> Result<(), Error> {
@@ -93,6 +125,7 @@ impl Tracer {
         let mut cfg = Config {
             self_tgid: std::process::id(),
             filter_tgids: opts.pids.is_some() as u32,
+            detail_keys_per_thread: opts.detail_keys_per_thread,
             ..Config::UNSET
         };
         if let Some(pids) = opts.pids.as_ref().filter(|p| p.len() <= INLINE_TGIDS) {
@@ -108,11 +141,6 @@ impl Tracer {
             .map_max_entries(maps::DETAILS, opts.max_detail_keys)
             .load(EBPF_OBJECT)
             .map_err(|e| Error::bpf("loading the eBPF object", e))?;
-        // Kernel-side warnings (map full) go to our log; a missing log map only loses those.
-        match aya_log::EbpfLogger::init(&mut ebpf) {
-            Ok(logger) => spawn_log_drain(logger),
-            Err(e) => log::debug!("no eBPF logger: {e}"),
-        }
         init_template(&mut ebpf)?;
         if let Some(pids) = &opts.pids {
             let mut traced: BpfHashMap<&mut MapData, u32, u32> =
@@ -147,36 +175,83 @@ impl Tracer {
             formats: format_texts,
             tracefs,
             started: Instant::now(),
-            prev_latency: HashMap::new(),
-            prev_details: HashMap::new(),
+            seq: 0,
+            prev_totals: HashMap::new(),
+            exited: HashSet::new(),
+            proc_root: PathBuf::from("/proc"),
+            warned: HashSet::new(),
+            closed_seq: 0,
+            ended_exits: Default::default(),
         })
     }
 
-    /// Reads every map and returns what changed since the previous drain.
+    /// Starts counting, every program attached: the threads in `running` (VM pid, tid, what it
+    /// was doing just now) get their state as of now, so a VM that was already running is
+    /// accounted from this instant, not from its threads' first events. A thread whose own event
+    /// got in first keeps the state that event created.
+    pub fn open(&mut self, running: &[(u32, u32, AtStart)]) -> Result<(), Error> {
+        let now = ktime_ns();
+        self.switch_epoch(1)?;
+        self.started = Instant::now();
+        let mut threads: BpfHashMap<&mut MapData, u32, ThreadState> =
+            map_mut(&mut self.ebpf, maps::THREADS)?;
+        let mut seeded = Vec::new();
+        for &(tgid, tid, at) in running {
+            let state = seed_state(tgid, now, at);
+            // BPF_NOEXIST: EEXIST means the thread's own first event created it already.
+            if threads.insert(tid, state, 1).is_ok() {
+                seeded.push(tid);
+            }
+        }
+        let mut marks: Array<&mut MapData, u8> = map_mut(&mut self.ebpf, maps::TID_MARKS)?;
+        for tid in seeded {
+            // Tids beyond the array are "maybe traced" anyway.
+            let _ = marks.set(tid, 1, 0);
+        }
+        Ok(())
+    }
+
+    /// Stops counting: nothing more is written after this returns, so the last drain and
+    /// [`Tracer::in_flight`] describe the same instant.
+    pub fn close(&mut self) -> Result<(), Error> {
+        if self.seq != 0 {
+            self.closed_seq = self.switch_epoch(0)?;
+        }
+        Ok(())
+    }
+
+    /// Sets CONTROL to `seq` and waits until no program can still be using the previous value.
+    fn switch_epoch(&mut self, seq: u32) -> Result<u32, Error> {
+        let mut control: Array<&mut MapData, u32> = map_mut(&mut self.ebpf, maps::CONTROL)?;
+        control
+            .set(0, seq, 0)
+            .map_err(|e| Error::bpf("setting CONTROL", e))?;
+        wait_for_programs();
+        Ok(std::mem::replace(&mut self.seq, seq))
+    }
+
+    /// Closes the current epoch (opening the next one unless counting was closed) and returns
+    /// what happened in it.
     pub fn drain(&mut self) -> Result<Interval, Error> {
         let at = self.started.elapsed();
+        let next = match self.seq {
+            0 => 0,
+            u32::MAX => 1,
+            s => s + 1,
+        };
+        // After close, the last epoch is still to be read: its parity is the closed seq's.
+        let closed = if self.seq == 0 {
+            self.closed_seq
+        } else {
+            self.switch_epoch(next)?
+        };
+        let parity = closed & 1;
         let mut iv = Interval {
             at,
             ..Default::default()
         };
-        let latency: BpfHashMap<&MapData, LatencyKey, LatencyStats> =
-            map_ref(&self.ebpf, maps::LATENCY)?;
-        for item in latency.iter() {
-            let (key, now) = item.map_err(|e| Error::bpf("reading LATENCY", e))?;
-            let prev = self.prev_latency.get(&key);
-            if let Some(delta) = latency_delta(prev, &now) {
-                iv.latency.push((key, delta));
-                self.prev_latency.insert(key, now);
-            }
-        }
-        let details: BpfHashMap<&MapData, DetailKey, u64> = map_ref(&self.ebpf, maps::DETAILS)?;
-        for item in details.iter() {
-            let (key, now) = item.map_err(|e| Error::bpf("reading DETAILS", e))?;
-            let prev = self.prev_details.insert(key, now).unwrap_or(0);
-            if now > prev {
-                iv.details.push((key, now - prev));
-            }
-        }
+        iv.latency = self.take_latency(parity)?;
+        iv.details = self.take_details(parity)?;
         let counters: PerCpuArray<&MapData, u64> = map_ref(&self.ebpf, maps::COUNTERS)?;
         for c in Counter::ALL {
             let per_cpu = counters
@@ -184,94 +259,301 @@ impl Tracer {
                 .map_err(|e| Error::bpf("reading COUNTERS", e))?;
             iv.counters[c as usize] = per_cpu.iter().sum();
         }
+        self.warn_losses(&iv.counters);
+        self.read_threads(parity, &mut iv)?;
         iv.latency.sort_by_key(|(k, _)| *k);
         iv.details.sort_by_key(|(k, _)| *k);
-        iv.threads = self.thread_cpu()?;
         Ok(iv)
     }
 
-    /// Every traced thread's CPU accounting as of now, counting the open KVM_RUN and the open
-    /// off-CPU period up to now.
-    fn thread_cpu(&self) -> Result<Vec<ThreadCpu>, Error> {
-        let threads: BpfHashMap<&MapData, u32, ThreadState> = map_ref(&self.ebpf, maps::THREADS)?;
-        let now = ktime_ns();
-        let mut out = Vec::new();
-        for item in threads.iter() {
-            let (tid, st) = item.map_err(|e| Error::bpf("reading THREADS", e))?;
-            let mut t = ThreadCpu {
-                tgid: st.tgid,
-                tid,
-                tracked_ns: now.saturating_sub(st.first_ts),
-                run_ns: st.run_ns,
-                off_run_blocked_ns: st.off_run_blocked_ns,
-                off_run_runnable_ns: st.off_run_runnable_ns,
-                off_user_blocked_ns: st.off_user_blocked_ns,
-                off_user_runnable_ns: st.off_user_runnable_ns,
-                procfs_ns: None,
-            };
-            if st.run_ts != 0 {
-                t.run_ns += now.saturating_sub(st.run_ts);
+    /// Reads and deletes the LATENCY entries of epoch `parity`.
+    fn take_latency(&mut self, parity: u32) -> Result<Vec<(LatencyKey, LatencyDelta)>, Error> {
+        let mut map: BpfHashMap<&mut MapData, LatencyMapKey, LatencyStats> =
+            map_mut(&mut self.ebpf, maps::LATENCY)?;
+        let keys: Vec<LatencyMapKey> = map
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.epoch == parity)
+            .collect();
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            let stats = map
+                .get(&k, 0)
+                .map_err(|e| Error::bpf("reading LATENCY", e))?;
+            map.remove(&k)
+                .map_err(|e| Error::bpf("deleting from LATENCY", e))?;
+            if let Some(delta) = latency_delta(&stats) {
+                out.push((k.key, delta));
             }
-            if st.off_ts != 0 {
-                let open = now.saturating_sub(st.off_ts);
-                match (
-                    st.flags & THREAD_OFF_IN_RUN != 0,
-                    st.flags & THREAD_OFF_RUNNABLE != 0,
-                ) {
-                    (true, true) => t.off_run_runnable_ns += open,
-                    (true, false) => t.off_run_blocked_ns += open,
-                    (false, true) => t.off_user_runnable_ns += open,
-                    (false, false) => t.off_user_blocked_ns += open,
-                }
-            }
-            out.push(t);
         }
-        out.sort_by_key(|t| t.tid);
         Ok(out)
     }
 
-    /// Exits and userspace round trips still open (no entry yet) right now, over traced threads.
-    pub fn in_flight(&self) -> Result<InFlight, Error> {
+    /// Reads and deletes the DETAILS entries of epoch `parity`.
+    fn take_details(&mut self, parity: u32) -> Result<Vec<(DetailKey, u64)>, Error> {
+        let mut map: BpfHashMap<&mut MapData, DetailMapKey, u64> =
+            map_mut(&mut self.ebpf, maps::DETAILS)?;
+        let keys: Vec<DetailMapKey> = map
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.epoch == parity)
+            .collect();
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            let n = map
+                .get(&k, 0)
+                .map_err(|e| Error::bpf("reading DETAILS", e))?;
+            map.remove(&k)
+                .map_err(|e| Error::bpf("deleting from DETAILS", e))?;
+            if n > 0 {
+                out.push((k.key, n));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every thread's CPU accounting as of now and the "other keys" rows of epoch `parity`;
+    /// threads that are gone are read one more time, then deleted.
+    fn read_threads(&mut self, parity: u32, iv: &mut Interval) -> Result<(), Error> {
         let threads: BpfHashMap<&MapData, u32, ThreadState> = map_ref(&self.ebpf, maps::THREADS)?;
-        let mut open = InFlight::default();
+        let now = ktime_ns();
+        let mut keyed: HashMap<(u32, u32, u32), u64> = HashMap::new();
+        for (k, n) in &iv.details {
+            *keyed.entry((k.tgid, k.tid, k.kind)).or_default() += n;
+        }
+        let mut live = HashSet::new();
+        let mut gone = Vec::new();
         for item in threads.iter() {
             let (tid, st) = item.map_err(|e| Error::bpf("reading THREADS", e))?;
-            if st.exit_ts != 0 {
-                let key = LatencyKey {
-                    tgid: st.tgid,
-                    tid,
-                    vcpu_id: st.vcpu_id,
-                    isa: st.exit_isa,
-                    reason: st.exit_reason,
-                    kind: LatencyKind::Exit as u32,
-                };
-                *open.exits.entry(key).or_default() += 1;
+            let id = (st.tgid, tid);
+            live.insert(id);
+            let prev = self.prev_totals.entry(id).or_default();
+            for kind in DetailKind::ALL {
+                let slot = detail_slot(parity, kind);
+                let total = st.detail_events[slot].saturating_sub(prev[slot]);
+                prev[slot] = st.detail_events[slot];
+                let with_key = keyed.get(&(st.tgid, tid, kind as u32)).copied();
+                let other = total.saturating_sub(with_key.unwrap_or(0));
+                if other > 0 {
+                    iv.details
+                        .push((DetailKey::other(st.tgid, tid, kind), other));
+                }
             }
-            open.round_trips += (st.uexit_ts != 0) as u64;
+            if self.exited.contains(&id) {
+                gone.push(id);
+                continue;
+            }
+            if !self.thread_alive(st.tgid, tid) {
+                // Frozen here: its last interval with CPU accounting. An exit it left open ended
+                // with it.
+                self.exited.insert(id);
+                if st.exit_ts != 0 {
+                    *self.ended_exits.entry(open_exit_key(tid, &st)).or_default() += 1;
+                }
+            }
+            iv.threads.push(thread_cpu(tid, &st, now));
+        }
+        iv.threads.sort_by_key(|t| t.tid);
+        self.prev_totals.retain(|id, _| live.contains(id));
+        self.exited.retain(|id| live.contains(id));
+        self.forget(&gone)
+    }
+
+    /// Deletes the THREADS entries (and TID_MARKS bytes) of threads that are gone.
+    fn forget(&mut self, gone: &[(u32, u32)]) -> Result<(), Error> {
+        if gone.is_empty() {
+            return Ok(());
+        }
+        let mut threads: BpfHashMap<&mut MapData, u32, ThreadState> =
+            map_mut(&mut self.ebpf, maps::THREADS)?;
+        for &(tgid, tid) in gone {
+            // A tid reused by another process since is that process's entry now: keep it.
+            if threads.get(&tid, 0).is_ok_and(|st| st.tgid == tgid) {
+                let _ = threads.remove(&tid);
+            }
+            self.exited.remove(&(tgid, tid));
+            self.prev_totals.remove(&(tgid, tid));
+        }
+        let mut marks: Array<&mut MapData, u8> = map_mut(&mut self.ebpf, maps::TID_MARKS)?;
+        for &(_, tid) in gone {
+            let _ = marks.set(tid, 0, 0);
+        }
+        Ok(())
+    }
+
+    fn thread_alive(&self, tgid: u32, tid: u32) -> bool {
+        thread_alive(&self.proc_root, tgid, tid)
+    }
+
+    /// Reports each kind of loss once, when it first happens (never per event).
+    fn warn_losses(&mut self, counters: &[u64; Counter::COUNT as usize]) {
+        for (c, what) in [
+            (
+                Counter::DetailMapFull,
+                "the detail map is full: further keys are counted in \"other keys\" rows (raise --max-detail-keys)",
+            ),
+            (
+                Counter::LatencyMapFull,
+                "the latency map is full: some exit latencies are lost (raise --max-keys)",
+            ),
+            (
+                Counter::ThreadMapFull,
+                "the thread map is full: some vCPU threads are not traced",
+            ),
+        ] {
+            if counters[c as usize] > 0 && self.warned.insert(c) {
+                log::warn!("{what}; the report's loss line has the counts");
+            }
+        }
+    }
+
+    /// Entries in THREADS, LATENCY and DETAILS now (for tests and the exporter's occupancy).
+    pub fn occupancy(&self) -> Result<[usize; 3], Error> {
+        let threads: BpfHashMap<&MapData, u32, ThreadState> = map_ref(&self.ebpf, maps::THREADS)?;
+        let latency: BpfHashMap<&MapData, LatencyMapKey, LatencyStats> =
+            map_ref(&self.ebpf, maps::LATENCY)?;
+        let details: BpfHashMap<&MapData, DetailMapKey, u64> = map_ref(&self.ebpf, maps::DETAILS)?;
+        Ok([
+            threads.keys().count(),
+            latency.keys().count(),
+            details.keys().count(),
+        ])
+    }
+
+    /// Exits and userspace round trips still open (no entry yet) right now, over the traced
+    /// threads that are still alive (a thread that died inside KVM_RUN has nothing in flight).
+    pub fn in_flight(&self) -> Result<InFlight, Error> {
+        let threads: BpfHashMap<&MapData, u32, ThreadState> = map_ref(&self.ebpf, maps::THREADS)?;
+        let mut open = InFlight {
+            ended_with_thread: self.ended_exits.clone(),
+            ..Default::default()
+        };
+        for item in threads.iter() {
+            let (tid, st) = item.map_err(|e| Error::bpf("reading THREADS", e))?;
+            if st.exit_ts == 0 && st.uexit_ts == 0 {
+                continue;
+            }
+            let alive = !self.exited.contains(&(st.tgid, tid)) && self.thread_alive(st.tgid, tid);
+            if st.exit_ts != 0 {
+                let exits = if alive {
+                    &mut open.exits
+                } else {
+                    &mut open.ended_with_thread
+                };
+                *exits.entry(open_exit_key(tid, &st)).or_default() += 1;
+            }
+            open.round_trips += (alive && st.uexit_ts != 0) as u64;
         }
         Ok(open)
     }
 }
 
-/// Difference between two cumulative snapshots of one key; None when nothing changed.
-pub fn latency_delta(prev: Option<&LatencyStats>, now: &LatencyStats) -> Option<LatencyDelta> {
-    let prev = prev.unwrap_or(&LatencyStats::EMPTY);
-    if now.count == prev.count {
+/// One epoch's statistics of a key as an interval's delta; None when it has no samples.
+pub fn latency_delta(stats: &LatencyStats) -> Option<LatencyDelta> {
+    if stats.count == 0 {
         return None;
     }
     let buckets = (0..HIST_BUCKETS)
         .filter_map(|i| {
-            let n = now.buckets[i].wrapping_sub(prev.buckets[i]);
+            let n = stats.buckets[i];
             (n != 0).then_some((i as u16, n))
         })
         .collect();
     Some(LatencyDelta {
-        count: now.count - prev.count,
-        total_ns: now.total_ns - prev.total_ns,
-        min_ns: now.min_ns,
-        max_ns: now.max_ns,
+        count: stats.count,
+        total_ns: stats.total_ns,
+        min_ns: stats.min_ns,
+        max_ns: stats.max_ns,
         buckets,
     })
+}
+
+/// The latency key of a thread's open exit.
+fn open_exit_key(tid: u32, st: &ThreadState) -> LatencyKey {
+    LatencyKey {
+        tgid: st.tgid,
+        tid,
+        vcpu_id: st.vcpu_id,
+        isa: st.exit_isa,
+        reason: st.exit_reason,
+        kind: LatencyKind::Exit as u32,
+    }
+}
+
+/// A thread's CPU accounting as of `now`, counting the open KVM_RUN and the open off-CPU period.
+fn thread_cpu(tid: u32, st: &ThreadState, now: u64) -> ThreadCpu {
+    let mut t = ThreadCpu {
+        tgid: st.tgid,
+        tid,
+        tracked_ns: now.saturating_sub(st.first_ts),
+        run_ns: st.run_ns,
+        off_run_blocked_ns: st.off_run_blocked_ns,
+        off_run_runnable_ns: st.off_run_runnable_ns,
+        off_user_blocked_ns: st.off_user_blocked_ns,
+        off_user_runnable_ns: st.off_user_runnable_ns,
+        procfs_ns: None,
+    };
+    if st.run_ts != 0 {
+        t.run_ns += now.saturating_sub(st.run_ts);
+    }
+    if st.off_ts != 0 {
+        let open = now.saturating_sub(st.off_ts);
+        match (
+            st.flags & THREAD_OFF_IN_RUN != 0,
+            st.flags & THREAD_OFF_RUNNABLE != 0,
+        ) {
+            (true, true) => t.off_run_runnable_ns += open,
+            (true, false) => t.off_run_blocked_ns += open,
+            (false, true) => t.off_user_runnable_ns += open,
+            (false, false) => t.off_user_blocked_ns += open,
+        }
+    }
+    t
+}
+
+/// The state of a thread that was already running when counting opened, as of `now`.
+fn seed_state(tgid: u32, now: u64, at: AtStart) -> ThreadState {
+    let mut st = ThreadState {
+        tgid,
+        vcpu_id: kvmtrace_common::VCPU_UNKNOWN,
+        first_ts: now,
+        ..ThreadState::default()
+    };
+    match at {
+        AtStart::BlockedInRun => {
+            st.run_ts = now;
+            st.off_ts = now;
+            st.flags = THREAD_OFF_IN_RUN;
+        }
+        AtStart::BlockedOutside => st.off_ts = now,
+        // As the kernel treats a thread's first event: inside KVM_RUN until a kvm_fpu event.
+        AtStart::Running => {
+            st.run_ts = now;
+            st.flags = THREAD_UNRESOLVED;
+        }
+    }
+    st
+}
+
+fn thread_alive(proc_root: &Path, tgid: u32, tid: u32) -> bool {
+    proc_root
+        .join(tgid.to_string())
+        .join("task")
+        .join(tid.to_string())
+        .exists()
+}
+
+/// Returns once every BPF program that started before the call has returned: tracepoint
+/// programs run inside RCU read-side critical sections, and membarrier(MEMBARRIER_CMD_GLOBAL)
+/// waits for an RCU grace period. Where it is refused (nohz_full hosts), a sleep far longer than
+/// any program runs.
+fn wait_for_programs() {
+    const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
+    // SAFETY: membarrier takes (cmd, flags, cpu_id) and has no memory arguments.
+    let r = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+    if r != 0 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 fn map_ref<'a, T>(ebpf: &'a Ebpf, name: &str) -> Result<T, Error>
@@ -335,47 +617,42 @@ fn bump_memlock_rlimit() {
     }
 }
 
-fn spawn_log_drain(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
-    use tokio::io::{Interest, unix::AsyncFd};
-    // SAFETY: the logger owns its ring buffer's fd and keeps it open, unchanged, for as long as it
-    // lives, which is as long as the AsyncFd that owns it.
-    let Ok(mut fd) = (unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) })
-    else {
-        return;
-    };
-    tokio::spawn(async move {
-        loop {
-            let Ok(mut guard) = fd.readable_mut().await else {
-                return;
-            };
-            guard.get_inner_mut().flush();
-            guard.clear_ready();
-        }
-    });
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn deltas_use_wrapping_bucket_counts() {
-        let mut prev = LatencyStats::EMPTY;
-        prev.count = 10;
-        prev.total_ns = 1000;
-        prev.buckets[20] = u32::MAX - 1; // about to wrap
-        let mut now = prev;
-        now.count = 15;
-        now.total_ns = 1600;
-        now.min_ns = 50;
-        now.max_ns = 400;
-        now.buckets[20] = 2; // wrapped: +4
-        now.buckets[30] += 1;
-        let d = latency_delta(Some(&prev), &now).unwrap();
-        assert_eq!(d.count, 5);
-        assert_eq!(d.total_ns, 600);
+    fn an_epoch_is_its_own_delta() {
+        let mut stats = LatencyStats::EMPTY;
+        assert!(latency_delta(&stats).is_none());
+        stats.count = 5;
+        stats.total_ns = 600;
+        stats.min_ns = 50;
+        stats.max_ns = 400;
+        stats.buckets[20] = 4;
+        stats.buckets[30] = 1;
+        let d = latency_delta(&stats).unwrap();
+        assert_eq!((d.count, d.total_ns, d.min_ns, d.max_ns), (5, 600, 50, 400));
         assert_eq!(d.buckets, vec![(20, 4), (30, 1)]);
-        assert_eq!((d.min_ns, d.max_ns), (50, 400));
-        assert!(latency_delta(Some(&now), &now).is_none());
+    }
+
+    #[test]
+    fn seeded_threads_start_where_they_are() {
+        let blocked_in_run = seed_state(7, 1000, AtStart::BlockedInRun);
+        assert_eq!((blocked_in_run.run_ts, blocked_in_run.off_ts), (1000, 1000));
+        let cpu = thread_cpu(8, &blocked_in_run, 3000);
+        assert_eq!(
+            (cpu.tracked_ns, cpu.run_ns, cpu.off_run_blocked_ns),
+            (2000, 2000, 2000)
+        );
+        let running = seed_state(7, 1000, AtStart::Running);
+        let cpu = thread_cpu(8, &running, 3000);
+        assert_eq!((cpu.run_ns, cpu.in_run_on_cpu()), (2000, 2000));
+        let outside = seed_state(7, 1000, AtStart::BlockedOutside);
+        let cpu = thread_cpu(8, &outside, 3000);
+        assert_eq!(
+            (cpu.run_ns, cpu.off_user_blocked_ns, cpu.on_cpu()),
+            (0, 2000, 0)
+        );
     }
 }

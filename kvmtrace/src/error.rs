@@ -75,6 +75,19 @@ pub enum Error {
         source: crate::record::FormatError,
     },
 
+    /// An output path (`-o`) that is a symbolic link, directory, device or FIFO: kvmtrace runs
+    /// as root and replaces outputs as a whole, so it writes only regular files.
+    #[error(
+        "cannot write {what}: it is {kind}, not a regular file; kvmtrace writes only regular files and does not follow or replace links"
+    )]
+    NotARegularFile {
+        path: PathBuf,
+        /// `the recording PATH`
+        what: String,
+        /// `a symbolic link`, `a directory`, ...
+        kind: &'static str,
+    },
+
     #[error("{what}")]
     Io {
         what: String,

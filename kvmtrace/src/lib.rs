@@ -13,12 +13,15 @@ pub mod error;
 pub mod model;
 pub mod names;
 pub mod offline;
+pub mod outfile;
 pub mod record;
 pub mod render;
 pub mod report;
 pub mod run;
 pub mod series;
+pub mod thread_probe;
 pub mod tp;
+pub mod untrusted;
 pub mod view;
 pub mod vm;
 

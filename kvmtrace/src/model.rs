@@ -12,7 +12,8 @@ use kvmtrace_common::{Counter, DetailKey, LatencyKey, bucket_low, bucket_width};
 pub struct LatencyDelta {
     pub count: u64,
     pub total_ns: u64,
-    /// Minimum and maximum since attach (the kernel keeps them cumulative).
+    /// Minimum and maximum of this interval (recordings of version 1 hold them since attach;
+    /// both merge the same way into a whole recording's).
     pub min_ns: u64,
     pub max_ns: u64,
     /// (bucket index, samples) for the buckets that changed.
@@ -166,16 +167,22 @@ impl LatencyAgg {
 }
 
 /// What was still open when recording stopped: exits with no entry yet (by key, without a
-/// latency sample) and VMM round trips with no re-entry yet.
+/// latency sample) and VMM round trips with no re-entry yet, of threads still alive; and exits
+/// whose thread ended before their entry (counted, never timed, not "in flight").
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct InFlight {
     pub exits: BTreeMap<LatencyKey, u64>,
     pub round_trips: u64,
+    pub ended_with_thread: BTreeMap<LatencyKey, u64>,
 }
 
 impl InFlight {
     pub fn exit_total(&self) -> u64 {
         self.exits.values().sum()
+    }
+
+    pub fn ended_total(&self) -> u64 {
+        self.ended_with_thread.values().sum()
     }
 }
 

@@ -99,6 +99,11 @@ pub fn in_flight_of(end: &End) -> InFlight {
             .map(|(f, n)| (LatencyKey::from_fields(*f), *n))
             .collect(),
         round_trips: end.round_trips_in_flight,
+        ended_with_thread: end
+            .exits_ended_with_thread
+            .iter()
+            .map(|(f, n)| (LatencyKey::from_fields(*f), *n))
+            .collect(),
     }
 }
 
@@ -110,12 +115,24 @@ pub fn end_of(in_flight: &InFlight) -> End {
             .map(|(k, n)| (k.to_fields(), *n))
             .collect(),
         round_trips_in_flight: in_flight.round_trips,
+        exits_ended_with_thread: in_flight
+            .ended_with_thread
+            .iter()
+            .map(|(k, n)| (k.to_fields(), *n))
+            .collect(),
     }
 }
 
 /// The report of a loaded recording, with a note when the file was cut short.
-pub fn build_report(loaded: &Loaded, per_vcpu: bool, storm: &StormConfig) -> Report {
+/// `max_rows`: rows per detail table (the rest fold into "other keys"); None for every row.
+pub fn build_report(
+    loaded: &Loaded,
+    per_vcpu: bool,
+    storm: &StormConfig,
+    max_rows: Option<usize>,
+) -> Report {
     let ctx = Context {
+        max_rows,
         storm,
         vms: &loaded.vms,
         per_vcpu,

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use kvmtrace_common::{
-    Counter, DetailKind, LatencyKey, LatencyKind, UEXIT_ERRNO_FLAG, VCPU_UNKNOWN,
+    Counter, DetailKey, DetailKind, LatencyKey, LatencyKind, UEXIT_ERRNO_FLAG, VCPU_UNKNOWN,
 };
 use serde::Serialize;
 
@@ -44,6 +44,8 @@ pub struct Counters {
     pub first_entries: u64,
     pub unpaired_userspace_exits: u64,
     pub exits_in_flight_at_stop: u64,
+    /// Exits whose vCPU thread ended before their kvm_entry: counted, not timed.
+    pub exits_ended_with_thread: u64,
     pub round_trips_in_flight_at_stop: u64,
     pub latency_map_full: u64,
     pub detail_map_full: u64,
@@ -52,13 +54,10 @@ pub struct Counters {
 
 impl Counters {
     /// Anything that means lost events or lost exit latencies. Unpaired userspace exits are left
-    /// out: their exits are still counted, only that VMM round trip has no end marker.
+    /// out: their exits are still counted, only that VMM round trip has no end marker; so is a
+    /// full detail map: its events are still counted, in "other keys" rows.
     pub fn losses(&self) -> u64 {
-        self.unpaired_exits
-            + self.unpaired_entries
-            + self.latency_map_full
-            + self.detail_map_full
-            + self.thread_map_full
+        self.unpaired_exits + self.unpaired_entries + self.latency_map_full + self.thread_map_full
     }
 }
 
@@ -79,6 +78,10 @@ pub struct VmReport {
     pub mmio: Vec<MmioRow>,
     pub msrs: Vec<MsrRow>,
     pub cpuid: Vec<CpuidRow>,
+    /// Detail events without a row of their own: beyond the rows shown (`--all-keys` shows every
+    /// row), beyond a vCPU's key budget per interval, or when the kernel's map was full. With
+    /// them, every table's counts add up to the exact total of its kind.
+    pub other_keys: Vec<OtherKeysRow>,
     /// Where each vCPU thread's time went.
     pub cpu: Vec<CpuRow>,
     /// "Of this VM's X % CPU, Y % is handling <reason/key>."
@@ -167,10 +170,17 @@ pub struct ExitRow {
     pub count: u64,
     /// Exits with no kvm_entry yet when recording stopped (no latency sample).
     pub in_flight: u64,
+    /// Exits whose vCPU thread ended before their kvm_entry (no latency sample).
+    pub ended_with_thread: u64,
     pub count_pct: f64,
+    /// Share of the VM's in-kernel exit handling time.
     pub time_pct: f64,
     pub per_sec: f64,
+    /// In-kernel handling: kvm_exit -> kvm_entry minus the VMM round trips inside it.
     pub latency: Latency,
+    /// The VMM's part of the exits of this reason that went to user space (their round trips),
+    /// when any did.
+    pub vmm: Option<Latency>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -224,6 +234,24 @@ pub struct CpuidRow {
     pub per_sec: f64,
 }
 
+#[derive(Clone, Debug, Serialize)]
+pub struct OtherKeysRow {
+    pub vcpu: Option<String>,
+    /// "ports", "MMIO addresses", "MSRs", "CPUID functions", "userspace exit reasons".
+    pub kind: &'static str,
+    /// All events of this row: folded_events + unkeyed_events.
+    pub count: u64,
+    pub per_sec: f64,
+    /// Keys that had rows, beyond the rows shown, and their events.
+    pub folded_keys: u64,
+    pub folded_events: u64,
+    /// Events the kernel counted without a key (key budget or map full): their keys are unknown.
+    pub unkeyed_events: u64,
+}
+
+/// Rows per detail table (ports, MMIO, MSRs, CPUID) unless every row is asked for.
+pub const DEFAULT_MAX_ROWS: usize = 50;
+
 /// Inputs besides the aggregate.
 pub struct Context<'a> {
     /// Storm detection thresholds.
@@ -235,6 +263,8 @@ pub struct Context<'a> {
     pub missing: Vec<String>,
     /// Exits and round trips still open when recording stopped.
     pub in_flight: &'a InFlight,
+    /// Rows per detail table; the rest fold into "other keys". None: every row.
+    pub max_rows: Option<usize>,
 }
 
 pub fn build(agg: &Aggregate, ctx: &Context) -> Report {
@@ -249,6 +279,7 @@ pub fn build(agg: &Aggregate, ctx: &Context) -> Report {
         first_entries: c(Counter::FirstEntries),
         unpaired_userspace_exits: c(Counter::UnpairedUserspaceExits),
         exits_in_flight_at_stop: ctx.in_flight.exit_total(),
+        exits_ended_with_thread: ctx.in_flight.ended_total(),
         round_trips_in_flight_at_stop: ctx.in_flight.round_trips,
         latency_map_full: c(Counter::LatencyMapFull),
         detail_map_full: c(Counter::DetailMapFull),
@@ -338,10 +369,27 @@ fn vm_report(agg: &Aggregate, ctx: &Context, pid: u32, secs: f64) -> VmReport {
         exits.entry(key.clone()).or_default();
         *open.entry(key).or_default() += n;
     }
+    let mut ended: BTreeMap<(Option<String>, u32, u32), u64> = BTreeMap::new();
+    for (k, n) in ctx
+        .in_flight
+        .ended_with_thread
+        .iter()
+        .filter(|(k, _)| k.tgid == pid)
+    {
+        let key = (label(k.tid), k.isa, k.reason);
+        exits.entry(key.clone()).or_default();
+        *ended.entry(key).or_default() += n;
+    }
     let mut round_trips: BTreeMap<(Option<String>, u32), LatencyAgg> = BTreeMap::new();
+    let mut exit_vmm: BTreeMap<(Option<String>, u32, u32), LatencyAgg> = BTreeMap::new();
     for (k, v) in agg.latency.iter().filter(|(k, _)| k.tgid == pid) {
         if k.kind == LatencyKind::Exit as u32 {
             exits
+                .entry((label(k.tid), k.isa, k.reason))
+                .or_default()
+                .merge(v);
+        } else if k.kind == LatencyKind::ExitVmm as u32 {
+            exit_vmm
                 .entry((label(k.tid), k.isa, k.reason))
                 .or_default()
                 .merge(v);
@@ -352,15 +400,18 @@ fn vm_report(agg: &Aggregate, ctx: &Context, pid: u32, secs: f64) -> VmReport {
                 .merge(v);
         }
     }
-    let total_exits: u64 =
-        exits.values().map(|a| a.count).sum::<u64>() + open.values().sum::<u64>();
+    let total_exits: u64 = exits.values().map(|a| a.count).sum::<u64>()
+        + open.values().sum::<u64>()
+        + ended.values().sum::<u64>();
     let total_ns: u64 = exits.values().map(|a| a.total_ns).sum();
     let mut exit_rows: Vec<ExitRow> = exits
         .into_iter()
         .map(|(key, a)| {
             let in_flight = open.get(&key).copied().unwrap_or(0);
+            let ended_with_thread = ended.get(&key).copied().unwrap_or(0);
+            let vmm = exit_vmm.get(&key).map(Latency::of);
             let (vcpu, isa, reason) = key;
-            let count = a.count + in_flight;
+            let count = a.count + in_flight + ended_with_thread;
             ExitRow {
                 vcpu,
                 isa: isa_name(isa),
@@ -368,10 +419,12 @@ fn vm_report(agg: &Aggregate, ctx: &Context, pid: u32, secs: f64) -> VmReport {
                 reason: exit_reason_name(isa, reason),
                 count,
                 in_flight,
+                ended_with_thread,
                 count_pct: pct(count, total_exits),
                 time_pct: pct(a.total_ns, total_ns),
                 per_sec: rate(count, secs),
                 latency: Latency::of(&a),
+                vmm,
             }
         })
         .collect();
@@ -386,10 +439,25 @@ fn vm_report(agg: &Aggregate, ctx: &Context, pid: u32, secs: f64) -> VmReport {
     for (k, n) in agg.details.iter().filter(|(k, _)| k.tgid == pid) {
         *counts.entry((k.kind, label(k.tid), k.a, k.b)).or_default() += n;
     }
+    let mut other: BTreeMap<(Option<String>, u32), OtherKeysRow> = BTreeMap::new();
+    for ((kind, vcpu, a, b), n) in &counts {
+        let key = DetailKey {
+            tgid: pid,
+            tid: 0,
+            kind: *kind,
+            a: *a,
+            b: *b,
+        };
+        if key.is_other() {
+            other_row(&mut other, vcpu, *kind).unkeyed_events += n;
+        }
+    }
     let of_kind = |kind: DetailKind| {
         counts
             .iter()
-            .filter(move |((k, ..), _)| *k == kind as u32)
+            .filter(move |((k, _, a, b), _)| {
+                *k == kind as u32 && !(*a == u32::MAX && *b == u64::MAX)
+            })
             .map(|((_, vcpu, a, b), n)| (vcpu.clone(), *a, *b, *n))
     };
 
@@ -457,6 +525,29 @@ fn vm_report(agg: &Aggregate, ctx: &Context, pid: u32, secs: f64) -> VmReport {
         })
         .collect();
     cpuid.sort_by(|a, b| b.count.cmp(&a.count).then(a.function.cmp(&b.function)));
+    if let Some(limit) = ctx.max_rows {
+        fold_beyond(&mut ports, limit, DetailKind::Pio, &mut other, |r| {
+            (r.vcpu.clone(), r.count)
+        });
+        fold_beyond(&mut mmio, limit, DetailKind::Mmio, &mut other, |r| {
+            (r.vcpu.clone(), r.count)
+        });
+        fold_beyond(&mut msrs, limit, DetailKind::Msr, &mut other, |r| {
+            (r.vcpu.clone(), r.count)
+        });
+        fold_beyond(&mut cpuid, limit, DetailKind::Cpuid, &mut other, |r| {
+            (r.vcpu.clone(), r.count)
+        });
+    }
+    let mut other_keys: Vec<OtherKeysRow> = other
+        .into_values()
+        .map(|mut o| {
+            o.count = o.folded_events + o.unkeyed_events;
+            o.per_sec = rate(o.count, secs);
+            o
+        })
+        .collect();
+    other_keys.sort_by(|a, b| b.count.cmp(&a.count).then(a.vcpu.cmp(&b.vcpu)));
 
     let (cpu, cpu_summary) = cpu_rows(agg, pid, &vcpus, &userspace_exits, &ports);
     VmReport {
@@ -474,6 +565,53 @@ fn vm_report(agg: &Aggregate, ctx: &Context, pid: u32, secs: f64) -> VmReport {
         mmio,
         msrs,
         cpuid,
+        other_keys,
+    }
+}
+
+/// The "other keys" row of (vCPU, kind), created empty.
+fn other_row<'a>(
+    other: &'a mut BTreeMap<(Option<String>, u32), OtherKeysRow>,
+    vcpu: &Option<String>,
+    kind: u32,
+) -> &'a mut OtherKeysRow {
+    other
+        .entry((vcpu.clone(), kind))
+        .or_insert_with(|| OtherKeysRow {
+            vcpu: vcpu.clone(),
+            kind: DetailKind::from_u32(kind).map_or("?", detail_kind_name),
+            count: 0,
+            per_sec: 0.0,
+            folded_keys: 0,
+            folded_events: 0,
+            unkeyed_events: 0,
+        })
+}
+
+/// Keeps the first `limit` rows (sorted, biggest first) and folds the rest into "other keys".
+fn fold_beyond<T>(
+    rows: &mut Vec<T>,
+    limit: usize,
+    kind: DetailKind,
+    other: &mut BTreeMap<(Option<String>, u32), OtherKeysRow>,
+    vcpu_and_count: impl Fn(&T) -> (Option<String>, u64),
+) {
+    for row in rows.drain(limit.min(rows.len())..) {
+        let (vcpu, n) = vcpu_and_count(&row);
+        let o = other_row(other, &vcpu, kind as u32);
+        o.folded_keys += 1;
+        o.folded_events += n;
+    }
+}
+
+/// What the keys of a detail kind are, for the "other keys" rows.
+pub fn detail_kind_name(kind: DetailKind) -> &'static str {
+    match kind {
+        DetailKind::Pio => "ports",
+        DetailKind::Mmio => "MMIO addresses",
+        DetailKind::Msr => "MSRs",
+        DetailKind::Cpuid => "CPUID functions",
+        DetailKind::UserspaceExit => "userspace exit reasons",
     }
 }
 
@@ -762,6 +900,7 @@ mod tests {
             )]
             .into(),
             round_trips: 0,
+            ended_with_thread: BTreeMap::new(),
         })
     }
 
@@ -774,6 +913,7 @@ mod tests {
             attached: vec!["kvm_exit".into(), "kvm_entry".into()],
             missing: vec![],
             in_flight: open_io_exit(),
+            max_rows: None,
         }
     }
 

@@ -22,6 +22,7 @@ use crate::{
     error::Error,
     model::{Aggregate, Interval},
     offline::{self, Window},
+    outfile::OutFile,
     record::{Header, Writer},
     render,
     report::{self, Context, Report},
@@ -89,16 +90,57 @@ fn kvm_module() -> Option<String> {
         .map(str::to_string)
 }
 
+/// Where `report` and `diff` write: stdout, or the file given with -o, which takes the place of
+/// FILE only once everything is written ([`OutFile`]: no symbolic links followed, an existing
+/// file kept if anything fails).
+enum Output {
+    Stdout(io::BufWriter<io::StdoutLock<'static>>),
+    File(io::BufWriter<OutFile>),
+}
+
+impl io::Write for Output {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Output::Stdout(w) => w.write(buf),
+            Output::File(w) => w.write(buf).map_err(|e| file_error(w.get_ref(), e)),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Output::Stdout(w) => w.flush(),
+            Output::File(w) => w.flush().map_err(|e| file_error(w.get_ref(), e)),
+        }
+    }
+}
+
+/// A write error that names the file.
+fn file_error(f: &OutFile, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("writing {}: {e}", f.label()))
+}
+
+impl Output {
+    /// Flushes, and puts the file in place.
+    fn finish(self) -> anyhow::Result<()> {
+        match self {
+            Output::Stdout(mut w) => finish_output(w.flush()),
+            Output::File(w) => {
+                let f = w.into_inner().map_err(|e| {
+                    let (e, w) = e.into_parts();
+                    file_error(w.get_ref(), e)
+                })?;
+                f.commit()?;
+                Ok(())
+            }
+        }
+    }
+}
+
 /// Stdout, or the file given with -o.
-fn output(path: Option<&Path>) -> anyhow::Result<Box<dyn io::Write>> {
+fn output(path: Option<&Path>) -> anyhow::Result<Output> {
     Ok(match path {
-        Some(p) => Box::new(io::BufWriter::new(std::fs::File::create(p).map_err(
-            |e| Error::Io {
-                what: format!("cannot write {}", p.display()),
-                source: e,
-            },
-        )?)),
-        None => Box::new(io::BufWriter::new(io::stdout().lock())),
+        Some(p) => Output::File(io::BufWriter::new(OutFile::create(p, "")?)),
+        None => Output::Stdout(io::BufWriter::new(io::stdout().lock())),
     })
 }
 
@@ -156,9 +198,12 @@ async fn record(args: RecordArgs) -> anyhow::Result<()> {
         pids: filtered.then(|| directory.keys().copied().collect()),
         tracefs: args.tracefs.clone(),
         max_latency_keys: args.max_keys,
+        max_detail_keys: args.max_detail_keys,
+        detail_keys_per_thread: args.max_keys_per_vcpu,
         ..Default::default()
     };
-    // procfs CPU time of every known thread before attaching: the cross-check's baseline.
+    let mut tracer = Tracer::start(&opts)?;
+    // procfs CPU time of every known thread as counting starts: the cross-check's baseline.
     let mut procfs = ProcfsCpu::default();
     for vm in directory.values() {
         for t in &vm.threads {
@@ -167,7 +212,9 @@ async fn record(args: RecordArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let mut tracer = Tracer::start(&opts)?;
+    // Everything is attached: establish the state of the vCPU threads already running, then
+    // start counting.
+    tracer.open(&running_vcpu_threads(&host, &directory))?;
     let kvm = kvm_module();
     let mut writer = match (file, &args.output) {
         (Some(file), Some(path)) => {
@@ -233,6 +280,8 @@ async fn record(args: RecordArgs) -> anyhow::Result<()> {
             _ = sigterm.recv() => break,
         }
     }
+    // Closed first: the last interval and what is in flight describe the same instant.
+    tracer.close()?;
     let mut iv = tracer.drain()?;
     procfs.fill(&host, &mut iv);
     step(&host, &mut directory, &mut agg, &mut writer, &iv)?;
@@ -249,6 +298,7 @@ async fn record(args: RecordArgs) -> anyhow::Result<()> {
         attached: tracer.attached.iter().map(|s| s.to_string()).collect(),
         missing: tracer.missing.iter().map(|s| s.to_string()).collect(),
         in_flight: &in_flight,
+        max_rows: (!args.all_keys).then_some(report::DEFAULT_MAX_ROWS),
     };
     let report = report::build(&agg, &ctx);
     drop(tracer); // detach before printing: nothing of ours stays attached
@@ -279,6 +329,27 @@ async fn record(args: RecordArgs) -> anyhow::Result<()> {
     ))
 }
 
+/// The vCPU threads of the selected VMs as they are now: those inside KVM_RUN, and those named
+/// as vCPUs (`CPU N/KVM`) wherever they are. Other threads of a VM get state at their first event.
+fn running_vcpu_threads(
+    host: &Host,
+    vms: &BTreeMap<u32, Vm>,
+) -> Vec<(u32, u32, crate::thread_probe::AtStart)> {
+    use crate::thread_probe::{AtStart, probe};
+    let mut out = Vec::new();
+    for vm in vms.values() {
+        for t in &vm.threads {
+            let Some(at) = probe(&host.proc_root, vm.pid, t.tid) else {
+                continue;
+            };
+            if at == AtStart::BlockedInRun || crate::vm::vcpu_index_of_comm(&t.comm).is_some() {
+                out.push((vm.pid, t.tid, at));
+            }
+        }
+    }
+    out
+}
+
 /// What a recording file says about itself.
 fn recording_header(tracer: &Tracer, args: &RecordArgs, kvm_module: Option<String>) -> Header {
     Header {
@@ -297,7 +368,9 @@ fn recording_header(tracer: &Tracer, args: &RecordArgs, kvm_module: Option<Strin
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0),
-        command_line: std::env::args().collect(),
+        command_line: std::env::args_os()
+            .map(|a| crate::untrusted::escape(&a.to_string_lossy()))
+            .collect(),
     }
 }
 
@@ -498,7 +571,10 @@ fn report_file(args: &ReportArgs) -> anyhow::Result<()> {
     let per_vcpu = args.per_vcpu
         || !args.vcpus.is_empty()
         || matches!(args.format, Format::Folded | Format::Flamegraph);
-    let mut report = offline::build_report(&loaded, per_vcpu, &args.storms.config());
+    // Tables for scripts and stacks get every key; text and JSON the top ones and "other keys".
+    let max_rows = (!args.all_keys && matches!(args.format, Format::Text | Format::Json))
+        .then_some(report::DEFAULT_MAX_ROWS);
+    let mut report = offline::build_report(&loaded, per_vcpu, &args.storms.config(), max_rows);
     view::filter(
         &mut report,
         &view::Filter {
@@ -518,7 +594,8 @@ fn report_file(args: &ReportArgs) -> anyhow::Result<()> {
         args.weight,
         &title,
         &mut out,
-    ))
+    ))?;
+    out.finish()
 }
 
 /// A recording's file name, for flamegraph titles.
@@ -536,11 +613,13 @@ fn diff_files(args: &DiffArgs) -> anyhow::Result<()> {
         &offline::load(&args.before, Window::default())?,
         per_vcpu,
         &storm,
+        None,
     );
     let after = offline::build_report(
         &offline::load(&args.after, Window::default())?,
         per_vcpu,
         &storm,
+        None,
     );
     let mut out = output(args.output.as_deref())?;
     let r = match args.format {
@@ -563,5 +642,6 @@ fn diff_files(args: &DiffArgs) -> anyhow::Result<()> {
             )
         }
     };
-    finish_output(r.and_then(|()| out.flush()))
+    finish_output(r)?;
+    out.finish()
 }

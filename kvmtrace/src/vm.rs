@@ -1,18 +1,22 @@
 //! Finding VMs and their vCPU threads: a VM is a process holding a KVM VM file descriptor
 //! (`anon_inode:kvm-vm`). Its names come from where users name VMs: libvirt pid files
 //! (`/run/libvirt/qemu/NAME.pid`), QEMU's `-name NAME` / `-name guest=NAME,...`, and systemd
-//! machine scopes (`machine-qemu\x2d1\x2dNAME.scope`). Everything reads below a configurable
-//! /proc and /run root, so it is tested over fake trees.
+//! machine scopes (`machine-qemu\x2d1\x2dNAME.scope` under `machine.slice`). Everything reads below
+//! a configurable /proc and /run root, so it is tested over fake trees.
+//!
+//! Names, `comm` and command lines belong to other processes (any user with /dev/kvm can start a
+//! VM): they are read as bytes and escaped here, as they enter kvmtrace ([`crate::untrusted`]).
 
 use std::{
     collections::BTreeSet,
     fs,
+    os::unix::ffi::OsStrExt as _,
     path::{Path, PathBuf},
 };
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::Error;
+use crate::{error::Error, untrusted};
 
 /// A vCPU thread's identity as the report shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +42,19 @@ impl Vm {
         self.threads
             .iter()
             .filter(|t| vcpu_index_of_comm(&t.comm).is_some())
+    }
+
+    /// Escapes every name in place: for VMs read from a recording file, whose text is as
+    /// untrusted as /proc's.
+    pub fn escape_text(&mut self) {
+        untrusted::escape_in_place(&mut self.name);
+        self.aliases = std::mem::take(&mut self.aliases)
+            .into_iter()
+            .map(|a| untrusted::escape(&a))
+            .collect();
+        for t in &mut self.threads {
+            untrusted::escape_in_place(&mut t.comm);
+        }
     }
 }
 
@@ -97,7 +114,9 @@ impl Host {
         let qemu = fs::read(dir.join("cmdline"))
             .ok()
             .and_then(|c| qemu_name(&c));
-        let machine = read_trimmed(&dir.join("cgroup")).and_then(|c| machine_name(&c));
+        let machine = fs::read(dir.join("cgroup"))
+            .ok()
+            .and_then(|c| machine_name(&String::from_utf8_lossy(&c)));
         let name = libvirt
             .clone()
             .or_else(|| qemu.clone())
@@ -131,7 +150,8 @@ impl Host {
 
     /// A thread's CPU time so far (utime + stime from /proc/PID/task/TID/stat), in ns.
     pub fn thread_cpu_ns(&self, pid: u32, tid: u32) -> Option<u64> {
-        let stat = fs::read_to_string(
+        // Bytes: the comm inside the line need not be UTF-8.
+        let stat = fs::read(
             self.proc_root
                 .join(pid.to_string())
                 .join("task")
@@ -139,7 +159,7 @@ impl Host {
                 .join("stat"),
         )
         .ok()?;
-        cpu_ns_of_stat(&stat)
+        cpu_ns_of_stat(&String::from_utf8_lossy(&stat))
     }
 
     /// The libvirt domain whose pid file holds `pid`.
@@ -150,7 +170,7 @@ impl Host {
             .filter_map(Result::ok)
             .find_map(|e| {
                 let path = e.path();
-                let stem = path.file_stem()?.to_str()?.to_string();
+                let stem = untrusted::from_bytes(path.file_stem()?.as_bytes());
                 (path.extension()? == "pid" && read_trimmed(&path)?.parse::<u32>().ok()? == pid)
                     .then_some(stem)
             })
@@ -164,7 +184,12 @@ impl Host {
         }
         let mut chosen: Vec<Vm> = Vec::new();
         for name in names {
-            let hits: Vec<&Vm> = all.iter().filter(|vm| vm.aliases.contains(name)).collect();
+            // Names are kept escaped: `-d` takes the escaped form or the raw one.
+            let escaped = untrusted::escape(name);
+            let hits: Vec<&Vm> = all
+                .iter()
+                .filter(|vm| vm.aliases.contains(name) || vm.aliases.contains(&escaped))
+                .collect();
             match hits.as_slice() {
                 [vm] => chosen.push((*vm).clone()),
                 [] => {
@@ -214,21 +239,20 @@ fn describe(vm: &Vm) -> String {
     format!("{} (pid {})", vm.name, vm.pid)
 }
 
+/// A small /proc or /run file (comm, a pid file), trimmed and escaped. Bytes, not UTF-8: a
+/// thread may name itself anything, and a VM must not vanish from the list because of that.
 fn read_trimmed(path: &Path) -> Option<String> {
-    Some(fs::read_to_string(path).ok()?.trim().to_string())
+    Some(untrusted::from_bytes(fs::read(path).ok()?.trim_ascii()))
 }
 
-/// QEMU's `-name NAME` or `-name guest=NAME,opt=...` from a NUL-separated command line. QEMU
-/// also accepts `--name`, and `,,` escapes a comma.
+/// QEMU's `-name NAME` or `-name guest=NAME,opt=...` from a NUL-separated command line (escaped;
+/// invalid UTF-8 is replaced). QEMU also accepts `--name`, and `,,` escapes a comma.
 pub fn qemu_name(cmdline: &[u8]) -> Option<String> {
-    let args: Vec<&str> = cmdline
-        .split(|&b| b == 0)
-        .filter_map(|a| std::str::from_utf8(a).ok())
-        .collect();
+    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
     let value = args
         .windows(2)
-        .find(|w| w[0] == "-name" || w[0] == "--name")
-        .map(|w| w[1])?;
+        .find(|w| w[0] == b"-name" || w[0] == b"--name")
+        .map(|w| String::from_utf8_lossy(w[1]))?;
     let unescaped = value.replace(",,", "\u{0}");
     let first = unescaped
         .split(',')
@@ -237,46 +261,57 @@ pub fn qemu_name(cmdline: &[u8]) -> Option<String> {
         .strip_prefix("guest=")
         .unwrap_or(first)
         .replace('\u{0}', ",");
-    (!name.is_empty()).then_some(name)
+    (!name.is_empty()).then(|| untrusted::escape(&name))
 }
 
-/// The machine name from a systemd machine scope in /proc/PID/cgroup: libvirt's
-/// `machine-qemu\x2d3\x2dvm01.scope` -> vm01, or `machine-NAME.scope` -> NAME.
+/// The machine name (escaped) from a systemd machine scope in /proc/PID/cgroup: libvirt's
+/// `/machine.slice/machine-qemu\x2d3\x2dvm01.scope` -> vm01, or `machine-NAME.scope` -> NAME.
+/// Only a scope directly under the root `machine.slice` counts: that is where systemd-machined
+/// registers machines, and only root can create it. Anywhere else (a user's delegated subtree,
+/// `user.slice/.../machine-prod.scope`) the name would be the word of whoever made the cgroup.
 pub fn machine_name(cgroup: &str) -> Option<String> {
-    let scope = cgroup
-        .split(['/', '\n'])
-        .find_map(|part| part.strip_prefix("machine-")?.strip_suffix(".scope"))?;
+    let scope = cgroup.lines().find_map(|line| {
+        // hierarchy-ID:controllers:path
+        let path = line.splitn(3, ':').nth(2)?;
+        let rest = path.strip_prefix("/machine.slice/machine-")?;
+        rest.split('/').next()?.strip_suffix(".scope")
+    })?;
     let unescaped = unescape_systemd(scope);
     // libvirt: qemu-<id>-<name>
-    if let Some(rest) = unescaped.strip_prefix("qemu-")
-        && let Some((id, name)) = rest.split_once('-')
-        && id.chars().all(|c| c.is_ascii_digit())
+    let name = match unescaped
+        .strip_prefix("qemu-")
+        .and_then(|r| r.split_once('-'))
     {
-        return Some(name.to_string());
-    }
-    Some(unescaped)
+        Some((id, name)) if id.chars().all(|c| c.is_ascii_digit()) => name,
+        _ => &unescaped,
+    };
+    (!name.is_empty()).then(|| untrusted::escape(name))
 }
 
-/// systemd unit-name unescaping: `\x2d` -> `-`.
+/// systemd unit-name unescaping: `\x2d` -> `-`, byte by byte (`\xc3\xa9` is one `é`; invalid
+/// UTF-8 becomes U+FFFD).
 fn unescape_systemd(s: &str) -> String {
-    let mut out = String::new();
-    let mut rest = s;
-    while let Some(i) = rest.find("\\x") {
-        out.push_str(&rest[..i]);
-        let hex = rest.get(i + 2..i + 4);
-        match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+    let mut out = Vec::with_capacity(s.len());
+    let mut rest = s.as_bytes();
+    while !rest.is_empty() {
+        let byte = match rest {
+            [b'\\', b'x', h, l, ..] => std::str::from_utf8(&[*h, *l])
+                .ok()
+                .and_then(|hex| u8::from_str_radix(hex, 16).ok()),
+            _ => None,
+        };
+        match byte {
             Some(b) => {
-                out.push(b as char);
-                rest = &rest[i + 4..];
+                out.push(b);
+                rest = &rest[4..];
             }
             None => {
-                out.push_str("\\x");
-                rest = &rest[i + 2..];
+                out.push(rest[0]);
+                rest = &rest[1..];
             }
         }
     }
-    out.push_str(rest);
-    out
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -460,6 +495,80 @@ mod tests {
             Some("box".into())
         );
         assert_eq!(machine_name("0::/user.slice/user-0.slice"), None);
+    }
+
+    #[test]
+    fn machine_names_only_from_machine_slice() {
+        // cgroup v1 lines name the same path.
+        assert_eq!(
+            machine_name(
+                "12:cpu,cpuacct:/machine.slice/machine-qemu\\x2d2\\x2ddb.scope/emulator\n"
+            ),
+            Some("db".into())
+        );
+        // A user's own cgroups may be called anything: not a machine.
+        for cgroup in [
+            "0::/user.slice/user-1000.slice/user@1000.service/machine-prod.scope\n",
+            "0::/machine-prod.scope\n",
+            "0::/system.slice/machine.slice/machine-prod.scope\n",
+            "0::/machine.slice/machine-.scope\n",
+        ] {
+            assert_eq!(machine_name(cgroup), None, "{cgroup}");
+        }
+        // systemd escapes bytes: UTF-8 is put back together, control bytes come out escaped.
+        assert_eq!(
+            machine_name("0::/machine.slice/machine-caf\\xc3\\xa9\\x1b.scope"),
+            Some("caf\u{e9}\\x1b".into())
+        );
+    }
+
+    #[test]
+    fn names_from_other_processes_are_escaped_and_never_hide_a_vm() {
+        let f = Fake::new();
+        f.process(
+            100,
+            "qemu",
+            &[
+                "qemu",
+                "-name",
+                "guest=\u{1b}]0;pwned\u{7}\u{1b}[2Jvm01,debug-threads=on",
+            ],
+            true,
+            &[(101, "CPU 0/KVM"), (102, "evil\u{1b}[2J")],
+        );
+        // A comm and an argument that are not UTF-8, and no -name: the VM is still found.
+        f.process(200, "x", &["qemu"], true, &[(201, "x")]);
+        let p = f.dir.path().join("proc/200");
+        fs::write(p.join("comm"), b"q\xff\x1b\n").unwrap();
+        fs::write(p.join("cmdline"), b"qemu\0-name\0v\xfe\x07\0").unwrap();
+        fs::write(p.join("task/201/comm"), b"CPU 0/KVM\xff\n").unwrap();
+        fs::write(
+            p.join("task/201/stat"),
+            b"201 (\xff) R 1 2 3 0 -1 0 0 0 0 0 7 3 0 0",
+        )
+        .unwrap();
+        let host = f.host();
+        let vms = host.vms();
+        assert_eq!(
+            names(&vms),
+            vec![
+                (100, "\\x1b]0;pwned\\x07\\x1b[2Jvm01".into()),
+                (200, "v\u{fffd}\\x07".into())
+            ]
+        );
+        assert_eq!(vms[0].threads[1].comm, "evil\\x1b[2J");
+        assert_eq!(vms[1].threads[0].comm, "CPU 0/KVM\u{fffd}");
+        assert!(host.thread_cpu_ns(200, 201).is_some(), "stat read as bytes");
+        // -d takes the raw name or the escaped one.
+        for name in [
+            "\u{1b}]0;pwned\u{7}\u{1b}[2Jvm01",
+            "\\x1b]0;pwned\\x07\\x1b[2Jvm01",
+        ] {
+            assert_eq!(names(&host.select(&[name.into()], &[]).unwrap())[0].0, 100);
+        }
+        // The error listing the VMs shows them escaped too.
+        let err = host.select(&["nope".into()], &[]).unwrap_err().to_string();
+        assert!(!err.contains('\u{1b}') && !err.contains('\u{7}'), "{err}");
     }
 
     #[test]

@@ -18,6 +18,9 @@ const APT_PACKAGES: &[&str] = &[
     "bpftool",
     "bpftrace",
     "util-linux",
+    "qemu-system-x86",
+    "cpio",
+    "kmod",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 

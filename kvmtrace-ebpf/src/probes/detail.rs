@@ -1,6 +1,9 @@
 //! The detail tracepoints every KVM host has, counted per (VM, thread, key): kvm_pio (port,
 //! direction, size), kvm_mmio (type, length, gpa), kvm_msr (index, direction, fault), kvm_cpuid
 //! (function). kvm_userspace_exit is counted in `userspace.rs`, which also times the round trip.
+//! Every event is counted in its thread's per-kind total; distinct keys beyond the thread's budget
+//! are counted there only (the "other keys" row), so totals never depend on how many keys a
+//! guest touches.
 //!
 //! ```text
 //! name: kvm_pio
@@ -27,7 +30,7 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use kvmtrace_common::{Config, DetailKey, DetailKind};
 
-use crate::state::{config, count_detail, current, field, traced};
+use crate::state::{config, count_detail, current, field, open_epoch, thread_state, traced};
 
 #[tracepoint]
 pub fn kvmtrace_pio(ctx: TracePointContext) -> u32 {
@@ -83,15 +86,21 @@ fn count(
     if !traced(&cfg, tgid) {
         return;
     }
+    let Some(seq) = open_epoch() else {
+        return;
+    };
+    let Some(state) = thread_state(tgid, tid) else {
+        return;
+    };
+    // SAFETY: `state` points at this thread's THREADS value; only this thread's events write it.
+    let state = unsafe { &mut *state };
     let (a, b) = key_of(ctx, &cfg);
-    count_detail(
-        ctx,
-        &DetailKey {
-            tgid,
-            tid,
-            kind: kind as u32,
-            a,
-            b,
-        },
-    );
+    let key = DetailKey {
+        tgid,
+        tid,
+        kind: kind as u32,
+        a,
+        b,
+    };
+    count_detail(&cfg, seq, state, &key, kind);
 }

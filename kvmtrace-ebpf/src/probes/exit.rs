@@ -1,5 +1,6 @@
 //! kvm:kvm_exit and kvm:kvm_entry: pair each exit with the same thread's next entry and add the
-//! exit->entry time to a log-linear histogram per (VM, thread, vCPU, isa, exit reason).
+//! exit->entry time to a log-linear histogram per (VM, thread, vCPU, isa, exit reason): the
+//! in-kernel part (the span minus the VMM round trips inside it) and, apart, the VMM part.
 //!
 //! Field offsets come from CONFIG (the format files at run time); the 6.18 layouts are:
 //! ```text
@@ -25,7 +26,9 @@ use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use kvmtrace_common::{Counter, LatencyKey, LatencyKind, THREAD_SEEN_ENTRY};
 
 use super::userspace::close_round_trip;
-use crate::state::{bump, config, current, field, now_ns, record_latency, thread_state, traced};
+use crate::state::{
+    bump, config, current, field, now_ns, open_epoch, record_latency, thread_state, traced,
+};
 
 #[tracepoint]
 pub fn kvmtrace_exit(ctx: TracePointContext) -> u32 {
@@ -46,9 +49,12 @@ fn try_exit(ctx: &TracePointContext) {
     if !traced(&cfg, tgid) {
         return;
     }
+    if open_epoch().is_none() {
+        return;
+    }
     let ts = now_ns();
     bump(Counter::ExitsSeen);
-    let Some(state) = thread_state(ctx, tgid, tid) else {
+    let Some(state) = thread_state(tgid, tid) else {
         return;
     };
     // SAFETY: `state` points at this thread's THREADS value; only this thread's events write it.
@@ -57,6 +63,7 @@ fn try_exit(ctx: &TracePointContext) {
         bump(Counter::UnpairedExits);
     }
     state.exit_ts = ts;
+    state.exit_vmm_ns = 0;
     state.exit_reason = field::<u32>(ctx, cfg.exit_reason);
     state.exit_isa = field::<u32>(ctx, cfg.exit_isa);
     if cfg.exit_vcpu_id != kvmtrace_common::FIELD_ABSENT {
@@ -71,9 +78,12 @@ fn try_entry(ctx: &TracePointContext) {
     if !traced(&cfg, tgid) {
         return;
     }
+    let Some(seq) = open_epoch() else {
+        return;
+    };
     let ts = now_ns();
     bump(Counter::EntriesSeen);
-    let Some(state) = thread_state(ctx, tgid, tid) else {
+    let Some(state) = thread_state(tgid, tid) else {
         return;
     };
     // SAFETY: as in try_exit.
@@ -81,7 +91,7 @@ fn try_entry(ctx: &TracePointContext) {
     if cfg.entry_vcpu_id != kvmtrace_common::FIELD_ABSENT {
         state.vcpu_id = field::<u32>(ctx, cfg.entry_vcpu_id);
     }
-    close_round_trip(ctx, tgid, tid, state, ts);
+    close_round_trip(tgid, tid, state, ts, seq);
     let first_entry = state.flags & THREAD_SEEN_ENTRY == 0;
     state.flags |= THREAD_SEEN_ENTRY;
     if state.exit_ts == 0 {
@@ -94,7 +104,11 @@ fn try_entry(ctx: &TracePointContext) {
         });
         return;
     }
-    let key = LatencyKey {
+    // The exit's span minus the VMM round trips inside it is the in-kernel handling; the round
+    // trips are recorded under the exit's reason too, apart.
+    let span = ts.saturating_sub(state.exit_ts);
+    let vmm = state.exit_vmm_ns.min(span);
+    let mut key = LatencyKey {
         tgid,
         tid,
         vcpu_id: state.vcpu_id,
@@ -102,6 +116,11 @@ fn try_entry(ctx: &TracePointContext) {
         reason: state.exit_reason,
         kind: LatencyKind::Exit as u32,
     };
-    record_latency(ctx, &key, ts.saturating_sub(state.exit_ts));
+    record_latency(&key, span - vmm, seq);
+    if vmm != 0 {
+        key.kind = LatencyKind::ExitVmm as u32;
+        record_latency(&key, vmm, seq);
+    }
     state.exit_ts = 0;
+    state.exit_vmm_ns = 0;
 }

@@ -17,7 +17,7 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use kvmtrace_common::{THREAD_OFF_IN_RUN, THREAD_OFF_RUNNABLE};
 
-use crate::state::{THREADS, config, field, maybe_traced_tid, now_ns};
+use crate::state::{THREADS, config, field, maybe_traced_tid, now_ns, open_epoch};
 
 #[tracepoint]
 pub fn kvmtrace_switch(ctx: TracePointContext) -> u32 {
@@ -28,6 +28,9 @@ pub fn kvmtrace_switch(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn try_switch(ctx: &TracePointContext) {
     let cfg = config();
+    if open_epoch().is_none() {
+        return;
+    }
     let prev = field::<u32>(ctx, cfg.sched_prev_pid);
     let next = field::<u32>(ctx, cfg.sched_next_pid);
     // Each side is looked up and handled on its own: combining the two lookups' results lets the

@@ -14,11 +14,13 @@
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use kvmtrace_common::{
-    Counter, DetailKey, DetailKind, LatencyKey, LatencyKind, ThreadState, UEXIT_ERRNO_FLAG,
+    Counter, DetailKey, DetailKind, LatencyKey, LatencyKind, THREAD_UNRESOLVED, ThreadState,
+    UEXIT_ERRNO_FLAG,
 };
 
 use crate::state::{
-    bump, config, count_detail, current, field, now_ns, record_latency, thread_state, traced,
+    bump, config, count_detail, current, field, now_ns, open_epoch, record_latency, thread_state,
+    traced,
 };
 
 #[tracepoint]
@@ -40,6 +42,9 @@ fn try_userspace_exit(ctx: &TracePointContext) {
     if !traced(&cfg, tgid) {
         return;
     }
+    let Some(seq) = open_epoch() else {
+        return;
+    };
     let ts = now_ns();
     let reason = field::<u32>(ctx, cfg.uexit_reason);
     let errno = field::<i32>(ctx, cfg.uexit_errno);
@@ -48,21 +53,19 @@ fn try_userspace_exit(ctx: &TracePointContext) {
     } else {
         (reason, 0)
     };
-    count_detail(
-        ctx,
-        &DetailKey {
-            tgid,
-            tid,
-            kind: DetailKind::UserspaceExit as u32,
-            a,
-            b,
-        },
-    );
-    let Some(state) = thread_state(ctx, tgid, tid) else {
+    let Some(state) = thread_state(tgid, tid) else {
         return;
     };
     // SAFETY: `state` points at this thread's THREADS value; only this thread's events write it.
     let state = unsafe { &mut *state };
+    let key = DetailKey {
+        tgid,
+        tid,
+        kind: DetailKind::UserspaceExit as u32,
+        a,
+        b,
+    };
+    count_detail(&cfg, seq, state, &key, DetailKind::UserspaceExit);
     if state.uexit_ts != 0 {
         bump(Counter::UnpairedUserspaceExits);
     }
@@ -71,7 +74,8 @@ fn try_userspace_exit(ctx: &TracePointContext) {
 }
 
 /// kvm_fpu load opens a KVM_RUN (and closes the VMM round trip), unload closes it: the wall
-/// time inside KVM_RUN for CPU attribution.
+/// time inside KVM_RUN for CPU attribution. The first kvm_fpu event of a thread whose state was
+/// not known also settles where it has been since it was first seen.
 #[inline(always)]
 fn try_fpu(ctx: &TracePointContext) {
     let cfg = config();
@@ -79,15 +83,28 @@ fn try_fpu(ctx: &TracePointContext) {
     if !traced(&cfg, tgid) {
         return;
     }
+    let Some(seq) = open_epoch() else {
+        return;
+    };
     let load = field::<u32>(ctx, cfg.fpu_load) != 0;
     let ts = now_ns();
-    let Some(state) = thread_state(ctx, tgid, tid) else {
+    let Some(state) = thread_state(tgid, tid) else {
         return;
     };
     // SAFETY: as above.
     let state = unsafe { &mut *state };
+    let unresolved = state.flags & THREAD_UNRESOLVED != 0;
+    state.flags &= !THREAD_UNRESOLVED;
     if load {
-        close_round_trip(ctx, tgid, tid, state, ts);
+        if unresolved {
+            // It was outside KVM_RUN all along: its time so far was the VMM's.
+            state.run_ts = 0;
+            state.off_user_blocked_ns += state.off_run_blocked_ns;
+            state.off_user_runnable_ns += state.off_run_runnable_ns;
+            state.off_run_blocked_ns = 0;
+            state.off_run_runnable_ns = 0;
+        }
+        close_round_trip(tgid, tid, state, ts, seq);
         if state.run_ts == 0 {
             state.run_ts = ts;
         }
@@ -97,15 +114,10 @@ fn try_fpu(ctx: &TracePointContext) {
     }
 }
 
-/// Closes the thread's open VMM round trip, if any, at `ts`.
+/// Closes the thread's open VMM round trip, if any, at `ts`; inside an open exit, its time is
+/// also that exit's VMM part.
 #[inline(always)]
-pub fn close_round_trip(
-    ctx: &TracePointContext,
-    tgid: u32,
-    tid: u32,
-    state: &mut ThreadState,
-    ts: u64,
-) {
+pub fn close_round_trip(tgid: u32, tid: u32, state: &mut ThreadState, ts: u64, seq: u32) {
     if state.uexit_ts == 0 {
         return;
     }
@@ -117,6 +129,10 @@ pub fn close_round_trip(
         reason: state.uexit_reason,
         kind: LatencyKind::VmmRoundTrip as u32,
     };
-    record_latency(ctx, &key, ts.saturating_sub(state.uexit_ts));
+    let round_trip = ts.saturating_sub(state.uexit_ts);
+    record_latency(&key, round_trip, seq);
+    if state.exit_ts != 0 {
+        state.exit_vmm_ns += round_trip;
+    }
     state.uexit_ts = 0;
 }

@@ -6,7 +6,10 @@ use std::collections::HashMap;
 
 use kvmtrace_common::{Counter, DetailKey, HIST_BUCKETS, LatencyKey};
 
-use super::FormatError;
+use super::{
+    FormatError,
+    limits::{Budget, MAX_DETAIL_KEYS, MAX_LATENCY_KEYS},
+};
 use crate::model::{Interval, LatencyDelta, ThreadCpu};
 
 pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
@@ -156,21 +159,61 @@ impl Encoder {
     }
 }
 
+/// Room for `n` more keys in a dictionary of `have`, at most `max`: refused beyond, charged
+/// to the budget otherwise.
+fn grow_keys<T>(
+    keys: &mut Vec<T>,
+    n: usize,
+    max: usize,
+    what: &str,
+    budget: &mut Budget,
+) -> Result<(), FormatError> {
+    if n > max - keys.len().min(max) {
+        return Err(FormatError::TooLarge {
+            what: format!(
+                "more than {max} distinct {what} keys ({} declared so far, {n} more in one interval)",
+                keys.len()
+            ),
+        });
+    }
+    // Vec growth may double the capacity: charge what it will really hold.
+    let before = keys.capacity();
+    let needed = keys.len() + n;
+    if needed > before {
+        let after = needed.max(before.saturating_mul(2));
+        budget.charge(after - before, size_of::<T>())?;
+        keys.reserve_exact(after - keys.len());
+    }
+    Ok(())
+}
+
 impl Decoder {
-    pub fn decode(&mut self, payload: &[u8]) -> Result<Interval, FormatError> {
+    /// One interval record. Every list is charged to `budget` before it is allocated, and the
+    /// key dictionaries are capped ([`MAX_LATENCY_KEYS`], [`MAX_DETAIL_KEYS`]).
+    pub fn decode(&mut self, payload: &[u8], budget: &mut Budget) -> Result<Interval, FormatError> {
         let mut input = Input::new(payload);
         let mut iv = Interval {
             at: std::time::Duration::from_nanos(input.varint()?),
             ..Default::default()
         };
-        for _ in 0..input.count()? {
+        let n = input.count()?;
+        grow_keys(
+            &mut self.latency_keys,
+            n,
+            MAX_LATENCY_KEYS,
+            "latency",
+            budget,
+        )?;
+        for _ in 0..n {
             let mut f = [0u32; 6];
             for v in &mut f {
                 *v = input.u32()?;
             }
             self.latency_keys.push(LatencyKey::from_fields(f));
         }
-        for _ in 0..input.count()? {
+        let n = input.count()?;
+        grow_keys(&mut self.detail_keys, n, MAX_DETAIL_KEYS, "detail", budget)?;
+        for _ in 0..n {
             let mut f = [0u32; 4];
             for v in &mut f {
                 *v = input.u32()?;
@@ -184,7 +227,10 @@ impl Decoder {
                 b,
             });
         }
-        for _ in 0..input.count()? {
+        let n = input.count()?;
+        budget.charge(n, size_of::<(LatencyKey, LatencyDelta)>())?;
+        iv.latency.reserve_exact(n);
+        for _ in 0..n {
             let key = *self
                 .latency_keys
                 .get(input.varint()? as usize)
@@ -197,7 +243,10 @@ impl Decoder {
                 buckets: Vec::new(),
             };
             let mut idx = 0u64;
-            for _ in 0..input.count()? {
+            let n = input.count()?;
+            budget.charge(n, size_of::<(u16, u32)>())?;
+            d.buckets.reserve_exact(n);
+            for _ in 0..n {
                 idx += input.varint()?;
                 if idx >= HIST_BUCKETS as u64 {
                     return Err(FormatError::Malformed("histogram bucket out of range"));
@@ -206,7 +255,10 @@ impl Decoder {
             }
             iv.latency.push((key, d));
         }
-        for _ in 0..input.count()? {
+        let n = input.count()?;
+        budget.charge(n, size_of::<(DetailKey, u64)>())?;
+        iv.details.reserve_exact(n);
+        for _ in 0..n {
             let key = *self
                 .detail_keys
                 .get(input.varint()? as usize)
@@ -216,7 +268,10 @@ impl Decoder {
         for c in 0..Counter::COUNT as usize {
             iv.counters[c] = input.varint()?;
         }
-        for _ in 0..input.count()? {
+        let n = input.count()?;
+        budget.charge(n, size_of::<ThreadCpu>())?;
+        iv.threads.reserve_exact(n);
+        for _ in 0..n {
             let (tgid, tid) = (input.u32()?, input.u32()?);
             let mut f = [0u64; 6];
             for v in &mut f {
@@ -306,10 +361,11 @@ mod tests {
     fn round_trips_with_a_growing_dictionary() {
         let mut enc = Encoder::default();
         let mut dec = Decoder::default();
+        let mut budget = Budget::for_file(0);
         for (at, n) in [(1, 3), (2, 5), (3, 5), (4, 0)] {
             let iv = interval(at, n);
             let bytes = enc.encode(&iv);
-            let back = dec.decode(&bytes).unwrap();
+            let back = dec.decode(&bytes, &mut budget).unwrap();
             assert_eq!(back.at, iv.at);
             assert_eq!(back.latency, iv.latency);
             assert_eq!(back.details, iv.details);
@@ -334,11 +390,74 @@ mod tests {
             ],
             &[0, 0, 0, 1, 7, 1],
         ] {
-            assert!(dec.decode(bad).is_err(), "{bad:?}");
+            assert!(
+                dec.decode(bad, &mut Budget::for_file(0)).is_err(),
+                "{bad:?}"
+            );
         }
         let mut bytes = Encoder::default().encode(&interval(1, 2));
         bytes.push(0);
-        assert!(Decoder::default().decode(&bytes).is_err(), "trailing byte");
+        assert!(
+            Decoder::default()
+                .decode(&bytes, &mut Budget::for_file(0))
+                .is_err(),
+            "trailing byte"
+        );
+    }
+
+    /// An interval that declares `n` new detail keys (each one varint per field) and nothing else.
+    fn declaring_detail_keys(n: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        put_varint(&mut out, 1); // at
+        put_varint(&mut out, 0); // no latency keys
+        put_varint(&mut out, n as u64);
+        for i in 0..n {
+            for v in [1, 2, 1, i as u64, 0] {
+                put_varint(&mut out, v);
+            }
+        }
+        put_varint(&mut out, 0); // no latency entries
+        put_varint(&mut out, 0); // no detail entries
+        for _ in 0..Counter::COUNT {
+            put_varint(&mut out, 0);
+        }
+        put_varint(&mut out, 0); // threads
+        out
+    }
+
+    #[test]
+    fn dictionaries_are_capped() {
+        let mut dec = Decoder::default();
+        let mut budget = Budget::for_file(0);
+        dec.decode(&declaring_detail_keys(MAX_DETAIL_KEYS), &mut budget)
+            .unwrap();
+        let err = dec
+            .decode(&declaring_detail_keys(1), &mut budget)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "the recording is over a limit of this reader (a damaged or hostile file): more than {MAX_DETAIL_KEYS} distinct detail keys ({MAX_DETAIL_KEYS} declared so far, 1 more in one interval)"
+            )
+        );
+    }
+
+    #[test]
+    fn lists_are_charged_before_they_are_allocated() {
+        // 300 000 detail entries of 2 bytes each decode to 32 bytes each: over a 4 MiB budget.
+        let mut budget = Budget::for_file(0);
+        budget
+            .charge(1, crate::record::limits::MEMORY_FLOOR - (4 << 20))
+            .unwrap();
+        let mut out = Vec::new();
+        put_varint(&mut out, 1);
+        put_varint(&mut out, 0);
+        put_varint(&mut out, 0);
+        put_varint(&mut out, 0);
+        put_varint(&mut out, 300_000);
+        out.extend(std::iter::repeat_n(0u8, 600_000));
+        let err = Decoder::default().decode(&out, &mut budget).unwrap_err();
+        assert!(matches!(err, FormatError::TooLarge { .. }), "{err}");
     }
 
     #[test]

@@ -7,11 +7,13 @@
 //!   kind: u8 | length: u32 LE | crc32 of payload: u32 LE | payload
 //!   kind 1 VM (JSON), 2 INTERVAL (binary, see codec.rs), 3 END (JSON)
 //! ```
-//! The file is written as the recording goes, so a recorder killed with SIGKILL leaves every
-//! interval that was flushed; a file without END is reported as cut short. One writer per format
-//! version, one reader that rejects versions it does not know.
+//! The file is written as the recording goes, so a recorder killed with SIGKILL (or stopped by a
+//! full disk) leaves every interval that was flushed; a file without END is reported as cut
+//! short. One writer per format version, one reader that rejects versions it does not know and
+//! files that would take more memory than [`limits`] allows.
 
 mod codec;
+pub mod limits;
 mod reader;
 mod writer;
 
@@ -28,9 +30,6 @@ pub const VERSION: u32 = 1;
 const KIND_VM: u8 = 1;
 const KIND_INTERVAL: u8 = 2;
 const KIND_END: u8 = 3;
-/// Largest record accepted: far above any real interval, small enough that a corrupt length
-/// cannot make the reader allocate gigabytes.
-const MAX_RECORD: u32 = 64 << 20;
 
 /// What the recording is: host, kernel, tracepoints, VMs, timing.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -49,12 +48,38 @@ pub struct Header {
     pub command_line: Vec<String>,
 }
 
+impl Header {
+    /// Escapes the text a report may show (for headers read from a file, which may come from
+    /// anyone). The tracepoint formats are kept verbatim: they are not shown.
+    pub fn escape_text(&mut self) {
+        use crate::untrusted::escape_in_place;
+        escape_in_place(&mut self.kvmtrace_version);
+        escape_in_place(&mut self.host);
+        escape_in_place(&mut self.kernel_release);
+        if let Some(m) = &mut self.kvm_module {
+            escape_in_place(m);
+        }
+        for s in self
+            .tracepoints_attached
+            .iter_mut()
+            .chain(&mut self.tracepoints_missing)
+            .chain(&mut self.command_line)
+        {
+            escape_in_place(s);
+        }
+    }
+}
+
 /// The closing record: what was open when recording stopped.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct End {
     /// (key fields, count) of exits with no kvm_entry yet.
     pub exits_in_flight: Vec<([u32; 6], u64)>,
     pub round_trips_in_flight: u64,
+    /// (key fields, count) of exits whose thread ended before their kvm_entry (absent in
+    /// recordings made before it existed).
+    #[serde(default)]
+    pub exits_ended_with_thread: Vec<([u32; 6], u64)>,
 }
 
 /// Why a recording cannot be read.
@@ -75,6 +100,9 @@ pub enum FormatError {
     Corrupted(String),
     #[error("malformed record: {0}")]
     Malformed(&'static str),
+    /// A file that asks for more than [`limits`] allows: a zstd bomb, millions of keys.
+    #[error("the recording is over a limit of this reader (a damaged or hostile file): {what}")]
+    TooLarge { what: String },
 }
 
 #[cfg(test)]

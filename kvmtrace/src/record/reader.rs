@@ -1,11 +1,20 @@
 //! Reads a recording back: the header, the VMs, every complete interval, and whether the file
-//! ended properly or was cut short (a killed recorder). Never panics on bad input.
+//! ended properly or was cut short (a killed recorder, a full disk). Never panics on bad input,
+//! and never allocates more than [`super::limits`] allows: the file and its decompressed stream
+//! are read record by record, each record's size is checked before it is read, and each
+//! decoded item is charged to a budget before it is allocated. Text that a report may show is
+//! escaped ([`crate::untrusted`]): a recording can come from anyone.
 
-use std::{io::Read as _, path::Path};
+use std::{
+    fs::File,
+    io::{self, BufRead, BufReader, Read},
+    path::Path,
+};
 
 use super::{
-    End, FormatError, Header, KIND_END, KIND_INTERVAL, KIND_VM, MAGIC, MAX_RECORD, VERSION,
+    End, FormatError, Header, KIND_END, KIND_INTERVAL, KIND_VM, MAGIC, VERSION,
     codec::Decoder,
+    limits::{Budget, MAX_HEADER, MAX_INTERVAL_RECORD, MAX_JSON_RECORD, ZSTD_WINDOW_LOG_MAX},
 };
 use crate::{error::Error, model::Interval, vm::Vm};
 
@@ -25,111 +34,217 @@ impl Recording {
 }
 
 pub fn read_file(path: &Path) -> Result<Recording, Error> {
-    let bytes = std::fs::read(path).map_err(|e| Error::Io {
+    let io_err = |e| Error::Io {
         what: format!("reading the recording {}", path.display()),
         source: e,
-    })?;
-    read_bytes(&bytes).map_err(|e| Error::Recording {
-        path: path.display().to_string(),
-        source: e,
+    };
+    let file = File::open(path).map_err(io_err)?;
+    let len = file.metadata().map_err(io_err)?.len();
+    read_from(BufReader::new(file), len).map_err(|e| match e {
+        Failure::Io(e) => io_err(e),
+        Failure::Format(e) => Error::Recording {
+            path: path.display().to_string(),
+            source: e,
+        },
     })
 }
 
 pub fn read_bytes(bytes: &[u8]) -> Result<Recording, FormatError> {
-    if bytes.is_empty() {
-        return Err(FormatError::Empty);
+    read_from(bytes, bytes.len() as u64).map_err(|e| match e {
+        Failure::Format(e) => e,
+        // A slice does not fail to read.
+        Failure::Io(e) => FormatError::Corrupted(e.to_string()),
+    })
+}
+
+/// Reading the file failed, or what it holds is not a readable recording.
+enum Failure {
+    Io(io::Error),
+    Format(FormatError),
+}
+
+impl From<FormatError> for Failure {
+    fn from(e: FormatError) -> Self {
+        Failure::Format(e)
     }
-    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
-        return Err(FormatError::NotARecording);
+}
+
+/// The recording in `input`, a file of `len` bytes.
+fn read_from(mut input: impl BufRead, len: u64) -> Result<Recording, Failure> {
+    if len == 0 {
+        return Err(FormatError::Empty.into());
+    }
+    let mut fixed = [0u8; 20];
+    let got = fill(&mut input, &mut fixed).map_err(Failure::Io)?;
+    if got < MAGIC.len() || &fixed[..MAGIC.len()] != MAGIC {
+        return Err(FormatError::NotARecording.into());
     }
     let word = |at: usize| -> Result<u32, FormatError> {
-        let b = bytes
-            .get(at..at + 4)
-            .ok_or_else(|| FormatError::BadHeader("file ends inside the header".into()))?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        if got < at + 4 {
+            return Err(FormatError::BadHeader("file ends inside the header".into()));
+        }
+        Ok(u32::from_le_bytes([
+            fixed[at],
+            fixed[at + 1],
+            fixed[at + 2],
+            fixed[at + 3],
+        ]))
     };
     let version = word(8)?;
     if version > VERSION || version == 0 {
-        return Err(FormatError::UnsupportedVersion { found: version });
+        return Err(FormatError::UnsupportedVersion { found: version }.into());
     }
-    let header_len = word(12)? as usize;
+    let header_len = word(12)?;
     let header_crc = word(16)?;
-    let header_bytes = bytes
-        .get(20..20usize.saturating_add(header_len))
-        .ok_or_else(|| FormatError::BadHeader("file ends inside the header".into()))?;
-    if !checksum_ok(header_bytes, header_crc) {
-        return Err(FormatError::Corrupted("header checksum mismatch".into()));
+    if header_len > MAX_HEADER {
+        return Err(FormatError::TooLarge {
+            what: format!("a header of {header_len} bytes (at most {MAX_HEADER})"),
+        }
+        .into());
     }
-    let header: Header =
-        serde_json::from_slice(header_bytes).map_err(|e| FormatError::BadHeader(e.to_string()))?;
+    let mut header_bytes = vec![0u8; header_len as usize];
+    if fill(&mut input, &mut header_bytes).map_err(Failure::Io)? < header_bytes.len() {
+        return Err(FormatError::BadHeader("file ends inside the header".into()).into());
+    }
+    if !checksum_ok(&header_bytes, header_crc) {
+        return Err(FormatError::Corrupted("header checksum mismatch".into()).into());
+    }
+    let mut header: Header =
+        serde_json::from_slice(&header_bytes).map_err(|e| FormatError::BadHeader(e.to_string()))?;
+    header.escape_text();
+    drop(header_bytes);
 
-    let compressed = &bytes[20 + header_len..];
-    let mut stream = Vec::new();
-    let mut decoder = zstd::stream::read::Decoder::new(compressed)
-        .map_err(|e| FormatError::Corrupted(e.to_string()))?;
-    // A cut-short file ends inside a zstd frame: keep what decoded, and let the record framing
-    // below find the last complete record. A decoding error is corruption.
-    if let Err(e) = decoder.read_to_end(&mut stream)
-        && e.kind() != std::io::ErrorKind::UnexpectedEof
-    {
-        return Err(FormatError::Corrupted(format!("compressed data: {e}")));
-    }
-
-    if stream.is_empty() && compressed.len() > 64 {
-        // A recorder writes its first records within an interval; this much compressed data
-        // that yields nothing is damage, not a file cut short.
-        return Err(FormatError::Corrupted(
-            "the compressed records do not decode".into(),
-        ));
-    }
+    let compressed_len = len.saturating_sub(20 + u64::from(header_len));
     let mut rec = Recording {
         header,
         ..Default::default()
     };
+    read_records(input, compressed_len, &mut rec)?;
+    Ok(rec)
+}
+
+/// The zstd stream of records after the header, record by record.
+fn read_records(
+    input: impl BufRead,
+    compressed_len: u64,
+    rec: &mut Recording,
+) -> Result<(), FormatError> {
+    let corrupted = |e: io::Error| FormatError::Corrupted(format!("compressed data: {e}"));
+    let mut stream = zstd::stream::read::Decoder::with_buffer(input).map_err(corrupted)?;
+    stream
+        .window_log_max(ZSTD_WINDOW_LOG_MAX)
+        .map_err(corrupted)?;
+    let mut budget = Budget::for_file(compressed_len);
     let mut codec = Decoder::default();
-    let mut pos = 0;
-    while pos < stream.len() {
+    let mut payload = Vec::new();
+    let mut pos: u64 = 0;
+    loop {
+        let mut head = [0u8; 9];
+        // A cut-short file ends inside a zstd frame or a record: keep what decoded. Any other
+        // decoding error is corruption.
+        let got = fill(&mut stream, &mut head).map_err(corrupted)?;
+        if got == 0 {
+            if pos == 0 && compressed_len > 64 {
+                // A recorder writes its first records within an interval; this much compressed
+                // data that yields nothing is damage, not a file cut short.
+                return Err(FormatError::Corrupted(
+                    "the compressed records do not decode".into(),
+                ));
+            }
+            return Ok(());
+        }
         if rec.end.is_some() {
             return Err(FormatError::Corrupted("data after the END record".into()));
         }
-        let Some(head) = stream.get(pos..pos + 9) else {
-            break; // cut short inside a record header
-        };
+        if got < head.len() {
+            return Ok(()); // cut short inside a record header
+        }
         let kind = head[0];
         let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]);
         let crc = u32::from_le_bytes([head[5], head[6], head[7], head[8]]);
-        if len > MAX_RECORD {
-            return Err(FormatError::Corrupted(format!("record of {len} bytes")));
-        }
-        let Some(payload) = stream.get(pos + 9..pos + 9 + len as usize) else {
-            break; // cut short inside a record
-        };
-        if !checksum_ok(payload, crc) {
-            return Err(FormatError::Corrupted(format!(
-                "checksum mismatch in the record at byte {pos} of the stream"
-            )));
-        }
-        match kind {
-            KIND_VM => rec.vms.push(
-                serde_json::from_slice(payload)
-                    .map_err(|e| FormatError::Corrupted(format!("VM record: {e}")))?,
-            ),
-            KIND_INTERVAL => rec.intervals.push(codec.decode(payload)?),
-            KIND_END => {
-                rec.end = Some(
-                    serde_json::from_slice(payload)
-                        .map_err(|e| FormatError::Corrupted(format!("END record: {e}")))?,
-                )
-            }
+        let max = match kind {
+            KIND_INTERVAL => MAX_INTERVAL_RECORD,
+            KIND_VM | KIND_END => MAX_JSON_RECORD,
             other => {
                 return Err(FormatError::Corrupted(format!(
                     "unknown record kind {other}"
                 )));
             }
+        };
+        if len > max {
+            return Err(FormatError::TooLarge {
+                what: format!(
+                    "a record of {len} bytes at byte {pos} of the stream (at most {max})"
+                ),
+            });
         }
-        pos += 9 + len as usize;
+        if !read_payload(&mut stream, len as usize, &mut payload).map_err(corrupted)? {
+            return Ok(()); // cut short inside a record
+        }
+        if !checksum_ok(&payload, crc) {
+            return Err(FormatError::Corrupted(format!(
+                "checksum mismatch in the record at byte {pos} of the stream"
+            )));
+        }
+        match kind {
+            KIND_VM => {
+                // Deserialized text takes at most a few times its JSON size.
+                budget.charge(payload.len(), 4)?;
+                let mut vm: Vm = serde_json::from_slice(&payload)
+                    .map_err(|e| FormatError::Corrupted(format!("VM record: {e}")))?;
+                vm.escape_text();
+                rec.vms.push(vm);
+            }
+            KIND_INTERVAL => {
+                // The interval itself, and the slack of a growing Vec.
+                budget.charge(2, size_of::<Interval>())?;
+                rec.intervals.push(codec.decode(&payload, &mut budget)?);
+            }
+            _ => {
+                budget.charge(payload.len(), 4)?;
+                rec.end = Some(
+                    serde_json::from_slice(&payload)
+                        .map_err(|e| FormatError::Corrupted(format!("END record: {e}")))?,
+                );
+            }
+        }
+        pos += 9 + u64::from(len);
     }
-    Ok(rec)
+}
+
+/// Reads until `buf` is full or the input ends (a truncated zstd frame ends it too); returns the
+/// bytes read.
+fn fill(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match input.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+/// Reads a `len`-byte payload into `buf`; false if the input ends first. The buffer grows with
+/// the bytes that really arrive, not with the length the record claims.
+fn read_payload(input: &mut impl Read, len: usize, buf: &mut Vec<u8>) -> io::Result<bool> {
+    const STEP: usize = 1 << 20;
+    buf.clear();
+    while buf.len() < len {
+        let start = buf.len();
+        let end = start + (len - start).min(STEP);
+        buf.reserve_exact(end - start);
+        buf.resize(end, 0);
+        let got = fill(input, &mut buf[start..end])?;
+        if got < end - start {
+            buf.truncate(start + got);
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Checksums guard against damage; under the fuzzer (cfg(fuzzing)) they are skipped so that

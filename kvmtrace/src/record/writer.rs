@@ -1,13 +1,23 @@
 //! Writes a recording as it happens: every record is compressed and flushed to the file at once.
+//!
+//! The target is not touched until tracing really starts: [`Writer::create`] makes a new file
+//! beside it (see [`crate::outfile`]: symbolic links are refused, an unwritable directory fails
+//! before any tracing), and [`Writer::start`] writes the header into it and renames it over the
+//! target. A failure in between (a mistyped `-d`) leaves an existing recording as it was.
+//!
+//! Once started, a failed write (a full disk, a quota) does not end the recording: the writer
+//! says so once on stderr, writes nothing more, and the file stays readable as a recording cut
+//! short at its last complete interval. The trace goes on and its live report is still printed.
 
 use std::{
     fs::File,
     io::{self, Write as _},
     path::Path,
+    time::Duration,
 };
 
 use super::{End, Header, KIND_END, KIND_INTERVAL, KIND_VM, MAGIC, VERSION, codec::Encoder};
-use crate::{error::Error, model::Interval, vm::Vm};
+use crate::{error::Error, model::Interval, outfile::OutFile, vm::Vm};
 
 pub struct Writer {
     zstd: zstd::stream::write::Encoder<'static, File>,
@@ -15,19 +25,22 @@ pub struct Writer {
     path: String,
     /// Bytes of uncompressed records, for the size report.
     pub raw_bytes: u64,
+    /// A write failed: the file ends before this point and nothing more is written.
+    cut_short: bool,
+    /// End of the last interval that reached the file.
+    written_until: Duration,
 }
 
 impl Writer {
-    /// Creates the file now, so an unwritable path fails before any tracing starts.
-    pub fn create(path: &Path) -> Result<File, Error> {
-        File::create(path).map_err(|e| Error::Io {
-            what: format!("cannot write the recording {}", path.display()),
-            source: e,
-        })
+    /// Prepares the recording at `path` without touching it: a new file beside it, so an
+    /// unwritable path or a symbolic link fails before any tracing starts.
+    pub fn create(path: &Path) -> Result<OutFile, Error> {
+        OutFile::create(path, "the recording")
     }
 
-    /// Writes the header into `file` (from [`Writer::create`]) and starts the record stream.
-    pub fn start(mut file: File, path: &Path, header: &Header) -> Result<Writer, Error> {
+    /// Writes the header into `file` (from [`Writer::create`]), puts it in place of `path` and
+    /// starts the record stream.
+    pub fn start(mut file: OutFile, path: &Path, header: &Header) -> Result<Writer, Error> {
         let io_err = |e| Error::Io {
             what: format!("writing {}", path.display()),
             source: e,
@@ -40,41 +53,62 @@ impl Writer {
         file.write_all(&crc32fast::hash(&json).to_le_bytes())
             .map_err(io_err)?;
         file.write_all(&json).map_err(io_err)?;
+        let file = file.commit()?;
         let zstd = zstd::stream::write::Encoder::new(file, 3).map_err(io_err)?;
         Ok(Writer {
             zstd,
             codec: Encoder::default(),
             path: path.display().to_string(),
             raw_bytes: 0,
+            cut_short: false,
+            written_until: Duration::ZERO,
         })
     }
 
     pub fn vm(&mut self, vm: &Vm) -> Result<(), Error> {
         let json = serde_json::to_vec(vm).map_err(|e| self.err(io::Error::other(e)))?;
-        self.record(KIND_VM, &json)
+        self.record(KIND_VM, &json);
+        Ok(())
     }
 
     pub fn interval(&mut self, iv: &Interval) -> Result<(), Error> {
+        if self.cut_short {
+            return Ok(()); // the dictionary of keys sent would no longer match the file
+        }
         let payload = self.codec.encode(iv);
-        self.record(KIND_INTERVAL, &payload)
+        if self.record(KIND_INTERVAL, &payload) {
+            self.written_until = iv.at;
+        }
+        Ok(())
     }
 
-    /// Writes the END record and closes the stream: the file is complete.
+    /// Whether a write failed, so that the file is cut short.
+    pub fn is_cut_short(&self) -> bool {
+        self.cut_short
+    }
+
+    /// Writes the END record and closes the stream: the file is complete (unless a write
+    /// failed, which was reported then; the file stays as it is).
     pub fn finish(mut self, end: &End) -> Result<(), Error> {
         let json = serde_json::to_vec(end).map_err(|e| self.err(io::Error::other(e)))?;
-        self.record(KIND_END, &json)?;
+        if !self.record(KIND_END, &json) {
+            return Ok(());
+        }
+        // END is in the file: what follows only completes the zstd frame and syncs, and the
+        // reader does not need either.
         let path = self.path.clone();
-        let file = self.zstd.finish().map_err(|e| Error::Io {
-            what: format!("closing {path}"),
-            source: e,
-        })?;
-        file.sync_all().map_err(|e| Error::Io {
-            what: format!("syncing {path}"),
-            source: e,
-        })
+        match self.zstd.finish().and_then(|file| file.sync_all()) {
+            Ok(()) => {}
+            Err(e) => eprintln!("kvmtrace: closing {path} failed: {e}"),
+        }
+        Ok(())
     }
 
-    fn record(&mut self, kind: u8, payload: &[u8]) -> Result<(), Error> {
+    /// Appends one record and flushes it; false if it did not reach the file.
+    fn record(&mut self, kind: u8, payload: &[u8]) -> bool {
+        if self.cut_short {
+            return false;
+        }
         let mut head = [0u8; 9];
         head[0] = kind;
         head[1..5].copy_from_slice(&(payload.len() as u32).to_le_bytes());
@@ -86,7 +120,18 @@ impl Writer {
             .and_then(|()| self.zstd.write_all(payload))
             // Flush: the record reaches the file now, so a killed recorder loses nothing written.
             .and_then(|()| self.zstd.flush());
-        r.map_err(|e| self.err(e))
+        match r {
+            Ok(()) => true,
+            Err(e) => {
+                self.cut_short = true;
+                eprintln!(
+                    "kvmtrace: writing {} failed: {e}; the recording is cut short at {:.1} s (the report still covers the whole run)",
+                    self.path,
+                    self.written_until.as_secs_f64()
+                );
+                false
+            }
+        }
     }
 
     fn err(&self, e: io::Error) -> Error {
@@ -94,5 +139,33 @@ impl Writer {
             what: format!("writing {}", self.path),
             source: e,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{read_bytes, tests::interval};
+
+    #[test]
+    fn a_failed_write_cuts_the_file_short_once_and_recording_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.kvmtrace");
+        let header = crate::record::tests::header();
+        let mut w = Writer::start(Writer::create(&path).unwrap(), &path, &header).unwrap();
+        w.interval(&interval(1)).unwrap();
+        w.interval(&interval(2)).unwrap();
+        // From here on every write fails (EBADF on a read-only descriptor, as ENOSPC would;
+        // tests/it/files.rs fills a real tmpfs).
+        let ro = File::open(&path).unwrap();
+        *w.zstd.get_mut() = ro;
+        w.interval(&interval(3)).unwrap();
+        assert!(w.is_cut_short());
+        w.interval(&interval(4)).unwrap();
+        w.finish(&End::default()).unwrap();
+        let rec = read_bytes(&std::fs::read(&path).unwrap()).unwrap();
+        assert!(rec.cut_short());
+        assert_eq!(rec.intervals.len(), 2);
+        assert_eq!(rec.intervals[1].at, interval(2).at);
     }
 }

@@ -75,9 +75,12 @@ fn render_vm(vm: &VmReport, report: &Report, out: &mut impl io::Write) -> io::Re
                 "p99",
                 "Max",
                 "Exits/s",
+                "VMM p50",
+                "VMM p99",
             ],
         );
         for e in &vm.exits {
+            let vmm = |f: fn(&Latency) -> u64| e.vmm.as_ref().map_or("-".into(), |l| ns(f(l)));
             t.row(
                 v(&e.vcpu),
                 vec![
@@ -90,10 +93,15 @@ fn render_vm(vm: &VmReport, report: &Report, out: &mut impl io::Write) -> io::Re
                     ns(e.latency.p99_ns),
                     ns(e.latency.max_ns),
                     format!("{:.1}", e.per_sec),
+                    vmm(|l| l.p50_ns),
+                    vmm(|l| l.p99_ns),
                 ],
             );
         }
-        t.write("Exits (kvm_exit -> kvm_entry)", out)?;
+        t.write(
+            "Exits (in kernel: kvm_exit -> kvm_entry minus VMM round trips; VMM: the round trips of the exits that went to user space)",
+            out,
+        )?;
     }
     if !vm.userspace_exits.is_empty() {
         let mut t = Table::new(
@@ -191,6 +199,29 @@ fn render_vm(vm: &VmReport, report: &Report, out: &mut impl io::Write) -> io::Re
             );
         }
         t.write(&top_title("CPUID (kvm_cpuid)", vm.cpuid.len()), out)?;
+    }
+    if !vm.other_keys.is_empty() {
+        let mut t = Table::new(
+            per_vcpu,
+            1,
+            &["Of", "Count", "/s", "Rows not shown", "Without a key"],
+        );
+        for o in &vm.other_keys {
+            t.row(
+                v(&o.vcpu),
+                vec![
+                    o.kind.into(),
+                    o.count.to_string(),
+                    format!("{:.1}", o.per_sec),
+                    format!("{} ({} events)", o.folded_keys, o.folded_events),
+                    o.unkeyed_events.to_string(),
+                ],
+            );
+        }
+        t.write(
+            "Other keys (beyond the rows shown, --all-keys shows them; or beyond a vCPU's --max-keys-per-vcpu per interval / a full map: counted without their key)",
+            out,
+        )?;
     }
     Ok(())
 }
@@ -308,7 +339,7 @@ fn render_storms(report: &Report, out: &mut impl io::Write) -> io::Result<()> {
 fn render_counters(c: &Counters, out: &mut impl io::Write) -> io::Result<()> {
     writeln!(
         out,
-        "Lost/unpaired: {}. unpaired exits {}, unpaired entries {}, VMM round trips without a re-entry marker {}, map full (latency/detail/thread) {}/{}/{}; in flight at stop: {} exits, {} VMM round trips; events: {} kvm_exit, {} kvm_entry, {} detail",
+        "Lost/unpaired: {}. unpaired exits {}, unpaired entries {}, VMM round trips without a re-entry marker {}, map full (latency/detail/thread) {}/{}/{}; in flight at stop: {} exits, {} VMM round trips; exits whose thread ended first {}; events: {} kvm_exit, {} kvm_entry, {} detail",
         if c.losses() == 0 {
             "none"
         } else {
@@ -322,6 +353,7 @@ fn render_counters(c: &Counters, out: &mut impl io::Write) -> io::Result<()> {
         c.thread_map_full,
         c.exits_in_flight_at_stop,
         c.round_trips_in_flight_at_stop,
+        c.exits_ended_with_thread,
         c.exits_seen,
         c.entries_seen,
         c.detail_events,
@@ -416,7 +448,7 @@ impl Table {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::{ExitRow, PortRow, UserspaceRow, VcpuInfo};
+    use crate::report::{ExitRow, OtherKeysRow, PortRow, UserspaceRow, VcpuInfo};
 
     fn report() -> Report {
         let lat = |n, v| Latency {
@@ -455,10 +487,12 @@ mod tests {
                     reason: "io".into(),
                     count: 300,
                     in_flight: 0,
+                    ended_with_thread: 0,
                     count_pct: 100.0,
                     time_pct: 100.0,
                     per_sec: 150.0,
                     latency: lat(300, 1500),
+                    vmm: Some(lat(300, 20_000)),
                 }],
                 userspace_exits: vec![UserspaceRow {
                     vcpu: None,
@@ -480,6 +514,15 @@ mod tests {
                 mmio: vec![],
                 msrs: vec![],
                 cpuid: vec![],
+                other_keys: vec![OtherKeysRow {
+                    vcpu: None,
+                    kind: "ports",
+                    count: 70,
+                    per_sec: 35.0,
+                    folded_keys: 2,
+                    folded_events: 30,
+                    unkeyed_events: 40,
+                }],
             }],
             counters: Counters::default(),
         }
@@ -496,9 +539,9 @@ Storms: none.
 
 VM web01 (pid 100): 300 exits (150.0/s), 300 to the VMM (150.0/s), 600 detail events; vCPUs: 0
 
-  Exits (kvm_exit -> kvm_entry)
-  Exit reason (SVM)  Count   Count%    Time%     Min     p50     p99     Max  Exits/s
-  io                   300  100.00%  100.00%  1.50us  1.50us  1.50us  1.50us    150.0
+  Exits (in kernel: kvm_exit -> kvm_entry minus VMM round trips; VMM: the round trips of the exits that went to user space)
+  Exit reason (SVM)  Count   Count%    Time%     Min     p50     p99     Max  Exits/s  VMM p50  VMM p99
+  io                   300  100.00%  100.00%  1.50us  1.50us  1.50us  1.50us    150.0  20.00us  20.00us
 
   Userspace exits (KVM_RUN returned to the VMM; VMM = time until the vCPU re-entered KVM_RUN)
   Reason  Count   Count%  Exits/s  VMM p50  VMM p99  VMM max  VMM total
@@ -508,7 +551,11 @@ VM web01 (pid 100): 300 exits (150.0/s), 300 to the VMM (150.0/s), 600 detail ev
   Port    Name       Dir  Size  Count     /s
   0x0070  RTC index  out     1    300  150.0
 
-Lost/unpaired: none. unpaired exits 0, unpaired entries 0, VMM round trips without a re-entry marker 0, map full (latency/detail/thread) 0/0/0; in flight at stop: 0 exits, 0 VMM round trips; events: 0 kvm_exit, 0 kvm_entry, 0 detail
+  Other keys (beyond the rows shown, --all-keys shows them; or beyond a vCPU's --max-keys-per-vcpu per interval / a full map: counted without their key)
+  Of     Count    /s  Rows not shown  Without a key
+  ports     70  35.0   2 (30 events)             40
+
+Lost/unpaired: none. unpaired exits 0, unpaired entries 0, VMM round trips without a re-entry marker 0, map full (latency/detail/thread) 0/0/0; in flight at stop: 0 exits, 0 VMM round trips; exits whose thread ended first 0; events: 0 kvm_exit, 0 kvm_entry, 0 detail
 ";
         assert_eq!(String::from_utf8(out).unwrap(), expected);
     }
