@@ -32,7 +32,7 @@ use kvmtrace_common::{
 
 use crate::{
     error::Error,
-    model::{InFlight, Interval, LatencyDelta, ThreadCpu},
+    model::{InFlight, Interval, LatencyDelta, MapEntries, ThreadCpu},
     thread_probe::AtStart,
     tp::{offsets, tracefs},
 };
@@ -339,7 +339,14 @@ impl Tracer {
                         .push((DetailKey::other(st.tgid, tid, kind), other));
                 }
             }
-            if self.exited.contains(&id) {
+            // Once counting is closed no event can follow: a thread gone now is gone for good.
+            if self.exited.contains(&id) || (self.seq == 0 && !self.thread_alive(st.tgid, tid)) {
+                if !self.exited.contains(&id) && st.exit_ts != 0 {
+                    *self.ended_exits.entry(open_exit_key(tid, &st)).or_default() += 1;
+                }
+                if self.seq == 0 && !self.exited.contains(&id) {
+                    iv.threads.push(thread_cpu(tid, &st, now));
+                }
                 gone.push(id);
                 continue;
             }
@@ -407,17 +414,18 @@ impl Tracer {
         }
     }
 
-    /// Entries in THREADS, LATENCY and DETAILS now (for tests and the exporter's occupancy).
-    pub fn occupancy(&self) -> Result<[usize; 3], Error> {
+    /// Entries in THREADS, LATENCY and DETAILS now: after the last drain, the live traced
+    /// threads, 0 and 0 (nothing of a VM that came and went stays behind).
+    pub fn occupancy(&self) -> Result<MapEntries, Error> {
         let threads: BpfHashMap<&MapData, u32, ThreadState> = map_ref(&self.ebpf, maps::THREADS)?;
         let latency: BpfHashMap<&MapData, LatencyMapKey, LatencyStats> =
             map_ref(&self.ebpf, maps::LATENCY)?;
         let details: BpfHashMap<&MapData, DetailMapKey, u64> = map_ref(&self.ebpf, maps::DETAILS)?;
-        Ok([
-            threads.keys().count(),
-            latency.keys().count(),
-            details.keys().count(),
-        ])
+        Ok(MapEntries {
+            threads: threads.keys().count() as u64,
+            latency: latency.keys().count() as u64,
+            details: details.keys().count() as u64,
+        })
     }
 
     /// Exits and userspace round trips still open (no entry yet) right now, over the traced
@@ -426,6 +434,7 @@ impl Tracer {
         let threads: BpfHashMap<&MapData, u32, ThreadState> = map_ref(&self.ebpf, maps::THREADS)?;
         let mut open = InFlight {
             ended_with_thread: self.ended_exits.clone(),
+            map_entries: Some(self.occupancy()?),
             ..Default::default()
         };
         for item in threads.iter() {

@@ -174,6 +174,17 @@ pub struct InFlight {
     pub exits: BTreeMap<LatencyKey, u64>,
     pub round_trips: u64,
     pub ended_with_thread: BTreeMap<LatencyKey, u64>,
+    /// Entries left in the kernel maps after the last drain (None in older recordings).
+    pub map_entries: Option<MapEntries>,
+}
+
+/// Entries in the kernel maps: after the last drain, THREADS holds the live traced threads and
+/// LATENCY/DETAILS nothing, however many VMs came and went.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MapEntries {
+    pub threads: u64,
+    pub latency: u64,
+    pub details: u64,
 }
 
 impl InFlight {

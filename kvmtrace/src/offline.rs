@@ -104,6 +104,7 @@ pub fn in_flight_of(end: &End) -> InFlight {
             .iter()
             .map(|(f, n)| (LatencyKey::from_fields(*f), *n))
             .collect(),
+        map_entries: end.map_entries_at_stop,
     }
 }
 
@@ -120,6 +121,7 @@ pub fn end_of(in_flight: &InFlight) -> End {
             .iter()
             .map(|(k, n)| (k.to_fields(), *n))
             .collect(),
+        map_entries_at_stop: in_flight.map_entries,
     }
 }
 

@@ -50,6 +50,8 @@ pub struct Counters {
     pub latency_map_full: u64,
     pub detail_map_full: u64,
     pub thread_map_full: u64,
+    /// Entries left in the kernel maps after the last drain.
+    pub map_entries_at_stop: Option<crate::model::MapEntries>,
 }
 
 impl Counters {
@@ -284,6 +286,7 @@ pub fn build(agg: &Aggregate, ctx: &Context) -> Report {
         latency_map_full: c(Counter::LatencyMapFull),
         detail_map_full: c(Counter::DetailMapFull),
         thread_map_full: c(Counter::ThreadMapFull),
+        map_entries_at_stop: ctx.in_flight.map_entries,
     };
     let mut notes = Vec::new();
     let exit_attached = ctx.attached.iter().any(|t| t == "kvm_exit");
@@ -901,6 +904,7 @@ mod tests {
             .into(),
             round_trips: 0,
             ended_with_thread: BTreeMap::new(),
+            map_entries: None,
         })
     }
 

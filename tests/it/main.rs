@@ -7,6 +7,7 @@ mod harness;
 mod cleanup;
 mod counts;
 mod errors;
+mod lifecycle;
 mod nested_l1;
 mod recordings;
 mod storms;

@@ -80,6 +80,9 @@ pub struct End {
     /// recordings made before it existed).
     #[serde(default)]
     pub exits_ended_with_thread: Vec<([u32; 6], u64)>,
+    /// Kernel map entries after the last drain.
+    #[serde(default)]
+    pub map_entries_at_stop: Option<crate::model::MapEntries>,
 }
 
 /// Why a recording cannot be read.

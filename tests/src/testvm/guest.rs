@@ -56,7 +56,7 @@ core::arch::global_asm!(
     .pushsection .rodata.kvmtrace_guest,"a"
     .code64
     .globl kvmtrace_guest_start, kvmtrace_guest_end
-    .globl kvmtrace_g_pio_out, kvmtrace_g_pio_in, kvmtrace_g_mmio_w, kvmtrace_g_mmio_r
+    .globl kvmtrace_g_pio_out, kvmtrace_g_pio_span, kvmtrace_g_pio_in, kvmtrace_g_mmio_w, kvmtrace_g_mmio_r
     .globl kvmtrace_g_hlt, kvmtrace_g_cpuid, kvmtrace_g_pvcpuid, kvmtrace_g_rdmsr, kvmtrace_g_wrmsr
     .globl kvmtrace_g_pf, kvmtrace_g_pf_handler, kvmtrace_g_bad_vector
     .globl kvmtrace_g_hlt_timer, kvmtrace_g_timer_handler, kvmtrace_g_spurious_handler
@@ -65,6 +65,17 @@ kvmtrace_g_pio_out:
     mov %r14d, %edx
 2:  out %al, %dx
     dec %r15
+    jnz 2b
+    jmp kvmtrace_g_done
+kvmtrace_g_pio_span:
+    xor %ecx, %ecx
+2:  lea (%r14, %rcx), %edx
+    out %al, %dx
+    inc %ecx
+    cmp %r13d, %ecx
+    jb 3f
+    xor %ecx, %ecx
+3:  dec %r15
     jnz 2b
     jmp kvmtrace_g_done
 kvmtrace_g_pio_in:
@@ -180,6 +191,7 @@ unsafe extern "C" {
     static kvmtrace_guest_start: u8;
     static kvmtrace_guest_end: u8;
     static kvmtrace_g_pio_out: u8;
+    static kvmtrace_g_pio_span: u8;
     static kvmtrace_g_pio_in: u8;
     static kvmtrace_g_mmio_w: u8;
     static kvmtrace_g_mmio_r: u8;
@@ -214,6 +226,7 @@ pub fn entry_va(action: Action, backend: Backend) -> u64 {
     code_va(match action {
         Action::PioOut { .. } => &raw const kvmtrace_g_pio_out,
         Action::PioIn { .. } => &raw const kvmtrace_g_pio_in,
+        Action::PioSpan { .. } => &raw const kvmtrace_g_pio_span,
         Action::MmioWrite { .. } => &raw const kvmtrace_g_mmio_w,
         Action::MmioRead { .. } => &raw const kvmtrace_g_mmio_r,
         Action::Hlt | Action::Idle => &raw const kvmtrace_g_hlt,

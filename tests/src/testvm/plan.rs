@@ -1,6 +1,7 @@
 //! What each vCPU does: a list of steps, parsed from `KIND[,key=value]...` separated by `;`.
 //!
-//! Kinds: `pio_out`, `pio_in` (key `port`), `mmio_w`, `mmio_r` (key `gpa`), `hlt`, `hlt_timer`
+//! Kinds: `pio_out`, `pio_in` (key `port`), `pio_span` (keys `port`, `span`: writes cycle
+//! through `span` distinct ports from `port`), `mmio_w`, `mmio_r` (key `gpa`), `hlt`, `hlt_timer`
 //! (key `us`: timer period; needs `--irqchip`), `cpuid` (key
 //! `fn`), `rdmsr`, `wrmsr` (key `msr`, `value`), `pf` (guest page faults), `idle` (key `ms`: the
 //! vCPU thread sleeps in user space). Every exit kind takes `count` (default 1) and optionally
@@ -17,6 +18,11 @@ pub enum Action {
     },
     PioIn {
         port: u16,
+    },
+    /// `out` to `span` distinct ports in turn: port, port + 1, ..., port + span - 1, port, ...
+    PioSpan {
+        port: u16,
+        span: u16,
     },
     MmioWrite {
         gpa: u64,
@@ -87,6 +93,17 @@ fn parse_step(text: &str) -> anyhow::Result<Step> {
         "pio_in" => Action::PioIn {
             port: port(take("port"))?,
         },
+        "pio_span" => {
+            let port = port(take("port"))?;
+            let span = take("span").unwrap_or(1);
+            if span == 0 || port as u64 + span > 0x1_0000 {
+                bail!("span must be 1.. and port + span at most 0x10000");
+            }
+            Action::PioSpan {
+                port,
+                span: u16::try_from(span.min(0xffff))?,
+            }
+        }
         "mmio_w" => Action::MmioWrite {
             gpa: take("gpa").unwrap_or(DEFAULT_MMIO_GPA),
         },
@@ -110,7 +127,7 @@ fn parse_step(text: &str) -> anyhow::Result<Step> {
         "pf" => Action::PageFault,
         "idle" => Action::Idle,
         other => bail!(
-            "unknown step kind `{other}` (pio_out pio_in mmio_w mmio_r hlt cpuid rdmsr wrmsr pf idle)"
+            "unknown step kind `{other}` (pio_out pio_in pio_span mmio_w mmio_r hlt cpuid rdmsr wrmsr pf idle)"
         ),
     };
     let amount = match (take("count"), take("ms")) {

@@ -138,6 +138,7 @@ impl Vcpu {
     pub fn batch(&mut self, action: Action, n: u64) -> anyhow::Result<()> {
         let (arg, value, mmio_gpa) = match action {
             Action::PioOut { port } | Action::PioIn { port } => (port as u64, 0, 0),
+            Action::PioSpan { port, span } => (port as u64, span as u64, 0),
             Action::MmioWrite { gpa } | Action::MmioRead { gpa } => (0, 0, gpa),
             Action::Cpuid { function } => (function as u64, 0, 0),
             Action::Rdmsr { msr } => (msr as u64, 0, 0),
@@ -214,6 +215,7 @@ pub fn step_name(step: &Step) -> String {
     match step.action {
         Action::PioOut { port } => format!("pio_out port={port:#x}"),
         Action::PioIn { port } => format!("pio_in port={port:#x}"),
+        Action::PioSpan { port, span } => format!("pio_span port={port:#x} span={span}"),
         Action::MmioWrite { gpa } => format!("mmio_w gpa={gpa:#x}"),
         Action::MmioRead { gpa } => format!("mmio_r gpa={gpa:#x}"),
         Action::Hlt => "hlt".into(),

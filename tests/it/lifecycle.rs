@@ -1,0 +1,267 @@
+//! The user's world, not the harness's: VMs that were running long before the recorder, guests
+//! that touch thousands of ports, VMs that come and go by the hundred during one recording, and
+//! time windows of a recording. Exact expectations throughout.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::harness::{
+    Guest, Recorder, count_of, kvmtrace_ok, parse_json, require_kvm_and_root, rows, vm_of,
+};
+
+/// One CPU row: the recording's whole length, and the kernel's CPU figure within 5 % of procfs
+/// (or within procfs's two-tick rounding for small totals).
+fn assert_accounted_from_attach(report: &Value, row: &Value) {
+    let duration = report["duration_secs"].as_f64().unwrap();
+    let wall = row["wall_secs"].as_f64().unwrap();
+    assert!(
+        (wall - duration).abs() < 0.05,
+        "wall {wall:.3} s vs recording {duration:.3} s: {row:#}"
+    );
+    let (cpu, procfs) = (
+        row["cpu_pct"].as_f64().unwrap(),
+        row["procfs_cpu_pct"].as_f64().unwrap(),
+    );
+    // SAFETY: sysconf has no preconditions.
+    let tick_pct = 2.0 * 100.0 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64 / wall;
+    let tolerance = (0.05 * procfs).max(tick_pct);
+    assert!(
+        (cpu - procfs).abs() <= tolerance,
+        "kernel {cpu:.2}% vs procfs {procfs:.2}% (tolerance {tolerance:.2}): {row:#}"
+    );
+}
+
+/// Issue 8.1: a vCPU halting on its LAPIC timer for seconds before the recorder starts is
+/// accounted from the first instant of the recording (it sits in KVM_RUN, blocked).
+#[test]
+fn running_halted_guest_is_accounted_from_attach() {
+    require_kvm_and_root();
+    let mut guest = Guest::start(
+        "it-run-hlt",
+        &["--irqchip", "--run", "hlt_timer,count=100000000,us=2000"],
+    );
+    guest.go();
+    std::thread::sleep(Duration::from_secs(3));
+    let recorder = Recorder::start(&[
+        "-d",
+        "it-run-hlt",
+        "--duration",
+        "5s",
+        "--interval",
+        "500ms",
+        "--json",
+    ]);
+    let out = recorder.wait_exit();
+    let report = parse_json(&out.stdout);
+    let vm = vm_of(&report, guest.pid);
+    let cpu = vm["cpu"].as_array().unwrap();
+    assert_eq!(cpu.len(), 1, "{cpu:#?}");
+    assert_accounted_from_attach(&report, &cpu[0]);
+    assert!(cpu[0]["blocked_pct"].as_f64().unwrap() > 50.0, "{:#}", cpu[0]);
+}
+
+/// Issue 8.1: a vCPU looping on an in-kernel exit at 100 % of a CPU, never returning to user
+/// space, has a CPU row covering the whole recording, nearly all of it inside KVM_RUN.
+#[test]
+fn running_in_kernel_loop_has_a_cpu_row() {
+    require_kvm_and_root();
+    let mut guest = Guest::start("it-run-loop", &["--run", "cpuid,count=100000000000"]);
+    guest.go();
+    std::thread::sleep(Duration::from_secs(2));
+    let recorder = Recorder::start(&[
+        "-d",
+        "it-run-loop",
+        "--duration",
+        "4s",
+        "--interval",
+        "500ms",
+        "--json",
+    ]);
+    let out = recorder.wait_exit();
+    let report = parse_json(&out.stdout);
+    let vm = vm_of(&report, guest.pid);
+    let cpu = vm["cpu"].as_array().unwrap();
+    assert_eq!(cpu.len(), 1, "{cpu:#?}");
+    assert_accounted_from_attach(&report, &cpu[0]);
+    // Never blocked and never in user space: on a CPU inside KVM_RUN, or waiting for one.
+    let in_run = cpu[0]["in_kvm_run_pct"].as_f64().unwrap();
+    let waiting = cpu[0]["runnable_wait_pct"].as_f64().unwrap();
+    assert!(in_run + waiting > 99.0, "{:#}", cpu[0]);
+    assert!(cpu[0]["vmm_pct"].as_f64().unwrap() < 0.5, "{:#}", cpu[0]);
+    assert!(!vm["cpuid"].as_array().unwrap().is_empty(), "{vm:#}");
+}
+
+/// Issue 8.2: one guest writes to 30 000 distinct ports; the guests that run next are counted
+/// exactly, the big one's total is exact (its top rows plus an "other keys" row), the report
+/// stays short, and stderr does not get a line per dropped key.
+#[test]
+fn a_guest_with_thousands_of_ports_does_not_blind_the_others() {
+    require_kvm_and_root();
+    let mut wide = Guest::start(
+        "it-keys-wide",
+        &["--run", "pio_span,port=0x1000,span=30000,count=30000"],
+    );
+    let mut rtc = Guest::start("it-keys-rtc", &["--run", "pio_out,port=0x70,count=4321"]);
+    let mut msr = Guest::start("it-keys-msr", &["--run", "wrmsr,msr=0xc0000102,count=1234"]);
+    let recorder = Recorder::start(&[
+        "-d",
+        "it-keys-wide",
+        "-d",
+        "it-keys-rtc",
+        "-d",
+        "it-keys-msr",
+        "--interval",
+        "500ms",
+        "--json",
+    ]);
+    wide.go();
+    wide.wait_finished();
+    rtc.go();
+    msr.go();
+    rtc.wait_finished();
+    msr.wait_finished();
+    let out = recorder.stop(libc::SIGINT);
+    assert!(out.status.success());
+    let report = parse_json(&out.stdout);
+
+    let rtc_vm = vm_of(&report, rtc.pid);
+    assert_eq!(count_of(rtc_vm, "ports", &[("port", json!(0x70))]), 4321);
+    let msr_vm = vm_of(&report, msr.pid);
+    assert_eq!(
+        count_of(
+            msr_vm,
+            "msrs",
+            &[("msr", json!(0xc000_0102u64)), ("access", json!("write"))]
+        ),
+        1234
+    );
+
+    let wide_vm = vm_of(&report, wide.pid);
+    let ports = wide_vm["ports"].as_array().unwrap();
+    assert!(ports.len() <= 50, "{} port rows", ports.len());
+    let shown: u64 = ports.iter().map(|p| p["count"].as_u64().unwrap()).sum();
+    let other = rows(wide_vm, "other_keys", &[("kind", json!("ports"))]);
+    assert_eq!(other.len(), 1, "{:#}", wide_vm["other_keys"]);
+    // 30 000 writes and one `out` to the done port: every one of them counted.
+    assert_eq!(shown + other[0]["count"].as_u64().unwrap(), 30_001);
+    assert_eq!(report["counters"]["detail_map_full"], 0);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.lines().count() < 10, "{stderr}");
+}
+
+/// Issue 8.3: 300 VMs start, work and end during one recording, with a latency map of 32
+/// entries: every VM's counts are exact, nothing is dropped, nothing is left in flight, and the
+/// kernel maps are back to empty at the end.
+#[test]
+fn three_hundred_vm_lifetimes_in_one_recording() {
+    require_kvm_and_root();
+    let recorder = Recorder::start(&[
+        "--max-keys",
+        "32",
+        "--interval",
+        "200ms",
+        "--json",
+        "--quiet",
+        "--no-watch",
+    ]);
+    let mut pids = Vec::new();
+    for i in 0..300 {
+        let mut guest = Guest::start(
+            &format!("it-life-{i}"),
+            &["--run", "pio_out,port=0x70,count=100"],
+        );
+        guest.go();
+        guest.wait_finished();
+        pids.push(guest.pid);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let out = recorder.stop(libc::SIGINT);
+    assert!(out.status.success());
+    let report = parse_json(&out.stdout);
+    // The recorder sees each VM from its birth, so also its warm-up batch (2 writes and an
+    // `out` to the done port) before the 100 writes and their done port: 102 + 2 IO exits, all
+    // timed round trips but the last, after which the VM ended.
+    for pid in &pids {
+        let vm = vm_of(&report, *pid);
+        assert_eq!(
+            count_of(vm, "ports", &[("port", json!(0x70))]),
+            102,
+            "VM {pid}: {vm:#}"
+        );
+        assert_eq!(count_of(vm, "ports", &[("port", json!(0xf0))]), 2, "VM {pid}");
+        let io = rows(vm, "userspace_exits", &[("reason", json!("IO"))]);
+        assert_eq!(io[0]["count"], 104, "VM {pid}: {:#}", vm["userspace_exits"]);
+        assert_eq!(io[0]["round_trip"]["count"], 103, "VM {pid}");
+    }
+    let c = &report["counters"];
+    for zero in [
+        "latency_map_full",
+        "detail_map_full",
+        "thread_map_full",
+        "exits_in_flight_at_stop",
+        "round_trips_in_flight_at_stop",
+    ] {
+        assert_eq!(c[zero], 0, "{zero}: {c:#}");
+    }
+    assert_eq!(
+        c["map_entries_at_stop"],
+        json!({"threads": 0, "latency": 0, "details": 0}),
+        "{c:#}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.lines().count() < 10, "{stderr}");
+}
+
+/// Issue 8.6: min and max are per interval, so a window of a recording shows its own extremes:
+/// paced VMM round trips of ~10 ms early on do not show up in a window of fast ones later.
+#[test]
+fn a_window_shows_its_own_extremes() {
+    require_kvm_and_root();
+    let file = std::env::temp_dir().join(format!("kvmtrace-window-{}.kvmtrace", std::process::id()));
+    let _ = std::fs::remove_file(&file);
+    let mut guest = Guest::start(
+        "it-window",
+        &[
+            "--run",
+            "pio_out,port=0x70,count=40,rate=20;pio_out,port=0x71,ms=3000",
+        ],
+    );
+    let recorder = Recorder::start(&[
+        "-d",
+        "it-window",
+        "--interval",
+        "500ms",
+        "--json",
+        "-o",
+        file.to_str().unwrap(),
+    ]);
+    guest.go();
+    guest.wait_finished();
+    let out = recorder.stop(libc::SIGINT);
+    assert!(out.status.success());
+    let io_max = |report: &Value| {
+        let vm = vm_of(report, guest.pid);
+        rows(vm, "userspace_exits", &[("reason", json!("IO"))])[0]["round_trip"]["max_ns"]
+            .as_u64()
+            .unwrap()
+    };
+    let whole = io_max(&parse_json(&out.stdout));
+    assert!(whole >= 30_000_000, "paced round trips take ~50 ms: max {whole} ns");
+    // The paced phase ends about 2 s in; the window starts at 3 s.
+    let window = parse_json(&kvmtrace_ok(&[
+        "report",
+        "-i",
+        file.to_str().unwrap(),
+        "--from",
+        "3s",
+        "--format",
+        "json",
+    ]));
+    let windowed = io_max(&window);
+    assert!(
+        windowed < 25_000_000,
+        "the window's max is its own: {windowed} ns (whole recording {whole} ns)"
+    );
+    let _ = std::fs::remove_file(&file);
+}
