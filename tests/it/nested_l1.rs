@@ -93,9 +93,12 @@ fn check_mix(report: &Value, pid: u32) {
     );
     for row in vm["exits"].as_array().unwrap() {
         let l = &row["latency"];
-        // A latency sample per exit, except the ones still open at stop (counted, not timed).
+        // A latency sample per exit, except the ones still open at stop or whose thread ended
+        // before their entry (counted, not timed).
         assert_eq!(
-            l["count"].as_u64().unwrap() + row["in_flight"].as_u64().unwrap(),
+            l["count"].as_u64().unwrap()
+                + row["in_flight"].as_u64().unwrap()
+                + row["ended_with_thread"].as_u64().unwrap(),
             row["count"].as_u64().unwrap(),
             "{row:#}"
         );
@@ -288,4 +291,82 @@ fn hlt_time_is_mostly_blocked() {
             .all(|h| !h["what"].as_str().unwrap().contains("hlt")),
         "{handling:#?}"
     );
+}
+
+/// Issue 8.4: an I/O exit's time is split: in-kernel handling (kvm_exit -> kvm_entry minus the
+/// VMM round trip) and the VMM's round trip, each with its own percentiles; the CPU columns add
+/// up to the thread's CPU with nothing counted twice.
+#[test]
+#[ignore = "needs real kvm_exit/kvm_entry: runs inside the nested SVM L1 (cargo xtask nested)"]
+fn io_exit_time_is_split_between_kernel_and_vmm() {
+    assert_in_l1();
+    let mut guest = Guest::start("l1-io-split", &["--run", "pio_out,port=0x70,count=3000"]);
+    let (report, _) = record_guest(&mut guest, &[]);
+    let vm = vm_of(&report, guest.pid);
+    let io = rows(vm, "exits", &[("reason", json!("io"))]);
+    assert_eq!(io.len(), 1, "{:#}", vm["exits"]);
+    let (kernel, vmm) = (&io[0]["latency"], &io[0]["vmm"]);
+    // Every io exit but the last went to the VMM and came back.
+    assert_eq!(vmm["count"], 3000, "{:#}", io[0]);
+    let round_trip = &rows(vm, "userspace_exits", &[("reason", json!("IO"))])[0]["round_trip"];
+    assert_eq!(vmm["total_ns"], round_trip["total_ns"], "{:#}", vm["userspace_exits"]);
+    for l in [kernel, vmm] {
+        let (p50, p99) = (l["p50_ns"].as_u64().unwrap(), l["p99_ns"].as_u64().unwrap());
+        assert!(0 < p50 && p50 <= p99, "{l:#}");
+    }
+    for r in vm["cpu"].as_array().unwrap() {
+        let f = |k: &str| r[k].as_f64().unwrap();
+        let parts = f("guest_pct") + f("exit_handling_pct") + f("vmm_pct");
+        assert!((parts - f("cpu_pct")).abs() <= 0.02 * f("cpu_pct"), "{r:#}");
+    }
+    let handling = vm["cpu_summary"]["handling"].as_array().unwrap();
+    let share = |what: &str| {
+        handling
+            .iter()
+            .filter(|h| h["what"].as_str().unwrap().starts_with(what))
+            .map(|h| h["pct_of_vm_cpu"].as_f64().unwrap())
+            .sum::<f64>()
+    };
+    assert!(
+        share("exit handling of io") + share("VMM handling of KVM_EXIT_IO") <= 100.0,
+        "{handling:#?}"
+    );
+}
+
+/// Issue 8.5: attaching to a guest that is already exiting at full speed pairs every exit: the
+/// programs are all attached before counting starts, so no exit in the attach gap is unpaired.
+#[test]
+#[ignore = "needs real kvm_exit/kvm_entry: runs inside the nested SVM L1 (cargo xtask nested)"]
+fn attaching_to_a_busy_guest_pairs_every_exit() {
+    assert_in_l1();
+    let mut guest = Guest::start("l1-busy", &["--run", "cpuid,count=100000000000"]);
+    guest.go();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let recorder = Recorder::start(&[
+        "-d",
+        "l1-busy",
+        "--duration",
+        "3s",
+        "--interval",
+        "500ms",
+        "--json",
+    ]);
+    let out = recorder.wait_exit();
+    let report = crate::harness::parse_json(&out.stdout);
+    let c = &report["counters"];
+    assert_eq!(c["unpaired_exits"], 0, "{c:#}");
+    assert_eq!(c["unpaired_entries"], 0, "{c:#}");
+    let vm = vm_of(&report, guest.pid);
+    assert!(exit_count(vm, "cpuid", None) > 0, "{:#}", vm["exits"]);
+    let all: u64 = vm["exits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(c["exits_seen"].as_u64().unwrap(), all, "{c:#}");
+    let row = &vm["cpu"][0];
+    let wall = row["wall_secs"].as_f64().unwrap();
+    let duration = report["duration_secs"].as_f64().unwrap();
+    assert!((wall - duration).abs() < 0.1, "{row:#}");
 }

@@ -32,9 +32,11 @@ fn detail_of(reason: &str) -> DetailOf {
     }
 }
 
-/// Frame-safe text: no `;` (frame separator) and no trailing count-like spaces.
+/// Frame-safe text: no `;` (frame separator), and no line breaks or other control characters
+/// (names are escaped where they enter kvmtrace; escaping again is a no-op, and keeps a folded
+/// line one line whatever a report was built from).
 fn frame(s: &str) -> String {
-    s.replace(';', ",")
+    crate::untrusted::escape(&s.replace(';', ","))
 }
 
 fn vcpu_frame(v: &Option<String>) -> String {
@@ -53,7 +55,20 @@ fn details(
     reason: &str,
 ) -> Vec<(String, u64)> {
     let on = |v: &Option<String>| v == vcpu;
-    match table {
+    let kind = match table {
+        DetailOf::Ports => "ports",
+        DetailOf::Mmio => "MMIO addresses",
+        DetailOf::Msrs => "MSRs",
+        DetailOf::Cpuid => "CPUID functions",
+        DetailOf::None => "",
+    };
+    // Events without a row of their own stay in the picture, as one "other" frame.
+    let other = vm
+        .other_keys
+        .iter()
+        .filter(|o| o.kind == kind && on(&o.vcpu))
+        .map(|o| (format!("other {}", o.kind), o.count));
+    let mut rows: Vec<(String, u64)> = match table {
         DetailOf::Ports => vm
             .ports
             .iter()
@@ -89,7 +104,9 @@ fn details(
             .map(|c| (format!("cpuid {:#x}", c.function), c.count))
             .collect(),
         DetailOf::None => Vec::new(),
-    }
+    };
+    rows.extend(other);
+    rows
 }
 
 /// Splits `weight` over `parts` in proportion to their counts; the rounding remainder stays
@@ -198,6 +215,7 @@ mod tests {
     #[test]
     fn frames_never_contain_separators() {
         assert_eq!(frame("a;b"), "a,b");
+        assert_eq!(frame("a\nb 7\u{1b}"), "a\\nb 7\\x1b");
         assert_eq!(vcpu_frame(&Some("3".into())), "vCPU 3");
         assert_eq!(vcpu_frame(&Some("tid 9".into())), "tid 9");
         assert_eq!(vcpu_frame(&None), "all vCPUs");
