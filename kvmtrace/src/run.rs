@@ -26,7 +26,7 @@ use crate::{
     record::{Header, Writer},
     render,
     report::{self, Context, Report},
-    view,
+    untrusted, view,
     vm::{Host, Vm},
 };
 
@@ -200,7 +200,6 @@ async fn record(args: RecordArgs) -> anyhow::Result<()> {
         max_latency_keys: args.max_keys,
         max_detail_keys: args.max_detail_keys,
         detail_keys_per_thread: args.max_keys_per_vcpu,
-        ..Default::default()
     };
     let mut tracer = Tracer::start(&opts)?;
     // procfs CPU time of every known thread as counting starts: the cross-check's baseline.
@@ -586,7 +585,7 @@ fn report_file(args: &ReportArgs) -> anyhow::Result<()> {
     if args.sort != SortKey::Count {
         view::sort(&mut report, args.sort);
     }
-    let title = format!("kvmtrace: {}", file_name(&args.input));
+    let title = format!("kvmtrace: {}", untrusted::escape(&file_name(&args.input)));
     let mut out = output(args.output.as_deref())?;
     finish_output(render_report(
         &report,
@@ -628,11 +627,11 @@ fn diff_files(args: &DiffArgs) -> anyhow::Result<()> {
             .map_err(io::Error::other)
             .and_then(|()| writeln!(out)),
         DiffFormat::Flamegraph => {
-            let title = format!(
+            let title = untrusted::escape(&format!(
                 "kvmtrace diff {} -> {}",
                 args.before.display(),
                 args.after.display()
-            );
+            ));
             render::flamegraph::render_differential(
                 &render::folded::lines(&before, args.weight),
                 &render::folded::lines(&after, args.weight),

@@ -1,16 +1,21 @@
 //! `cargo xtask fuzz [--seconds N]`: runs the recording reader's fuzz target (fuzz/, cargo-fuzz on
-//! nightly) for a bounded time on a copy of the checked-in seed corpus. Installs cargo-fuzz when
-//! missing. The eBPF object is not needed for the reader, so it is skipped (AYA_BUILD_SKIP).
+//! nightly) for a bounded time on a copy of the checked-in seed corpus (cargo-fuzz comes from
+//! `cargo xtask setup`). The eBPF object is not needed for the reader, so it is skipped
+//! (AYA_BUILD_SKIP).
 
 use anyhow::Context as _;
 
-use crate::sh::{cargo, cmd, output, root, run};
+use crate::{
+    requirements::require,
+    sh::{cmd, root, run},
+};
+
+/// Peak RSS of the fuzzing process, and the largest single allocation, in MiB.
+const FUZZ_RSS_LIMIT_MB: u32 = 1024;
+const FUZZ_MALLOC_LIMIT_MB: u32 = 256;
 
 pub fn run_fuzz(seconds: u64) -> anyhow::Result<()> {
-    if output(cmd("cargo-fuzz").arg("--version")).is_none() {
-        eprintln!("fuzz: installing cargo-fuzz (once)");
-        run(cargo().args(["install", "cargo-fuzz", "--locked"]))?;
-    }
+    require(&["cargo-fuzz"])?;
     // The fuzzer adds what it finds to its corpus directory: give it a scratch copy.
     let corpus = root().join("target/fuzz-corpus/read_recording");
     std::fs::create_dir_all(&corpus)?;
@@ -23,5 +28,13 @@ pub fn run_fuzz(seconds: u64) -> anyhow::Result<()> {
         .env("AYA_BUILD_SKIP", "1")
         .args(["run", "nightly", "cargo", "fuzz", "run", "read_recording"])
         .arg(&corpus)
-        .args(["--", &format!("-max_total_time={seconds}")]))
+        // A recording must not make the reader allocate without bound (a zstd bomb, millions
+        // of keys): an input that pushes the process past these limits is a crash. The reader's
+        // own limits (kvmtrace/src/record/limits.rs) stay far below them, even under ASan.
+        .args([
+            "--",
+            &format!("-max_total_time={seconds}"),
+            &format!("-rss_limit_mb={FUZZ_RSS_LIMIT_MB}"),
+            &format!("-malloc_limit_mb={FUZZ_MALLOC_LIMIT_MB}"),
+        ]))
 }

@@ -1,11 +1,17 @@
 //! kvmtrace's developer tasks, one module per subcommand.
 mod bench;
 mod codegen;
+mod deb_l1;
 mod demo;
+mod dist;
+mod dist_check;
 mod fuzz;
+mod l1;
 mod nested;
+mod requirements;
 mod setup;
 mod sh;
+mod static_build;
 mod test;
 
 use std::path::PathBuf;
@@ -21,7 +27,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install build and test dependencies (idempotent; seconds when present).
+    /// Install what xtask/src/requirements.rs lists (idempotent; seconds when present).
     Setup,
     /// Every check CI runs: fmt, clippy, unit tests, integration tests with real guests (root).
     Test,
@@ -47,6 +53,12 @@ enum Task {
         #[arg(long, default_value_t = 2)]
         smp: u32,
     },
+    /// Build target/dist/: static kvmtrace, completions, man pages, .deb; check them.
+    Dist {
+        /// Then install the .deb with dpkg in the nested rig's L1 and record a guest there.
+        #[arg(long)]
+        l1: bool,
+    },
     /// Fuzz the recording reader for a bounded time.
     Fuzz {
         #[arg(long, default_value_t = 60)]
@@ -70,6 +82,7 @@ fn main() -> anyhow::Result<()> {
             smp,
         })
         .map(|_| ()),
+        Task::Dist { l1 } => dist::run_dist(l1),
         Task::Fuzz { seconds } => fuzz::run_fuzz(seconds),
         Task::Codegen { formats } => codegen::run(&sh::root(), &formats),
     }

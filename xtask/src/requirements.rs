@@ -4,7 +4,8 @@
 //! ([`require`]) name the entry's source from it; and a unit test scans xtask/src, tests/ and
 //! kvmtrace/build.rs for every program they spawn and fails naming any that is not here.
 //!
-//! The scan sees literal `cmd("X")` and `Command::new("X")`. Programs that only run inside
+//! The scan sees `cmd` and `Command::new` calls with a literal program name, and the names in
+//! `require` lists. Programs that only run inside
 //! `sh -c` scripts (find, gzip and cpio for the L1 initramfs, umount in the tests' tracefs
 //! script) are listed by hand. Programs run inside the nested rig's L1 come from its initramfs
 //! (busybox, dpkg), not from this machine.
@@ -47,52 +48,211 @@ use Source::{Apt, Cargo, Component, Rustup};
 
 pub const REQUIREMENTS: &[Requirement] = &[
     // Rust.
-    req("cargo", Rustup, "builds, tests, clippy, fmt, benches (stable 1.95)"),
-    req("rustup", Rustup, "runs the nightly toolchain: eBPF build and clippy, fuzzing"),
-    req("cc", Apt("gcc"), "the linker rustc uses on x86_64 Linux; bpf-linker's build asks it for library paths"),
-    req("/usr/lib/x86_64-linux-gnu/libc.a", Apt("libc6-dev"), "static glibc for the crt-static builds (nested rig, dist)"),
-    req("rust-src", Component { toolchain: "nightly", component: "rust-src" }, "build-std core for the bpfel-unknown-none eBPF build"),
-    req("clippy", Component { toolchain: "nightly", component: "clippy" }, "clippy of the eBPF crate (it only builds for the BPF target, on nightly)"),
-    req("clippy", Component { toolchain: "stable", component: "clippy" }, "cargo clippy in cargo xtask test"),
-    req("rustfmt", Component { toolchain: "stable", component: "rustfmt" }, "cargo fmt --check in cargo xtask test"),
-    req("bpf-linker", Cargo { krate: "bpf-linker", version: "0.13.0", args: &["--no-default-features", "--features", "llvm-22"] },
-        "links the eBPF object; built against LLVM 22, the nightly's LLVM (its default llvm-23 cannot read that bitcode)"),
-    req("cargo-deb", Cargo { krate: "cargo-deb", version: "3.8.0", args: &[] }, "builds the .deb in cargo xtask dist (3.8.0 builds on rustc 1.95)"),
-    req("cargo-fuzz", Cargo { krate: "cargo-fuzz", version: "0.13.2", args: &[] }, "runs the recording reader's fuzz target (cargo xtask fuzz)"),
-    // LLVM 22 for bpf-linker's build (toolchain notes).
-    req("/usr/lib/llvm-22/bin/llvm-config", Apt("llvm-22-dev"), "bpf-linker's build finds LLVM 22 with it (llvm-22-dev pulls llvm-22)"),
-    req("/usr/lib/llvm-22/lib/libLLVM.so", Apt("llvm-22-dev"), "bpf-linker links LLVM 22"),
-    req("/usr/lib/llvm-22/lib/libclang.so", Apt("libclang-22-dev"), "part of the LLVM 22 set verified for bpf-linker in the toolchain notes"),
-    req("/usr/lib/x86_64-linux-gnu/libz.so", Apt("zlib1g-dev"), "LLVM's zlib, linked into bpf-linker"),
-    req("/usr/lib/x86_64-linux-gnu/libzstd.so", Apt("libzstd-dev"), "LLVM's zstd, linked into bpf-linker"),
+    req(
+        "cargo",
+        Rustup,
+        "builds, tests, clippy, fmt, benches (stable 1.95)",
+    ),
+    req(
+        "rustup",
+        Rustup,
+        "runs nightly: the eBPF build and clippy, fuzzing",
+    ),
+    req(
+        "cc",
+        Apt("gcc"),
+        "rustc's linker; bpf-linker's build asks it for library paths",
+    ),
+    req(
+        "/usr/lib/x86_64-linux-gnu/libc.a",
+        Apt("libc6-dev"),
+        "static glibc for the crt-static builds (nested rig, dist)",
+    ),
+    req(
+        "rust-src",
+        Component {
+            toolchain: "nightly",
+            component: "rust-src",
+        },
+        "build-std core for the bpfel-unknown-none eBPF build",
+    ),
+    req(
+        "clippy",
+        Component {
+            toolchain: "nightly",
+            component: "clippy",
+        },
+        "clippy of the eBPF crate (it only builds for the BPF target, on nightly)",
+    ),
+    req(
+        "clippy",
+        Component {
+            toolchain: "stable",
+            component: "clippy",
+        },
+        "cargo clippy in cargo xtask test",
+    ),
+    req(
+        "rustfmt",
+        Component {
+            toolchain: "stable",
+            component: "rustfmt",
+        },
+        "cargo fmt --check in cargo xtask test",
+    ),
+    req(
+        "bpf-linker",
+        Cargo {
+            krate: "bpf-linker",
+            version: "0.13.0",
+            args: &["--no-default-features", "--features", "llvm-22"],
+        },
+        // Its default llvm-23 cannot read the bitcode of this nightly (LLVM 22).
+        "links the eBPF object; built against LLVM 22, the nightly's LLVM",
+    ),
+    req(
+        "cargo-deb",
+        Cargo {
+            krate: "cargo-deb",
+            version: "3.8.0",
+            args: &[],
+        },
+        "builds the .deb in cargo xtask dist (3.8.0 builds on rustc 1.95)",
+    ),
+    req(
+        "cargo-fuzz",
+        Cargo {
+            krate: "cargo-fuzz",
+            version: "0.13.2",
+            args: &[],
+        },
+        "runs the recording reader's fuzz target (cargo xtask fuzz)",
+    ),
+    // LLVM 22 for bpf-linker's build (the toolchain notes' verified set).
+    req(
+        "/usr/lib/llvm-22/bin/llvm-config",
+        Apt("llvm-22-dev"),
+        "bpf-linker's build finds LLVM 22 with it (llvm-22-dev pulls in llvm-22)",
+    ),
+    req(
+        "/usr/lib/llvm-22/lib/libLLVM.so",
+        Apt("llvm-22-dev"),
+        "bpf-linker links LLVM 22",
+    ),
+    req(
+        "/usr/lib/llvm-22/lib/libclang.so",
+        Apt("libclang-22-dev"),
+        "part of the LLVM 22 set the toolchain notes verified for bpf-linker",
+    ),
+    req(
+        "/usr/lib/x86_64-linux-gnu/libz.so",
+        Apt("zlib1g-dev"),
+        "LLVM's zlib, linked into bpf-linker",
+    ),
+    req(
+        "/usr/lib/x86_64-linux-gnu/libzstd.so",
+        Apt("libzstd-dev"),
+        "LLVM's zstd, linked into bpf-linker",
+    ),
     // Packages: setup, and the nested rig's downloads.
-    req("dpkg-query", Apt("dpkg"), "setup asks it which packages are installed"),
-    req("apt-get", Apt("apt"), "setup installs packages; the nested rig downloads the L1 kernel, busybox and dpkg"),
-    req("apt-cache", Apt("apt"), "the nested rig finds Debian's current 6.1 kernel package"),
-    req("dpkg-deb", Apt("dpkg"), "unpacks the downloaded L1 packages; lists and checks the .deb in dist"),
-    req("git", Apt("git"), "kvmtrace/build.rs puts the commit in kvmtrace --version"),
+    req(
+        "dpkg-query",
+        Apt("dpkg"),
+        "setup asks it which packages are installed",
+    ),
+    req(
+        "apt-get",
+        Apt("apt"),
+        "setup installs; the nested rig downloads L1's packages",
+    ),
+    req(
+        "apt-cache",
+        Apt("apt"),
+        "the nested rig finds Debian's current 6.1 kernel",
+    ),
+    req(
+        "dpkg-deb",
+        Apt("dpkg"),
+        "unpacks L1's packages; lists and checks the .deb",
+    ),
+    req(
+        "git",
+        Apt("git"),
+        "kvmtrace/build.rs puts the commit in kvmtrace --version",
+    ),
     // The nested rig (an L1 Linux under QEMU).
-    req("qemu-system-x86_64", Apt("qemu-system-x86"), "boots the nested rig's L1 VM (TCG, SVM CPU model)"),
-    req("depmod", Apt("kmod"), "module dependencies of the L1 kernel"),
+    req(
+        "qemu-system-x86_64",
+        Apt("qemu-system-x86"),
+        "boots the nested rig's L1 VM (TCG, SVM CPU model)",
+    ),
+    req(
+        "depmod",
+        Apt("kmod"),
+        "module dependencies of the L1 kernel",
+    ),
     req("cpio", Apt("cpio"), "packs the L1 initramfs"),
     req("gzip", Apt("gzip"), "compresses the L1 initramfs"),
-    req("find", Apt("findutils"), "lists the L1 initramfs files for cpio"),
-    req("sh", Apt("dash"), "runs the initramfs packing and test scripts"),
+    req(
+        "find",
+        Apt("findutils"),
+        "lists the L1 initramfs files for cpio",
+    ),
+    req(
+        "sh",
+        Apt("dash"),
+        "runs the initramfs packing and test scripts",
+    ),
     // Tests and benchmarks.
-    req("bpftool", Apt("bpftool"), "tests check kvmtrace leaves no BPF program behind; bench reads run-time stats"),
-    req("bpftrace", Apt("bpftrace"), "bench compares kvmtrace with a bpftrace keyed count"),
-    req("setpriv", Apt("util-linux"), "the not-root test runs kvmtrace as uid 65534"),
-    req("unshare", Apt("util-linux"), "the tracefs test unmounts tracefs in a private mount namespace"),
-    req("mount", Apt("mount"), "setup mounts tracefs when it is absent"),
-    req("umount", Apt("mount"), "the tracefs test unmounts tracefs (in its sh script)"),
-    req("uname", Apt("coreutils"), "bench records the kernel it measured"),
+    req(
+        "bpftool",
+        Apt("bpftool"),
+        "tests check no BPF program is left behind; bench reads run-time stats",
+    ),
+    req(
+        "bpftrace",
+        Apt("bpftrace"),
+        "bench compares kvmtrace with a bpftrace count",
+    ),
+    req(
+        "setpriv",
+        Apt("util-linux"),
+        "the not-root test runs kvmtrace as uid 65534",
+    ),
+    req(
+        "unshare",
+        Apt("util-linux"),
+        "the tracefs test unmounts tracefs in a private mount namespace",
+    ),
+    req(
+        "mount",
+        Apt("mount"),
+        "setup mounts tracefs when it is absent",
+    ),
+    req(
+        "umount",
+        Apt("mount"),
+        "the tracefs test unmounts tracefs (in its sh script)",
+    ),
+    req(
+        "uname",
+        Apt("coreutils"),
+        "bench records the kernel it measured",
+    ),
     // dist: checks of the static binary, man pages and completions.
-    req("ldd", Apt("libc-bin"), "dist asserts the binary is not a dynamic executable"),
+    req(
+        "ldd",
+        Apt("libc-bin"),
+        "dist asserts the binary is not a dynamic executable",
+    ),
     req("man", Apt("man-db"), "dist checks every man page renders"),
-    req("bash", Apt("bash"), "dist checks the bash completion offers the subcommands"),
-    // The metrics exporter's tests (coming): a real Prometheus scrapes it, promtool checks the rules.
-    req("prometheus", Apt("prometheus"), "the exporter's tests scrape it with a real Prometheus"),
-    req("promtool", Apt("prometheus"), "the exporter's tests check its metrics and rules"),
+    req(
+        "bash",
+        Apt("bash"),
+        "dist checks the bash completion offers the subcommands",
+    ),
+    // prometheus/promtool (package `prometheus`) join this table with the exporter's tests: the
+    // package starts a Prometheus server on :9090 when installed, so not before it is needed.
 ];
 
 const fn req(what: &'static str, source: Source, why: &'static str) -> Requirement {
@@ -123,7 +283,9 @@ pub fn require(programs: &[&str]) -> anyhow::Result<()> {
     let mut missing = Vec::new();
     for &what in programs {
         let Some(r) = entry(what) else {
-            bail!("{what} is not in xtask/src/requirements.rs: add it there (setup installs that list)");
+            bail!(
+                "{what} is not in xtask/src/requirements.rs: add it there (setup installs that list)"
+            );
         };
         if !present(r) {
             missing.push(format!("{what} is missing ({}; {})", r.source, r.why));
@@ -144,8 +306,14 @@ pub fn present(r: &Requirement) -> bool {
         Component {
             toolchain,
             component,
-        } => output(cmd("rustup").args(["component", "list", "--installed", "--toolchain", toolchain]))
-            .is_some_and(|s| s.lines().any(|l| l.starts_with(component))),
+        } => output(cmd("rustup").args([
+            "component",
+            "list",
+            "--installed",
+            "--toolchain",
+            toolchain,
+        ]))
+        .is_some_and(|s| s.lines().any(|l| l.starts_with(component))),
         _ if r.what.starts_with('/') => Path::new(r.what).exists(),
         _ => find_program(r.what).is_some(),
     }
@@ -203,8 +371,8 @@ mod tests {
         }
     }
 
-    /// Literal program names spawned in `source`: `cmd("X")`, `Command::new("X")`, and every name
-    /// in a `require(&["X", "Y"])` list.
+    /// Literal program names spawned in `source`: by `cmd` or `Command::new` with a string
+    /// literal, and every name in a `require` list.
     fn spawned(source: &str) -> Vec<String> {
         let mut found = Vec::new();
         for pattern in SPAWNS {
@@ -249,7 +417,10 @@ mod tests {
                 }
             }
         }
-        assert!(seen > 20, "the scan found only {seen} spawns: is it broken?");
+        assert!(
+            seen > 20,
+            "the scan found only {seen} spawns: is it broken?"
+        );
         assert!(
             missing.is_empty(),
             "programs not in xtask/src/requirements.rs (so `cargo xtask setup` does not install \
@@ -259,9 +430,10 @@ mod tests {
 
     #[test]
     fn the_scanner_sees_each_spawn_form() {
-        let source = r#"cmd("qemu-system-x86_64").arg("x"); Command::new("bpftool");
-            std::process::Command::new("setpriv"); require(&["cpio", "depmod"]);
-            cmd(target_bin("release", "kvmtrace")); Command::new(kvmtrace_bin())"#;
+        // Escaped quotes, so that the scan of this file does not see these.
+        let source = "cmd(\"qemu-system-x86_64\").arg(\"x\"); Command::new(\"bpftool\");
+            std::process::Command::new(\"setpriv\"); require(&[\"cpio\", \"depmod\"]);
+            cmd(target_bin(\"release\", \"kvmtrace\")); Command::new(kvmtrace_bin())";
         assert_eq!(
             spawned(source),
             ["qemu-system-x86_64", "bpftool", "setpriv", "cpio", "depmod"]
@@ -284,7 +456,8 @@ mod tests {
 
     #[test]
     fn missing_programs_name_their_package() {
-        let err = require(&["qemu-system-x86_64", "no-such-program-xyz"]).unwrap_err();
+        let names = ["qemu-system-x86_64", "no-such-program-xyz"];
+        let err = require(&names).unwrap_err();
         assert!(
             err.to_string()
                 .contains("no-such-program-xyz is not in xtask/src/requirements.rs"),

@@ -1,10 +1,13 @@
 //! `cargo xtask test`: everything CI checks, in order: set-up, formatting, clippy (also for the
 //! eBPF crate, on nightly, since it builds for another target), unit tests, then the integration
 //! tests against real guests as root, one at a time, the nested-SVM suite (real kvm_exit), the
-//! recording benchmarks' bars, and a bounded fuzzing run of the recording reader.
+//! release artefacts (`dist`: static binary, man pages, completions, .deb) and the .deb installed
+//! with dpkg in the nested rig's L1, the recording benchmarks' bars, and a bounded fuzzing run of
+//! the recording reader. xtask's own unit tests (the requirements scan among them) run with
+//! `--lib --bins`: xtask is a binary crate in the default members.
 
 use crate::{
-    fuzz, nested, setup,
+    dist, fuzz, nested, setup,
     sh::{cargo, cmd, run, run_counting},
 };
 
@@ -49,6 +52,8 @@ pub fn run_tests() -> anyhow::Result<()> {
     ]))?;
     // The tests that need real kvm_exit/kvm_entry run inside the nested SVM L1.
     passed += nested::run_nested(&nested::Options::default())?;
+    // What users install: built statically, checked here, then installed and used in L1.
+    dist::run_dist(true)?;
     // Recording size and offline report speed bars (exits non-zero when missed).
     run(cargo().args(["bench", "-p", "kvmtrace", "--bench", "recording"]))?;
     // The recording reader never panics on arbitrary bytes.
