@@ -74,6 +74,9 @@ pub struct RecordArgs {
     #[arg(long, value_name = "DIR")]
     pub tracefs: Option<PathBuf>,
     /// Also write the recording to FILE (streamed: a killed recorder leaves a readable file).
+    /// An existing FILE is left untouched until tracing starts, then replaced atomically; a
+    /// symbolic link, directory or device is refused. On a write error (a full disk) the file
+    /// is cut short with a warning, and the live report is still printed.
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: Option<PathBuf>,
     /// Capacity of the kernel's latency map (VMs x vCPUs x exit reasons).
@@ -189,7 +192,7 @@ pub struct ReportArgs {
     /// What flamegraph/folded frames are weighted by.
     #[arg(long, value_enum, default_value_t = Weight::Time)]
     pub weight: Weight,
-    /// Write to FILE instead of stdout.
+    /// Write to FILE instead of stdout (replaced once complete; not through a symbolic link).
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: Option<PathBuf>,
     #[command(flatten)]
@@ -217,7 +220,7 @@ pub struct DiffArgs {
     /// What the differential flamegraph is weighted by.
     #[arg(long, value_enum, default_value_t = Weight::Time)]
     pub weight: Weight,
-    /// Write to FILE instead of stdout.
+    /// Write to FILE instead of stdout (replaced once complete; not through a symbolic link).
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: Option<PathBuf>,
 }

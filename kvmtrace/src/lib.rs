@@ -1,7 +1,7 @@
 //! kvmtrace: an eBPF tracing profiler for KVM VM exits.
 //!
 //! Data path: kvm tracepoints -> kvmtrace-ebpf (filter by VM, pair exit->entry, aggregate in maps)
-//! -> [`collect`] (attach, drain deltas) -> [`model`] (hdrhistograms) -> [`report`] (per-VM
+//! -> [`collect`] (attach, drain deltas) -> [`model`] (latency buckets) -> [`report`] (per-VM
 //! tables) -> [`render`] (text, JSON). [`vm`] finds VMs and names; [`tp`] parses tracepoint formats
 //! and names exit reasons; [`cli`] and [`run`] wire it together.
 

@@ -146,7 +146,7 @@ pub fn build_report(
     let mut report = report::build(&loaded.agg, &ctx);
     if loaded.cut_short {
         report.notes.push(format!(
-            "the recording was cut short (the recorder was killed before it finished the file); this covers it up to its last complete interval, at {:.1} s.",
+            "the recording was cut short (the recorder was killed, or could not write, before it finished the file); this covers it up to its last complete interval, at {:.1} s.",
             loaded.last_interval_at.as_secs_f64()
         ));
     }

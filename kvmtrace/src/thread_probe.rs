@@ -34,12 +34,17 @@ pub fn probe(proc_root: &Path, pid: u32, tid: u32) -> Option<AtStart> {
         .join(pid.to_string())
         .join("task")
         .join(tid.to_string());
-    let flags = task_flags(&std::fs::read_to_string(dir.join("stat")).ok()?)?;
+    // Read as bytes: a thread name (inside `stat`) need not be UTF-8.
+    let read = |name: &str| {
+        std::fs::read(dir.join(name))
+            .ok()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+    };
+    let flags = task_flags(&read("stat")?)?;
     if flags & (PF_USER_WORKER | PF_KTHREAD) != 0 {
         return None;
     }
-    let text = std::fs::read_to_string(dir.join("syscall")).ok()?;
-    Some(parse_syscall(&text))
+    Some(parse_syscall(&read("syscall")?))
 }
 
 /// Field 9 (flags) of a `stat` line; the command name in field 2 may hold spaces and parens.

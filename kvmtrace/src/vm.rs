@@ -194,13 +194,13 @@ impl Host {
                 [vm] => chosen.push((*vm).clone()),
                 [] => {
                     return Err(Error::UnknownVm {
-                        name: name.clone(),
+                        name: escaped,
                         found: all.iter().map(describe).collect(),
                     });
                 }
                 many => {
                     return Err(Error::AmbiguousVm {
-                        name: name.clone(),
+                        name: escaped,
                         found: many.iter().map(|vm| describe(vm)).collect(),
                     });
                 }

@@ -91,14 +91,26 @@ pub struct Guest {
 impl Guest {
     /// Starts a guest named `name`; `args` are its --vcpus/--run arguments.
     pub fn start(name: &str, args: &[&str]) -> Guest {
-        let mut child = Command::new(testvm_bin())
-            .args([
-                "-name",
-                &format!("guest={name},debug-threads=on"),
-                "--start-on-stdin",
-                "--timeout",
-                "120",
-            ])
+        Guest::start_raw(
+            &testvm_bin(),
+            format!("guest={name},debug-threads=on").as_ref(),
+            name,
+            args,
+        )
+    }
+
+    /// Starts `program` (the test VMM, or a link to it: the link's name becomes the process's
+    /// comm) with `-name NAME_ARG` given as is, any bytes. `name` is what `-d` should find it by.
+    pub fn start_raw(
+        program: &std::path::Path,
+        name_arg: &std::ffi::OsStr,
+        name: &str,
+        args: &[&str],
+    ) -> Guest {
+        let mut child = Command::new(program)
+            .arg("-name")
+            .arg(name_arg)
+            .args(["--start-on-stdin", "--timeout", "120"])
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -155,6 +167,11 @@ pub struct Recorder {
 impl Recorder {
     /// Starts `kvmtrace record ARGS` and waits until it is recording.
     pub fn start(args: &[&str]) -> Recorder {
+        Recorder::start_os(&args.iter().map(std::ffi::OsStr::new).collect::<Vec<_>>())
+    }
+
+    /// [`Recorder::start`] with arguments that need not be UTF-8.
+    pub fn start_os(args: &[&std::ffi::OsStr]) -> Recorder {
         let mut child = Command::new(kvmtrace_bin())
             .arg("record")
             .args(args)
@@ -175,6 +192,11 @@ impl Recorder {
             child: Some(child),
             stderr,
         }
+    }
+
+    /// Waits for a stderr line after the banner that matches `pred`, and returns it.
+    pub fn wait_stderr(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        wait_line(&self.stderr, what, pred).0
     }
 
     /// Sends `signal` and collects the output (stderr already consumed up to the banner).

@@ -58,7 +58,11 @@ fn running_halted_guest_is_accounted_from_attach() {
     let cpu = vm["cpu"].as_array().unwrap();
     assert_eq!(cpu.len(), 1, "{cpu:#?}");
     assert_accounted_from_attach(&report, &cpu[0]);
-    assert!(cpu[0]["blocked_pct"].as_f64().unwrap() > 50.0, "{:#}", cpu[0]);
+    assert!(
+        cpu[0]["blocked_pct"].as_f64().unwrap() > 50.0,
+        "{:#}",
+        cpu[0]
+    );
 }
 
 /// Issue 8.1: a vCPU looping on an in-kernel exit at 100 % of a CPU, never returning to user
@@ -189,7 +193,11 @@ fn three_hundred_vm_lifetimes_in_one_recording() {
             102,
             "VM {pid}: {vm:#}"
         );
-        assert_eq!(count_of(vm, "ports", &[("port", json!(0xf0))]), 2, "VM {pid}");
+        assert_eq!(
+            count_of(vm, "ports", &[("port", json!(0xf0))]),
+            2,
+            "VM {pid}"
+        );
         let io = rows(vm, "userspace_exits", &[("reason", json!("IO"))]);
         assert_eq!(io[0]["count"], 104, "VM {pid}: {:#}", vm["userspace_exits"]);
         assert_eq!(io[0]["round_trip"]["count"], 103, "VM {pid}");
@@ -218,7 +226,8 @@ fn three_hundred_vm_lifetimes_in_one_recording() {
 #[test]
 fn a_window_shows_its_own_extremes() {
     require_kvm_and_root();
-    let file = std::env::temp_dir().join(format!("kvmtrace-window-{}.kvmtrace", std::process::id()));
+    let file =
+        std::env::temp_dir().join(format!("kvmtrace-window-{}.kvmtrace", std::process::id()));
     let _ = std::fs::remove_file(&file);
     let mut guest = Guest::start(
         "it-window",
@@ -247,7 +256,10 @@ fn a_window_shows_its_own_extremes() {
             .unwrap()
     };
     let whole = io_max(&parse_json(&out.stdout));
-    assert!(whole >= 30_000_000, "paced round trips take ~50 ms: max {whole} ns");
+    assert!(
+        whole >= 30_000_000,
+        "paced round trips take ~50 ms: max {whole} ns"
+    );
     // The paced phase ends about 2 s in; the window starts at 3 s.
     let window = parse_json(&kvmtrace_ok(&[
         "report",

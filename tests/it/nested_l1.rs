@@ -309,7 +309,11 @@ fn io_exit_time_is_split_between_kernel_and_vmm() {
     // Every io exit but the last went to the VMM and came back.
     assert_eq!(vmm["count"], 3000, "{:#}", io[0]);
     let round_trip = &rows(vm, "userspace_exits", &[("reason", json!("IO"))])[0]["round_trip"];
-    assert_eq!(vmm["total_ns"], round_trip["total_ns"], "{:#}", vm["userspace_exits"]);
+    assert_eq!(
+        vmm["total_ns"], round_trip["total_ns"],
+        "{:#}",
+        vm["userspace_exits"]
+    );
     for l in [kernel, vmm] {
         let (p50, p99) = (l["p50_ns"].as_u64().unwrap(), l["p99_ns"].as_u64().unwrap());
         assert!(0 < p50 && p50 <= p99, "{l:#}");

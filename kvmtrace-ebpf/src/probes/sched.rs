@@ -28,16 +28,16 @@ pub fn kvmtrace_switch(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn try_switch(ctx: &TracePointContext) {
     let cfg = config();
-    if open_epoch().is_none() {
-        return;
-    }
     let prev = field::<u32>(ctx, cfg.sched_prev_pid);
     let next = field::<u32>(ctx, cfg.sched_next_pid);
+    // The other threads of the host leave first; the gate is checked only for vCPU threads.
+    let (prev_traced, next_traced) = (maybe_traced_tid(prev), maybe_traced_tid(next));
+    if !(prev_traced || next_traced) || open_epoch().is_none() {
+        return;
+    }
     // Each side is looked up and handled on its own: combining the two lookups' results lets the
     // compiler OR the pointers together, which the verifier rejects.
-    if maybe_traced_tid(prev)
-        && let Some(p) = THREADS.get_ptr_mut(prev)
-    {
+    if prev_traced && let Some(p) = THREADS.get_ptr_mut(prev) {
         let ts = now_ns();
         // SAFETY: THREADS values are only written by their own thread's events, and this is the
         // switch away from that thread.
@@ -52,9 +52,7 @@ fn try_switch(ctx: &TracePointContext) {
             p.flags |= THREAD_OFF_RUNNABLE;
         }
     }
-    if maybe_traced_tid(next)
-        && let Some(n) = THREADS.get_ptr_mut(next)
-    {
+    if next_traced && let Some(n) = THREADS.get_ptr_mut(next) {
         let ts = now_ns();
         // SAFETY: as above; this is the switch to that thread.
         let n = unsafe { &mut *n };

@@ -146,8 +146,7 @@ pub fn describe(what: &What) -> String {
     match *what {
         What::Exit { isa, reason } => exit_reason_name(isa, reason),
         What::Detail { kind, a, b } if a == u32::MAX && b == u64::MAX => {
-            let kind = DetailKind::from_u32(kind)
-                .map_or("keys", crate::report::detail_kind_name);
+            let kind = DetailKind::from_u32(kind).map_or("keys", crate::report::detail_kind_name);
             format!("other {kind} (many distinct keys)")
         }
         What::Detail { kind, a, b } => match DetailKind::from_u32(kind) {

@@ -361,7 +361,7 @@ mod tests {
     fn round_trips_with_a_growing_dictionary() {
         let mut enc = Encoder::default();
         let mut dec = Decoder::default();
-        let mut budget = Budget::for_file(0);
+        let mut budget = Budget::default();
         for (at, n) in [(1, 3), (2, 5), (3, 5), (4, 0)] {
             let iv = interval(at, n);
             let bytes = enc.encode(&iv);
@@ -390,16 +390,13 @@ mod tests {
             ],
             &[0, 0, 0, 1, 7, 1],
         ] {
-            assert!(
-                dec.decode(bad, &mut Budget::for_file(0)).is_err(),
-                "{bad:?}"
-            );
+            assert!(dec.decode(bad, &mut Budget::default()).is_err(), "{bad:?}");
         }
         let mut bytes = Encoder::default().encode(&interval(1, 2));
         bytes.push(0);
         assert!(
             Decoder::default()
-                .decode(&bytes, &mut Budget::for_file(0))
+                .decode(&bytes, &mut Budget::default())
                 .is_err(),
             "trailing byte"
         );
@@ -428,7 +425,7 @@ mod tests {
     #[test]
     fn dictionaries_are_capped() {
         let mut dec = Decoder::default();
-        let mut budget = Budget::for_file(0);
+        let mut budget = Budget::default();
         dec.decode(&declaring_detail_keys(MAX_DETAIL_KEYS), &mut budget)
             .unwrap();
         let err = dec
@@ -445,7 +442,7 @@ mod tests {
     #[test]
     fn lists_are_charged_before_they_are_allocated() {
         // 300 000 detail entries of 2 bytes each decode to 32 bytes each: over a 4 MiB budget.
-        let mut budget = Budget::for_file(0);
+        let mut budget = Budget::default();
         budget
             .charge(1, crate::record::limits::MEMORY_FLOOR - (4 << 20))
             .unwrap();

@@ -6,9 +6,11 @@
 //! escaped ([`crate::untrusted`]): a recording can come from anyone.
 
 use std::{
+    cell::Cell,
     fs::File,
     io::{self, BufRead, BufReader, Read},
     path::Path,
+    rc::Rc,
 };
 
 use super::{
@@ -38,9 +40,9 @@ pub fn read_file(path: &Path) -> Result<Recording, Error> {
         what: format!("reading the recording {}", path.display()),
         source: e,
     };
+    // Not fs::read: the file is streamed, never held whole (it may also be a pipe).
     let file = File::open(path).map_err(io_err)?;
-    let len = file.metadata().map_err(io_err)?.len();
-    read_from(BufReader::new(file), len).map_err(|e| match e {
+    read_from(BufReader::new(file)).map_err(|e| match e {
         Failure::Io(e) => io_err(e),
         Failure::Format(e) => Error::Recording {
             path: path.display().to_string(),
@@ -50,7 +52,7 @@ pub fn read_file(path: &Path) -> Result<Recording, Error> {
 }
 
 pub fn read_bytes(bytes: &[u8]) -> Result<Recording, FormatError> {
-    read_from(bytes, bytes.len() as u64).map_err(|e| match e {
+    read_from(bytes).map_err(|e| match e {
         Failure::Format(e) => e,
         // A slice does not fail to read.
         Failure::Io(e) => FormatError::Corrupted(e.to_string()),
@@ -69,13 +71,18 @@ impl From<FormatError> for Failure {
     }
 }
 
-/// The recording in `input`, a file of `len` bytes.
-fn read_from(mut input: impl BufRead, len: u64) -> Result<Recording, Failure> {
-    if len == 0 {
-        return Err(FormatError::Empty.into());
-    }
+/// The recording in `input`.
+fn read_from(input: impl BufRead) -> Result<Recording, Failure> {
+    let consumed = Rc::new(Cell::new(0));
+    let mut input = Counted {
+        inner: input,
+        consumed: consumed.clone(),
+    };
     let mut fixed = [0u8; 20];
     let got = fill(&mut input, &mut fixed).map_err(Failure::Io)?;
+    if got == 0 {
+        return Err(FormatError::Empty.into());
+    }
     if got < MAGIC.len() || &fixed[..MAGIC.len()] != MAGIC {
         return Err(FormatError::NotARecording.into());
     }
@@ -114,19 +121,45 @@ fn read_from(mut input: impl BufRead, len: u64) -> Result<Recording, Failure> {
     header.escape_text();
     drop(header_bytes);
 
-    let compressed_len = len.saturating_sub(20 + u64::from(header_len));
     let mut rec = Recording {
         header,
         ..Default::default()
     };
-    read_records(input, compressed_len, &mut rec)?;
+    // The budget counts only what follows the header.
+    consumed.set(0);
+    read_records(input, Budget::new(consumed), &mut rec)?;
     Ok(rec)
+}
+
+/// A reader that counts the bytes taken from it, for the [`Budget`].
+struct Counted<R> {
+    inner: R,
+    consumed: Rc<Cell<u64>>,
+}
+
+impl<R: BufRead> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.consumed.set(self.consumed.get() + n as u64);
+        Ok(n)
+    }
+}
+
+impl<R: BufRead> BufRead for Counted<R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        self.inner.fill_buf()
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.consumed.set(self.consumed.get() + n as u64);
+        self.inner.consume(n);
+    }
 }
 
 /// The zstd stream of records after the header, record by record.
 fn read_records(
     input: impl BufRead,
-    compressed_len: u64,
+    mut budget: Budget,
     rec: &mut Recording,
 ) -> Result<(), FormatError> {
     let corrupted = |e: io::Error| FormatError::Corrupted(format!("compressed data: {e}"));
@@ -134,7 +167,6 @@ fn read_records(
     stream
         .window_log_max(ZSTD_WINDOW_LOG_MAX)
         .map_err(corrupted)?;
-    let mut budget = Budget::for_file(compressed_len);
     let mut codec = Decoder::default();
     let mut payload = Vec::new();
     let mut pos: u64 = 0;
@@ -144,7 +176,7 @@ fn read_records(
         // decoding error is corruption.
         let got = fill(&mut stream, &mut head).map_err(corrupted)?;
         if got == 0 {
-            if pos == 0 && compressed_len > 64 {
+            if pos == 0 && budget.input_bytes() > 64 {
                 // A recorder writes its first records within an interval; this much compressed
                 // data that yields nothing is damage, not a file cut short.
                 return Err(FormatError::Corrupted(

@@ -357,7 +357,15 @@ fn render_counters(c: &Counters, out: &mut impl io::Write) -> io::Result<()> {
         c.exits_seen,
         c.entries_seen,
         c.detail_events,
-    )
+    )?;
+    if let Some(m) = &c.map_entries_at_stop {
+        writeln!(
+            out,
+            "Kernel maps after the last drain: {} threads, {} latency and {} detail entries.",
+            m.threads, m.latency, m.details
+        )?;
+    }
+    Ok(())
 }
 
 fn top_title(what: &str, n: usize) -> String {

@@ -38,7 +38,10 @@ struct Options {
 }
 
 fn parse_args() -> anyhow::Result<Options> {
-    let mut args = std::env::args().skip(1);
+    // Arguments as bytes: kvmtrace's tests give the guest names that are not UTF-8.
+    let mut args = std::env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned());
     let mut o = Options {
         name: String::new(),
         vcpus: 1,
