@@ -124,19 +124,27 @@ pub fn thread_state(tgid: u32, tid: u32) -> Option<*mut ThreadState> {
         let state = unsafe { &mut *p };
         if state.tgid != tgid {
             *state = fresh_state(tgid);
+            mark_tid(tid);
         }
         return Some(p);
     }
-    if let Some(mark) = TID_MARKS.get_ptr_mut(tid) {
-        // SAFETY: an element of a map value array; only this thread writes its byte.
-        unsafe { *mark = 1 };
-    }
+    mark_tid(tid);
     let fresh = fresh_state(tgid);
     if THREADS.insert(tid, fresh, BPF_NOEXIST).is_err() && THREADS.get_ptr_mut(tid).is_none() {
         bump(Counter::ThreadMapFull);
         return None;
     }
     THREADS.get_ptr_mut(tid)
+}
+
+/// Marks `tid` as a vCPU thread for sched_switch.
+#[inline(always)]
+fn mark_tid(tid: u32) {
+    if let Some(mark) = TID_MARKS.get_ptr_mut(tid) {
+        // SAFETY: an element of a map value array; only this thread writes its byte (the
+        // collector clears it only after deleting a gone thread's entry).
+        unsafe { *mark = 1 };
+    }
 }
 
 /// A thread seen for the first time: inside KVM_RUN until its first kvm_fpu event says
@@ -167,7 +175,7 @@ pub fn record_latency(key: &LatencyKey, ns: u64, seq: u32) {
         key: *key,
         epoch: seq & 1,
     };
-    let stats = match LATENCY.get_ptr_mut(&key) {
+    let stats = match LATENCY.get_ptr_mut(key) {
         Some(p) => p,
         None => {
             let Some(template) = LATENCY_TEMPLATE.get_ptr(0) else {
@@ -180,7 +188,7 @@ pub fn record_latency(key: &LatencyKey, ns: u64, seq: u32) {
                 reason = "passing the value would copy 2 KiB onto the 512-byte BPF stack"
             )]
             let _ = unsafe { LATENCY.insert(&key, &*template, BPF_NOEXIST) };
-            match LATENCY.get_ptr_mut(&key) {
+            match LATENCY.get_ptr_mut(key) {
                 Some(p) => p,
                 None => {
                     bump(Counter::LatencyMapFull);
@@ -231,7 +239,7 @@ pub fn count_detail(
         epoch: seq & 1,
         pad: 0,
     };
-    if let Some(p) = DETAILS.get_ptr_mut(&key) {
+    if let Some(p) = DETAILS.get_ptr_mut(key) {
         // SAFETY: p points at a DETAILS value; the key contains the tid, so (as in record_latency)
         // only this thread's serialized events write it.
         unsafe { *p += 1 };
@@ -244,7 +252,7 @@ pub fn count_detail(
     if state.keys_used >= cfg.detail_keys_per_thread {
         return;
     }
-    if DETAILS.insert(&key, 1u64, BPF_NOEXIST).is_err() {
+    if DETAILS.insert(key, 1u64, BPF_NOEXIST).is_err() {
         bump(Counter::DetailMapFull);
         return;
     }

@@ -137,8 +137,10 @@ impl Tracer {
 
         let mut ebpf = EbpfLoader::new()
             .override_global(CONFIG_GLOBAL, &cfg, true)
-            .map_max_entries(maps::LATENCY, opts.max_latency_keys)
-            .map_max_entries(maps::DETAILS, opts.max_detail_keys)
+            // Twice the keys asked for: right after an epoch switch the new epoch fills while the
+            // old one is still being read.
+            .map_max_entries(maps::LATENCY, opts.max_latency_keys.saturating_mul(2))
+            .map_max_entries(maps::DETAILS, opts.max_detail_keys.saturating_mul(2))
             .load(EBPF_OBJECT)
             .map_err(|e| Error::bpf("loading the eBPF object", e))?;
         init_template(&mut ebpf)?;
@@ -187,26 +189,28 @@ impl Tracer {
 
     /// Starts counting, every program attached: the threads in `running` (VM pid, tid, what it
     /// was doing just now) get their state as of now, so a VM that was already running is
-    /// accounted from this instant, not from its threads' first events. A thread whose own event
-    /// got in first keeps the state that event created.
-    pub fn open(&mut self, running: &[(u32, u32, AtStart)]) -> Result<(), Error> {
-        let now = ktime_ns();
+    /// accounted from this instant, not from its threads' first events. The threads are looked
+    /// at after counting opened: a thread that changes state from then on has an event of its own,
+    /// which creates its entry first, and the seed (BPF_NOEXIST) leaves that entry alone.
+    pub fn open(
+        &mut self,
+        running: impl FnOnce() -> Vec<(u32, u32, AtStart)>,
+    ) -> Result<(), Error> {
         self.switch_epoch(1)?;
         self.started = Instant::now();
-        let mut threads: BpfHashMap<&mut MapData, u32, ThreadState> =
-            map_mut(&mut self.ebpf, maps::THREADS)?;
-        let mut seeded = Vec::new();
-        for &(tgid, tid, at) in running {
-            let state = seed_state(tgid, now, at);
-            // BPF_NOEXIST: EEXIST means the thread's own first event created it already.
-            if threads.insert(tid, state, 1).is_ok() {
-                seeded.push(tid);
-            }
-        }
+        let running = running();
+        let now = ktime_ns();
+        // Marks first: a seeded thread's context switches count from its first one.
         let mut marks: Array<&mut MapData, u8> = map_mut(&mut self.ebpf, maps::TID_MARKS)?;
-        for tid in seeded {
+        for &(_, tid, _) in &running {
             // Tids beyond the array are "maybe traced" anyway.
             let _ = marks.set(tid, 1, 0);
+        }
+        let mut threads: BpfHashMap<&mut MapData, u32, ThreadState> =
+            map_mut(&mut self.ebpf, maps::THREADS)?;
+        for (tgid, tid, at) in running {
+            // EEXIST: the thread's own event created its entry already, from what it did.
+            let _ = threads.insert(tid, seed_state(tgid, now, at), BPF_NOEXIST);
         }
         Ok(())
     }
@@ -236,7 +240,8 @@ impl Tracer {
         let at = self.started.elapsed();
         let next = match self.seq {
             0 => 0,
-            u32::MAX => 1,
+            // Wrap to 2, not 1: the parity must alternate.
+            u32::MAX => 2,
             s => s + 1,
         };
         // After close, the last epoch is still to be read: its parity is the closed seq's.
@@ -339,24 +344,24 @@ impl Tracer {
                         .push((DetailKey::other(st.tgid, tid, kind), other));
                 }
             }
-            // Once counting is closed no event can follow: a thread gone now is gone for good.
-            if self.exited.contains(&id) || (self.seq == 0 && !self.thread_alive(st.tgid, tid)) {
-                if !self.exited.contains(&id) && st.exit_ts != 0 {
-                    *self.ended_exits.entry(open_exit_key(tid, &st)).or_default() += 1;
-                }
-                if self.seq == 0 && !self.exited.contains(&id) {
-                    iv.threads.push(thread_cpu(tid, &st, now));
-                }
+            if self.exited.contains(&id) {
+                // Read once more above (the events of the epoch it died in), now deleted.
                 gone.push(id);
                 continue;
             }
             if !self.thread_alive(st.tgid, tid) {
-                // Frozen here: its last interval with CPU accounting. An exit it left open ended
-                // with it.
-                self.exited.insert(id);
+                // Frozen at its death: its last CPU accounting. An exit it left open ended with
+                // it. Once counting is closed no event can follow, so it goes at once.
                 if st.exit_ts != 0 {
                     *self.ended_exits.entry(open_exit_key(tid, &st)).or_default() += 1;
                 }
+                iv.threads.push(thread_cpu(tid, &st, ended_at(&st, now)));
+                if self.seq == 0 {
+                    gone.push(id);
+                } else {
+                    self.exited.insert(id);
+                }
+                continue;
             }
             iv.threads.push(thread_cpu(tid, &st, now));
         }
@@ -371,18 +376,21 @@ impl Tracer {
         if gone.is_empty() {
             return Ok(());
         }
+        let mut removed = Vec::new();
         let mut threads: BpfHashMap<&mut MapData, u32, ThreadState> =
             map_mut(&mut self.ebpf, maps::THREADS)?;
         for &(tgid, tid) in gone {
-            // A tid reused by another process since is that process's entry now: keep it.
+            // A tid reused by another process since is that process's entry now: keep it (and
+            // its mark).
             if threads.get(&tid, 0).is_ok_and(|st| st.tgid == tgid) {
                 let _ = threads.remove(&tid);
+                removed.push(tid);
             }
             self.exited.remove(&(tgid, tid));
             self.prev_totals.remove(&(tgid, tid));
         }
         let mut marks: Array<&mut MapData, u8> = map_mut(&mut self.ebpf, maps::TID_MARKS)?;
-        for &(_, tid) in gone {
+        for tid in removed {
             let _ = marks.set(tid, 0, 0);
         }
         Ok(())
@@ -475,6 +483,12 @@ pub fn latency_delta(stats: &LatencyStats) -> Option<LatencyDelta> {
         max_ns: stats.max_ns,
         buckets,
     })
+}
+
+/// When a thread that is gone ended: its last switch away from a CPU (it is switched out one
+/// last time as it dies), else `now`.
+fn ended_at(st: &ThreadState, now: u64) -> u64 {
+    if st.off_ts != 0 { st.off_ts } else { now }
 }
 
 /// The latency key of a thread's open exit.
@@ -613,6 +627,9 @@ pub fn ktime_ns() -> u64 {
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
+
+/// BPF_NOEXIST: insert only if the key is absent.
+const BPF_NOEXIST: u64 = 1;
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it (harmless on newer ones).
 fn bump_memlock_rlimit() {

@@ -110,6 +110,8 @@ pub struct CpuRow {
     pub vmm_pct: f64,
     /// Off-CPU, blocked (inside KVM_RUN: a halted vCPU; outside: the VMM waiting).
     pub blocked_pct: f64,
+    /// The part of `blocked_pct` inside KVM_RUN (a halted vCPU).
+    pub blocked_in_kvm_run_pct: f64,
     /// Off-CPU, runnable but waiting for a CPU (host contention).
     pub runnable_wait_pct: f64,
 }
@@ -679,6 +681,7 @@ fn cpu_rows(
             guest_pct: has_exits.then(|| pct(in_run.saturating_sub(handling), wall)),
             vmm_pct: pct(t.vmm_on_cpu(), wall),
             blocked_pct: pct(t.off_run_blocked_ns + t.off_user_blocked_ns, wall),
+            blocked_in_kvm_run_pct: pct(t.off_run_blocked_ns, wall),
             runnable_wait_pct: pct(t.off_run_runnable_ns + t.off_user_runnable_ns, wall),
         });
     }

@@ -213,7 +213,7 @@ async fn record(args: RecordArgs) -> anyhow::Result<()> {
     }
     // Everything is attached: establish the state of the vCPU threads already running, then
     // start counting.
-    tracer.open(&running_vcpu_threads(&host, &directory))?;
+    tracer.open(|| running_vcpu_threads(&host, &directory))?;
     let kvm = kvm_module();
     let mut writer = match (file, &args.output) {
         (Some(file), Some(path)) => {

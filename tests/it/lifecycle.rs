@@ -65,6 +65,55 @@ fn running_halted_guest_is_accounted_from_attach() {
     );
 }
 
+/// Issue 8.1: vCPU threads that make no event for a long while after the recorder attaches, one
+/// halted inside KVM_RUN (in-kernel LAPIC timer every 2 s) and one asleep in the VMM, are
+/// accounted from the first instant from what /proc showed at attach: inside KVM_RUN blocked,
+/// and outside blocked. (Without that, the first would start at its first event, up to 2 s late,
+/// and the second would have no row at all.)
+#[test]
+fn silent_threads_inside_and_outside_kvm_run_are_seeded() {
+    require_kvm_and_root();
+    let mut guest = Guest::start(
+        "it-seed",
+        &[
+            "--irqchip",
+            "--vcpus",
+            "2",
+            "--run",
+            "0:hlt_timer,count=1000,us=2000000",
+            "--run",
+            "1:idle,ms=60000",
+        ],
+    );
+    guest.go();
+    std::thread::sleep(Duration::from_secs(1));
+    let recorder = Recorder::start(&[
+        "-d",
+        "it-seed",
+        "--duration",
+        "3s",
+        "--interval",
+        "500ms",
+        "--json",
+    ]);
+    let out = recorder.wait_exit();
+    let report = parse_json(&out.stdout);
+    let vm = vm_of(&report, guest.pid);
+    let cpu = vm["cpu"].as_array().unwrap();
+    assert_eq!(cpu.len(), 2, "{cpu:#?}");
+    let f = |r: &Value, k: &str| r[k].as_f64().unwrap();
+    for r in cpu {
+        let duration = report["duration_secs"].as_f64().unwrap();
+        assert!((f(r, "wall_secs") - duration).abs() < 0.05, "{r:#}");
+        assert!(f(r, "cpu_pct") < 1.0, "{r:#}");
+        assert!(f(r, "blocked_pct") > 98.0, "{r:#}");
+    }
+    assert_eq!(cpu[0]["vcpu"], "0");
+    assert!(f(&cpu[0], "blocked_in_kvm_run_pct") > 98.0, "{:#}", cpu[0]);
+    assert_eq!(cpu[1]["vcpu"], "1");
+    assert!(f(&cpu[1], "blocked_in_kvm_run_pct") < 1.0, "{:#}", cpu[1]);
+}
+
 /// Issue 8.1: a vCPU looping on an in-kernel exit at 100 % of a CPU, never returning to user
 /// space, has a CPU row covering the whole recording, nearly all of it inside KVM_RUN.
 #[test]
@@ -96,9 +145,10 @@ fn running_in_kernel_loop_has_a_cpu_row() {
     assert!(!vm["cpuid"].as_array().unwrap().is_empty(), "{vm:#}");
 }
 
-/// Issue 8.2: one guest writes to 30 000 distinct ports; the guests that run next are counted
-/// exactly, the big one's total is exact (its top rows plus an "other keys" row), the report
-/// stays short, and stderr does not get a line per dropped key.
+/// Issue 8.2: one guest writes to 30 000 distinct ports while two others run, with a detail map
+/// of 1 024 keys: the others are counted exactly under their own keys (the big one cannot take
+/// more than its per-vCPU budget), the big one's total is exact (its top rows plus an "other
+/// keys" row), the report stays short, and stderr does not get a line per dropped key.
 #[test]
 fn a_guest_with_thousands_of_ports_does_not_blind_the_others() {
     require_kvm_and_root();
@@ -117,12 +167,14 @@ fn a_guest_with_thousands_of_ports_does_not_blind_the_others() {
         "it-keys-msr",
         "--interval",
         "500ms",
+        "--max-detail-keys",
+        "1024",
         "--json",
     ]);
     wide.go();
-    wide.wait_finished();
     rtc.go();
     msr.go();
+    wide.wait_finished();
     rtc.wait_finished();
     msr.wait_finished();
     let out = recorder.stop(libc::SIGINT);

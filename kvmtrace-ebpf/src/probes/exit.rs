@@ -64,6 +64,10 @@ fn try_exit(ctx: &TracePointContext) {
     }
     state.exit_ts = ts;
     state.exit_vmm_ns = 0;
+    // Exits happen only inside KVM_RUN: a missed kvm_fpu load is repaired here.
+    if state.run_ts == 0 {
+        state.run_ts = ts;
+    }
     state.exit_reason = field::<u32>(ctx, cfg.exit_reason);
     state.exit_isa = field::<u32>(ctx, cfg.exit_isa);
     if cfg.exit_vcpu_id != kvmtrace_common::FIELD_ABSENT {
@@ -88,6 +92,9 @@ fn try_entry(ctx: &TracePointContext) {
     };
     // SAFETY: as in try_exit.
     let state = unsafe { &mut *state };
+    if state.run_ts == 0 {
+        state.run_ts = ts;
+    }
     if cfg.entry_vcpu_id != kvmtrace_common::FIELD_ABSENT {
         state.vcpu_id = field::<u32>(ctx, cfg.entry_vcpu_id);
     }

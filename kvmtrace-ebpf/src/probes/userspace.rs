@@ -67,7 +67,14 @@ fn try_userspace_exit(ctx: &TracePointContext) {
     };
     count_detail(&cfg, seq, state, &key, DetailKind::UserspaceExit);
     if state.uexit_ts != 0 {
+        // Back in user space with no re-entry marker since the last one: that trip is not
+        // timed, but its time inside an open exit is still the VMM's, not the kernel's.
         bump(Counter::UnpairedUserspaceExits);
+        add_vmm_part(state, ts);
+    }
+    // Only inside KVM_RUN does KVM return to user space: a missed kvm_fpu load is repaired here.
+    if state.run_ts == 0 {
+        state.run_ts = ts;
     }
     state.uexit_ts = ts;
     state.uexit_reason = a;
@@ -129,10 +136,16 @@ pub fn close_round_trip(tgid: u32, tid: u32, state: &mut ThreadState, ts: u64, s
         reason: state.uexit_reason,
         kind: LatencyKind::VmmRoundTrip as u32,
     };
-    let round_trip = ts.saturating_sub(state.uexit_ts);
-    record_latency(&key, round_trip, seq);
-    if state.exit_ts != 0 {
-        state.exit_vmm_ns += round_trip;
-    }
+    record_latency(&key, ts.saturating_sub(state.uexit_ts), seq);
+    add_vmm_part(state, ts);
     state.uexit_ts = 0;
+}
+
+/// Adds the open round trip's time up to `ts` to the open exit's VMM part (only the time since
+/// that exit: a trip that began before it, because an end marker was missed, is not its own).
+#[inline(always)]
+fn add_vmm_part(state: &mut ThreadState, ts: u64) {
+    if state.exit_ts != 0 {
+        state.exit_vmm_ns += ts.saturating_sub(state.uexit_ts.max(state.exit_ts));
+    }
 }
