@@ -273,48 +273,25 @@ impl Tracer {
 
     /// Reads and deletes the LATENCY entries of epoch `parity`.
     fn take_latency(&mut self, parity: u32) -> Result<Vec<(LatencyKey, LatencyDelta)>, Error> {
-        let mut map: BpfHashMap<&mut MapData, LatencyMapKey, LatencyStats> =
-            map_mut(&mut self.ebpf, maps::LATENCY)?;
-        let keys: Vec<LatencyMapKey> = map
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| k.epoch == parity)
-            .collect();
-        let mut out = Vec::with_capacity(keys.len());
-        for k in keys {
-            let stats = map
-                .get(&k, 0)
-                .map_err(|e| Error::bpf("reading LATENCY", e))?;
-            map.remove(&k)
-                .map_err(|e| Error::bpf("deleting from LATENCY", e))?;
-            if let Some(delta) = latency_delta(&stats) {
-                out.push((k.key, delta));
-            }
-        }
-        Ok(out)
+        let entries = take_epoch(&mut self.ebpf, maps::LATENCY, |k: &LatencyMapKey| {
+            k.epoch == parity
+        })?;
+        Ok(entries
+            .into_iter()
+            .filter_map(|(k, stats)| Some((k.key, latency_delta(&stats)?)))
+            .collect())
     }
 
     /// Reads and deletes the DETAILS entries of epoch `parity`.
     fn take_details(&mut self, parity: u32) -> Result<Vec<(DetailKey, u64)>, Error> {
-        let mut map: BpfHashMap<&mut MapData, DetailMapKey, u64> =
-            map_mut(&mut self.ebpf, maps::DETAILS)?;
-        let keys: Vec<DetailMapKey> = map
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| k.epoch == parity)
-            .collect();
-        let mut out = Vec::with_capacity(keys.len());
-        for k in keys {
-            let n = map
-                .get(&k, 0)
-                .map_err(|e| Error::bpf("reading DETAILS", e))?;
-            map.remove(&k)
-                .map_err(|e| Error::bpf("deleting from DETAILS", e))?;
-            if n > 0 {
-                out.push((k.key, n));
-            }
-        }
-        Ok(out)
+        let entries = take_epoch(&mut self.ebpf, maps::DETAILS, |k: &DetailMapKey| {
+            k.epoch == parity
+        })?;
+        Ok(entries
+            .into_iter()
+            .filter(|&(_, n)| n > 0)
+            .map(|(k, n)| (k.key, n))
+            .collect())
     }
 
     /// Every thread's CPU accounting as of now and the "other keys" rows of epoch `parity`;
@@ -463,6 +440,31 @@ impl Tracer {
         }
         Ok(open)
     }
+}
+
+/// Reads and deletes the entries of map `name` whose key `in_epoch` selects. Keys are listed
+/// first: deleting while walking a BPF hash map can restart the walk.
+fn take_epoch<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &str,
+    in_epoch: impl Fn(&K) -> bool,
+) -> Result<Vec<(K, V)>, Error> {
+    let mut map: BpfHashMap<&mut MapData, K, V> = map_mut(ebpf, name)?;
+    let keys: Vec<K> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| in_epoch(k))
+        .collect();
+    let mut out = Vec::with_capacity(keys.len());
+    for k in keys {
+        let v = map
+            .get(&k, 0)
+            .map_err(|e| Error::bpf(format!("reading {name}"), e))?;
+        map.remove(&k)
+            .map_err(|e| Error::bpf(format!("deleting from {name}"), e))?;
+        out.push((k, v));
+    }
+    Ok(out)
 }
 
 /// One epoch's statistics of a key as an interval's delta; None when it has no samples.

@@ -46,7 +46,7 @@ pub struct ThreadCpu {
     pub off_run_runnable_ns: u64,
     pub off_user_blocked_ns: u64,
     pub off_user_runnable_ns: u64,
-    /// utime + stime from /proc since recording started, when readable.
+    /// Run time from /proc (schedstat, else utime + stime) since recording started, when readable.
     pub procfs_ns: Option<u64>,
 }
 

@@ -98,7 +98,8 @@ pub struct CpuRow {
     pub wall_secs: f64,
     /// On-CPU, from the kernel's events (KVM_RUN on-CPU + VMM on-CPU).
     pub cpu_pct: f64,
-    /// utime + stime from procfs over the recording, for comparison.
+    /// The thread's run time from procfs (schedstat, else utime + stime) over the recording,
+    /// for comparison.
     pub procfs_cpu_pct: Option<f64>,
     /// On-CPU inside KVM_RUN: guest plus in-kernel exit handling.
     pub in_kvm_run_pct: f64,

@@ -148,17 +148,24 @@ impl Host {
         threads
     }
 
-    /// A thread's CPU time so far (utime + stime from /proc/PID/task/TID/stat), in ns.
+    /// A thread's CPU time so far, in ns: the scheduler's exact run time from
+    /// /proc/PID/task/TID/schedstat, else utime + stime from `stat`. The latter are sampled at the
+    /// tick (4 ms at HZ=250, charged whole to whoever runs then), which misattributes the short
+    /// wakeups of a halting vCPU: 3.97 % against an exact 3.35 % was measured here.
     pub fn thread_cpu_ns(&self, pid: u32, tid: u32) -> Option<u64> {
+        let dir = self
+            .proc_root
+            .join(pid.to_string())
+            .join("task")
+            .join(tid.to_string());
+        if let Some(ns) = fs::read_to_string(dir.join("schedstat"))
+            .ok()
+            .and_then(|s| run_ns_of_schedstat(&s))
+        {
+            return Some(ns);
+        }
         // Bytes: the comm inside the line need not be UTF-8.
-        let stat = fs::read(
-            self.proc_root
-                .join(pid.to_string())
-                .join("task")
-                .join(tid.to_string())
-                .join("stat"),
-        )
-        .ok()?;
+        let stat = fs::read(dir.join("stat")).ok()?;
         cpu_ns_of_stat(&String::from_utf8_lossy(&stat))
     }
 
@@ -221,6 +228,17 @@ impl Host {
         chosen.dedup_by_key(|vm| vm.pid);
         Ok(chosen)
     }
+}
+
+/// The first field of a `schedstat` line: time spent on a CPU, in ns. None when the kernel keeps
+/// no such statistics (the file is then absent, or all zeros for a thread that ran).
+pub fn run_ns_of_schedstat(schedstat: &str) -> Option<u64> {
+    schedstat
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+        .filter(|&ns| ns > 0)
 }
 
 /// utime + stime (fields 14 and 15) of a stat line, in ns. The command name (field 2) may hold
@@ -578,6 +596,17 @@ mod tests {
         let stat = "4242 (CPU 0/KVM) R 1 2 3 0 -1 4194368 0 0 0 0 150 50 0 0 20 0 1 0 100 0 0";
         assert_eq!(cpu_ns_of_stat(stat), Some(200 * 1_000_000_000 / hz));
         assert_eq!(cpu_ns_of_stat("garbage"), None);
+    }
+
+    #[test]
+    fn run_time_from_schedstat() {
+        assert_eq!(
+            run_ns_of_schedstat("95238457 10719800 354\n"),
+            Some(95_238_457)
+        );
+        // Kernels that keep no scheduler statistics show zeros: fall back to stat.
+        assert_eq!(run_ns_of_schedstat("0 0 0\n"), None);
+        assert_eq!(run_ns_of_schedstat(""), None);
     }
 
     #[test]

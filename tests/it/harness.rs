@@ -287,6 +287,30 @@ pub fn record_guest(guest: &mut Guest, extra: &[&str]) -> (Value, Vec<String>) {
     (parse_json(&out.stdout), results)
 }
 
+/// Lets `guest` run for `running_for`, then records it (already running) for `duration` with
+/// `--json`, and returns the report: how users attach to VMs that have run for a while.
+pub fn record_running(guest: &mut Guest, running_for: Duration, duration: &str) -> Value {
+    guest.go();
+    std::thread::sleep(running_for);
+    let name = guest.name.clone();
+    let recorder = Recorder::start(&[
+        "-d",
+        &name,
+        "--duration",
+        duration,
+        "--interval",
+        "500ms",
+        "--json",
+    ]);
+    let out = recorder.wait_exit();
+    assert!(
+        out.status.success(),
+        "kvmtrace failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    parse_json(&out.stdout)
+}
+
 pub fn parse_json(bytes: &[u8]) -> Value {
     serde_json::from_slice(bytes)
         .unwrap_or_else(|e| panic!("bad JSON ({e}): {}", String::from_utf8_lossy(bytes)))

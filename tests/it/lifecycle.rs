@@ -7,11 +7,12 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::harness::{
-    Guest, Recorder, count_of, kvmtrace_ok, parse_json, require_kvm_and_root, rows, vm_of,
+    Guest, Recorder, count_of, kvmtrace_ok, parse_json, record_running, require_kvm_and_root, rows,
+    vm_of,
 };
 
 /// One CPU row: the recording's whole length, and the kernel's CPU figure within 5 % of procfs
-/// (or within procfs's two-tick rounding for small totals).
+/// (the scheduler's run time from schedstat; or within two ticks where only utime + stime exist).
 fn assert_accounted_from_attach(report: &Value, row: &Value) {
     let duration = report["duration_secs"].as_f64().unwrap();
     let wall = row["wall_secs"].as_f64().unwrap();
@@ -41,19 +42,7 @@ fn running_halted_guest_is_accounted_from_attach() {
         "it-run-hlt",
         &["--irqchip", "--run", "hlt_timer,count=100000000,us=2000"],
     );
-    guest.go();
-    std::thread::sleep(Duration::from_secs(3));
-    let recorder = Recorder::start(&[
-        "-d",
-        "it-run-hlt",
-        "--duration",
-        "5s",
-        "--interval",
-        "500ms",
-        "--json",
-    ]);
-    let out = recorder.wait_exit();
-    let report = parse_json(&out.stdout);
+    let report = record_running(&mut guest, Duration::from_secs(3), "5s");
     let vm = vm_of(&report, guest.pid);
     let cpu = vm["cpu"].as_array().unwrap();
     assert_eq!(cpu.len(), 1, "{cpu:#?}");
@@ -85,19 +74,7 @@ fn silent_threads_inside_and_outside_kvm_run_are_seeded() {
             "1:idle,ms=60000",
         ],
     );
-    guest.go();
-    std::thread::sleep(Duration::from_secs(1));
-    let recorder = Recorder::start(&[
-        "-d",
-        "it-seed",
-        "--duration",
-        "3s",
-        "--interval",
-        "500ms",
-        "--json",
-    ]);
-    let out = recorder.wait_exit();
-    let report = parse_json(&out.stdout);
+    let report = record_running(&mut guest, Duration::from_secs(1), "3s");
     let vm = vm_of(&report, guest.pid);
     let cpu = vm["cpu"].as_array().unwrap();
     assert_eq!(cpu.len(), 2, "{cpu:#?}");
@@ -120,19 +97,7 @@ fn silent_threads_inside_and_outside_kvm_run_are_seeded() {
 fn running_in_kernel_loop_has_a_cpu_row() {
     require_kvm_and_root();
     let mut guest = Guest::start("it-run-loop", &["--run", "cpuid,count=100000000000"]);
-    guest.go();
-    std::thread::sleep(Duration::from_secs(2));
-    let recorder = Recorder::start(&[
-        "-d",
-        "it-run-loop",
-        "--duration",
-        "4s",
-        "--interval",
-        "500ms",
-        "--json",
-    ]);
-    let out = recorder.wait_exit();
-    let report = parse_json(&out.stdout);
+    let report = record_running(&mut guest, Duration::from_secs(2), "4s");
     let vm = vm_of(&report, guest.pid);
     let cpu = vm["cpu"].as_array().unwrap();
     assert_eq!(cpu.len(), 1, "{cpu:#?}");

@@ -361,19 +361,8 @@ fn io_exit_time_is_split_between_kernel_and_vmm() {
 fn attaching_to_a_busy_guest_pairs_every_exit() {
     assert_in_l1();
     let mut guest = Guest::start("l1-busy", &["--run", "cpuid,count=100000000000"]);
-    guest.go();
-    std::thread::sleep(std::time::Duration::from_secs(1));
-    let recorder = Recorder::start(&[
-        "-d",
-        "l1-busy",
-        "--duration",
-        "3s",
-        "--interval",
-        "500ms",
-        "--json",
-    ]);
-    let out = recorder.wait_exit();
-    let report = crate::harness::parse_json(&out.stdout);
+    let report =
+        crate::harness::record_running(&mut guest, std::time::Duration::from_secs(1), "3s");
     let c = &report["counters"];
     assert_eq!(c["unpaired_exits"], 0, "{c:#}");
     assert_eq!(c["unpaired_entries"], 0, "{c:#}");

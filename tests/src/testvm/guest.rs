@@ -3,8 +3,10 @@
 //! paging at a lower-half virtual address, a GDT and an IDT whose #PF handler skips the faulting
 //! load so that page faults can be made in a loop).
 //!
-//! `hlt_timer` (needs the in-kernel irqchip) enables the x2APIC, starts its timer periodic with
-//! vector 0x20 and r14 ticks (ns) per period, and halts r15 times; each tick wakes it.
+//! `hlt_timer` (needs the in-kernel irqchip) enables the x2APIC and halts r15 times, each time
+//! after arming its timer one-shot (vector 0x20) for r14 ticks (ns): exactly one interrupt, and
+//! one EOI, per halt. (A periodic timer could fire once more between the last wake and masking,
+//! leaving an interrupt pending into the next batch.)
 //!
 //! Registers the VMM sets per batch: r15 = iterations (>= 1), r14 = port / MSR / CPUID function,
 //! r13 = wrmsr value, rsi = MMIO virtual address, rdi = a not-present virtual address.
@@ -141,12 +143,13 @@ kvmtrace_g_hlt_timer:
     mov $0xb, %eax
     wrmsr
     mov $0x832, %ecx
-    mov $0x20020, %eax
+    mov $0x20, %eax
     wrmsr
-    mov $0x838, %ecx
+2:  mov $0x838, %ecx
     mov %r14d, %eax
+    xor %edx, %edx
     wrmsr
-2:  sti
+    sti
     hlt
     cli
     dec %r15

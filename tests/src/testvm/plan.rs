@@ -31,7 +31,8 @@ pub enum Action {
         gpa: u64,
     },
     Hlt,
-    /// HLT woken by a periodic LAPIC timer (needs `--irqchip`): the halts block in the kernel.
+    /// HLT woken by the LAPIC timer, armed one-shot per halt (needs `--irqchip`): the halts block
+    /// in the kernel.
     HltTimer {
         period_us: u32,
     },
