@@ -272,12 +272,14 @@ fn hlt_time_is_mostly_blocked() {
         &[
             "--irqchip",
             "--run",
-            "hlt_timer,count=500,us=2000;idle,ms=3000",
+            "hlt_timer,count=500,us=2000;idle,ms=500",
         ],
     );
     let recorder = Recorder::start(&["-d", "l1-hlt", "--interval", "500ms", "--json"]);
     guest.go();
-    std::thread::sleep(std::time::Duration::from_millis(2500));
+    // Each halt arms a one-shot 2 ms timer: under TCG a cycle takes longer than 2 ms, so wait
+    // for the guest rather than for a fixed time.
+    guest.wait_finished();
     let out = recorder.stop(libc::SIGINT);
     let report = crate::harness::parse_json(&out.stdout);
     let vm = vm_of(&report, guest.pid);
