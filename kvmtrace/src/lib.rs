@@ -1,9 +1,11 @@
 //! kvmtrace: an eBPF tracing profiler for KVM VM exits.
 //!
-//! Data path: kvm tracepoints -> kvmtrace-ebpf (filter by VM, pair exit->entry, aggregate in maps)
-//! -> [`collect`] (attach, drain deltas) -> [`model`] (latency buckets) -> [`report`] (per-VM
-//! tables) -> [`render`] (text, JSON). [`vm`] finds VMs and names; [`tp`] parses tracepoint formats
-//! and names exit reasons; [`cli`] and [`run`] wire it together.
+//! Data path: kvm tracepoints -> kvmtrace-ebpf (filter by VM, pair exit->entry, aggregate in maps
+//! per epoch) -> [`collect`] (attach, seed running threads from [`thread_probe`], open the gate,
+//! drain and delete each closed epoch) -> [`model`] (latency buckets) -> [`report`] (per-VM
+//! tables) -> [`render`] (text, JSON, ...). [`vm`] finds VMs and names ([`untrusted`] escapes what
+//! other processes wrote); [`tp`] parses tracepoint formats and names exit reasons; [`record`]
+//! and [`outfile`] write files; [`cli`] and [`run`] wire it together.
 
 pub mod analyze;
 pub mod cli;
