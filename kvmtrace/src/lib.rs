@@ -5,7 +5,7 @@
 //! drain and delete each closed epoch) -> [`model`] (latency buckets) -> [`report`] (per-VM
 //! tables) -> [`render`] (text, JSON, ...). [`vm`] finds VMs and names ([`untrusted`] escapes what
 //! other processes wrote); [`tp`] parses tracepoint formats and names exit reasons; [`record`]
-//! and [`outfile`] write files; [`cli`] and [`run`] wire it together.
+//! and [`outfile`] write files; [`cli`] and [`mod@run`] wire it together.
 
 pub mod analyze;
 pub mod cli;
