@@ -1,4 +1,4 @@
-//! The command line (clap derive). Turning it into work happens in [`crate::run`].
+//! The command line (clap derive). Turning it into work happens in [`mod@crate::run`].
 
 use std::{path::PathBuf, time::Duration};
 
