@@ -192,6 +192,23 @@ pub struct ThreadState {
     pub detail_events: [u64; 2 * DETAIL_KINDS],
 }
 
+impl ThreadState {
+    /// Adds `ns` of off-CPU time to the category the THREAD_OFF_* flags of the thread's last
+    /// switch-out say: inside or outside KVM_RUN, blocked or runnable.
+    #[inline(always)]
+    pub fn add_off_cpu(&mut self, ns: u64) {
+        match (
+            self.flags & THREAD_OFF_IN_RUN != 0,
+            self.flags & THREAD_OFF_RUNNABLE != 0,
+        ) {
+            (true, true) => self.off_run_runnable_ns += ns,
+            (true, false) => self.off_run_blocked_ns += ns,
+            (false, true) => self.off_user_runnable_ns += ns,
+            (false, false) => self.off_user_blocked_ns += ns,
+        }
+    }
+}
+
 /// How many [`DetailKind`]s there are.
 pub const DETAIL_KINDS: usize = 5;
 
@@ -369,7 +386,12 @@ impl DetailKey {
     }
 
     pub const fn is_other(&self) -> bool {
-        self.a == u32::MAX && self.b == u64::MAX
+        Self::is_other_key(self.a, self.b)
+    }
+
+    /// Whether a key's (a, b) are those of an "other keys" row.
+    pub const fn is_other_key(a: u32, b: u64) -> bool {
+        a == u32::MAX && b == u64::MAX
     }
 }
 

@@ -26,8 +26,7 @@ use aya::{
 use kvmtrace_common::{
     CONFIG_GLOBAL, Config, Counter, DETAIL_KINDS, DetailKey, DetailKind, DetailMapKey,
     HIST_BUCKETS, INLINE_TGIDS, LatencyKey, LatencyKind, LatencyMapKey, LatencyStats,
-    THREAD_OFF_IN_RUN, THREAD_OFF_RUNNABLE, THREAD_UNRESOLVED, ThreadState, detail_slot, maps,
-    programs,
+    THREAD_OFF_IN_RUN, THREAD_UNRESOLVED, ThreadState, detail_slot, maps, programs,
 };
 
 use crate::{
@@ -507,7 +506,14 @@ fn open_exit_key(tid: u32, st: &ThreadState) -> LatencyKey {
 
 /// A thread's CPU accounting as of `now`, counting the open KVM_RUN and the open off-CPU period.
 fn thread_cpu(tid: u32, st: &ThreadState, now: u64) -> ThreadCpu {
-    let mut t = ThreadCpu {
+    let mut st = *st;
+    if st.run_ts != 0 {
+        st.run_ns += now.saturating_sub(st.run_ts);
+    }
+    if st.off_ts != 0 {
+        st.add_off_cpu(now.saturating_sub(st.off_ts));
+    }
+    ThreadCpu {
         tgid: st.tgid,
         tid,
         tracked_ns: now.saturating_sub(st.first_ts),
@@ -517,23 +523,7 @@ fn thread_cpu(tid: u32, st: &ThreadState, now: u64) -> ThreadCpu {
         off_user_blocked_ns: st.off_user_blocked_ns,
         off_user_runnable_ns: st.off_user_runnable_ns,
         procfs_ns: None,
-    };
-    if st.run_ts != 0 {
-        t.run_ns += now.saturating_sub(st.run_ts);
     }
-    if st.off_ts != 0 {
-        let open = now.saturating_sub(st.off_ts);
-        match (
-            st.flags & THREAD_OFF_IN_RUN != 0,
-            st.flags & THREAD_OFF_RUNNABLE != 0,
-        ) {
-            (true, true) => t.off_run_runnable_ns += open,
-            (true, false) => t.off_run_blocked_ns += open,
-            (false, true) => t.off_user_runnable_ns += open,
-            (false, false) => t.off_user_blocked_ns += open,
-        }
-    }
-    t
 }
 
 /// The state of a thread that was already running when counting opened, as of `now`.

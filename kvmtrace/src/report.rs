@@ -447,23 +447,14 @@ fn vm_report(agg: &Aggregate, ctx: &Context, pid: u32, secs: f64) -> VmReport {
     }
     let mut other: BTreeMap<(Option<String>, u32), OtherKeysRow> = BTreeMap::new();
     for ((kind, vcpu, a, b), n) in &counts {
-        let key = DetailKey {
-            tgid: pid,
-            tid: 0,
-            kind: *kind,
-            a: *a,
-            b: *b,
-        };
-        if key.is_other() {
+        if DetailKey::is_other_key(*a, *b) {
             other_row(&mut other, vcpu, *kind).unkeyed_events += n;
         }
     }
     let of_kind = |kind: DetailKind| {
         counts
             .iter()
-            .filter(move |((k, _, a, b), _)| {
-                *k == kind as u32 && !(*a == u32::MAX && *b == u64::MAX)
-            })
+            .filter(move |((k, _, a, b), _)| *k == kind as u32 && !DetailKey::is_other_key(*a, *b))
             .map(|((_, vcpu, a, b), n)| (vcpu.clone(), *a, *b, *n))
     };
 

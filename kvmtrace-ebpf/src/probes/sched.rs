@@ -57,16 +57,7 @@ fn try_switch(ctx: &TracePointContext) {
         // SAFETY: as above; this is the switch to that thread.
         let n = unsafe { &mut *n };
         if n.off_ts != 0 {
-            let d = ts.saturating_sub(n.off_ts);
-            match (
-                n.flags & THREAD_OFF_IN_RUN != 0,
-                n.flags & THREAD_OFF_RUNNABLE != 0,
-            ) {
-                (true, true) => n.off_run_runnable_ns += d,
-                (true, false) => n.off_run_blocked_ns += d,
-                (false, true) => n.off_user_runnable_ns += d,
-                (false, false) => n.off_user_blocked_ns += d,
-            }
+            n.add_off_cpu(ts.saturating_sub(n.off_ts));
             n.off_ts = 0;
         }
     }

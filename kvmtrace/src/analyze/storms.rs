@@ -3,7 +3,7 @@
 //! handling costs at least `cost_pct` % of a CPU. Storms on related keys of one vCPU at the same
 //! time (exit reason io, userspace IO, port 0x70) are one storm, named by its most specific key.
 
-use kvmtrace_common::{DetailKind, UEXIT_ERRNO_FLAG};
+use kvmtrace_common::{DetailKey, DetailKind, UEXIT_ERRNO_FLAG};
 use std::collections::BTreeMap;
 
 use serde::Serialize;
@@ -145,7 +145,7 @@ fn time_is_cpu(what: &What) -> bool {
 pub fn describe(what: &What) -> String {
     match *what {
         What::Exit { isa, reason } => exit_reason_name(isa, reason),
-        What::Detail { kind, a, b } if a == u32::MAX && b == u64::MAX => {
+        What::Detail { kind, a, b } if DetailKey::is_other_key(a, b) => {
             let kind = DetailKind::from_u32(kind).map_or("keys", crate::report::detail_kind_name);
             format!("other {kind} (many distinct keys)")
         }
