@@ -311,6 +311,24 @@ pub fn record_running(guest: &mut Guest, running_for: Duration, duration: &str) 
     parse_json(&out.stdout)
 }
 
+/// A CPU row's kernel figure agrees with procfs's: within 5 %, or within two clock ticks for
+/// small totals (where procfs has only utime + stime, in ticks, each rounded down).
+pub fn assert_cpu_matches_procfs(row: &Value) {
+    let (cpu, procfs) = (
+        row["cpu_pct"].as_f64().unwrap(),
+        row["procfs_cpu_pct"].as_f64().unwrap(),
+    );
+    let wall = row["wall_secs"].as_f64().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let ticks_per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let tolerance = (0.05 * procfs).max(2.0 * 100.0 / ticks_per_sec / wall);
+    assert!(
+        (cpu - procfs).abs() <= tolerance,
+        "vCPU {}: kernel {cpu:.2}% vs procfs {procfs:.2}% (tolerance {tolerance:.2}): {row:#}",
+        row["vcpu"]
+    );
+}
+
 pub fn parse_json(bytes: &[u8]) -> Value {
     serde_json::from_slice(bytes)
         .unwrap_or_else(|e| panic!("bad JSON ({e}): {}", String::from_utf8_lossy(bytes)))

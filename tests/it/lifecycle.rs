@@ -7,12 +7,11 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::harness::{
-    Guest, Recorder, count_of, kvmtrace_ok, parse_json, record_running, require_kvm_and_root, rows,
-    vm_of,
+    Guest, Recorder, assert_cpu_matches_procfs, count_of, kvmtrace_ok, parse_json, record_running,
+    require_kvm_and_root, rows, vm_of,
 };
 
-/// One CPU row: the recording's whole length, and the kernel's CPU figure within 5 % of procfs
-/// (the scheduler's run time from schedstat; or within two ticks where only utime + stime exist).
+/// One CPU row: the recording's whole length, and the kernel's CPU figure agreeing with procfs.
 fn assert_accounted_from_attach(report: &Value, row: &Value) {
     let duration = report["duration_secs"].as_f64().unwrap();
     let wall = row["wall_secs"].as_f64().unwrap();
@@ -20,17 +19,7 @@ fn assert_accounted_from_attach(report: &Value, row: &Value) {
         (wall - duration).abs() < 0.05,
         "wall {wall:.3} s vs recording {duration:.3} s: {row:#}"
     );
-    let (cpu, procfs) = (
-        row["cpu_pct"].as_f64().unwrap(),
-        row["procfs_cpu_pct"].as_f64().unwrap(),
-    );
-    // SAFETY: sysconf has no preconditions.
-    let tick_pct = 2.0 * 100.0 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64 / wall;
-    let tolerance = (0.05 * procfs).max(tick_pct);
-    assert!(
-        (cpu - procfs).abs() <= tolerance,
-        "kernel {cpu:.2}% vs procfs {procfs:.2}% (tolerance {tolerance:.2}): {row:#}"
-    );
+    assert_cpu_matches_procfs(row);
 }
 
 /// Issue 8.1: a vCPU halting on its LAPIC timer for seconds before the recorder starts is

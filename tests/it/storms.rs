@@ -3,7 +3,9 @@
 
 use serde_json::Value;
 
-use crate::harness::{Guest, Recorder, parse_json, record_guest_with, require_kvm_and_root};
+use crate::harness::{
+    Guest, Recorder, assert_cpu_matches_procfs, parse_json, record_guest_with, require_kvm_and_root,
+};
 
 /// This host's vCPU makes at most ~16 000 port exits/s, so the storm is 10 000/s (the issue's
 /// 20 000/s cannot be reached here) and the threshold 5 000/s.
@@ -162,20 +164,8 @@ fn cpu_attribution_matches_procfs() {
     let rows = vm["cpu"].as_array().unwrap();
     assert_eq!(rows.len(), 2, "{rows:#?}");
     for r in rows {
-        let (cpu, procfs) = (
-            r["cpu_pct"].as_f64().unwrap(),
-            r["procfs_cpu_pct"].as_f64().unwrap(),
-        );
-        // procfs reports utime and stime in clock ticks (10 ms each here), each rounded down:
-        // within 5 %, or within those two ticks for small totals.
-        let wall = r["wall_secs"].as_f64().unwrap();
-        let ticks_pct = 2.0 * 100.0 / clock_ticks_per_sec() / wall;
-        let tolerance = (0.05 * procfs).max(ticks_pct);
-        assert!(
-            (cpu - procfs).abs() <= tolerance,
-            "vCPU {}: kernel {cpu:.2}% vs procfs {procfs:.2}% (tolerance {tolerance:.2})",
-            r["vcpu"]
-        );
+        assert_cpu_matches_procfs(r);
+        let cpu = r["cpu_pct"].as_f64().unwrap();
         let parts = r["in_kvm_run_pct"].as_f64().unwrap() + r["vmm_pct"].as_f64().unwrap();
         assert!((parts - cpu).abs() < 1e-6, "KVM_RUN + VMM = CPU: {r:#}");
         let all =
@@ -229,9 +219,4 @@ fn hlt_waits_are_blocked_not_cpu() {
         .find(|m| m["msr"] == 0x80b)
         .unwrap();
     assert_eq!(eoi["count"], 2000);
-}
-
-fn clock_ticks_per_sec() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
 }
