@@ -46,7 +46,7 @@ const GUEST_PORT: u64 = 0x70;
 
 pub fn install_and_record(deb: &Path, opts: &Options) -> anyhow::Result<()> {
     let started = Instant::now();
-    let kernel = l1::kernel()?;
+    let kernel = l1::kernel(l1::KernelLine::V6_1)?;
     let bins = static_build::binaries()?;
     let tree = Initramfs::new("initramfs-deb", &kernel, "tests/nested/init-deb")?;
     for pkg in DPKG_AND_DEPENDENCIES {

@@ -1,8 +1,8 @@
-//! The nested rig: an L1 Linux (Debian's 6.1 kernel) under QEMU with software emulation and an
-//! SVM CPU model, booted from an initramfs whose `/init` runs a test and reports on the serial
+//! The nested rig: an L1 Linux (a Debian kernel: 5.10, 6.1 or 6.12) under QEMU with software
+//! emulation and an SVM CPU model, booted from an initramfs whose `/init` runs a test and reports on the serial
 //! console. kvm_amd in L1 emits the real kvm:kvm_exit/kvm_entry this host's KVM (kvm_pvm) never
 //! does, and L1 has nothing that was built here: no Rust, no LLVM, no libc unless a test puts one
-//! in. The kernel, busybox and any other packages come from `apt-get download` and are cached
+//! in. The kernels, busybox and any other packages come from `apt-get download` and are cached
 //! under target/nested/, so a warm run is initramfs + boot + test.
 //! QEMU exits on an L1 panic (panic=-1, -no-reboot; softlockup_panic turns an L1 hang into a
 //! panic) and is killed on timeout or if xtask dies. TCG runs single-threaded: with multi-threaded
@@ -25,13 +25,53 @@ use crate::{
     sh::{cmd, output, run},
 };
 
-/// Modules kvm_amd needs on Debian's 6.1, in load order (each init script loads them).
-const MODULES: [&str; 4] = [
-    "virt/lib/irqbypass",
-    "drivers/crypto/ccp/ccp",
-    "arch/x86/kvm/kvm",
-    "arch/x86/kvm/kvm-amd",
-];
+/// The module L1's tests need; its dependencies come from the kernel's own modules.dep.
+const KVM_MODULE: &str = "kvm-amd";
+
+/// A Debian kernel line the rig boots as L1: the kernels users run, oldest to newest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelLine {
+    /// Debian 11 (bullseye), as RHEL 9's 5.14 and Ubuntu 22.04's 5.15 are close to it.
+    V5_10,
+    /// Debian 12 (bookworm).
+    V6_1,
+    /// Debian 13 (trixie), as Ubuntu 24.04's 6.8.
+    V6_12,
+}
+
+impl KernelLine {
+    pub const ALL: [KernelLine; 3] = [KernelLine::V5_10, KernelLine::V6_1, KernelLine::V6_12];
+
+    /// "5.10", "6.1", "6.12": what `--kernel` takes and the fixtures' directory names.
+    pub fn label(self) -> &'static str {
+        match self {
+            KernelLine::V5_10 => "5.10",
+            KernelLine::V6_1 => "6.1",
+            KernelLine::V6_12 => "6.12",
+        }
+    }
+
+    /// The Debian suite whose linux-image-amd64 is this line.
+    fn suite(self) -> &'static str {
+        match self {
+            KernelLine::V5_10 => "bullseye",
+            KernelLine::V6_1 => "bookworm",
+            KernelLine::V6_12 => "trixie",
+        }
+    }
+
+    /// `5.10`, `6.1`, `6.12` or `all`.
+    pub fn parse_list(s: &str) -> Result<Vec<KernelLine>, String> {
+        if s == "all" {
+            return Ok(KernelLine::ALL.to_vec());
+        }
+        KernelLine::ALL
+            .into_iter()
+            .find(|k| k.label() == s)
+            .map(|k| vec![k])
+            .ok_or_else(|| format!("unknown kernel {s:?}: use 5.10, 6.1, 6.12 or all"))
+    }
+}
 
 pub struct Options {
     pub timeout: Duration,
@@ -51,19 +91,24 @@ pub fn work_dir() -> PathBuf {
     crate::sh::root().join("target/nested")
 }
 
-/// L1's kernel: the image and its unpacked modules directory (lib/modules/RELEASE).
+/// L1's kernel: the image, its unpacked modules directory (lib/modules/RELEASE), and the
+/// modules kvm_amd needs in load order (paths relative to the modules directory).
 pub struct Kernel {
     pub vmlinuz: PathBuf,
     pub modules: PathBuf,
+    pub kvm_modules: Vec<String>,
 }
 
-/// Checks the rig's host tools and returns Debian's current 6.1 kernel (the linux-image-amd64
-/// dependency), downloaded and unpacked once.
-pub fn kernel() -> anyhow::Result<Kernel> {
+/// Checks the rig's host tools and returns Debian's current kernel of `line` (the
+/// linux-image-amd64 dependency in its suite), downloaded and unpacked once under
+/// target/nested/kernel-LINE. The suite's package lists live in target/nested/apt/SUITE, apart
+/// from the host's: nothing from another suite is installed on the host, or even known to its apt.
+pub fn kernel(line: KernelLine) -> anyhow::Result<Kernel> {
     require(&[
         "qemu-system-x86_64",
         "cpio",
         "gzip",
+        "xz",
         "find",
         "sh",
         "depmod",
@@ -71,25 +116,39 @@ pub fn kernel() -> anyhow::Result<Kernel> {
         "apt-get",
         "apt-cache",
     ])?;
-    let work = work_dir();
-    std::fs::create_dir_all(&work)?;
-    let kroot = work.join("kroot");
+    let kroot = work_dir().join(format!("kernel-{}", line.label()));
     if !kroot.join("boot").is_dir() {
-        let deps = output(cmd("apt-cache").args(["depends", "linux-image-amd64"]))
-            .context("apt-cache depends linux-image-amd64")?;
+        let apt = SuiteApt::new(line.suite())?;
+        let deps = output(
+            apt.command("apt-cache")
+                .args(["depends", "linux-image-amd64"]),
+        )
+        .with_context(|| format!("apt-cache depends linux-image-amd64 in {}", line.suite()))?;
         let pkg = deps
             .lines()
             .find_map(|l| {
                 l.trim()
                     .strip_prefix("Depends: ")
-                    .filter(|p| p.starts_with("linux-image-6"))
+                    .filter(|p| p.starts_with("linux-image-") && *p != "linux-image-amd64")
             })
-            .context(
-                "no linux-image-6.* in `apt-cache depends linux-image-amd64` (run apt-get update)",
-            )?
+            .with_context(|| {
+                format!(
+                    "no linux-image-* in {}'s linux-image-amd64 dependencies",
+                    line.suite()
+                )
+            })?
             .to_string();
-        let deb = download(&pkg)?;
-        run(cmd("dpkg-deb").arg("-x").arg(&deb).arg(&kroot))?;
+        let deb = apt.download(&pkg)?;
+        let partial = work_dir().join(format!("kernel-{}.partial", line.label()));
+        if partial.exists() {
+            std::fs::remove_dir_all(&partial)?;
+        }
+        run(cmd("dpkg-deb").arg("-x").arg(&deb).arg(&partial))?;
+        std::fs::rename(&partial, &kroot)?;
+    }
+    // Since trixie, modules live under usr/lib/modules; depmod -b looks in lib/modules.
+    if !kroot.join("lib").exists() {
+        std::os::unix::fs::symlink("usr/lib", kroot.join("lib"))?;
     }
     let release = std::fs::read_dir(kroot.join("lib/modules"))?
         .filter_map(Result::ok)
@@ -100,10 +159,87 @@ pub fn kernel() -> anyhow::Result<Kernel> {
     if !modules.join("modules.dep").exists() {
         run(cmd("depmod").arg("-b").arg(&kroot).arg(&release))?;
     }
+    let dep = std::fs::read_to_string(modules.join("modules.dep"))?;
+    let kvm_modules = load_order(&dep, KVM_MODULE)
+        .with_context(|| format!("no {KVM_MODULE} in {release}'s modules.dep"))?;
     Ok(Kernel {
         vmlinuz: kroot.join("boot").join(format!("vmlinuz-{release}")),
         modules,
+        kvm_modules,
     })
+}
+
+/// The modules to insmod for `name`, dependencies first, from a modules.dep whose lines read
+/// `kernel/x/name.ko[.xz]: dep1 dep2 ...` (modprobe loads the dependency list from its end).
+fn load_order(modules_dep: &str, name: &str) -> Option<Vec<String>> {
+    modules_dep.lines().find_map(|line| {
+        let (module, deps) = line.split_once(':')?;
+        let file = module.rsplit('/').next()?;
+        let stem = file.split(".ko").next()?;
+        (stem == name).then(|| {
+            deps.split_whitespace()
+                .rev()
+                .chain(std::iter::once(module))
+                .map(str::to_string)
+                .collect()
+        })
+    })
+}
+
+/// apt-get and apt-cache on one Debian suite's package lists, kept under
+/// target/nested/apt/SUITE and updated once.
+struct SuiteApt {
+    dir: PathBuf,
+}
+
+impl SuiteApt {
+    fn new(suite: &str) -> anyhow::Result<SuiteApt> {
+        let dir = work_dir().join("apt").join(suite);
+        std::fs::create_dir_all(dir.join("lists/partial"))?;
+        std::fs::create_dir_all(dir.join("cache/archives/partial"))?;
+        std::fs::write(
+            dir.join("sources.list"),
+            format!(
+                "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] \
+                 http://deb.debian.org/debian {suite} main\n"
+            ),
+        )?;
+        let apt = SuiteApt { dir };
+        let has_lists = std::fs::read_dir(apt.dir.join("lists"))?
+            .filter_map(Result::ok)
+            .any(|e| e.file_name().to_string_lossy().ends_with("_Packages"));
+        if !has_lists {
+            run(apt.command("apt-get").arg("update")).with_context(|| {
+                format!("apt-get update for {suite} (is the network to Debian's mirror up?)")
+            })?;
+        }
+        Ok(apt)
+    }
+
+    fn command(&self, program: &str) -> std::process::Command {
+        let d = self.dir.display();
+        let mut c = cmd(program);
+        for opt in [
+            format!("Dir::Etc::SourceList={d}/sources.list"),
+            "Dir::Etc::SourceParts=/dev/null".to_string(),
+            format!("Dir::State::Lists={d}/lists"),
+            format!("Dir::State::status={d}/status"),
+            format!("Dir::Cache={d}/cache"),
+            "Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false".to_string(),
+            "Acquire::Languages=none".to_string(),
+        ] {
+            c.args(["-o", &opt]);
+        }
+        if !self.dir.join("status").exists() {
+            let _ = std::fs::write(self.dir.join("status"), "");
+        }
+        c
+    }
+
+    fn download(&self, pkg: &str) -> anyhow::Result<PathBuf> {
+        let debs = self.dir.join("debs");
+        download_into(&debs, pkg, self.command("apt-get").arg("download").arg(pkg))
+    }
 }
 
 fn busybox() -> anyhow::Result<PathBuf> {
@@ -116,12 +252,25 @@ fn busybox() -> anyhow::Result<PathBuf> {
     Ok(bb)
 }
 
-/// `apt-get download PKG` into target/nested/debs (cached); returns the .deb.
+/// `apt-get download PKG` (the host's own suite) into target/nested/debs (cached); returns the
+/// .deb.
 pub fn download(pkg: &str) -> anyhow::Result<PathBuf> {
-    let debs = work_dir().join("debs");
-    std::fs::create_dir_all(&debs)?;
+    download_into(
+        &work_dir().join("debs"),
+        pkg,
+        cmd("apt-get").arg("download").arg(pkg),
+    )
+}
+
+/// Runs `download` (an `apt-get download PKG`) in `debs` unless a PKG_*.deb is there already.
+fn download_into(
+    debs: &Path,
+    pkg: &str,
+    download: &mut std::process::Command,
+) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(debs)?;
     let find = || -> Option<PathBuf> {
-        std::fs::read_dir(&debs)
+        std::fs::read_dir(debs)
             .ok()?
             .filter_map(Result::ok)
             .map(|e| e.path())
@@ -134,7 +283,7 @@ pub fn download(pkg: &str) -> anyhow::Result<PathBuf> {
     if let Some(deb) = find() {
         return Ok(deb);
     }
-    run(cmd("apt-get").arg("download").arg(pkg).current_dir(&debs)).with_context(|| {
+    run(download.current_dir(debs)).with_context(|| {
         format!("downloading {pkg} (is the network to Debian's mirror up? apt-get update?)")
     })?;
     find().with_context(|| format!("apt-get download {pkg} left no .deb"))
@@ -165,12 +314,26 @@ impl Initramfs {
             .context("modules dir")?
             .to_string_lossy()
             .into_owned();
-        for m in MODULES {
-            tree.copy(
-                &kernel.modules.join("kernel").join(format!("{m}.ko")),
-                &format!("lib/modules/{release}/kernel/{m}.ko"),
-            )?;
+        // Modules as /init loads them: uncompressed (busybox insmod reads plain .ko), listed in
+        // load order in /modules.load.
+        let mut load = String::new();
+        for m in &kernel.kvm_modules {
+            let plain = m.strip_suffix(".xz").unwrap_or(m);
+            let dest = tree.dir.join(format!("lib/modules/{release}/{plain}"));
+            std::fs::create_dir_all(dest.parent().context("module path")?)?;
+            if plain == m {
+                std::fs::copy(kernel.modules.join(m), &dest)
+                    .with_context(|| format!("copying {m}"))?;
+            } else {
+                let xz = std::fs::File::open(kernel.modules.join(m))?;
+                let out = std::fs::File::create(&dest)?;
+                run(cmd("xz").args(["-dc"]).stdin(xz).stdout(out))
+                    .with_context(|| format!("unpacking {m}"))?;
+            }
+            load.push_str(plain);
+            load.push('\n');
         }
+        std::fs::write(tree.dir.join("modules.load"), load)?;
         Ok(tree)
     }
 
@@ -201,7 +364,9 @@ impl Initramfs {
 
     /// Packs the tree into target/nested/NAME.cpio.gz.
     pub fn pack(self) -> anyhow::Result<PathBuf> {
-        let image = self.dir.with_extension("cpio.gz");
+        let mut image = self.dir.clone().into_os_string();
+        image.push(".cpio.gz");
+        let image = PathBuf::from(image);
         let script = format!(
             "cd '{}' && find . | cpio -o -H newc --quiet | gzip -1 > '{}'",
             self.dir.display(),
@@ -311,4 +476,44 @@ pub fn boot(
     }
     eprintln!("l1: QEMU exited ({status})");
     Ok(log)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modules_load_dependencies_first() {
+        // Lines as depmod writes them for Debian's 5.10 (rng-core is a module there) and 6.12.
+        let dep_5_10 = "kernel/virt/lib/irqbypass.ko:\n\
+            kernel/arch/x86/kvm/kvm.ko: kernel/virt/lib/irqbypass.ko\n\
+            kernel/arch/x86/kvm/kvm-amd.ko: kernel/arch/x86/kvm/kvm.ko \
+            kernel/drivers/crypto/ccp/ccp.ko kernel/drivers/char/hw_random/rng-core.ko \
+            kernel/virt/lib/irqbypass.ko\n";
+        assert_eq!(
+            load_order(dep_5_10, "kvm-amd").unwrap(),
+            [
+                "kernel/virt/lib/irqbypass.ko",
+                "kernel/drivers/char/hw_random/rng-core.ko",
+                "kernel/drivers/crypto/ccp/ccp.ko",
+                "kernel/arch/x86/kvm/kvm.ko",
+                "kernel/arch/x86/kvm/kvm-amd.ko",
+            ]
+        );
+        let dep_6_12 = "kernel/arch/x86/kvm/kvm-amd.ko.xz: kernel/arch/x86/kvm/kvm.ko.xz\n";
+        assert_eq!(
+            load_order(dep_6_12, "kvm-amd").unwrap(),
+            [
+                "kernel/arch/x86/kvm/kvm.ko.xz",
+                "kernel/arch/x86/kvm/kvm-amd.ko.xz"
+            ]
+        );
+        assert!(load_order(dep_6_12, "kvm").is_none());
+        assert_eq!(KernelLine::parse_list("all").unwrap(), KernelLine::ALL);
+        assert!(
+            KernelLine::parse_list("5.4")
+                .unwrap_err()
+                .contains("5.10, 6.1, 6.12")
+        );
+    }
 }

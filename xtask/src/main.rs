@@ -52,6 +52,9 @@ enum Task {
         /// CPUs of L1 (the two-vCPU test needs 2).
         #[arg(long, default_value_t = 2)]
         smp: u32,
+        /// L1's Debian kernel line: 5.10 (bullseye), 6.1 (bookworm), 6.12 (trixie), or all.
+        #[arg(long, default_value = "6.1", value_parser = l1::KernelLine::parse_list)]
+        kernel: std::vec::Vec<l1::KernelLine>,
     },
     /// Build target/dist/: static kvmtrace, completions, man pages, .deb; check them.
     Dist {
@@ -77,10 +80,17 @@ fn main() -> anyhow::Result<()> {
         Task::Test => test::run_tests(),
         Task::Demo { seconds } => demo::run_demo(seconds),
         Task::Bench { rounds, samples } => bench::run_bench(rounds, samples),
-        Task::Nested { timeout, smp } => nested::run_nested(&nested::Options {
-            timeout: std::time::Duration::from_secs(timeout),
+        Task::Nested {
+            timeout,
             smp,
-        })
+            kernel,
+        } => nested::run_nested(
+            &kernel,
+            &nested::Options {
+                timeout: std::time::Duration::from_secs(timeout),
+                smp,
+            },
+        )
         .map(|_| ()),
         Task::Dist { l1 } => dist::run_dist(l1),
         Task::Fuzz { seconds } => fuzz::run_fuzz(seconds),

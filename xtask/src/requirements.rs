@@ -168,7 +168,7 @@ pub const REQUIREMENTS: &[Requirement] = &[
     req(
         "apt-cache",
         Apt("apt"),
-        "the nested rig finds Debian's current 6.1 kernel",
+        "the nested rig finds Debian's current 5.10, 6.1 and 6.12 kernels",
     ),
     req(
         "dpkg-deb",
@@ -192,6 +192,11 @@ pub const REQUIREMENTS: &[Requirement] = &[
         "module dependencies of the L1 kernel",
     ),
     req("cpio", Apt("cpio"), "packs the L1 initramfs"),
+    req(
+        "xz",
+        Apt("xz-utils"),
+        "unpacks the compressed modules of Debian's 6.12 kernel",
+    ),
     req("gzip", Apt("gzip"), "compresses the L1 initramfs"),
     req(
         "find",

@@ -50,8 +50,9 @@ pub fn run_tests() -> anyhow::Result<()> {
         "--",
         "--test-threads=1",
     ]))?;
-    // The tests that need real kvm_exit/kvm_entry run inside the nested SVM L1.
-    passed += nested::run_nested(&nested::Options::default())?;
+    // The tests that need real kvm_exit/kvm_entry run inside the nested SVM L1, on each kernel
+    // line users run (5.10, 6.1, 6.12).
+    passed += nested::run_nested(&nested::KernelLine::ALL, &nested::Options::default())?;
     // What users install: built statically, checked here, then installed and used in L1.
     dist::run_dist(true)?;
     // Recording size and offline report speed bars (exits non-zero when missed).
