@@ -17,7 +17,7 @@ use clap::{Args, Parser, Subcommand};
         env!("KVMTRACE_AYA_VERSION")
     ),
     about = "Trace KVM VM exits with eBPF: which VM, vCPU, exit reason, port/MMIO/MSR, and how long",
-    after_help = "EXAMPLES:\n    kvmtrace list                          # the VMs on this host\n    kvmtrace record -d vm01                # trace VM vm01 until Ctrl-C, then report\n    kvmtrace record -d vm01 --duration 10s --per-vcpu\n    kvmtrace record -d vm01 -o vm01.kvmtrace   # also save a recording\n    kvmtrace report -i vm01.kvmtrace --format flamegraph -o vm01.svg\n    kvmtrace diff before.kvmtrace after.kvmtrace\n    kvmtrace record -p 4242 --json > exits.json\n    kvmtrace record                        # every VM on the host"
+    after_help = "EXAMPLES:\n    kvmtrace list                          # the VMs on this host\n    kvmtrace record -d vm01                # trace VM vm01 until Ctrl-C, then report\n    kvmtrace record -d vm01 --duration 10s --per-vcpu\n    kvmtrace record -d vm01 -o vm01.kvmtrace   # also save a recording\n    kvmtrace report -i vm01.kvmtrace --format flamegraph -o vm01.svg\n    kvmtrace diff before.kvmtrace after.kvmtrace\n    kvmtrace record -p 4242 --json > exits.json\n    kvmtrace record                        # every VM on the host\n    kvmtrace serve                         # Prometheus metrics of every VM at 127.0.0.1:9669/metrics"
 )]
 pub struct Cli {
     /// More log output (-v info, -vv debug); kernel-side warnings are always shown.
@@ -37,6 +37,11 @@ pub enum Command {
     Report(ReportArgs),
     /// Compare two recordings: per-reason and per-key deltas, sorted by impact.
     Diff(DiffArgs),
+    /// Export metrics of every VM (or those named) to Prometheus, until SIGINT or SIGTERM.
+    Serve(ServeArgs),
+    /// Live view of the VMs on this host: exits, VMM round trips, CPU, storms; drill down with
+    /// Enter (VM -> vCPU -> reason -> ports / MMIO addresses / MSRs). `--batch` for plain text.
+    Top(TopArgs),
 }
 
 #[derive(Debug, Args)]
@@ -223,6 +228,81 @@ pub struct DiffArgs {
     /// Write to FILE instead of stdout (replaced once complete; not through a symbolic link).
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "EXAMPLES:\n    kvmtrace serve                                 # every VM, at http://127.0.0.1:9669/metrics\n    kvmtrace serve -d vm01 -d vm02 --per-vcpu      # two VMs, by vCPU, across their restarts\n    kvmtrace serve --listen 0.0.0.0:9669 --grace 10m\n\nENDPOINTS:\n    /metrics   OpenMetrics or Prometheus text (by the Accept header)\n    /healthz   200 \"ok\""
+)]
+pub struct ServeArgs {
+    /// Address to serve /metrics and /healthz on (loopback by default: there is no
+    /// authentication).
+    #[arg(long, default_value = "127.0.0.1:9669", value_name = "ADDR")]
+    pub listen: std::net::SocketAddr,
+    /// Follow the VMs with this name (libvirt domain, QEMU -name, systemd machine), also when
+    /// they restart under a new pid. Repeatable. A name with no VM now is waited for.
+    #[arg(short = 'd', long = "domain", value_name = "NAME")]
+    pub names: Vec<String>,
+    /// Follow the VM process with this pid. Repeatable.
+    #[arg(short = 'p', long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+    /// How often the kernel maps are drained into the metrics.
+    #[arg(long, default_value = "1s", value_parser = parse_interval)]
+    pub interval: Duration,
+    /// A vcpu label on every per-VM series (more series: one set per vCPU).
+    #[arg(long)]
+    pub per_vcpu: bool,
+    /// How long the series of a VM that is gone stay (so the last scrapes see its final counts).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub grace: Duration,
+    /// Most per-VM series at once (a histogram counts as its buckets + 2); updates that would
+    /// create more are counted in kvmtrace_series_dropped_total instead.
+    #[arg(long, default_value_t = 20_000, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub max_series: u64,
+    /// Ports / MMIO addresses / MSRs / CPUID functions with a series of their own, per VM (per
+    /// vCPU with --per-vcpu) and kind, by rate; the rest count in a key="other" series.
+    #[arg(long, default_value_t = 10, value_name = "K", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub top_keys: u32,
+    /// tracefs mount point (default: /sys/kernel/tracing, mounted if absent).
+    #[arg(long, value_name = "DIR")]
+    pub tracefs: Option<PathBuf>,
+    /// Capacity of the kernel's latency map (VMs x vCPUs x exit reasons).
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
+    pub max_keys: u32,
+    /// Capacity of the kernel's detail map (ports, MMIO addresses, MSRs, CPUID functions per vCPU
+    /// and interval).
+    #[arg(long, default_value_t = 16384, value_parser = clap::value_parser!(u32).range(16..=4_194_304))]
+    pub max_detail_keys: u32,
+    /// Distinct ports / MMIO addresses / MSRs / CPUID functions one vCPU may add per interval.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+    pub max_keys_per_vcpu: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Show only the VM with this name (libvirt domain, QEMU -name, systemd machine). Repeatable.
+    #[arg(short = 'd', long = "domain", value_name = "NAME")]
+    pub names: Vec<String>,
+    /// Show only the VM process with this pid. Repeatable.
+    #[arg(short = 'p', long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+    /// Time between screens (the keys + and - change it while running).
+    #[arg(long, default_value = "1s", value_parser = parse_interval)]
+    pub interval: Duration,
+    /// Plain text frames on stdout instead of the terminal UI (for scripts, like `top -b`).
+    #[arg(short = 'b', long)]
+    pub batch: bool,
+    /// Stop after this many frames (default: until q, Ctrl-C or SIGTERM).
+    #[arg(short = 'n', long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub iterations: Option<u64>,
+    /// Rows per table in --batch frames.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub rows: usize,
+    #[command(flatten)]
+    pub storms: StormArgs,
+    /// tracefs mount point (default: /sys/kernel/tracing, mounted if absent).
+    #[arg(long, value_name = "DIR")]
+    pub tracefs: Option<PathBuf>,
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {

@@ -50,6 +50,9 @@ pub struct TraceOptions {
     pub max_detail_keys: u32,
     /// Distinct detail keys one vCPU thread may add per interval (the rest: "other keys").
     pub detail_keys_per_thread: u32,
+    /// The selection may grow while tracing (`serve -d NAME` follows a VM across restarts): the
+    /// kernel looks every pid up in TRACED_TGIDS, which [`Tracer::trace_pid`] adds to.
+    pub follow: bool,
 }
 
 impl Default for TraceOptions {
@@ -60,6 +63,7 @@ impl Default for TraceOptions {
             max_latency_keys: 4096,
             max_detail_keys: 16384,
             detail_keys_per_thread: Config::UNSET.detail_keys_per_thread,
+            follow: false,
         }
     }
 }
@@ -88,6 +92,8 @@ pub struct Tracer {
     closed_seq: u32,
     /// Exits whose thread ended before their kvm_entry (counted, never timed).
     ended_exits: std::collections::BTreeMap<LatencyKey, u64>,
+    /// The kernel's BPF run-time statistics, on while tracing: the tracer's own cost.
+    stats: crate::cost::RunTimeStats,
 }
 
 pub fn check_root() -> Result<(), Error> {
@@ -127,7 +133,11 @@ impl Tracer {
             detail_keys_per_thread: opts.detail_keys_per_thread,
             ..Config::UNSET
         };
-        if let Some(pids) = opts.pids.as_ref().filter(|p| p.len() <= INLINE_TGIDS) {
+        if let Some(pids) = opts
+            .pids
+            .as_ref()
+            .filter(|p| p.len() <= INLINE_TGIDS && !opts.follow)
+        {
             cfg.tgids[..pids.len()].copy_from_slice(pids);
             cfg.n_tgids = pids.len() as u32;
         }
@@ -152,6 +162,8 @@ impl Tracer {
                     .map_err(|e| Error::bpf(format!("adding pid {pid} to the VM filter"), e))?;
             }
         }
+        // On before the first program runs, so every run is counted.
+        let stats = crate::cost::RunTimeStats::enable();
         let mut attached = Vec::new();
         for (prog, category, event) in programs::ALL {
             if missing.contains(&event) {
@@ -183,6 +195,7 @@ impl Tracer {
             warned: HashSet::new(),
             closed_seq: 0,
             ended_exits: Default::default(),
+            stats,
         })
     }
 
@@ -395,6 +408,68 @@ impl Tracer {
             if counters[c as usize] > 0 && self.warned.insert(c) {
                 log::warn!("{what}; the report's loss line has the counts");
             }
+        }
+    }
+
+    /// The programs' runs and run time so far (cumulative), with this process's CPU time.
+    pub fn cost(&self) -> crate::cost::TracerCost {
+        let programs = if self.stats.unavailable.is_some() {
+            Vec::new()
+        } else {
+            self.ebpf
+                .programs()
+                .filter_map(|(name, p)| {
+                    let info = p.info().ok()?;
+                    Some(crate::cost::ProgramCost {
+                        program: name.to_string(),
+                        runs: info.run_count(),
+                        run_ns: info.run_time().as_nanos() as u64,
+                    })
+                })
+                .collect()
+        };
+        crate::cost::TracerCost {
+            secs: self.started.elapsed().as_secs_f64(),
+            programs,
+            collector_cpu_ns: crate::cost::process_cpu().as_nanos() as u64,
+            unavailable: self.stats.unavailable.clone(),
+        }
+    }
+
+    /// Adds VM `pid` to the kernel's VM filter (a tracer started with [`TraceOptions::follow`]).
+    pub fn trace_pid(&mut self, pid: u32) -> Result<(), Error> {
+        let mut traced: BpfHashMap<&mut MapData, u32, u32> =
+            map_mut(&mut self.ebpf, maps::TRACED_TGIDS)?;
+        traced
+            .insert(pid, 1, 0)
+            .map_err(|e| Error::bpf(format!("adding pid {pid} to the VM filter"), e))
+    }
+
+    /// Removes VM `pid` from the kernel's VM filter (it is gone), so the filter stays bounded.
+    pub fn untrace_pid(&mut self, pid: u32) {
+        if let Ok(mut traced) =
+            map_mut::<BpfHashMap<&mut MapData, u32, u32>>(&mut self.ebpf, maps::TRACED_TGIDS)
+        {
+            let _ = traced.remove(&pid);
+        }
+    }
+
+    /// The exits whose thread ended before their kvm_entry since the last call (counted, never
+    /// timed): for a long-running consumer, which must not keep them all.
+    pub fn take_ended_exits(&mut self) -> std::collections::BTreeMap<LatencyKey, u64> {
+        std::mem::take(&mut self.ended_exits)
+    }
+
+    /// The capacity (max_entries) of THREADS, LATENCY and DETAILS as the kernel loaded them.
+    pub fn capacity(&self) -> MapEntries {
+        let max = |name: &str| match self.ebpf.map(name) {
+            Some(aya::maps::Map::HashMap(m)) => m.info().map_or(0, |i| i.max_entries() as u64),
+            _ => 0,
+        };
+        MapEntries {
+            threads: max(maps::THREADS),
+            latency: max(maps::LATENCY),
+            details: max(maps::DETAILS),
         }
     }
 

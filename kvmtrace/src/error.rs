@@ -88,6 +88,14 @@ pub enum Error {
         kind: &'static str,
     },
 
+    /// `serve --listen ADDR` cannot bind (in use, or not an address of this host).
+    #[error("cannot listen on {addr}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+
     #[error("{what}")]
     Io {
         what: String,

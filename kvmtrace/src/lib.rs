@@ -5,11 +5,13 @@
 //! drain and delete each closed epoch) -> [`model`] (latency buckets) -> [`report`] (per-VM
 //! tables) -> [`render`] (text, JSON, ...). [`vm`] finds VMs and names ([`untrusted`] escapes what
 //! other processes wrote); [`tp`] parses tracepoint formats and names exit reasons; [`record`]
-//! and [`outfile`] write files; [`cli`] and [`mod@run`] wire it together.
+//! and [`outfile`] write files; [`mod@serve`] exports metrics to Prometheus; [`cli`] and
+//! [`mod@run`] wire it together.
 
 pub mod analyze;
 pub mod cli;
 pub mod collect;
+pub mod cost;
 pub mod diff;
 pub mod error;
 pub mod model;
@@ -21,7 +23,9 @@ pub mod render;
 pub mod report;
 pub mod run;
 pub mod series;
+pub mod serve;
 pub mod thread_probe;
+pub mod top;
 pub mod tp;
 pub mod untrusted;
 pub mod view;

@@ -22,6 +22,8 @@ pub struct Loaded {
     pub cut_short: bool,
     /// End of the last complete interval, from the start of the recording.
     pub last_interval_at: Duration,
+    /// What the recording cost, from its end record.
+    pub tracer_cost: Option<crate::cost::TracerCost>,
 }
 
 /// A time window over the recording, from its start.
@@ -82,6 +84,7 @@ pub fn from_recording(rec: Recording, window: Window) -> Loaded {
         vms.insert(vm.pid, vm); // later records update earlier ones
     }
     Loaded {
+        tracer_cost: rec.end.as_ref().and_then(|e| e.tracer_cost.clone()),
         header: rec.header,
         agg,
         vms,
@@ -122,6 +125,7 @@ pub fn end_of(in_flight: &InFlight) -> End {
             .map(|(k, n)| (k.to_fields(), *n))
             .collect(),
         map_entries_at_stop: in_flight.map_entries,
+        tracer_cost: None,
     }
 }
 
@@ -144,6 +148,10 @@ pub fn build_report(
         in_flight: &loaded.in_flight,
     };
     let mut report = report::build(&loaded.agg, &ctx);
+    // The cost covers the whole recording: shown only for a report on all of it.
+    if loaded.agg.elapsed >= loaded.last_interval_at {
+        report.tracer_cost = loaded.tracer_cost.clone();
+    }
     if loaded.cut_short {
         report.notes.push(format!(
             "the recording was cut short (the recorder was killed, or could not write, before it finished the file); this covers it up to its last complete interval, at {:.1} s.",

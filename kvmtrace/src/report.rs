@@ -31,6 +31,10 @@ pub struct Report {
     pub storms: Vec<Storm>,
     pub vms: Vec<VmReport>,
     pub counters: Counters,
+    /// What tracing cost (BPF run time, collector CPU), when known: set by the recorder, and
+    /// read back from recordings that have it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tracer_cost: Option<crate::cost::TracerCost>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -340,6 +344,7 @@ pub fn build(agg: &Aggregate, ctx: &Context) -> Report {
         storms,
         vms,
         counters,
+        tracer_cost: None,
     }
 }
 
@@ -736,7 +741,9 @@ fn cpu_rows(
     (rows, Some(summary))
 }
 
-fn userspace_reason(a: u32, errno: u64) -> String {
+/// The name of a userspace exit's reason: KVM_EXIT_* without the prefix, `restart` (a signal
+/// interrupted KVM_RUN) or `error(errno N)`.
+pub fn userspace_reason(a: u32, errno: u64) -> String {
     if a & UEXIT_ERRNO_FLAG == 0 {
         return userspace_exit_name(a);
     }

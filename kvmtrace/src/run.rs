@@ -42,6 +42,18 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::List(args) => list(&args),
         Command::Report(args) => report_file(&args),
         Command::Diff(args) => diff_files(&args),
+        Command::Serve(args) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            Ok(rt.block_on(crate::serve::serve(args))?)
+        }
+        Command::Top(args) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(crate::top::top(args))
+        }
     }
 }
 
@@ -83,7 +95,7 @@ fn list(args: &ListArgs) -> anyhow::Result<()> {
 }
 
 /// The host's KVM module, for the report header.
-fn kvm_module() -> Option<String> {
+pub(crate) fn kvm_module() -> Option<String> {
     ["kvm_intel", "kvm_amd", "kvm_pvm"]
         .into_iter()
         .find(|m| Path::new("/sys/module").join(m).exists())
@@ -200,6 +212,7 @@ async fn record(args: RecordArgs) -> anyhow::Result<()> {
         max_latency_keys: args.max_keys,
         max_detail_keys: args.max_detail_keys,
         detail_keys_per_thread: args.max_keys_per_vcpu,
+        follow: false,
     };
     let mut tracer = Tracer::start(&opts)?;
     // procfs CPU time of every known thread as counting starts: the cross-check's baseline.
@@ -288,6 +301,7 @@ async fn record(args: RecordArgs) -> anyhow::Result<()> {
         watch_storms(&agg, &directory, &storm_cfg, &announced, &progress);
     }
     let in_flight = tracer.in_flight()?;
+    let cost = tracer.cost();
     progress.finish();
     let ctx = Context {
         storm: &storm_cfg,
@@ -299,11 +313,16 @@ async fn record(args: RecordArgs) -> anyhow::Result<()> {
         in_flight: &in_flight,
         max_rows: (!args.all_keys).then_some(report::DEFAULT_MAX_ROWS),
     };
-    let report = report::build(&agg, &ctx);
+    let mut report = report::build(&agg, &ctx);
+    report.tracer_cost = Some(cost.clone());
     drop(tracer); // detach before printing: nothing of ours stays attached
     if let Some(w) = writer {
         let raw = w.raw_bytes;
-        w.finish(&offline::end_of(&in_flight))?;
+        let end = crate::record::End {
+            tracer_cost: Some(cost),
+            ..offline::end_of(&in_flight)
+        };
+        w.finish(&end)?;
         if let Some(path) = &args.output {
             let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
             eprintln!(
@@ -330,7 +349,7 @@ async fn record(args: RecordArgs) -> anyhow::Result<()> {
 
 /// The vCPU threads of the selected VMs as they are now: those inside KVM_RUN, and those named
 /// as vCPUs (`CPU N/KVM`) wherever they are. Other threads of a VM get state at their first event.
-fn running_vcpu_threads(
+pub(crate) fn running_vcpu_threads(
     host: &Host,
     vms: &BTreeMap<u32, Vm>,
 ) -> Vec<(u32, u32, crate::thread_probe::AtStart)> {
@@ -470,7 +489,11 @@ fn step(
 
 /// Names for VMs and threads first seen in this interval (while they are still alive); returns
 /// the pids whose identity changed.
-fn learn_identities(host: &Host, directory: &mut BTreeMap<u32, Vm>, iv: &Interval) -> Vec<u32> {
+pub(crate) fn learn_identities(
+    host: &Host,
+    directory: &mut BTreeMap<u32, Vm>,
+    iv: &Interval,
+) -> Vec<u32> {
     let mut changed = Vec::new();
     let tids = iv
         .latency

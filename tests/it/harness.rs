@@ -51,7 +51,7 @@ pub fn testvm_bin() -> PathBuf {
 }
 
 /// Lines of a child's stream, readable with a timeout.
-fn line_reader(stream: impl std::io::Read + Send + 'static) -> Receiver<String> {
+pub fn line_reader(stream: impl std::io::Read + Send + 'static) -> Receiver<String> {
     let (tx, rx) = channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stream).lines() {
@@ -64,7 +64,8 @@ fn line_reader(stream: impl std::io::Read + Send + 'static) -> Receiver<String> 
     rx
 }
 
-fn wait_line(
+/// Waits for a line that matches `pred`; returns it and the lines before it.
+pub fn wait_line(
     rx: &Receiver<String>,
     what: &str,
     pred: impl Fn(&str) -> bool,

@@ -5,6 +5,7 @@
 mod harness;
 
 mod cleanup;
+mod cost;
 mod counts;
 mod errors;
 mod files;
@@ -12,4 +13,6 @@ mod lifecycle;
 mod names;
 mod nested_l1;
 mod recordings;
+mod serve;
 mod storms;
+mod top;

@@ -256,8 +256,23 @@ pub const REQUIREMENTS: &[Requirement] = &[
         Apt("bash"),
         "dist checks the bash completion offers the subcommands",
     ),
-    // prometheus/promtool (package `prometheus`) join this table with the exporter's tests: the
-    // package starts a Prometheus server on :9090 when installed, so not before it is needed.
+    // The exporter's tests. Installing the package may start its own server on :9090 (where a
+    // service manager runs); the tests start theirs on a free loopback port.
+    req(
+        "prometheus",
+        Apt("prometheus"),
+        "the exporter test scrapes `kvmtrace serve` with a real Prometheus and queries it",
+    ),
+    req(
+        "promtool",
+        Apt("prometheus"),
+        "the exporter test checks the /metrics exposition (promtool check metrics)",
+    ),
+    req(
+        "tmux",
+        Apt("tmux"),
+        "the `top` test drives the terminal UI as a person would (send-keys, capture-pane)",
+    ),
 ];
 
 const fn req(what: &'static str, source: Source, why: &'static str) -> Requirement {

@@ -83,6 +83,9 @@ pub struct End {
     /// Kernel map entries after the last drain.
     #[serde(default)]
     pub map_entries_at_stop: Option<crate::model::MapEntries>,
+    /// The tracer's cost over the recording (absent in recordings made before it existed).
+    #[serde(default)]
+    pub tracer_cost: Option<crate::cost::TracerCost>,
 }
 
 /// Why a recording cannot be read.

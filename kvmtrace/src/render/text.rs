@@ -35,7 +35,31 @@ pub fn render(report: &Report, out: &mut impl io::Write) -> io::Result<()> {
         render_vm(vm, report, out)?;
     }
     writeln!(out)?;
-    render_counters(&report.counters, out)
+    render_counters(&report.counters, out)?;
+    if let Some(cost) = &report.tracer_cost {
+        render_cost(cost, out)?;
+    }
+    Ok(())
+}
+
+/// The price of the numbers above: BPF run time (kernel statistics) and the collector's CPU.
+fn render_cost(c: &crate::cost::TracerCost, out: &mut impl io::Write) -> io::Result<()> {
+    let bpf = match (&c.unavailable, c.ns_per_run()) {
+        (Some(why), _) => format!("BPF run time unknown ({why})"),
+        (None, None) => "no BPF program ran".to_string(),
+        (None, Some(ns)) => format!(
+            "{} BPF program runs ({:.0}/s), {ns:.0} ns each, {:.2} % of one CPU",
+            c.runs(),
+            c.runs_per_sec(),
+            c.bpf_cpu_pct()
+        ),
+    };
+    writeln!(
+        out,
+        "Tracer cost over {:.1} s: {bpf}; collector {:.2} % of one CPU.",
+        c.secs,
+        c.collector_cpu_pct()
+    )
 }
 
 fn render_vm(vm: &VmReport, report: &Report, out: &mut impl io::Write) -> io::Result<()> {
@@ -468,6 +492,16 @@ mod tests {
             max_ns: v,
         };
         Report {
+            tracer_cost: Some(crate::cost::TracerCost {
+                secs: 2.0,
+                programs: vec![crate::cost::ProgramCost {
+                    program: "kvmtrace_pio".into(),
+                    runs: 300,
+                    run_ns: 30_000,
+                }],
+                collector_cpu_ns: 4_000_000,
+                unavailable: None,
+            }),
             duration_secs: 2.0,
             kvm_module: Some("kvm_amd".into()),
             tracepoints_attached: vec![],
@@ -564,8 +598,29 @@ VM web01 (pid 100): 300 exits (150.0/s), 300 to the VMM (150.0/s), 600 detail ev
   ports     70  35.0   2 (30 events)             40
 
 Lost/unpaired: none. unpaired exits 0, unpaired entries 0, VMM round trips without a re-entry marker 0, map full (latency/detail/thread) 0/0/0; in flight at stop: 0 exits, 0 VMM round trips; exits whose thread ended first 0; events: 0 kvm_exit, 0 kvm_entry, 0 detail
+Tracer cost over 2.0 s: 300 BPF program runs (150/s), 100 ns each, 0.00 % of one CPU; collector 0.20 % of one CPU.
 ";
         assert_eq!(String::from_utf8(out).unwrap(), expected);
+    }
+
+    #[test]
+    fn the_cost_line_says_why_bpf_time_is_unknown() {
+        let mut r = report();
+        r.tracer_cost = Some(crate::cost::TracerCost {
+            secs: 1.0,
+            unavailable: Some("BPF_ENABLE_STATS failed: EINVAL".into()),
+            ..Default::default()
+        });
+        let mut out = Vec::new();
+        render(&r, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.ends_with(
+                "Tracer cost over 1.0 s: BPF run time unknown (BPF_ENABLE_STATS failed: EINVAL); \
+                 collector 0.00 % of one CPU.\n"
+            ),
+            "{text}"
+        );
     }
 
     #[test]
