@@ -117,6 +117,34 @@ pub struct Config {
     pub detail_keys_per_thread: u32,
 }
 
+/// The field offsets of every kernel kvmtrace is tested on (Debian's 5.10, 6.1, 6.12 and 6.18):
+/// where the running kernel's offset is this one, a program loads the field straight from the
+/// trace record (the verifier knows CONFIG's values, so only that branch remains), else through
+/// bpf_probe_read_kernel, a helper call per field.
+pub const USUAL_OFFSETS: Config = Config {
+    exit_reason: 8,
+    exit_isa: 24,
+    exit_vcpu_id: 56,
+    entry_vcpu_id: 8,
+    pio_rw: 8,
+    pio_port: 12,
+    pio_size: 16,
+    mmio_type: 8,
+    mmio_len: 12,
+    mmio_gpa: 16,
+    msr_write: 8,
+    msr_ecx: 12,
+    msr_exception: 24,
+    cpuid_function: 8,
+    uexit_reason: 8,
+    uexit_errno: 12,
+    fpu_load: 8,
+    sched_prev_pid: 24,
+    sched_prev_state: 32,
+    sched_next_pid: 56,
+    ..Config::UNSET
+};
+
 impl Config {
     /// Every field absent, nothing filtered: the value compiled into the object.
     pub const UNSET: Config = Config {
@@ -190,6 +218,28 @@ pub struct ThreadState {
     /// Detail events per epoch parity and [`DetailKind`] (index `parity * DETAIL_KINDS + kind -
     /// 1`), cumulative: the exact totals per (thread, kind) however many keys were dropped.
     pub detail_events: [u64; 2 * DETAIL_KINDS],
+    /// The thread's last two detail keys per epoch parity, most recent first, with the events
+    /// not yet added to DETAILS: a guest repeating a key (a storm) costs no DETAILS lookup. A
+    /// key's count goes to DETAILS when another key pushes it out; the collector reads what is
+    /// left after the epoch closed (entries whose `seq` is that epoch's).
+    pub pending: [[PendingDetail; PENDING_KEYS]; 2],
+}
+
+/// Keys per thread and epoch parity kept in [`ThreadState::pending`]: two, so a guest alternating
+/// between an index and a data port (the RTC's 0x70/0x71) stays on the fast path.
+pub const PENDING_KEYS: usize = 2;
+
+/// A detail key with events not yet in DETAILS.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingDetail {
+    /// The epoch the count belongs to; 0: empty.
+    pub seq: u32,
+    pub kind: u32,
+    pub a: u32,
+    pub pad: u32,
+    pub b: u64,
+    pub count: u64,
 }
 
 impl ThreadState {

@@ -4,6 +4,7 @@
 // arrays, and has no implicit padding, so any byte pattern is a valid value.
 unsafe impl aya::Pod for crate::Config {}
 unsafe impl aya::Pod for crate::ThreadState {}
+unsafe impl aya::Pod for crate::PendingDetail {}
 unsafe impl aya::Pod for crate::LatencyKey {}
 unsafe impl aya::Pod for crate::LatencyStats {}
 unsafe impl aya::Pod for crate::DetailKey {}

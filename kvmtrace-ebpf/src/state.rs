@@ -3,6 +3,7 @@
 //! creation.
 
 use aya_ebpf::{
+    EbpfContext as _,
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::map,
     maps::{Array, HashMap, PerCpuArray},
@@ -10,7 +11,7 @@ use aya_ebpf::{
 };
 use kvmtrace_common::{
     Config, Counter, DetailKey, DetailKind, DetailMapKey, FIELD_ABSENT, LatencyKey, LatencyMapKey,
-    LatencyStats, THREAD_UNRESOLVED, ThreadState,
+    LatencyStats, PendingDetail, THREAD_UNRESOLVED, ThreadState,
 };
 
 /// Set by the collector with `override_global` before load.
@@ -101,11 +102,22 @@ pub fn maybe_traced_tid(tid: u32) -> bool {
 
 /// Reads a tracepoint field of type T at `offset`, or 0 when this kernel lacks the field.
 ///
-/// Through bpf_probe_read_kernel: a direct load would be cheaper, but the verifier only allows
-/// context loads whose offset is in the instruction itself ("dereference of modified ctx ptr"),
-/// and these offsets are known only at load time.
+/// `usual` is the field's offset on the kernels kvmtrace is tested on ([`USUAL_OFFSETS`], a
+/// compile-time constant): where `offset` equals it, the field is a direct load from the record,
+/// whose offset is in the instruction as the verifier requires of context loads. Elsewhere it goes
+/// through bpf_probe_read_kernel (the verifier rejects context loads at computed offsets: the
+/// offsets are known only at load time). The verifier knows CONFIG's values, so each program
+/// keeps only one of the two paths.
 #[inline(always)]
-pub fn field<T: Default>(ctx: &TracePointContext, offset: u32) -> T {
+pub fn field<T: Default + Copy>(ctx: &TracePointContext, offset: u32, usual: u32) -> T {
+    if offset == usual && usual != FIELD_ABSENT {
+        // SAFETY: `usual` is the field's offset in this kernel's record (checked just above
+        // against the format file's), a constant, and T is the field's size (checked in user
+        // space); tracepoint records are 8-byte aligned and the fields naturally aligned.
+        return unsafe {
+            core::ptr::read((ctx.as_ptr() as *const u8).add(usual as usize) as *const T)
+        };
+    }
     if offset == FIELD_ABSENT {
         return T::default();
     }
@@ -217,8 +229,9 @@ pub fn record_latency(key: &LatencyKey, ns: u64, seq: u32) {
     }
 }
 
-/// Counts one detail event: always in the thread's per-kind total, and under its own key while
-/// the thread has key budget left in this epoch and the map has room.
+/// Counts one detail event: always in the thread's per-kind total (the collector sums those for
+/// the events-seen counter: no per-event counter here), and under its key: the thread's pending
+/// keys first (no map lookup when the guest repeats itself), else DETAILS.
 #[inline(always)]
 pub fn count_detail(
     cfg: &Config,
@@ -227,13 +240,53 @@ pub fn count_detail(
     key: &DetailKey,
     kind: DetailKind,
 ) {
-    bump(Counter::DetailsSeen);
     if let Some(total) = state
         .detail_events
         .get_mut(kvmtrace_common::detail_slot(seq, kind))
     {
         *total += 1;
     }
+    let Some(slots) = state.pending.get_mut((seq & 1) as usize) else {
+        return;
+    };
+    let same =
+        |p: &PendingDetail| p.seq == seq && p.kind == key.kind && p.a == key.a && p.b == key.b;
+    if same(&slots[0]) {
+        slots[0].count += 1;
+        return;
+    }
+    if same(&slots[1]) {
+        slots[1].count += 1;
+        slots.swap(0, 1);
+        return;
+    }
+    // A third key: the least recent one's events go to DETAILS (its epoch is this one, still
+    // open), and the new key takes the front.
+    let evicted = slots[1];
+    slots[1] = slots[0];
+    slots[0] = PendingDetail {
+        seq,
+        kind: key.kind,
+        a: key.a,
+        pad: 0,
+        b: key.b,
+        count: 1,
+    };
+    if evicted.seq == seq && evicted.count != 0 {
+        let old = DetailKey {
+            kind: evicted.kind,
+            a: evicted.a,
+            b: evicted.b,
+            ..*key
+        };
+        add_detail(cfg, seq, state, &old, evicted.count);
+    }
+}
+
+/// Adds `n` events to `key` in DETAILS (epoch `seq`), while the thread has key budget left in
+/// this epoch and the map has room; otherwise they stay only in the per-kind total ("other keys").
+#[inline(always)]
+fn add_detail(cfg: &Config, seq: u32, state: &mut ThreadState, key: &DetailKey, n: u64) {
     let key = DetailMapKey {
         key: *key,
         epoch: seq & 1,
@@ -242,7 +295,7 @@ pub fn count_detail(
     if let Some(p) = DETAILS.get_ptr_mut(key) {
         // SAFETY: p points at a DETAILS value; the key contains the tid, so (as in record_latency)
         // only this thread's serialized events write it.
-        unsafe { *p += 1 };
+        unsafe { *p += n };
         return;
     }
     if state.keys_seq != seq {
@@ -252,7 +305,7 @@ pub fn count_detail(
     if state.keys_used >= cfg.detail_keys_per_thread {
         return;
     }
-    if DETAILS.insert(key, 1u64, BPF_NOEXIST).is_err() {
+    if DETAILS.insert(key, n, BPF_NOEXIST).is_err() {
         bump(Counter::DetailMapFull);
         return;
     }

@@ -94,6 +94,8 @@ pub struct Tracer {
     ended_exits: std::collections::BTreeMap<LatencyKey, u64>,
     /// The kernel's BPF run-time statistics, on while tracing: the tracer's own cost.
     stats: crate::cost::RunTimeStats,
+    /// Detail events counted so far (the sum of the threads' per-kind totals).
+    details_seen: u64,
 }
 
 pub fn check_root() -> Result<(), Error> {
@@ -196,6 +198,7 @@ impl Tracer {
             closed_seq: 0,
             ended_exits: Default::default(),
             stats,
+            details_seen: 0,
         })
     }
 
@@ -277,7 +280,9 @@ impl Tracer {
             iv.counters[c as usize] = per_cpu.iter().sum();
         }
         self.warn_losses(&iv.counters);
-        self.read_threads(parity, &mut iv)?;
+        self.read_threads(closed, &mut iv)?;
+        // Detail events are counted per thread only (no per-event counter in the kernel).
+        iv.counters[Counter::DetailsSeen as usize] = self.details_seen;
         iv.latency.sort_by_key(|(k, _)| *k);
         iv.details.sort_by_key(|(k, _)| *k);
         Ok(iv)
@@ -306,10 +311,17 @@ impl Tracer {
             .collect())
     }
 
-    /// Every thread's CPU accounting as of now and the "other keys" rows of epoch `parity`;
-    /// threads that are gone are read one more time, then deleted.
-    fn read_threads(&mut self, parity: u32, iv: &mut Interval) -> Result<(), Error> {
+    /// Every thread's CPU accounting as of now, the keys still pending in its state and the
+    /// "other keys" rows of epoch `closed`; threads that are gone are read one more time, then
+    /// deleted.
+    fn read_threads(&mut self, closed: u32, iv: &mut Interval) -> Result<(), Error> {
+        let parity = closed & 1;
         let threads: BpfHashMap<&MapData, u32, ThreadState> = map_ref(&self.ebpf, maps::THREADS)?;
+        let entries = threads
+            .iter()
+            .collect::<Result<Vec<(u32, ThreadState)>, _>>()
+            .map_err(|e| Error::bpf("reading THREADS", e))?;
+        add_pending(&entries, closed, &mut iv.details);
         let now = ktime_ns();
         let mut keyed: HashMap<(u32, u32, u32), u64> = HashMap::new();
         for (k, n) in &iv.details {
@@ -317,8 +329,7 @@ impl Tracer {
         }
         let mut live = HashSet::new();
         let mut gone = Vec::new();
-        for item in threads.iter() {
-            let (tid, st) = item.map_err(|e| Error::bpf("reading THREADS", e))?;
+        for (tid, st) in entries {
             let id = (st.tgid, tid);
             live.insert(id);
             let prev = self.prev_totals.entry(id).or_default();
@@ -326,6 +337,7 @@ impl Tracer {
                 let slot = detail_slot(parity, kind);
                 let total = st.detail_events[slot].saturating_sub(prev[slot]);
                 prev[slot] = st.detail_events[slot];
+                self.details_seen += total;
                 let with_key = keyed.get(&(st.tgid, tid, kind as u32)).copied();
                 let other = total.saturating_sub(with_key.unwrap_or(0));
                 if other > 0 {
@@ -539,6 +551,32 @@ fn take_epoch<K: aya::Pod, V: aya::Pod>(
         out.push((k, v));
     }
     Ok(out)
+}
+
+/// Adds the keys the threads still hold as pending in epoch `closed` (their events not yet in
+/// DETAILS) to that epoch's `details`, merged with the DETAILS entries of the same key.
+fn add_pending(threads: &[(u32, ThreadState)], closed: u32, details: &mut Vec<(DetailKey, u64)>) {
+    let mut pending: HashMap<DetailKey, u64> = HashMap::new();
+    for (tid, st) in threads {
+        for p in &st.pending[(closed & 1) as usize] {
+            if p.seq == closed && p.count > 0 {
+                let key = DetailKey {
+                    tgid: st.tgid,
+                    tid: *tid,
+                    kind: p.kind,
+                    a: p.a,
+                    b: p.b,
+                };
+                *pending.entry(key).or_default() += p.count;
+            }
+        }
+    }
+    for (k, n) in details.iter_mut() {
+        if let Some(more) = pending.remove(k) {
+            *n += more;
+        }
+    }
+    details.extend(pending);
 }
 
 /// One epoch's statistics of a key as an interval's delta; None when it has no samples.

@@ -28,6 +28,7 @@
 //! ```
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use kvmtrace_common::USUAL_OFFSETS;
 use kvmtrace_common::{Config, DetailKey, DetailKind};
 
 use crate::state::{config, count_detail, current, field, open_epoch, thread_state, traced};
@@ -35,10 +36,10 @@ use crate::state::{config, count_detail, current, field, open_epoch, thread_stat
 #[tracepoint]
 pub fn kvmtrace_pio(ctx: TracePointContext) -> u32 {
     count(&ctx, DetailKind::Pio, |ctx, cfg| {
-        let rw = field::<u32>(ctx, cfg.pio_rw);
-        let size = field::<u32>(ctx, cfg.pio_size);
+        let rw = field::<u32>(ctx, cfg.pio_rw, USUAL_OFFSETS.pio_rw);
+        let size = field::<u32>(ctx, cfg.pio_size, USUAL_OFFSETS.pio_size);
         (
-            field::<u32>(ctx, cfg.pio_port),
+            field::<u32>(ctx, cfg.pio_port, USUAL_OFFSETS.pio_port),
             (rw & 1) as u64 | ((size as u64) << 8),
         )
     });
@@ -48,9 +49,12 @@ pub fn kvmtrace_pio(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn kvmtrace_mmio(ctx: TracePointContext) -> u32 {
     count(&ctx, DetailKind::Mmio, |ctx, cfg| {
-        let ty = field::<u32>(ctx, cfg.mmio_type);
-        let len = field::<u32>(ctx, cfg.mmio_len);
-        ((ty & 0xff) | (len << 8), field::<u64>(ctx, cfg.mmio_gpa))
+        let ty = field::<u32>(ctx, cfg.mmio_type, USUAL_OFFSETS.mmio_type);
+        let len = field::<u32>(ctx, cfg.mmio_len, USUAL_OFFSETS.mmio_len);
+        (
+            (ty & 0xff) | (len << 8),
+            field::<u64>(ctx, cfg.mmio_gpa, USUAL_OFFSETS.mmio_gpa),
+        )
     });
     0
 }
@@ -58,10 +62,10 @@ pub fn kvmtrace_mmio(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn kvmtrace_msr(ctx: TracePointContext) -> u32 {
     count(&ctx, DetailKind::Msr, |ctx, cfg| {
-        let write = field::<u32>(ctx, cfg.msr_write);
-        let exception = field::<u8>(ctx, cfg.msr_exception);
+        let write = field::<u32>(ctx, cfg.msr_write, USUAL_OFFSETS.msr_write);
+        let exception = field::<u8>(ctx, cfg.msr_exception, USUAL_OFFSETS.msr_exception);
         let b = (write & 1) as u64 | (((exception != 0) as u64) << 1);
-        (field::<u32>(ctx, cfg.msr_ecx), b)
+        (field::<u32>(ctx, cfg.msr_ecx, USUAL_OFFSETS.msr_ecx), b)
     });
     0
 }
@@ -69,7 +73,10 @@ pub fn kvmtrace_msr(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn kvmtrace_cpuid(ctx: TracePointContext) -> u32 {
     count(&ctx, DetailKind::Cpuid, |ctx, cfg| {
-        (field::<u32>(ctx, cfg.cpuid_function), 0)
+        (
+            field::<u32>(ctx, cfg.cpuid_function, USUAL_OFFSETS.cpuid_function),
+            0,
+        )
     });
     0
 }

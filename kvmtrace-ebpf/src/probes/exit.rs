@@ -23,6 +23,7 @@
 //! ```
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use kvmtrace_common::USUAL_OFFSETS;
 use kvmtrace_common::{Counter, LatencyKey, LatencyKind, THREAD_SEEN_ENTRY};
 
 use super::userspace::close_round_trip;
@@ -68,10 +69,10 @@ fn try_exit(ctx: &TracePointContext) {
     if state.run_ts == 0 {
         state.run_ts = ts;
     }
-    state.exit_reason = field::<u32>(ctx, cfg.exit_reason);
-    state.exit_isa = field::<u32>(ctx, cfg.exit_isa);
+    state.exit_reason = field::<u32>(ctx, cfg.exit_reason, USUAL_OFFSETS.exit_reason);
+    state.exit_isa = field::<u32>(ctx, cfg.exit_isa, USUAL_OFFSETS.exit_isa);
     if cfg.exit_vcpu_id != kvmtrace_common::FIELD_ABSENT {
-        state.vcpu_id = field::<u32>(ctx, cfg.exit_vcpu_id);
+        state.vcpu_id = field::<u32>(ctx, cfg.exit_vcpu_id, USUAL_OFFSETS.exit_vcpu_id);
     }
 }
 
@@ -96,7 +97,7 @@ fn try_entry(ctx: &TracePointContext) {
         state.run_ts = ts;
     }
     if cfg.entry_vcpu_id != kvmtrace_common::FIELD_ABSENT {
-        state.vcpu_id = field::<u32>(ctx, cfg.entry_vcpu_id);
+        state.vcpu_id = field::<u32>(ctx, cfg.entry_vcpu_id, USUAL_OFFSETS.entry_vcpu_id);
     }
     close_round_trip(tgid, tid, state, ts, seq);
     let first_entry = state.flags & THREAD_SEEN_ENTRY == 0;

@@ -13,6 +13,7 @@
 //! ```
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use kvmtrace_common::USUAL_OFFSETS;
 use kvmtrace_common::{
     Counter, DetailKey, DetailKind, LatencyKey, LatencyKind, THREAD_UNRESOLVED, ThreadState,
     UEXIT_ERRNO_FLAG,
@@ -46,8 +47,8 @@ fn try_userspace_exit(ctx: &TracePointContext) {
         return;
     };
     let ts = now_ns();
-    let reason = field::<u32>(ctx, cfg.uexit_reason);
-    let errno = field::<i32>(ctx, cfg.uexit_errno);
+    let reason = field::<u32>(ctx, cfg.uexit_reason, USUAL_OFFSETS.uexit_reason);
+    let errno = field::<i32>(ctx, cfg.uexit_errno, USUAL_OFFSETS.uexit_errno);
     let (a, b) = if errno < 0 {
         (reason | UEXIT_ERRNO_FLAG, errno.unsigned_abs() as u64)
     } else {
@@ -93,7 +94,7 @@ fn try_fpu(ctx: &TracePointContext) {
     let Some(seq) = open_epoch() else {
         return;
     };
-    let load = field::<u32>(ctx, cfg.fpu_load) != 0;
+    let load = field::<u32>(ctx, cfg.fpu_load, USUAL_OFFSETS.fpu_load) != 0;
     let ts = now_ns();
     let Some(state) = thread_state(tgid, tid) else {
         return;
