@@ -786,4 +786,38 @@ mod tests {
             (0, 2000, 0)
         );
     }
+
+    #[test]
+    fn pending_keys_of_the_closed_epoch_join_their_details() {
+        use kvmtrace_common::PendingDetail;
+        let pending = |seq, a, count| PendingDetail {
+            seq,
+            kind: DetailKind::Pio as u32,
+            a,
+            pad: 0,
+            b: 1,
+            count,
+        };
+        let mut st = ThreadState {
+            tgid: 100,
+            ..Default::default()
+        };
+        // Epoch 5 (parity 1): port 0x70 has 40 in DETAILS already and 7 pending; 0x71 only
+        // pending. The parity-1 slot of epoch 3 is stale, parity 0 is another epoch.
+        st.pending[1] = [pending(5, 0x70, 7), pending(5, 0x71, 3)];
+        st.pending[0] = [pending(4, 0x72, 9), PendingDetail::default()];
+        let mut stale = st;
+        stale.pending[1] = [pending(3, 0x70, 11), PendingDetail::default()];
+        let key = |a| DetailKey {
+            tgid: 100,
+            tid: 101,
+            kind: DetailKind::Pio as u32,
+            a,
+            b: 1,
+        };
+        let mut details = vec![(key(0x70), 40)];
+        add_pending(&[(101, st), (102, stale)], 5, &mut details);
+        details.sort();
+        assert_eq!(details, vec![(key(0x70), 47), (key(0x71), 3)]);
+    }
 }

@@ -251,6 +251,8 @@ mod tests {
             fill(&mut cfg, &load(kernel, &EVENTS)).unwrap();
             assert_eq!(cfg, MATRIX_OFFSETS, "kernel {kernel}");
         }
+        // So the programs' direct loads (kvmtrace_common::USUAL_OFFSETS) apply on every one.
+        assert_eq!(kvmtrace_common::USUAL_OFFSETS, MATRIX_OFFSETS);
     }
 
     #[test]
