@@ -445,12 +445,22 @@ pub fn boot(
     let deadline = Instant::now() + opts.timeout;
     let mut log = String::new();
     let mut err = std::io::stderr().lock();
+    let mut quiet = false;
     let timed_out = loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left.min(Duration::from_secs(1))) {
             Ok(line) => {
                 let line = line.trim_end_matches('\r');
-                let _ = writeln!(err, "L1| {line}");
+                // The tracepoint formats L1 prints go to the log only (kvm_exit's is 6 KB).
+                if line.starts_with("KVMTRACE-FORMAT-BEGIN") {
+                    quiet = true;
+                }
+                if !quiet {
+                    let _ = writeln!(err, "L1| {line}");
+                }
+                if line == "KVMTRACE-FORMAT-END" {
+                    quiet = false;
+                }
                 log.push_str(line);
                 log.push('\n');
             }
