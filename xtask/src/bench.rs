@@ -151,8 +151,8 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-/// (run_time_ns, run_cnt) of every loaded BPF program, by id.
-fn prog_stats() -> anyhow::Result<std::collections::HashMap<u64, (u64, u64)>> {
+/// (name, run_time_ns, run_cnt) of every loaded BPF program, by id.
+fn prog_stats() -> anyhow::Result<std::collections::HashMap<u64, (String, u64, u64)>> {
     let text =
         output(cmd("bpftool").args(["prog", "show", "--json"])).context("bpftool prog show")?;
     let progs: Vec<serde_json::Value> = serde_json::from_str(&text)?;
@@ -163,6 +163,7 @@ fn prog_stats() -> anyhow::Result<std::collections::HashMap<u64, (u64, u64)>> {
             Some((
                 id,
                 (
+                    p["name"].as_str().unwrap_or("?").to_string(),
                     p["run_time_ns"].as_u64().unwrap_or(0),
                     p["run_cnt"].as_u64().unwrap_or(0),
                 ),
@@ -171,31 +172,54 @@ fn prog_stats() -> anyhow::Result<std::collections::HashMap<u64, (u64, u64)>> {
         .collect())
 }
 
-/// Mean ns per program run of the programs `config` loads, while the guest runs for `secs`.
-fn program_cost(config: Config, guest_pid: u32, secs: usize) -> anyhow::Result<(f64, u64)> {
+/// The run time and runs, in total and per program name, of the programs `config` loads while
+/// the guest runs for `secs`.
+struct ProgramCost {
+    ns_per_event: f64,
+    events: u64,
+    /// (program name, ns per run, runs) of the programs that ran.
+    by_program: Vec<(String, f64, u64)>,
+}
+
+fn program_cost(config: Config, guest_pid: u32, secs: usize) -> anyhow::Result<ProgramCost> {
     const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
     let before_ids: std::collections::HashSet<u64> = prog_stats()?.into_keys().collect();
     let previous = std::fs::read_to_string(STATS).unwrap_or_else(|_| "0".into());
     std::fs::write(STATS, "1").context("enabling BPF run-time statistics")?;
     let tracer = start(config, Some(guest_pid))?;
-    let ours = |all: &std::collections::HashMap<u64, (u64, u64)>| -> (u64, u64) {
-        all.iter()
-            .filter(|(id, _)| !before_ids.contains(id))
-            .fold((0, 0), |(t, n), (_, (dt, dn))| (t + dt, n + dn))
-    };
-    let a = ours(&prog_stats()?);
+    let a = prog_stats()?;
     std::thread::sleep(Duration::from_secs(secs as u64));
-    let b = ours(&prog_stats()?);
+    let b = prog_stats()?;
     stop(tracer);
     std::fs::write(STATS, previous.trim()).context("restoring kernel.bpf_stats_enabled")?;
-    let events = b.1 - a.1;
+    let mut by_name: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+    for (id, (name, t, n)) in &b {
+        if before_ids.contains(id) {
+            continue;
+        }
+        let (t0, n0) = a.get(id).map_or((0, 0), |(_, t, n)| (*t, *n));
+        let e = by_name.entry(name.clone()).or_default();
+        e.0 += t - t0;
+        e.1 += n - n0;
+    }
+    let (time, events) = by_name
+        .values()
+        .fold((0, 0), |(t, n), (dt, dn)| (t + dt, n + dn));
     if events == 0 {
         bail!(
             "{} ran no program while the guest made exits",
             config.label()
         );
     }
-    Ok(((b.0 - a.0) as f64 / events as f64, events))
+    Ok(ProgramCost {
+        ns_per_event: time as f64 / events as f64,
+        events,
+        by_program: by_name
+            .into_iter()
+            .filter(|(_, (_, n))| *n > 0)
+            .map(|(name, (t, n))| (name, t as f64 / n as f64, n))
+            .collect(),
+    })
 }
 
 /// ns per round trip of two threads ping-ponging a byte over a socket pair: two context switches
@@ -324,12 +348,32 @@ pub fn run_bench(rounds: usize, samples: usize) -> anyhow::Result<()> {
         // Per-event cost of each tracer's programs, from the kernel's own BPF run-time statistics
         // (immune to the run-to-run noise above; the statistics add the same ~100 ns to both).
         println!("\nProgram cost per event (kernel.bpf_stats_enabled, mean over {samples} s):");
+        let mut floor = None;
         for config in [Config::EmptyProgram, Config::Kvmtrace, Config::Bpftrace] {
-            let (ns, events) = program_cost(config, guest_pid, samples)?;
+            let cost = program_cost(config, guest_pid, samples)?;
+            let ratio = floor.map_or_else(String::new, |f: f64| {
+                format!(" ({:.2}x the empty program)", cost.ns_per_event / f)
+            });
             println!(
-                "  {:<28} {ns:>8.1} ns/event over {events} events",
-                config.label()
+                "  {:<28} {:>8.1} ns/event over {} events{ratio}",
+                config.label(),
+                cost.ns_per_event,
+                cost.events
             );
+            if config == Config::EmptyProgram {
+                floor = Some(cost.ns_per_event);
+            }
+            // Per probe: each of kvmtrace's programs against the empty program's mean.
+            if config == Config::Kvmtrace
+                && let Some(f) = floor
+            {
+                for (name, ns, runs) in &cost.by_program {
+                    println!(
+                        "    {name:<26} {ns:>8.1} ns/event over {runs} events ({:.2}x)",
+                        ns / f
+                    );
+                }
+            }
         }
 
         // An unrelated process: this one, making getpid syscalls. kvmtrace attaches nothing to
