@@ -230,6 +230,72 @@ impl Tracer {
         Ok(())
     }
 
+    /// Fills the open epoch as `vcpus` vCPU threads with `latency_keys` exit reasons and
+    /// `detail_keys` ports each would (for the drain benchmark: the collector at scale without a
+    /// thousand real vCPUs). The threads are made up, so the next drains retire them as gone.
+    #[doc(hidden)]
+    pub fn fill_for_bench(
+        &mut self,
+        vcpus: u32,
+        latency_keys: u32,
+        detail_keys: u32,
+    ) -> Result<(), Error> {
+        let epoch = self.seq & 1;
+        let (tgid, first_tid) = (4_000_000, 4_000_001);
+        let mut threads: BpfHashMap<&mut MapData, u32, ThreadState> =
+            map_mut(&mut self.ebpf, maps::THREADS)?;
+        for v in 0..vcpus {
+            let st = ThreadState {
+                tgid,
+                vcpu_id: v,
+                ..Default::default()
+            };
+            threads
+                .insert(first_tid + v, st, 0)
+                .map_err(|e| Error::bpf("filling THREADS", e))?;
+        }
+        let mut stats = LatencyStats::EMPTY;
+        stats.count = 10;
+        stats.total_ns = 10_000;
+        stats.min_ns = 1_000;
+        stats.max_ns = 1_000;
+        stats.buckets[kvmtrace_common::bucket_index(1_000)] = 10;
+        let mut latency: BpfHashMap<&mut MapData, LatencyMapKey, LatencyStats> =
+            map_mut(&mut self.ebpf, maps::LATENCY)?;
+        for v in 0..vcpus {
+            for r in 0..latency_keys {
+                let key = LatencyKey {
+                    tgid,
+                    tid: first_tid + v,
+                    vcpu_id: v,
+                    isa: 2,
+                    reason: r,
+                    kind: LatencyKind::Exit as u32,
+                };
+                latency
+                    .insert(LatencyMapKey { key, epoch }, stats, 0)
+                    .map_err(|e| Error::bpf("filling LATENCY", e))?;
+            }
+        }
+        let mut details: BpfHashMap<&mut MapData, DetailMapKey, u64> =
+            map_mut(&mut self.ebpf, maps::DETAILS)?;
+        for v in 0..vcpus {
+            for port in 0..detail_keys {
+                let key = DetailKey {
+                    tgid,
+                    tid: first_tid + v,
+                    kind: DetailKind::Pio as u32,
+                    a: port,
+                    b: 1,
+                };
+                details
+                    .insert(DetailMapKey { key, epoch, pad: 0 }, 7, 0)
+                    .map_err(|e| Error::bpf("filling DETAILS", e))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Stops counting: nothing more is written after this returns, so the last drain and
     /// [`Tracer::in_flight`] describe the same instant.
     pub fn close(&mut self) -> Result<(), Error> {
@@ -535,6 +601,19 @@ fn take_epoch<K: aya::Pod, V: aya::Pod>(
     name: &str,
     in_epoch: impl Fn(&K) -> bool,
 ) -> Result<Vec<(K, V)>, Error> {
+    // A few syscalls for the whole map where the kernel has batch operations (5.6)...
+    if let Some(aya::maps::Map::HashMap(data)) = ebpf.map(name) {
+        use std::os::fd::AsFd as _;
+        let fd = data.fd().as_fd();
+        if let Ok(all) = crate::batch::lookup_all::<K, V>(fd) {
+            let out: Vec<(K, V)> = all.into_iter().filter(|(k, _)| in_epoch(k)).collect();
+            let keys: Vec<K> = out.iter().map(|(k, _)| *k).collect();
+            crate::batch::delete(fd, &keys)
+                .map_err(|e| Error::bpf(format!("deleting from {name}"), e))?;
+            return Ok(out);
+        }
+    }
+    // ...else three per key.
     let mut map: BpfHashMap<&mut MapData, K, V> = map_mut(ebpf, name)?;
     let keys: Vec<K> = map
         .keys()

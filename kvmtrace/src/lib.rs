@@ -9,6 +9,7 @@
 //! [`mod@run`] wire it together.
 
 pub mod analyze;
+pub mod batch;
 pub mod cli;
 pub mod collect;
 pub mod cost;

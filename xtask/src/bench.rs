@@ -263,6 +263,8 @@ pub fn run_bench(rounds: usize, samples: usize) -> anyhow::Result<()> {
     run(cargo().args(["build", "--release", "--bins"]))?;
     // Recordings: size per VM-hour and offline report time (synthetic one-hour recording).
     run(cargo().args(["bench", "-p", "kvmtrace", "--bench", "recording"]))?;
+    // The collector at scale: one drain of 50 000 keys (needs root: it loads the programs).
+    run(cargo().args(["bench", "-p", "kvmtrace", "--bench", "drain"]))?;
     let kernel = output(cmd("uname").arg("-r")).unwrap_or_default();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
