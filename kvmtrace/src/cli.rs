@@ -252,7 +252,8 @@ pub struct ServeArgs {
     /// A vcpu label on every per-VM series (more series: one set per vCPU).
     #[arg(long)]
     pub per_vcpu: bool,
-    /// How long the series of a VM that is gone stay (so the last scrapes see its final counts).
+    /// How long the series of a VM that is gone stay (so the last scrapes see its final counts);
+    /// a VM restarted under its name within it keeps its series, and its counts go on.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub grace: Duration,
     /// Most per-VM series at once (a histogram counts as its buckets + 2); updates that would
@@ -276,6 +277,9 @@ pub struct ServeArgs {
     /// Distinct ports / MMIO addresses / MSRs / CPUID functions one vCPU may add per interval.
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
     pub max_keys_per_vcpu: u32,
+    // Storms (kvmtrace_storm_active) are looked for in the last 30 intervals.
+    #[command(flatten)]
+    pub storms: StormArgs,
 }
 
 #[derive(Debug, Args)]

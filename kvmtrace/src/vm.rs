@@ -171,16 +171,32 @@ impl Host {
 
     /// The libvirt domain whose pid file holds `pid`.
     fn libvirt_name(&self, pid: u32) -> Option<String> {
+        let path = self.libvirt_pid_file(pid)?;
+        Some(untrusted::from_bytes(path.file_stem()?.as_bytes()))
+    }
+
+    /// libvirt's `/run/libvirt/qemu/NAME.pid` that holds `pid`.
+    fn libvirt_pid_file(&self, pid: u32) -> Option<PathBuf> {
         let dir = self.run_root.join("libvirt/qemu");
         fs::read_dir(dir)
             .ok()?
             .filter_map(Result::ok)
-            .find_map(|e| {
-                let path = e.path();
-                let stem = untrusted::from_bytes(path.file_stem()?.as_bytes());
-                (path.extension()? == "pid" && read_trimmed(&path)?.parse::<u32>().ok()? == pid)
-                    .then_some(stem)
+            .map(|e| e.path())
+            .find(|path| {
+                path.extension().is_some_and(|x| x == "pid")
+                    && read_trimmed(path).and_then(|p| p.parse::<u32>().ok()) == Some(pid)
             })
+    }
+
+    /// The VM's UUID (lower case): QEMU's `-uuid` on its command line, else the `<uuid>` of
+    /// libvirt's live domain XML (`/run/libvirt/qemu/NAME.xml`, next to the pid file that holds
+    /// `pid`). None when neither gives one, or what they give is not a UUID.
+    pub fn uuid(&self, pid: u32) -> Option<String> {
+        let cmdline = fs::read(self.proc_root.join(pid.to_string()).join("cmdline")).ok();
+        cmdline.and_then(|c| qemu_uuid(&c)).or_else(|| {
+            let xml = fs::read(self.libvirt_pid_file(pid)?.with_extension("xml")).ok()?;
+            libvirt_uuid(&String::from_utf8_lossy(&xml))
+        })
     }
 
     /// The VMs selected by `-d NAME`s and `-p PID`s (all VMs when both are empty).
@@ -280,6 +296,37 @@ pub fn qemu_name(cmdline: &[u8]) -> Option<String> {
         .unwrap_or(first)
         .replace('\u{0}', ",");
     (!name.is_empty()).then(|| untrusted::escape(&name))
+}
+
+/// QEMU's `-uuid UUID` (or `--uuid`) from a NUL-separated command line.
+pub fn qemu_uuid(cmdline: &[u8]) -> Option<String> {
+    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+    let value = args
+        .windows(2)
+        .find(|w| w[0] == b"-uuid" || w[0] == b"--uuid")
+        .map(|w| w[1])?;
+    canonical_uuid(std::str::from_utf8(value).ok()?)
+}
+
+/// The domain's `<uuid>` in libvirt's domain XML (the live status file wraps the `<domain>` in a
+/// `<domstatus>`; the first `<uuid>` inside `<domain` is the domain's).
+pub fn libvirt_uuid(xml: &str) -> Option<String> {
+    let domain = &xml[xml.find("<domain").unwrap_or(0)..];
+    let start = domain.find("<uuid>")? + "<uuid>".len();
+    let len = domain[start..].find("</uuid>")?;
+    canonical_uuid(&domain[start..start + len])
+}
+
+/// `8-4-4-4-12` hex digits, lower-cased; anything else is not a UUID (and no label value).
+fn canonical_uuid(s: &str) -> Option<String> {
+    let s = s.trim();
+    let groups: Vec<&str> = s.split('-').collect();
+    let shape = groups.iter().map(|g| g.len()).collect::<Vec<_>>() == [8, 4, 4, 4, 12];
+    (shape
+        && groups
+            .iter()
+            .all(|g| g.bytes().all(|b| b.is_ascii_hexdigit())))
+    .then(|| s.to_ascii_lowercase())
 }
 
 /// The machine name (escaped) from a systemd machine scope in /proc/PID/cgroup: libvirt's
@@ -500,6 +547,53 @@ mod tests {
         );
         assert_eq!(q(&["qemu", "--name", "a,,b"]), Some("a,b".into()));
         assert_eq!(q(&["qemu", "-m", "1G"]), None);
+    }
+
+    #[test]
+    fn uuid_from_qemu_or_libvirt() {
+        let q = |args: &[&str]| qemu_uuid((args.join("\0") + "\0").as_bytes());
+        let id = "6b2a4c1e-8f3d-4e5a-9b7c-0d1e2f3a4b5c";
+        assert_eq!(q(&["qemu", "-uuid", id]), Some(id.into()));
+        assert_eq!(
+            q(&["qemu", "--uuid", "6B2A4C1E-8F3D-4E5A-9B7C-0D1E2F3A4B5C"]),
+            Some(id.into())
+        );
+        // Not a UUID: no label value from whatever the command line holds.
+        for bad in [
+            "",
+            "6b2a4c1e",
+            "6b2a4c1e-8f3d-4e5a-9b7c-0d1e2f3a4b5g",
+            "a\nb",
+        ] {
+            assert_eq!(q(&["qemu", "-uuid", bad]), None, "{bad:?}");
+        }
+        assert_eq!(q(&["qemu", "-name", "vm"]), None);
+        // libvirt's live status XML: the domain's uuid.
+        let xml = format!(
+            "<domstatus state='running' pid='400'>\n  <domain type='kvm' id='3'>\n    \
+             <name>prod-vm</name>\n    <uuid>{id}</uuid>\n  </domain>\n</domstatus>\n"
+        );
+        assert_eq!(libvirt_uuid(&xml), Some(id.into()));
+        assert_eq!(libvirt_uuid("<domain><name>x</name></domain>"), None);
+
+        // On a host: -uuid first, else the XML beside libvirt's pid file, else none.
+        let f = Fake::new();
+        f.process(100, "qemu", &["qemu", "-name", "a", "-uuid", id], true, &[]);
+        f.process(400, "qemu", &["qemu", "-name", "b"], true, &[]);
+        f.write("run/libvirt/qemu/prod-vm.pid", "400\n");
+        f.write(
+            "run/libvirt/qemu/prod-vm.xml",
+            &xml.replace(id, "00000000-0000-4000-8000-00000000000a"),
+        );
+        f.process(500, "qemu", &["qemu"], true, &[]);
+        let host = f.host();
+        assert_eq!(host.uuid(100), Some(id.into()));
+        assert_eq!(
+            host.uuid(400),
+            Some("00000000-0000-4000-8000-00000000000a".into())
+        );
+        assert_eq!(host.uuid(500), None);
+        assert_eq!(host.uuid(999), None);
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //!    order: nothing attached; an empty BPF program on the same 8 tracepoints (the floor: the
 //!    tracepoint machinery itself); `kvmtrace record`; and a bpftrace one-liner counting the same
 //!    tracepoints keyed by thread and key. The median of each configuration's rates is compared.
-//! 2. An unrelated process's tight getpid loop, with and without kvmtrace recording every VM:
+//! 2. The collector's own CPU, side by side: `kvmtrace record` and `kvmtrace serve` (scraped
+//!    every second, as by Prometheus) tracing the same loop; serve must stay under 1 % of one CPU.
+//! 3. An unrelated process's tight getpid loop, with and without kvmtrace recording every VM:
 //!    kvmtrace must cost the rest of the host nothing.
 
 use std::{
@@ -222,6 +224,144 @@ fn program_cost(config: Config, guest_pid: u32, secs: usize) -> anyhow::Result<P
     })
 }
 
+/// utime + stime of process `pid` so far, in ns (fields 14 and 15 of /proc/PID/stat, counted
+/// after the command name's closing parenthesis).
+fn process_cpu_ns(pid: u32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    let rest = &stat[stat.rfind(')').context("stat line")? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11).context("utime")?.parse::<u64>()?
+        + fields.get(12).context("stime")?.parse::<u64>()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Ok(ticks * 1_000_000_000 / hz)
+}
+
+/// Run time of every thread of process `pid` so far, in ns: the scheduler's exact figure (the
+/// first field of each /proc/PID/task/TID/schedstat), finer than utime + stime's 10 ms ticks.
+fn process_run_ns(pid: u32) -> anyhow::Result<u64> {
+    let mut ns = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let stat = std::fs::read_to_string(task?.path().join("schedstat")).unwrap_or_default();
+        ns += stat
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Ok(ns)
+}
+
+/// GET /metrics from a `kvmtrace serve` at `addr` (HTTP/1.0: the server closes after it).
+fn scrape(addr: &str) -> anyhow::Result<String> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).context("connecting to kvmtrace serve")?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)?;
+    if !body.starts_with("HTTP/1.0 200") && !body.starts_with("HTTP/1.1 200") {
+        bail!("GET /metrics: {}", body.lines().next().unwrap_or_default());
+    }
+    Ok(body)
+}
+
+/// The sum of the samples of `metric` (every label set) in an exposition.
+fn metric_sum(text: &str, metric: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(metric)
+                .is_some_and(|r| r.starts_with('{') || r.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A tracer's CPU over a measured window: % of one CPU (utime + stime, and schedstat), guest
+/// exits/s, BPF program runs/s when the tracer tells them.
+struct CollectorCpu {
+    pct: f64,
+    sched_pct: f64,
+    exits_per_sec: f64,
+    events_per_sec: Option<f64>,
+}
+
+/// Starts `kvmtrace serve -p GUEST` on a free loopback port; returns it and its address.
+fn start_serve(guest_pid: u32) -> anyhow::Result<(Child, String)> {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .to_string();
+    let mut child = cmd(target_bin("release", "kvmtrace").to_str().context("path")?)
+        .args(["serve", "-p", &guest_pid.to_string(), "--listen", &addr])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting kvmtrace serve")?;
+    let rx = lines(child.stderr.take().context("stderr")?);
+    if let Err(e) = wait_for(&rx, "kvmtrace serve", |l| {
+        l.starts_with("kvmtrace: serving")
+    }) {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(e);
+    }
+    Ok((child, addr))
+}
+
+/// The CPU of `kvmtrace record` or (`serve`) `kvmtrace serve`, tracing the guest's loop for
+/// `secs` after a second to settle (start-up, attaching and the first drain excluded); serve
+/// is scraped every second meanwhile, as Prometheus would.
+fn collector_cpu(
+    serve: bool,
+    guest_pid: u32,
+    rates: &Receiver<String>,
+    secs: u64,
+) -> anyhow::Result<CollectorCpu> {
+    let (child, addr) = if serve {
+        let (child, addr) = start_serve(guest_pid)?;
+        (child, Some(addr))
+    } else {
+        (
+            start(Config::Kvmtrace, Some(guest_pid))?.context("kvmtrace record")?,
+            None,
+        )
+    };
+    let pid = child.id();
+    let result = (|| -> anyhow::Result<CollectorCpu> {
+        std::thread::sleep(Duration::from_secs(1));
+        let runs = |text: &str| metric_sum(text, "kvmtrace_bpf_runs_total");
+        let first = addr.as_deref().map(scrape).transpose()?;
+        let (t0, cpu0, run0) = (Instant::now(), process_cpu_ns(pid)?, process_run_ns(pid)?);
+        while rates.try_recv().is_ok() {}
+        let mut exits = Vec::new();
+        let mut last = None;
+        for _ in 0..secs {
+            let line = rates
+                .recv_timeout(Duration::from_secs(10))
+                .context("guest rate")?;
+            exits.push(line.rsplit("rate=").next().unwrap_or("0").parse::<f64>()?);
+            if let Some(addr) = &addr {
+                last = Some(scrape(addr)?);
+            }
+        }
+        let (cpu1, run1) = (process_cpu_ns(pid)?, process_run_ns(pid)?);
+        let elapsed = t0.elapsed().as_secs_f64();
+        let events_per_sec = match (&first, &last) {
+            (Some(a), Some(b)) => Some((runs(b) - runs(a)) / elapsed),
+            _ => None,
+        };
+        Ok(CollectorCpu {
+            pct: 100.0 * (cpu1 - cpu0) as f64 / 1e9 / elapsed,
+            sched_pct: 100.0 * (run1 - run0) as f64 / 1e9 / elapsed,
+            exits_per_sec: median(&mut exits),
+            events_per_sec,
+        })
+    })();
+    stop(Some(child));
+    result
+}
+
 /// ns per round trip of two threads ping-ponging a byte over a socket pair: two context switches
 /// (or wake-ups) per round trip, each of which runs the sched_switch program while kvmtrace
 /// records.
@@ -376,6 +516,36 @@ pub fn run_bench(rounds: usize, samples: usize) -> anyhow::Result<()> {
                     );
                 }
             }
+        }
+
+        // The collector's CPU: record and serve side by side on the same exit loop.
+        const CPU_SECS: u64 = 10;
+        let record = collector_cpu(false, guest_pid, &rates, CPU_SECS)?;
+        let serve = collector_cpu(true, guest_pid, &rates, CPU_SECS)?;
+        println!(
+            "\nCollector CPU over {CPU_SECS} s, the guest's exit loop traced (% of one CPU: utime + stime from /proc/PID/stat, 10 ms ticks; schedstat, exact):"
+        );
+        for (label, c) in [
+            ("kvmtrace record", &record),
+            ("kvmtrace serve, scraped 1/s", &serve),
+        ] {
+            println!(
+                "  {label:<28} {:>5.2}% (stat) {:>6.3}% (schedstat) at {:>7.0} exits/s{}",
+                c.pct,
+                c.sched_pct,
+                c.exits_per_sec,
+                c.events_per_sec
+                    .map(|e| format!(" ({e:.0} BPF program runs/s)"))
+                    .unwrap_or_default()
+            );
+        }
+        if serve.pct.max(serve.sched_pct) > 1.0 {
+            bail!(
+                "kvmtrace serve used {:.2}% of one CPU ({:.3}% by schedstat) at {:.0} exits/s: over the 1 % budget",
+                serve.pct,
+                serve.sched_pct,
+                serve.exits_per_sec
+            );
         }
 
         // An unrelated process: this one, making getpid syscalls. kvmtrace attaches nothing to

@@ -8,22 +8,58 @@ use prometheus_client::encoding::{EncodeLabel as _, EncodeLabelSet, LabelSetEnco
 
 type Result = std::result::Result<(), std::fmt::Error>;
 
-/// Every per-VM series: the VM's name and pid, and the vCPU with `--per-vcpu`.
+/// Every per-VM series: the VM's identity (its name, the same across restarts; no pid, which
+/// changes), and the vCPU with `--per-vcpu`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct VmLabels {
     pub vm: String,
-    pub pid: u32,
     pub vcpu: Option<String>,
 }
 
 impl EncodeLabelSet for VmLabels {
     fn encode(&self, e: &mut LabelSetEncoder) -> Result {
         ("vm", self.vm.as_str()).encode(e.encode_label())?;
-        ("pid", self.pid).encode(e.encode_label())?;
         if let Some(vcpu) = &self.vcpu {
             ("vcpu", vcpu.as_str()).encode(e.encode_label())?;
         }
         Ok(())
+    }
+}
+
+/// `kvmtrace_vm_info`: the process that has a VM identity now, and the VM's UUID (empty when
+/// unknown).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InfoLabels {
+    pub vm: String,
+    pub pid: u32,
+    pub uuid: String,
+}
+
+impl EncodeLabelSet for InfoLabels {
+    fn encode(&self, e: &mut LabelSetEncoder) -> Result {
+        ("vm", self.vm.as_str()).encode(e.encode_label())?;
+        ("pid", self.pid).encode(e.encode_label())?;
+        ("uuid", self.uuid.as_str()).encode(e.encode_label())
+    }
+}
+
+/// `kvmtrace_storm_active`: a storm going on now. `vcpu` is always there (`all` for a storm
+/// spread over the VM's vCPUs), `what` the storm's key as reports name it, `diagnosis` the id
+/// of the knowledge base's rule (empty when none applies).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StormLabels {
+    pub vm: String,
+    pub vcpu: String,
+    pub what: String,
+    pub diagnosis: String,
+}
+
+impl EncodeLabelSet for StormLabels {
+    fn encode(&self, e: &mut LabelSetEncoder) -> Result {
+        ("vm", self.vm.as_str()).encode(e.encode_label())?;
+        ("vcpu", self.vcpu.as_str()).encode(e.encode_label())?;
+        ("what", self.what.as_str()).encode(e.encode_label())?;
+        ("diagnosis", self.diagnosis.as_str()).encode(e.encode_label())
     }
 }
 

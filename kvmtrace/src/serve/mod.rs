@@ -1,9 +1,11 @@
 //! `kvmtrace serve`: a long-running Prometheus exporter on the same collector as `record`.
-//! Every interval it drains the kernel maps into the metrics ([`metrics`]), learns VMs that
-//! appeared (from their events, as `record` does; with `-d NAME`, by looking for the name while
-//! no VM of that name runs, and adding the new pid to the kernel's filter), and notes VMs that
-//! ended: their series stay for `--grace`, then go. HTTP ([`http`]) runs beside it on the same
-//! tokio runtime. SIGINT or SIGTERM detaches everything and ends it with status 0.
+//! Every interval it drains the kernel maps, learns VMs that appeared (from their events, as
+//! `record` does; with `-d NAME`, by looking for the name while no VM of that name runs, and
+//! adding the new pid to the kernel's filter), notes VMs that ended (before the interval's events
+//! count, so a VM restarted under its name takes over its identity: [`metrics`]), feeds the
+//! interval and the tracer's cost into the metrics, and removes the series of VMs gone for
+//! `--grace`. HTTP ([`http`]) runs beside it on the same tokio runtime. SIGINT or SIGTERM
+//! detaches everything and ends it with status 0.
 
 mod hist;
 mod http;
@@ -28,6 +30,7 @@ use crate::{
     cli::ServeArgs,
     collect::{TraceOptions, Tracer, check_root},
     error::Error,
+    model::Interval,
     run::{learn_identities, running_vcpu_threads},
     untrusted,
     vm::{Host, Vm},
@@ -87,15 +90,23 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
         .collect();
 
     let mut registry = Registry::with_prefix("kvmtrace");
+    let uuids = host.clone();
     let mut exporter = metrics::Exporter::new(
         &mut registry,
         metrics::Settings {
             per_vcpu: args.per_vcpu,
             max_series: args.max_series,
             top_keys: args.top_keys as usize,
+            storms: args.storms.config(),
         },
-    );
+    )
+    .with_uuids(move |pid| uuids.uuid(pid));
     exporter.set_capacity(tracer.capacity());
+    let cost = tracer.cost();
+    if let Some(why) = &cost.unavailable {
+        log::warn!("no BPF run-time statistics (kvmtrace_bpf_* series): {why}");
+    }
+    exporter.set_cost(&cost);
     let server = tokio::spawn(http::serve(listener, Arc::new(registry)));
     eprintln!(
         "kvmtrace: serving metrics of {} at http://{}/metrics; Ctrl-C or SIGTERM to stop",
@@ -118,11 +129,12 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
                     Ok(iv) => iv,
                     Err(e) => break Err(e),
                 };
-                learn_identities(&host, &mut directory, &iv);
+                learn(&host, &mut directory, &iv);
                 for &pid in directory.keys() {
                     starts.entry(pid).or_insert_with(|| start_time(&host.proc_root, pid));
                 }
-                exporter.apply(&iv, &tracer.take_ended_exits(), &directory);
+                // Which VMs ended, before this interval's events count: a VM restarted under
+                // its name finds its previous process gone, and takes over its identity.
                 let now = Instant::now();
                 for pid in exporter.pids() {
                     let recorded = starts.get(&pid).copied().flatten();
@@ -130,15 +142,18 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
                         // The same process (a VM that vanished before it was learned has no
                         // recorded start: it is gone).
                         Some(t) if Some(t) == recorded => exporter.set_running(pid, true, now),
-                        // The pid now belongs to another process: the old VM's series go now.
+                        // The pid now belongs to another process: the VM is gone, and the pid
+                        // is learned anew.
                         Some(_) if recorded.is_some() => {
-                            exporter.forget(pid);
+                            exporter.forget(pid, now);
                             directory.remove(&pid);
                             starts.remove(&pid);
                         }
                         _ => exporter.set_running(pid, false, now),
                     }
                 }
+                exporter.apply(&iv, &tracer.take_ended_exits(), &directory);
+                exporter.set_cost(&tracer.cost());
                 for pid in exporter.expire(now, args.grace) {
                     directory.remove(&pid);
                     starts.remove(&pid);
@@ -159,6 +174,21 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
     tracer.close()?;
     drop(tracer); // every program detached, every map freed
     result
+}
+
+/// Names for the VMs first seen in this interval (while they still run): from their events, as
+/// `record` learns them, and from their threads' CPU accounting, which can come an interval
+/// before their first event (a vCPU thread is accounted from its first KVM_RUN). A VM's
+/// identity is bound at its first sight: one learned too late would be `pid N` for good.
+fn learn(host: &Host, directory: &mut BTreeMap<u32, Vm>, iv: &Interval) {
+    learn_identities(host, directory, iv);
+    for t in &iv.threads {
+        if let btree_map::Entry::Vacant(slot) = directory.entry(t.tgid)
+            && let Some(vm) = host.vm(t.tgid)
+        {
+            slot.insert(vm);
+        }
+    }
 }
 
 /// The VMs that answer to any of `names` now.

@@ -1,7 +1,7 @@
 //! kvmtrace-testvm: a KVM guest that makes exact numbers of exits of chosen kinds.
 //!
 //! ```text
-//! kvmtrace-testvm -name guest=NAME [--vcpus N] [--run [V:]STEPS]... [--loop]
+//! kvmtrace-testvm -name guest=NAME [-uuid UUID] [--vcpus N] [--run [V:]STEPS]... [--loop]
 //!                 [--start-on-stdin] [--timeout SECS] [--irqchip]
 //! ```
 //! STEPS is `KIND[,key=value]...;...` (see `testvm::plan`). `--run STEPS` applies to every vCPU
@@ -63,6 +63,10 @@ fn parse_args() -> anyhow::Result<Options> {
                 let first = v.split(',').next().unwrap_or_default();
                 o.name = first.strip_prefix("guest=").unwrap_or(first).to_string();
             }
+            // QEMU's `-uuid UUID`: only there for kvmtrace to read from /proc/PID/cmdline.
+            "-uuid" => {
+                value(&mut args, "-uuid")?;
+            }
             "--vcpus" => o.vcpus = value(&mut args, "--vcpus")?.parse()?,
             "--run" => {
                 let v = value(&mut args, "--run")?;
@@ -80,7 +84,7 @@ fn parse_args() -> anyhow::Result<Options> {
             "--timeout" => o.timeout_secs = value(&mut args, "--timeout")?.parse()?,
             "-h" | "--help" => {
                 println!(
-                    "usage: kvmtrace-testvm -name guest=NAME [--vcpus N] [--run [V:]STEPS]... [--loop] [--start-on-stdin] [--timeout SECS]"
+                    "usage: kvmtrace-testvm -name guest=NAME [-uuid UUID] [--vcpus N] [--run [V:]STEPS]... [--loop] [--start-on-stdin] [--timeout SECS]"
                 );
                 std::process::exit(0);
             }

@@ -1,0 +1,99 @@
+//! Storms going on now, as `kvmtrace_storm_active` gauges: storm detection (the report's
+//! [`detect`]) over the last [`WINDOW`] intervals only, so memory stays flat however long
+//! `serve` runs. A storm's series is 1 while it goes on and is removed when it ends.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    time::Duration,
+};
+
+use kvmtrace_common::VCPU_UNKNOWN;
+
+use super::{Exporter, Owned};
+use crate::{
+    analyze::storms::{ALL_VCPUS, detect},
+    model::Interval,
+    series::Series,
+    serve::labels::StormLabels,
+    vm::Vm,
+};
+
+/// Intervals storms are looked for in (as `kvmtrace top`).
+pub const WINDOW: usize = 30;
+
+/// The per-key series of the last [`WINDOW`] intervals. Times are kept from the start of the
+/// window's first interval, so each point's width is its interval's; keys without events in
+/// the window are dropped.
+#[derive(Default)]
+pub(super) struct Window {
+    series: Series,
+    /// Where the window's times start, from the start of tracing.
+    base: Duration,
+}
+
+impl Window {
+    pub fn push(&mut self, iv: &Interval) {
+        self.series.push(iv);
+        if let Some(end) = self.series.ends.last_mut() {
+            *end = iv.at.saturating_sub(self.base);
+        }
+        while self.series.ends.len() > WINDOW {
+            let first = self.series.ends.remove(0);
+            for e in &mut self.series.ends {
+                *e = e.saturating_sub(first);
+            }
+            self.base += first;
+            self.series.by_key.retain(|_, p| {
+                p.counts.remove(0);
+                p.ns.remove(0);
+                p.counts.iter().chain(&p.ns).any(|&n| n > 0)
+            });
+        }
+    }
+
+    #[cfg(test)]
+    pub fn keys(&self) -> usize {
+        self.series.by_key.len()
+    }
+
+    #[cfg(test)]
+    pub fn points(&self) -> usize {
+        self.series.ends.len()
+    }
+}
+
+impl Exporter {
+    /// Adds the interval to the window, and sets the storm gauges to the storms going on.
+    pub(super) fn storms(&mut self, iv: &Interval, directory: &BTreeMap<u32, Vm>) {
+        self.window.push(iv);
+        let mut now: HashSet<StormLabels> = HashSet::new();
+        for s in detect(&self.window.series, &self.settings.storms) {
+            if !s.ongoing {
+                continue;
+            }
+            let Some(vm) = self.procs.get(&s.pid).map(|p| p.vm.clone()) else {
+                continue;
+            };
+            let vcpu = if s.tid == ALL_VCPUS {
+                "all".to_string()
+            } else {
+                self.vcpu_name(&vm, s.pid, s.tid, VCPU_UNKNOWN, directory)
+            };
+            let l = StormLabels {
+                vm,
+                vcpu,
+                what: s.what,
+                diagnosis: s.diagnosis.map(|d| d.rule).unwrap_or_default(),
+            };
+            if self.ensure(&l.vm, Owned::Storm(l.clone())) {
+                self.f.storm_active.get_or_create(&l).set(1);
+                now.insert(l);
+            }
+        }
+        let ended: Vec<StormLabels> = self.storms.difference(&now).cloned().collect();
+        for l in ended {
+            self.disown(&l.vm.clone(), &Owned::Storm(l));
+        }
+        self.storms = now;
+    }
+}
