@@ -5,7 +5,7 @@
 //! bound.
 #![no_main]
 
-use kvmtrace::{cli::Weight, render, untrusted};
+use kvmtrace::{render::{self, Weight}, untrusted};
 use libfuzzer_sys::fuzz_target;
 
 /// Every line is already escaped: escaping it again changes nothing.
@@ -19,8 +19,8 @@ fn assert_terminal_safe(format: &str, out: &[u8]) {
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(rec) = kvmtrace::record::read_bytes(data) {
-        let loaded = kvmtrace::offline::from_recording(rec, Default::default());
-        let report = kvmtrace::offline::build_report(&loaded, true, &Default::default(), None);
+        let loaded = kvmtrace::source::recording::from_recording(rec, Default::default());
+        let report = kvmtrace::source::recording::build_report(&loaded, true, &Default::default(), None);
         let mut out = Vec::new();
         let _ = render::text::render(&report, &mut out);
         assert_terminal_safe("text", &out);

@@ -6,10 +6,12 @@
 //! discriminants.
 #![no_std]
 
+pub mod detail;
 pub mod hist;
 #[cfg(feature = "user")]
 mod user;
 
+pub use detail::{Detail, MmioAccess, MsrDir, PortDir, UserspaceExit};
 pub use hist::{HIST_BUCKETS, bucket_index, bucket_low, bucket_width};
 
 /// Map names (the `#[map]` statics in kvmtrace-ebpf carry exactly these names).
@@ -293,6 +295,17 @@ pub enum LatencyKind {
     ExitVmm = 2,
 }
 
+impl LatencyKind {
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            0 => Some(Self::Exit),
+            1 => Some(Self::VmmRoundTrip),
+            2 => Some(Self::ExitVmm),
+            _ => None,
+        }
+    }
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct LatencyKey {
@@ -307,6 +320,11 @@ pub struct LatencyKey {
 }
 
 impl LatencyKey {
+    /// What the key measures; None for a value this build does not know (a damaged recording).
+    pub const fn kind(&self) -> Option<LatencyKind> {
+        LatencyKind::from_u32(self.kind)
+    }
+
     /// The fields in declaration order (for compact encodings).
     pub const fn to_fields(&self) -> [u32; 6] {
         [
@@ -377,15 +395,11 @@ impl LatencyStats {
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum DetailKind {
-    /// a = port, b = rw (1 write, 0 read) | size << 8.
+    /// kvm_pio (how (a, b) hold each kind's fields: [`detail`]).
     Pio = 1,
-    /// a = type (0 unsatisfied-read, 1 read, 2 write) | len << 8, b = gpa.
     Mmio = 2,
-    /// a = MSR index, b = write (1 write, 0 read) | exception << 1.
     Msr = 3,
-    /// a = CPUID function, b = 0.
     Cpuid = 4,
-    /// a = KVM_EXIT_* reason, b = -errno when the exit was an error or restart, else 0.
     UserspaceExit = 5,
 }
 

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use kvmtrace::collect::{TraceOptions, Tracer};
+use kvmtrace::source::live::{TraceOptions, Tracer};
 
 const VCPUS: u32 = 1_000;
 const REASONS: u32 = 10;

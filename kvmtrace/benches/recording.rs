@@ -10,11 +10,13 @@
 use std::time::{Duration, Instant};
 
 use kvmtrace::{
-    model::{InFlight, Interval, LatencyDelta, ThreadCpu},
-    offline::{self, Window},
+    model::{
+        InFlight, Interval, LatencyDelta, ThreadCpu,
+        identity::{Thread, Vm},
+    },
     record::{End, Header, Writer},
     render,
-    vm::{Thread, Vm},
+    source::recording::{self as offline, Window},
 };
 use kvmtrace_common::{Counter, DetailKey, LatencyKey, bucket_index};
 

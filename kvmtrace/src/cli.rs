@@ -4,6 +4,11 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
+pub use crate::{
+    render::{Format, Weight},
+    report::filter::SortKey,
+};
+
 #[derive(Debug, Parser)]
 #[command(
     name = "kvmtrace",
@@ -139,33 +144,6 @@ pub struct ListArgs {
     pub json: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    Text,
-    Json,
-    Csv,
-    /// Folded stacks (`VM;vCPU N;REASON;detail weight`) for flamegraph tools.
-    Folded,
-    /// An SVG flamegraph (inferno).
-    Flamegraph,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum SortKey {
-    Count,
-    Time,
-    P99,
-    Max,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Weight {
-    /// Host time spent handling the exits.
-    Time,
-    /// Number of exits.
-    Count,
-}
-
 #[derive(Debug, Args)]
 pub struct ReportArgs {
     /// The recording to read.
@@ -181,7 +159,7 @@ pub struct ReportArgs {
     pub vms: Vec<String>,
     /// Only these vCPUs (as labelled in the report: 0, 1, ... or "tid N"). Implies --per-vcpu.
     #[arg(long = "vcpu", value_name = "N")]
-    pub vcpus: Vec<String>,
+    pub vcpus: Vec<crate::model::identity::VcpuLabel>,
     /// Only these exit reasons (names as in the report, e.g. io, EPT_VIOLATION, IO). Repeatable.
     #[arg(long = "reason", value_name = "NAME")]
     pub reasons: Vec<String>,

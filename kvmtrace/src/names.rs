@@ -1,4 +1,9 @@
-//! Names of well-known I/O ports and MSRs, so a report says "RTC index" rather than 0x70.
+//! Names of well-known I/O ports and MSRs, so a report says "RTC index" rather than 0x70, and
+//! the words for a decoded detail key.
+
+use kvmtrace_common::{Detail, DetailKind, UserspaceExit};
+
+use crate::tp::reasons::{userspace_exit_label, userspace_exit_name};
 
 /// (first port, last port, name)
 const PORTS: &[(u16, u16, &str)] = &[
@@ -83,6 +88,52 @@ pub fn msr_label(msr: u32) -> String {
     match msr_name(msr) {
         Some(n) => format!("{msr:#x} {n}"),
         None => format!("{msr:#x}"),
+    }
+}
+
+/// A detail key as a phrase (storms, `top`): "port 0x0070 (RTC index) out", "MMIO 0xd0000000
+/// write", "MSR 0x6e0 (IA32_TSC_DEADLINE) write", "CPUID 0x40000000", "KVM_EXIT_IO",
+/// "other ports (many distinct keys)".
+pub fn detail_phrase(d: &Detail) -> String {
+    let named = |name: Option<&str>| name.map(|n| format!(" ({n})")).unwrap_or_default();
+    match *d {
+        Detail::Port { port, dir, .. } => {
+            format!("port {port:#06x}{} {}", named(port_name(port)), dir.as_str())
+        }
+        Detail::Mmio { gpa, access, .. } => format!("MMIO {gpa:#x} {}", access.as_str()),
+        Detail::Msr { index, dir, .. } => {
+            format!("MSR {index:#x}{} {}", named(msr_name(index)), dir.as_str())
+        }
+        Detail::Cpuid { function } => format!("CPUID {function:#x}"),
+        Detail::UserspaceExit(UserspaceExit::Reason(code)) => {
+            format!("KVM_EXIT_{}", userspace_exit_name(code))
+        }
+        Detail::UserspaceExit(_) => "KVM_RUN error/restart".into(),
+        Detail::Other(kind) => format!("other {} (many distinct keys)", detail_kind_name(kind)),
+    }
+}
+
+/// A detail key as a flamegraph frame or diff key: "port 0x0070 RTC index out", "gpa 0xd0000000
+/// write", "msr 0x6e0 IA32_TSC_DEADLINE write", "cpuid 0x0", "KVM_EXIT_IO", "other ports".
+pub fn detail_frame(d: &Detail) -> String {
+    match *d {
+        Detail::Port { port, dir, .. } => format!("port {} {}", port_label(port), dir.as_str()),
+        Detail::Mmio { gpa, access, .. } => format!("gpa {gpa:#x} {}", access.as_str()),
+        Detail::Msr { index, dir, .. } => format!("msr {} {}", msr_label(index), dir.as_str()),
+        Detail::Cpuid { function } => format!("cpuid {function:#x}"),
+        Detail::UserspaceExit(exit) => userspace_exit_label(exit),
+        Detail::Other(kind) => format!("other {}", detail_kind_name(kind)),
+    }
+}
+
+/// What the keys of a detail kind are, for the "other keys" rows.
+pub fn detail_kind_name(kind: DetailKind) -> &'static str {
+    match kind {
+        DetailKind::Pio => "ports",
+        DetailKind::Mmio => "MMIO addresses",
+        DetailKind::Msr => "MSRs",
+        DetailKind::Cpuid => "CPUID functions",
+        DetailKind::UserspaceExit => "userspace exit reasons",
     }
 }
 

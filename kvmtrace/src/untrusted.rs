@@ -3,7 +3,7 @@
 //! from a recording file. Any user with /dev/kvm can start a "VM" named `ESC ] 0 ; ... BEL`, and a
 //! terminal that prints it raw obeys it (retitles, clears, rewrites lines).
 //!
-//! The text is escaped once, where it enters kvmtrace ([`crate::vm`] for /proc and /run, the
+//! The text is escaped once, where it enters kvmtrace ([`crate::host::vm`] for /proc and /run, the
 //! recording reader for files), so every format made from it (text, list, JSON, CSV, folded
 //! stacks, flamegraphs, diff) shows the same visible form: `\x1b`, `\n`, `\u{202e}`. JSON's own
 //! escaping is not relied on: it leaves DEL, C1 controls and bidi overrides raw, and a name

@@ -9,6 +9,34 @@ use anyhow::{Context as _, anyhow, bail};
 
 const OUT: &str = "kvmtrace/src/tp/reasons_generated.rs";
 
+/// The exit reasons with a class of their own (the rest are Other), by code: VMX basic reasons
+/// from the SDM (vol. 3 appendix C), SVM exit codes from the APM (vol. 2 appendix C), KVM_EXIT_*
+/// from KVM's uapi (linux/kvm.h).
+const VMX_CLASSES: &[(u32, &str)] = &[
+    (0x0a, "Cpuid"), // CPUID
+    (0x0c, "Halt"),  // HLT
+    (0x1e, "Io"),    // IO_INSTRUCTION
+    (0x1f, "Msr"),   // MSR_READ
+    (0x20, "Msr"),   // MSR_WRITE
+    (0x30, "Mmio"),  // EPT_VIOLATION
+    (0x31, "Mmio"),  // EPT_MISCONFIG (MMIO SPTEs)
+];
+const SVM_CLASSES: &[(u32, &str)] = &[
+    (0x72, "Cpuid"), // cpuid
+    (0x78, "Halt"),  // hlt
+    (0x7b, "Io"),    // io
+    (0x7c, "Msr"),   // msr (both directions)
+    (0xa6, "Halt"),  // idle-halt
+    (0x400, "Mmio"), // npf
+];
+const KVM_CLASSES: &[(u32, &str)] = &[
+    (2, "Io"),   // KVM_EXIT_IO
+    (5, "Halt"), // KVM_EXIT_HLT
+    (6, "Mmio"), // KVM_EXIT_MMIO
+    (29, "Msr"), // KVM_EXIT_X86_RDMSR
+    (30, "Msr"), // KVM_EXIT_X86_WRMSR
+];
+
 pub fn run(root: &Path, formats_rel: &Path) -> anyhow::Result<()> {
     let formats = &root.join(formats_rel);
     let exit = fs::read_to_string(formats.join("kvm_exit.format")).context("kvm_exit.format")?;
@@ -27,30 +55,35 @@ pub fn run(root: &Path, formats_rel: &Path) -> anyhow::Result<()> {
         out,
         "// The kernel's uapi exit-reason tables, as its kvm_exit/kvm_userspace_exit tracepoints print them.\n"
     )?;
-    for (name, doc, table, ty) in [
+    writeln!(out, "use super::class::ExitClass;\n")?;
+    for (name, doc, table, classes) in [
         (
             "VMX_EXIT_REASONS",
             "VMX basic exit reasons (exit_reason & 0xffff when isa == 1).",
             &vmx,
-            "u32",
+            VMX_CLASSES,
         ),
         (
             "SVM_EXIT_REASONS",
             "SVM exit codes (isa == 2).",
             &svm,
-            "u32",
+            SVM_CLASSES,
         ),
         (
             "KVM_EXIT_REASONS",
             "KVM_EXIT_* reasons of KVM_RUN returning to user space (names without the prefix).",
             &kvm,
-            "u32",
+            KVM_CLASSES,
         ),
     ] {
         writeln!(out, "/// {doc}")?;
-        writeln!(out, "pub const {name}: &[({ty}, &str)] = &[")?;
+        writeln!(out, "pub const {name}: &[(u32, &str, ExitClass)] = &[")?;
         for (code, label) in table {
-            writeln!(out, "    ({code:#x}, {label:?}),")?;
+            let class = classes
+                .iter()
+                .find(|(c, _)| c == code)
+                .map_or("Other", |(_, class)| class);
+            writeln!(out, "    ({code:#x}, {label:?}, ExitClass::{class}),")?;
         }
         writeln!(out, "];\n")?;
     }

@@ -29,18 +29,20 @@
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use kvmtrace_common::USUAL_OFFSETS;
-use kvmtrace_common::{Config, DetailKey, DetailKind};
+use kvmtrace_common::{
+    Config, DetailKey, DetailKind,
+    detail::{pack_cpuid, pack_mmio, pack_msr, pack_pio},
+};
 
 use crate::state::{config, count_detail, current, field, open_epoch, thread_state, traced};
 
 #[tracepoint]
 pub fn kvmtrace_pio(ctx: TracePointContext) -> u32 {
     count(&ctx, DetailKind::Pio, |ctx, cfg| {
-        let rw = field::<u32>(ctx, cfg.pio_rw, USUAL_OFFSETS.pio_rw);
-        let size = field::<u32>(ctx, cfg.pio_size, USUAL_OFFSETS.pio_size);
-        (
+        pack_pio(
             field::<u32>(ctx, cfg.pio_port, USUAL_OFFSETS.pio_port),
-            (rw & 1) as u64 | ((size as u64) << 8),
+            field::<u32>(ctx, cfg.pio_rw, USUAL_OFFSETS.pio_rw),
+            field::<u32>(ctx, cfg.pio_size, USUAL_OFFSETS.pio_size),
         )
     });
     0
@@ -49,10 +51,9 @@ pub fn kvmtrace_pio(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn kvmtrace_mmio(ctx: TracePointContext) -> u32 {
     count(&ctx, DetailKind::Mmio, |ctx, cfg| {
-        let ty = field::<u32>(ctx, cfg.mmio_type, USUAL_OFFSETS.mmio_type);
-        let len = field::<u32>(ctx, cfg.mmio_len, USUAL_OFFSETS.mmio_len);
-        (
-            (ty & 0xff) | (len << 8),
+        pack_mmio(
+            field::<u32>(ctx, cfg.mmio_type, USUAL_OFFSETS.mmio_type),
+            field::<u32>(ctx, cfg.mmio_len, USUAL_OFFSETS.mmio_len),
             field::<u64>(ctx, cfg.mmio_gpa, USUAL_OFFSETS.mmio_gpa),
         )
     });
@@ -62,10 +63,11 @@ pub fn kvmtrace_mmio(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn kvmtrace_msr(ctx: TracePointContext) -> u32 {
     count(&ctx, DetailKind::Msr, |ctx, cfg| {
-        let write = field::<u32>(ctx, cfg.msr_write, USUAL_OFFSETS.msr_write);
-        let exception = field::<u8>(ctx, cfg.msr_exception, USUAL_OFFSETS.msr_exception);
-        let b = (write & 1) as u64 | (((exception != 0) as u64) << 1);
-        (field::<u32>(ctx, cfg.msr_ecx, USUAL_OFFSETS.msr_ecx), b)
+        pack_msr(
+            field::<u32>(ctx, cfg.msr_ecx, USUAL_OFFSETS.msr_ecx),
+            field::<u32>(ctx, cfg.msr_write, USUAL_OFFSETS.msr_write),
+            field::<u8>(ctx, cfg.msr_exception, USUAL_OFFSETS.msr_exception) != 0,
+        )
     });
     0
 }
@@ -73,10 +75,11 @@ pub fn kvmtrace_msr(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn kvmtrace_cpuid(ctx: TracePointContext) -> u32 {
     count(&ctx, DetailKind::Cpuid, |ctx, cfg| {
-        (
-            field::<u32>(ctx, cfg.cpuid_function, USUAL_OFFSETS.cpuid_function),
-            0,
-        )
+        pack_cpuid(field::<u32>(
+            ctx,
+            cfg.cpuid_function,
+            USUAL_OFFSETS.cpuid_function,
+        ))
     });
     0
 }

@@ -16,7 +16,7 @@ use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use kvmtrace_common::USUAL_OFFSETS;
 use kvmtrace_common::{
     Counter, DetailKey, DetailKind, LatencyKey, LatencyKind, THREAD_UNRESOLVED, ThreadState,
-    UEXIT_ERRNO_FLAG,
+    detail::pack_userspace_exit,
 };
 
 use crate::state::{
@@ -49,11 +49,7 @@ fn try_userspace_exit(ctx: &TracePointContext) {
     let ts = now_ns();
     let reason = field::<u32>(ctx, cfg.uexit_reason, USUAL_OFFSETS.uexit_reason);
     let errno = field::<i32>(ctx, cfg.uexit_errno, USUAL_OFFSETS.uexit_errno);
-    let (a, b) = if errno < 0 {
-        (reason | UEXIT_ERRNO_FLAG, errno.unsigned_abs() as u64)
-    } else {
-        (reason, 0)
-    };
+    let (a, b) = pack_userspace_exit(reason, errno);
     let Some(state) = thread_state(tgid, tid) else {
         return;
     };

@@ -3,16 +3,23 @@
 //! handling costs at least `cost_pct` % of a CPU. Storms on related keys of one vCPU at the same
 //! time (exit reason io, userspace IO, port 0x70) are one storm, named by its most specific key.
 
-use kvmtrace_common::{DetailKey, DetailKind, UEXIT_ERRNO_FLAG};
 use std::collections::BTreeMap;
+
+use kvmtrace_common::{Detail, UserspaceExit};
 
 use serde::Serialize;
 
 use super::diagnose::{Diagnosis, Facts, diagnose};
 use crate::{
-    names::{msr_name, port_name},
-    series::{Key, Points, Series, What},
-    tp::reasons::{exit_reason_name, userspace_exit_name},
+    model::{
+        identity::VcpuLabel,
+        series::{Key, Points, Series, What},
+    },
+    names::detail_phrase,
+    tp::{
+        class::{ExitClass, exit_class, userspace_class},
+        reasons::{exit_reason_name, userspace_exit_name},
+    },
 };
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -53,8 +60,7 @@ impl Default for Config {
 pub struct Storm {
     pub pid: u32,
     pub tid: u32,
-    /// Filled in by the report (vCPU label).
-    pub vcpu: Option<String>,
+    pub vcpu: StormVcpu,
     /// The storm's key, e.g. "port 0x0070 (RTC index) out", "HLT".
     pub what: String,
     /// Every reason and key that stormed with it.
@@ -72,6 +78,29 @@ pub struct Storm {
     pub diagnosis: Option<Diagnosis>,
     #[serde(skip)]
     pub key: Option<Key>,
+}
+
+/// The vCPU a storm is on, or all of the VM's together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StormVcpu {
+    One(VcpuLabel),
+    All,
+}
+
+impl std::fmt::Display for StormVcpu {
+    /// The vCPU's label ("0", "tid 1234"), or "all".
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StormVcpu::One(label) => label.fmt(f),
+            StormVcpu::All => f.write_str("all"),
+        }
+    }
+}
+
+impl Serialize for StormVcpu {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 /// Index ranges [start, end) of the storms in one series. `costs_cpu`: the series' time is CPU
@@ -133,88 +162,45 @@ pub fn runs(series: &Series, p: &Points, cfg: &Config, costs_cpu: bool) -> Vec<(
 /// block until an interrupt. VMM round trips are wall time (the VMM may sleep or wait).
 fn time_is_cpu(what: &What) -> bool {
     match *what {
-        What::Exit { isa, reason } => !matches!(
-            exit_reason_name(isa, reason).as_str(),
-            "HLT" | "hlt" | "idle-halt"
-        ),
-        What::Detail { .. } => false,
+        What::Exit { isa, reason } => exit_class(isa, reason).is_cpu_time(),
+        What::Detail(_) => false,
     }
 }
 
 /// A key's human name.
 pub fn describe(what: &What) -> String {
-    match *what {
-        What::Exit { isa, reason } => exit_reason_name(isa, reason),
-        What::Detail { kind, a, b } if DetailKey::is_other_key(a, b) => {
-            let kind = DetailKind::from_u32(kind).map_or("keys", crate::report::detail_kind_name);
-            format!("other {kind} (many distinct keys)")
-        }
-        What::Detail { kind, a, b } => match DetailKind::from_u32(kind) {
-            Some(DetailKind::Pio) => format!(
-                "port {:#06x}{} {}",
-                a,
-                port_name(a as u16)
-                    .map(|n| format!(" ({n})"))
-                    .unwrap_or_default(),
-                if b & 1 == 1 { "out" } else { "in" }
-            ),
-            Some(DetailKind::Mmio) => format!(
-                "MMIO {:#x} {}",
-                b,
-                match a & 0xff {
-                    0 => "unsatisfied-read",
-                    1 => "read",
-                    _ => "write",
-                }
-            ),
-            Some(DetailKind::Msr) => format!(
-                "MSR {:#x}{} {}",
-                a,
-                msr_name(a).map(|n| format!(" ({n})")).unwrap_or_default(),
-                if b & 1 == 1 { "write" } else { "read" }
-            ),
-            Some(DetailKind::Cpuid) => format!("CPUID {a:#x}"),
-            Some(DetailKind::UserspaceExit) if a & UEXIT_ERRNO_FLAG != 0 => {
-                "KVM_RUN error/restart".into()
-            }
-            Some(DetailKind::UserspaceExit) => format!("KVM_EXIT_{}", userspace_exit_name(a)),
-            None => format!("detail {kind} {a:#x} {b:#x}"),
-        },
+    match what {
+        What::Exit { isa, reason } => exit_reason_name(*isa, *reason),
+        What::Detail(d) => detail_phrase(d),
     }
 }
 
 /// How specific a key is: detail keys name the culprit, exit reasons only the kind.
 fn specificity(what: &What) -> u8 {
     match what {
-        What::Detail { kind, .. } if *kind == DetailKind::UserspaceExit as u32 => 1,
-        What::Detail { .. } => 2,
+        What::Detail(Detail::UserspaceExit(_)) => 1,
+        What::Detail(_) => 2,
         What::Exit { .. } => 0,
     }
 }
 
 /// The family a key belongs to, so related storms merge: io / IO / port; npf, EPT, MMIO / gpa;
 /// msr / MSR; cpuid / CPUID. None for keys that stand alone (HLT, interrupts...).
-fn family(what: &What) -> Option<u8> {
-    match *what {
-        What::Detail { kind, a, .. } => match DetailKind::from_u32(kind)? {
-            DetailKind::Pio => Some(1),
-            DetailKind::Mmio => Some(2),
-            DetailKind::Msr => Some(3),
-            DetailKind::Cpuid => Some(4),
-            DetailKind::UserspaceExit => match userspace_exit_name(a).as_str() {
-                "IO" => Some(1),
-                "MMIO" => Some(2),
-                _ => None,
-            },
-        },
-        What::Exit { isa, reason } => match exit_reason_name(isa, reason).as_str() {
-            "io" | "IO_INSTRUCTION" => Some(1),
-            "npf" | "EPT_MISCONFIG" | "EPT_VIOLATION" => Some(2),
-            "msr" | "MSR_READ" | "MSR_WRITE" => Some(3),
-            "cpuid" | "CPUID" => Some(4),
-            _ => None,
-        },
-    }
+fn family(what: &What) -> Option<ExitClass> {
+    let class = match *what {
+        What::Exit { isa, reason } => exit_class(isa, reason),
+        What::Detail(Detail::UserspaceExit(exit)) => userspace_class(exit),
+        What::Detail(Detail::Port { .. }) => ExitClass::Io,
+        What::Detail(Detail::Mmio { .. }) => ExitClass::Mmio,
+        What::Detail(Detail::Msr { .. }) => ExitClass::Msr,
+        What::Detail(Detail::Cpuid { .. }) => ExitClass::Cpuid,
+        What::Detail(Detail::Other(_)) => ExitClass::Other,
+    };
+    matches!(
+        class,
+        ExitClass::Io | ExitClass::Mmio | ExitClass::Msr | ExitClass::Cpuid
+    )
+    .then_some(class)
 }
 
 fn facts(keys: &[What]) -> Facts {
@@ -222,14 +208,14 @@ fn facts(keys: &[What]) -> Facts {
     for what in keys {
         match *what {
             What::Exit { isa, reason } => f.exit_reasons.push(exit_reason_name(isa, reason)),
-            What::Detail { kind, a, .. } => match DetailKind::from_u32(kind) {
-                Some(DetailKind::Pio) => f.port = Some(a as u16),
-                Some(DetailKind::Mmio) => f.mmio = true,
-                Some(DetailKind::Msr) => f.msr = Some(a),
-                Some(DetailKind::Cpuid) => f.cpuid = true,
-                Some(DetailKind::UserspaceExit) => f.userspace.push(userspace_exit_name(a)),
-                None => {}
-            },
+            What::Detail(Detail::Port { port, .. }) => f.port = Some(port),
+            What::Detail(Detail::Mmio { .. }) => f.mmio = true,
+            What::Detail(Detail::Msr { index, .. }) => f.msr = Some(index),
+            What::Detail(Detail::Cpuid { .. }) => f.cpuid = true,
+            What::Detail(Detail::UserspaceExit(UserspaceExit::Reason(code))) => {
+                f.userspace.push(userspace_exit_name(code))
+            }
+            What::Detail(_) => {}
         }
     }
     f
@@ -271,15 +257,24 @@ fn vm_wide(series: &Series) -> BTreeMap<Key, Points> {
     wide
 }
 
-/// Every storm in the recording, merged and diagnosed, biggest first.
-pub fn detect(series: &Series, cfg: &Config) -> Vec<Storm> {
+/// Every storm in the recording, merged and diagnosed, biggest first. `label` names the vCPU
+/// of a (pid, tid).
+pub fn detect(
+    series: &Series,
+    cfg: &Config,
+    label: &dyn Fn(u32, u32) -> VcpuLabel,
+) -> Vec<Storm> {
     let wide = vm_wide(series);
     let points = |k: &Key| series.by_key.get(k).or_else(|| wide.get(k));
     // (key, start index, end index) of every run.
     let mut found: Vec<(Key, usize, usize)> = Vec::new();
     for (key, p) in series.by_key.iter().chain(&wide) {
-        if matches!(key.what, What::Detail { kind, a, .. } if kind == DetailKind::UserspaceExit as u32 && a & UEXIT_ERRNO_FLAG != 0)
-        {
+        if matches!(
+            key.what,
+            What::Detail(Detail::UserspaceExit(
+                UserspaceExit::Restart { .. } | UserspaceExit::Error { .. }
+            ))
+        ) {
             continue;
         }
         for (s, e) in runs(series, p, cfg, time_is_cpu(&key.what)) {
@@ -349,7 +344,11 @@ pub fn detect(series: &Series, cfg: &Config) -> Vec<Storm> {
             Some(Storm {
                 pid: key.pid,
                 tid: key.tid,
-                vcpu: None,
+                vcpu: if key.tid == ALL_VCPUS {
+                    StormVcpu::All
+                } else {
+                    StormVcpu::One(label(key.pid, key.tid))
+                },
                 what: describe(&key.what),
                 related: related.iter().map(|k| describe(&k.what)).collect(),
                 start_secs: series.start(s).as_secs_f64(),
@@ -399,11 +398,11 @@ mod tests {
     use super::*;
     use crate::model::Interval;
 
-    const PORT70: What = What::Detail {
-        kind: DetailKind::Pio as u32,
-        a: 0x70,
-        b: 1 | 1 << 8,
-    };
+    const PORT70: What = What::Detail(Detail::Port {
+        port: 0x70,
+        dir: kvmtrace_common::PortDir::Out,
+        size: 1,
+    });
 
     /// A series of one key on one thread from per-second counts.
     fn series_of(what: What, counts: &[u64]) -> Series {
@@ -413,25 +412,20 @@ mod tests {
                 at: Duration::from_secs(i as u64 + 1),
                 ..Default::default()
             };
-            if let What::Detail { kind, a, b } = what {
-                iv.details.push((
-                    DetailKey {
-                        tgid: 1,
-                        tid: 2,
-                        kind,
-                        a,
-                        b,
-                    },
-                    n,
-                ));
+            if let What::Detail(d) = what {
+                iv.details.push((DetailKey::encode(1, 2, &d), n));
             }
             s.push(&iv);
         }
         s
     }
 
+    fn by_tid(_pid: u32, tid: u32) -> VcpuLabel {
+        VcpuLabel::Tid(tid)
+    }
+
     fn spans(s: &Series) -> Vec<(f64, f64)> {
-        detect(s, &Config::default())
+        detect(s, &Config::default(), &by_tid)
             .iter()
             .map(|s| (s.start_secs, s.end_secs))
             .collect()
@@ -440,7 +434,7 @@ mod tests {
     #[test]
     fn step_is_one_storm_with_exact_bounds() {
         let s = series_of(PORT70, &[0, 0, 20_000, 20_000, 20_000, 0, 0]);
-        let storms = detect(&s, &Config::default());
+        let storms = detect(&s, &Config::default(), &by_tid);
         assert_eq!(storms.len(), 1);
         let st = &storms[0];
         assert_eq!((st.start_secs, st.end_secs), (2.0, 5.0));
@@ -459,7 +453,7 @@ mod tests {
     fn ramp_starts_where_it_crosses_the_threshold() {
         let s = series_of(PORT70, &[1000, 4000, 8000, 12_000, 16_000, 20_000]);
         assert_eq!(spans(&s), vec![(3.0, 6.0)]);
-        assert!(detect(&s, &Config::default())[0].ongoing);
+        assert!(detect(&s, &Config::default(), &by_tid)[0].ongoing);
     }
 
     #[test]
@@ -478,11 +472,7 @@ mod tests {
 
     #[test]
     fn related_keys_merge_into_the_most_specific() {
-        let uexit_io = What::Detail {
-            kind: DetailKind::UserspaceExit as u32,
-            a: 2,
-            b: 0,
-        };
+        let uexit_io = What::Detail(Detail::UserspaceExit(UserspaceExit::Reason(2)));
         let mut s = Series::default();
         for (i, n) in [0u64, 15_000, 15_000, 0].into_iter().enumerate() {
             let iv = Interval {
@@ -513,7 +503,7 @@ mod tests {
             };
             s.push(&iv);
         }
-        let storms = detect(&s, &Config::default());
+        let storms = detect(&s, &Config::default(), &by_tid);
         assert_eq!(storms.len(), 1, "{storms:#?}");
         assert_eq!(storms[0].what, "port 0x0070 (RTC index) out");
         assert_eq!(storms[0].related, vec![describe(&uexit_io)]);
@@ -548,7 +538,7 @@ mod tests {
             }
             s.push(&iv);
         }
-        let storms = detect(&s, &Config::default());
+        let storms = detect(&s, &Config::default(), &by_tid);
         assert_eq!(storms.len(), 1, "{storms:#?}");
         assert_eq!(
             storms[0].what, "msr",
@@ -582,7 +572,7 @@ mod tests {
                 ..Default::default()
             });
         }
-        let storms = detect(&s, &Config::default());
+        let storms = detect(&s, &Config::default(), &by_tid);
         assert_eq!(storms.len(), 1, "{storms:#?}");
         assert_eq!(
             (storms[0].tid, storms[0].mean_rate, storms[0].count),
@@ -620,16 +610,21 @@ mod tests {
                 ..Default::default()
             });
         }
-        let storms = detect(&s, &Config::default());
+        let storms = detect(&s, &Config::default(), &by_tid);
         assert_eq!(storms.iter().map(|s| s.tid).collect::<Vec<_>>(), vec![2]);
     }
 
     #[test]
     fn live_changes() {
-        let a = detect(&series_of(PORT70, &[0, 20_000, 20_000]), &Config::default());
+        let a = detect(
+            &series_of(PORT70, &[0, 20_000, 20_000]),
+            &Config::default(),
+            &by_tid,
+        );
         let b = detect(
             &series_of(PORT70, &[0, 20_000, 20_000, 0]),
             &Config::default(),
+            &by_tid,
         );
         let (started, ended) = changes(&[], &a);
         assert_eq!((started.len(), ended.len()), (1, 0));

@@ -85,7 +85,7 @@ pub struct End {
     pub map_entries_at_stop: Option<crate::model::MapEntries>,
     /// The tracer's cost over the recording (absent in recordings made before it existed).
     #[serde(default)]
-    pub tracer_cost: Option<crate::cost::TracerCost>,
+    pub tracer_cost: Option<crate::model::cost::TracerCost>,
 }
 
 /// Why a recording cannot be read.
@@ -120,7 +120,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::{
         model::{Interval, LatencyDelta},
-        vm::{Thread, Vm},
+        model::identity::{Thread, Vm},
     };
 
     pub fn header() -> Header {

@@ -18,7 +18,7 @@ use super::{
     codec::Decoder,
     limits::{Budget, MAX_HEADER, MAX_INTERVAL_RECORD, MAX_JSON_RECORD, ZSTD_WINDOW_LOG_MAX},
 };
-use crate::{error::Error, model::Interval, vm::Vm};
+use crate::{error::Error, model::Interval, model::identity::Vm};
 
 #[derive(Clone, Debug, Default)]
 pub struct Recording {

@@ -17,7 +17,7 @@ use std::{
 };
 
 use super::{End, Header, KIND_END, KIND_INTERVAL, KIND_VM, MAGIC, VERSION, codec::Encoder};
-use crate::{error::Error, model::Interval, outfile::OutFile, vm::Vm};
+use crate::{error::Error, model::Interval, model::identity::Vm, outfile::OutFile};
 
 pub struct Writer {
     zstd: zstd::stream::write::Encoder<'static, File>,

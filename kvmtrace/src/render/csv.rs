@@ -2,7 +2,7 @@
 
 use std::io;
 
-use crate::report::Report;
+use crate::{model::identity::VcpuLabel, report::Report};
 
 const HEADER: [&str; 14] = [
     "table", "vm", "pid", "vcpu", "key", "detail", "count", "per_sec", "time_pct", "total_ns",
@@ -12,7 +12,7 @@ const HEADER: [&str; 14] = [
 pub fn render(report: &Report, out: &mut impl io::Write) -> io::Result<()> {
     let mut w = csv::Writer::from_writer(out);
     w.write_record(HEADER)?;
-    let s = |v: &Option<String>| v.clone().unwrap_or_default();
+    let s = |v: &Option<VcpuLabel>| v.map(|v| v.to_string()).unwrap_or_default();
     for vm in &report.vms {
         let (name, pid) = (vm.name.as_str(), vm.pid.to_string());
         for e in &vm.exits {
@@ -57,7 +57,7 @@ pub fn render(report: &Report, out: &mut impl io::Write) -> io::Result<()> {
             ])?;
         }
         let mut detail = |table: &str,
-                          vcpu: &Option<String>,
+                          vcpu: &Option<VcpuLabel>,
                           key: String,
                           detail: String,
                           count: u64,

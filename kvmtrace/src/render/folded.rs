@@ -6,31 +6,15 @@
 //! weighted by their VMM round trip, and in-kernel detail events (MSR, CPUID) by count only
 //! (under --weight time they are left out, since their time is not measured).
 
+use kvmtrace_common::{Detail, DetailKind, MmioAccess, MsrDir};
+
+use super::Weight;
 use crate::{
-    cli::Weight,
-    names::{msr_label, port_label},
+    model::identity::VcpuLabel,
+    names::detail_frame,
     report::{Report, VmReport},
+    tp::class::{ExitClass, exit_msr_dir},
 };
-
-/// Which detail table explains an exit reason (VMX and SVM names).
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum DetailOf {
-    Ports,
-    Mmio,
-    Msrs,
-    Cpuid,
-    None,
-}
-
-fn detail_of(reason: &str) -> DetailOf {
-    match reason {
-        "io" | "IO_INSTRUCTION" | "IO" => DetailOf::Ports,
-        "npf" | "EPT_MISCONFIG" | "EPT_VIOLATION" | "MMIO" => DetailOf::Mmio,
-        "msr" | "MSR_READ" | "MSR_WRITE" => DetailOf::Msrs,
-        "cpuid" | "CPUID" => DetailOf::Cpuid,
-        _ => DetailOf::None,
-    }
-}
 
 /// Frame-safe text: no `;` (frame separator), and no line breaks or other control characters
 /// (names are escaped where they enter kvmtrace; escaping again is a no-op, and keeps a folded
@@ -39,74 +23,45 @@ fn frame(s: &str) -> String {
     crate::untrusted::escape(&s.replace(';', ","))
 }
 
-fn vcpu_frame(v: &Option<String>) -> String {
-    match v {
-        Some(l) if l.starts_with("tid ") => l.clone(),
-        Some(l) => format!("vCPU {l}"),
-        None => "all vCPUs".into(),
-    }
+fn vcpu_frame(v: &Option<VcpuLabel>) -> String {
+    v.map_or_else(|| "all vCPUs".into(), VcpuLabel::named)
 }
 
-/// (detail label, count) rows of `table` on `vcpu`.
+/// (detail label, count) rows of the table that explains exits of `class` on `vcpu`; `msr_dir`:
+/// the direction of an exit reason that has one (VMX's MSR_READ / MSR_WRITE).
 fn details(
     vm: &VmReport,
-    table: DetailOf,
-    vcpu: &Option<String>,
-    reason: &str,
+    class: ExitClass,
+    vcpu: &Option<VcpuLabel>,
+    msr_dir: Option<MsrDir>,
 ) -> Vec<(String, u64)> {
-    let on = |v: &Option<String>| v == vcpu;
-    let kind = match table {
-        DetailOf::Ports => "ports",
-        DetailOf::Mmio => "MMIO addresses",
-        DetailOf::Msrs => "MSRs",
-        DetailOf::Cpuid => "CPUID functions",
-        DetailOf::None => "",
+    let on = |v: &Option<VcpuLabel>| v == vcpu;
+    let kind = match class {
+        ExitClass::Io => DetailKind::Pio,
+        ExitClass::Mmio => DetailKind::Mmio,
+        ExitClass::Msr => DetailKind::Msr,
+        ExitClass::Cpuid => DetailKind::Cpuid,
+        ExitClass::Halt | ExitClass::Other => return Vec::new(),
     };
+    let mut out: Vec<(String, u64)> = vm
+        .key_rows()
+        .filter(|r| on(&r.vcpu) && r.detail.kind() == kind)
+        .filter(|r| match r.detail {
+            // An unsatisfied read goes on to user space as a second, satisfied event.
+            Detail::Mmio { access, .. } => access != MmioAccess::UnsatisfiedRead,
+            Detail::Msr { dir, .. } => msr_dir.is_none_or(|want| want == dir),
+            _ => true,
+        })
+        .map(|r| (detail_frame(&r.detail), r.count))
+        .collect();
     // Events without a row of their own stay in the picture, as one "other" frame.
-    let other = vm
-        .other_keys
-        .iter()
-        .filter(|o| o.kind == kind && on(&o.vcpu))
-        .map(|o| (format!("other {}", o.kind), o.count));
-    let mut rows: Vec<(String, u64)> = match table {
-        DetailOf::Ports => vm
-            .ports
+    out.extend(
+        vm.other_keys
             .iter()
-            .filter(|p| on(&p.vcpu))
-            .map(|p| {
-                (
-                    format!("port {} {}", port_label(p.port), p.direction),
-                    p.count,
-                )
-            })
-            .collect(),
-        DetailOf::Mmio => vm
-            .mmio
-            .iter()
-            .filter(|m| on(&m.vcpu) && m.access != "unsatisfied-read")
-            .map(|m| (format!("gpa {:#x} {}", m.gpa, m.access), m.count))
-            .collect(),
-        DetailOf::Msrs => vm
-            .msrs
-            .iter()
-            .filter(|m| on(&m.vcpu))
-            .filter(|m| match reason {
-                "MSR_READ" => m.access == "read",
-                "MSR_WRITE" => m.access == "write",
-                _ => true,
-            })
-            .map(|m| (format!("msr {} {}", msr_label(m.msr), m.access), m.count))
-            .collect(),
-        DetailOf::Cpuid => vm
-            .cpuid
-            .iter()
-            .filter(|c| on(&c.vcpu))
-            .map(|c| (format!("cpuid {:#x}", c.function), c.count))
-            .collect(),
-        DetailOf::None => Vec::new(),
-    };
-    rows.extend(other);
-    rows
+            .filter(|o| o.detail_kind == kind && on(&o.vcpu))
+            .map(|o| (detail_frame(&Detail::Other(o.detail_kind)), o.count)),
+    );
+    out
 }
 
 /// Splits `weight` over `parts` in proportion to their counts; the rounding remainder stays
@@ -155,7 +110,8 @@ pub fn lines(report: &Report, weight: Weight) -> Vec<String> {
                     Weight::Count => e.count,
                 };
                 let vcpu = vcpu_frame(&e.vcpu);
-                let (parts, own) = split(w, &details(vm, detail_of(&e.reason), &e.vcpu, &e.reason));
+                let msr_dir = exit_msr_dir(e.isa_code, e.reason_code);
+                let (parts, own) = split(w, &details(vm, e.class, &e.vcpu, msr_dir));
                 emit(&[&vcpu, &e.reason], own);
                 for (label, pw) in parts {
                     emit(&[&vcpu, &e.reason, &label], pw);
@@ -173,14 +129,14 @@ pub fn lines(report: &Report, weight: Weight) -> Vec<String> {
             };
             let vcpu = vcpu_frame(&u.vcpu);
             let reason = format!("VMM {}", u.reason);
-            let (parts, own) = split(w, &details(vm, detail_of(&u.reason), &u.vcpu, &u.reason));
+            let (parts, own) = split(w, &details(vm, u.class, &u.vcpu, None));
             emit(&[&vcpu, &reason], own);
             for (label, pw) in parts {
                 emit(&[&vcpu, &reason, &label], pw);
             }
         }
         if weight == Weight::Count {
-            let mut vcpus: Vec<&Option<String>> = vm
+            let mut vcpus: Vec<&Option<VcpuLabel>> = vm
                 .msrs
                 .iter()
                 .map(|m| &m.vcpu)
@@ -189,8 +145,8 @@ pub fn lines(report: &Report, weight: Weight) -> Vec<String> {
             vcpus.sort();
             vcpus.dedup();
             for vcpu in vcpus {
-                for (table, reason) in [(DetailOf::Msrs, "msr"), (DetailOf::Cpuid, "cpuid")] {
-                    for (label, n) in details(vm, table, vcpu, reason) {
+                for (class, reason) in [(ExitClass::Msr, "msr"), (ExitClass::Cpuid, "cpuid")] {
+                    for (label, n) in details(vm, class, vcpu, None) {
                         emit(&[&vcpu_frame(vcpu), reason, &label], n);
                     }
                 }
@@ -216,8 +172,8 @@ mod tests {
     fn frames_never_contain_separators() {
         assert_eq!(frame("a;b"), "a,b");
         assert_eq!(frame("a\nb 7\u{1b}"), "a\\nb 7\\x1b");
-        assert_eq!(vcpu_frame(&Some("3".into())), "vCPU 3");
-        assert_eq!(vcpu_frame(&Some("tid 9".into())), "tid 9");
+        assert_eq!(vcpu_frame(&Some(VcpuLabel::Index(3))), "vCPU 3");
+        assert_eq!(vcpu_frame(&Some(VcpuLabel::Tid(9))), "tid 9");
         assert_eq!(vcpu_frame(&None), "all vCPUs");
     }
 }

@@ -4,6 +4,8 @@
 use std::io;
 
 use crate::{
+    analyze::storms::StormVcpu,
+    model::identity::VcpuLabel,
     names::{msr_name, port_name},
     report::{Counters, Latency, Report, VmReport},
 };
@@ -43,7 +45,7 @@ pub fn render(report: &Report, out: &mut impl io::Write) -> io::Result<()> {
 }
 
 /// The price of the numbers above: BPF run time (kernel statistics) and the collector's CPU.
-fn render_cost(c: &crate::cost::TracerCost, out: &mut impl io::Write) -> io::Result<()> {
+fn render_cost(c: &crate::model::cost::TracerCost, out: &mut impl io::Write) -> io::Result<()> {
     let bpf = match (&c.unavailable, c.ns_per_run()) {
         (Some(why), _) => format!("BPF run time unknown ({why})"),
         (None, None) => "no BPF program ran".to_string(),
@@ -63,7 +65,7 @@ fn render_cost(c: &crate::cost::TracerCost, out: &mut impl io::Write) -> io::Res
 }
 
 fn render_vm(vm: &VmReport, report: &Report, out: &mut impl io::Write) -> io::Result<()> {
-    let vcpus: Vec<&str> = vm.vcpus.iter().map(|v| v.label.as_str()).collect();
+    let vcpus: Vec<String> = vm.vcpus.iter().map(|v| v.label.to_string()).collect();
     writeln!(
         out,
         "\nVM {} (pid {}): {} exits ({:.1}/s), {} to the VMM ({:.1}/s), {} detail events; vCPUs: {}",
@@ -80,7 +82,7 @@ fn render_vm(vm: &VmReport, report: &Report, out: &mut impl io::Write) -> io::Re
             vcpus.join(", ")
         }
     )?;
-    let v = |c: &Option<String>| c.clone().unwrap_or_default();
+    let v = |c: &Option<VcpuLabel>| c.map(|c| c.to_string()).unwrap_or_default();
     let per_vcpu = report.per_vcpu;
     render_cpu(vm, out)?;
 
@@ -285,7 +287,7 @@ fn render_cpu(vm: &VmReport, out: &mut impl io::Write) -> io::Result<()> {
         t.row(
             String::new(),
             vec![
-                r.vcpu.clone(),
+                r.vcpu.to_string(),
                 format!("{:.1}", r.cpu_pct),
                 opt(r.procfs_cpu_pct),
                 format!("{:.1}", r.in_kvm_run_pct),
@@ -316,16 +318,10 @@ fn render_storms(report: &Report, out: &mut impl io::Write) -> io::Result<()> {
             .iter()
             .find(|v| v.pid == s.pid)
             .map_or_else(|| format!("pid {}", s.pid), |v| v.name.clone());
-        let vcpu = s.vcpu.as_deref().map_or_else(
-            || format!("tid {}", s.tid),
-            |l| {
-                if l.starts_with("tid") {
-                    l.to_string()
-                } else {
-                    format!("vCPU {l}")
-                }
-            },
-        );
+        let vcpu = match s.vcpu {
+            StormVcpu::One(label) => label.named(),
+            StormVcpu::All => "vCPU all".into(),
+        };
         writeln!(
             out,
             "  {}. {vm} {vcpu}: {} from {:.1} s to {:.1} s{} ({:.1} s), mean {:.0}/s, peak {:.0}/s, {} exits{}",
@@ -480,7 +476,13 @@ impl Table {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::{ExitRow, OtherKeysRow, PortRow, UserspaceRow, VcpuInfo};
+    use kvmtrace_common::{Detail, DetailKind, PortDir, UserspaceExit};
+
+    use crate::{
+        model::identity::Vcpu,
+        report::{ExitRow, OtherKeysRow, PortRow, UserspaceRow},
+        tp::class::ExitClass,
+    };
 
     fn report() -> Report {
         let lat = |n, v| Latency {
@@ -492,9 +494,9 @@ mod tests {
             max_ns: v,
         };
         Report {
-            tracer_cost: Some(crate::cost::TracerCost {
+            tracer_cost: Some(crate::model::cost::TracerCost {
                 secs: 2.0,
-                programs: vec![crate::cost::ProgramCost {
+                programs: vec![crate::model::cost::ProgramCost {
                     program: "kvmtrace_pio".into(),
                     runs: 300,
                     run_ns: 30_000,
@@ -514,8 +516,8 @@ mod tests {
                 cpu_summary: None,
                 pid: 100,
                 name: "web01".into(),
-                vcpus: vec![VcpuInfo {
-                    label: "0".into(),
+                vcpus: vec![Vcpu {
+                    label: VcpuLabel::Index(0),
                     tid: 101,
                     thread_name: Some("CPU 0/KVM".into()),
                 }],
@@ -527,6 +529,8 @@ mod tests {
                     isa: "SVM",
                     reason_code: 0x7b,
                     reason: "io".into(),
+                    isa_code: 2,
+                    class: ExitClass::Io,
                     count: 300,
                     in_flight: 0,
                     ended_with_thread: 0,
@@ -540,6 +544,8 @@ mod tests {
                     vcpu: None,
                     reason_code: 2,
                     reason: "IO".into(),
+                    exit: UserspaceExit::Reason(2),
+                    class: ExitClass::Io,
                     count: 300,
                     count_pct: 100.0,
                     per_sec: 150.0,
@@ -547,6 +553,11 @@ mod tests {
                 }],
                 ports: vec![PortRow {
                     vcpu: None,
+                    detail: Detail::Port {
+                        port: 0x70,
+                        dir: PortDir::Out,
+                        size: 1,
+                    },
                     port: 0x70,
                     direction: "out",
                     size: 1,
@@ -559,6 +570,7 @@ mod tests {
                 other_keys: vec![OtherKeysRow {
                     vcpu: None,
                     kind: "ports",
+                    detail_kind: DetailKind::Pio,
                     count: 70,
                     per_sec: 35.0,
                     folded_keys: 2,
@@ -606,7 +618,7 @@ Tracer cost over 2.0 s: 300 BPF program runs (150/s), 100 ns each, 0.00 % of one
     #[test]
     fn the_cost_line_says_why_bpf_time_is_unknown() {
         let mut r = report();
-        r.tracer_cost = Some(crate::cost::TracerCost {
+        r.tracer_cost = Some(crate::model::cost::TracerCost {
             secs: 1.0,
             unavailable: Some("BPF_ENABLE_STATS failed: EINVAL".into()),
             ..Default::default()

@@ -3,7 +3,7 @@
 //! values are escaped by prometheus-client, and VM names were escaped where they entered
 //! kvmtrace ([`crate::untrusted`]).
 
-use kvmtrace_common::{DetailKey, DetailKind};
+use kvmtrace_common::{Detail as Decoded, DetailKey, DetailKind};
 use prometheus_client::encoding::{EncodeLabel as _, EncodeLabelSet, LabelSetEncoder};
 
 type Result = std::result::Result<(), std::fmt::Error>;
@@ -107,32 +107,12 @@ impl Detail {
     /// The labels of a kernel detail key; None for userspace exits (their own metric) and for
     /// "other keys" rows.
     pub fn of(k: &DetailKey) -> Option<Detail> {
-        if k.is_other() {
-            return None;
-        }
-        let (kind, key, access) = match DetailKind::from_u32(k.kind)? {
-            DetailKind::Pio => (
-                "port",
-                format!("{:#06x}", k.a as u16),
-                Some(if k.b & 1 == 1 { "out" } else { "in" }),
-            ),
-            DetailKind::Mmio => (
-                "mmio",
-                format!("{:#x}", k.b),
-                Some(match k.a & 0xff {
-                    0 => "unsatisfied-read",
-                    1 => "read",
-                    2 => "write",
-                    _ => "?",
-                }),
-            ),
-            DetailKind::Msr => (
-                "msr",
-                format!("{:#x}", k.a),
-                Some(if k.b & 1 == 1 { "write" } else { "read" }),
-            ),
-            DetailKind::Cpuid => ("cpuid", format!("{:#x}", k.a), None),
-            DetailKind::UserspaceExit => return None,
+        let (kind, key, access) = match k.decode()? {
+            Decoded::Port { port, dir, .. } => ("port", format!("{port:#06x}"), Some(dir.as_str())),
+            Decoded::Mmio { gpa, access, .. } => ("mmio", format!("{gpa:#x}"), Some(access.as_str())),
+            Decoded::Msr { index, dir, .. } => ("msr", format!("{index:#x}"), Some(dir.as_str())),
+            Decoded::Cpuid { function } => ("cpuid", format!("{function:#x}"), None),
+            Decoded::UserspaceExit(_) | Decoded::Other(_) => return None,
         };
         Some(Detail { kind, key, access })
     }

@@ -28,12 +28,12 @@ use tokio::{
 
 use crate::{
     cli::ServeArgs,
-    collect::{TraceOptions, Tracer, check_root},
+    source::live::{TraceOptions, Tracer, check_root},
     error::Error,
     model::Interval,
-    run::{learn_identities, running_vcpu_threads},
+    app::{learn_identities, running_vcpu_threads},
     untrusted,
-    vm::{Host, Vm},
+    host::Host, model::identity::Vm,
 };
 
 /// Runs the exporter until SIGINT or SIGTERM.

@@ -5,11 +5,13 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use kvmtrace_common::{Detail, DetailKind};
+
 use crate::{
-    names::{msr_name, port_name},
+    model::identity::VcpuLabel,
+    names::detail_phrase,
     report::{Latency, Report, VmReport},
-    tp::class::{ExitClass, exit_class},
-    tp::reasons::{ISA_SVM, ISA_VMX},
+    tp::class::ExitClass,
 };
 
 /// Where a vCPU's (or a VM's) time went in the interval, in % of one CPU.
@@ -145,7 +147,7 @@ fn vm_node(report: &Report, vm: &VmReport, secs: f64) -> Node {
     let vcpus: Vec<Node> = vm
         .vcpus
         .iter()
-        .map(|v| vcpu_node(vm, &v.label, v.tid, secs))
+        .map(|v| vcpu_node(vm, v.label, v.tid, secs))
         .collect();
     let mut cpu = Cpu::default();
     for v in &vcpus {
@@ -158,10 +160,7 @@ fn vm_node(report: &Report, vm: &VmReport, secs: f64) -> Node {
         .iter()
         .filter(|s| s.pid == vm.pid && s.ongoing)
         .map(|s| {
-            let vcpu = s
-                .vcpu
-                .as_deref()
-                .map_or_else(String::new, |v| format!("vCPU {v}: "));
+            let vcpu = format!("vCPU {}: ", s.vcpu);
             format!("{vcpu}{} {:.0}/s", s.what, s.peak_rate)
         })
         .collect();
@@ -178,8 +177,8 @@ fn vm_node(report: &Report, vm: &VmReport, secs: f64) -> Node {
     }
 }
 
-fn vcpu_node(vm: &VmReport, label: &str, tid: u32, secs: f64) -> Node {
-    let mine = |v: &Option<String>| v.as_deref() == Some(label);
+fn vcpu_node(vm: &VmReport, label: VcpuLabel, tid: u32, secs: f64) -> Node {
+    let mine = |v: &Option<VcpuLabel>| *v == Some(label);
     let cpu = vm.cpu.iter().find(|c| c.tid == tid).map(|c| Cpu {
         total: c.cpu_pct,
         guest: c.guest_pct,
@@ -190,12 +189,7 @@ fn vcpu_node(vm: &VmReport, label: &str, tid: u32, secs: f64) -> Node {
     let mut groups: Vec<Node> = Vec::new();
     let mut claimed: Vec<ExitClass> = Vec::new();
     for row in vm.exits.iter().filter(|r| mine(&r.vcpu)) {
-        let isa = match row.isa {
-            "VMX" => ISA_VMX,
-            "SVM" => ISA_SVM,
-            _ => 0,
-        };
-        let class = exit_class(isa, row.reason_code);
+        let class = row.class;
         claimed.push(class);
         let name = format!("{} {}", row.isa, row.reason);
         groups.push(Node {
@@ -255,11 +249,9 @@ fn vcpu_node(vm: &VmReport, label: &str, tid: u32, secs: f64) -> Node {
     let exits: Vec<&Node> = groups.iter().filter(|g| g.time_pct.is_some()).collect();
     Node {
         id: tid.to_string(),
-        // The report labels a vCPU it knows no index for by its tid.
-        name: if label == format!("tid {tid}") {
-            format!("thread {tid}")
-        } else {
-            format!("vCPU {label} (tid {tid})")
+        name: match label {
+            VcpuLabel::Index(i) => format!("vCPU {i} (tid {tid})"),
+            VcpuLabel::Tid(_) => format!("thread {tid}"),
         },
         per_sec: total(exits.iter().map(|g| g.per_sec)),
         count: exits.iter().map(|g| g.count).sum(),
@@ -284,8 +276,14 @@ fn latency_cells(l: &Latency) -> Node {
 }
 
 /// The detail rows of `class` on vCPU `label`, with the "other keys" row of that kind.
-fn keys_of(vm: &VmReport, label: &str, class: ExitClass) -> Vec<Node> {
-    let mine = |v: &Option<String>| v.as_deref() == Some(label);
+fn keys_of(vm: &VmReport, label: VcpuLabel, class: ExitClass) -> Vec<Node> {
+    let kind = match class {
+        ExitClass::Io => DetailKind::Pio,
+        ExitClass::Mmio => DetailKind::Mmio,
+        ExitClass::Msr => DetailKind::Msr,
+        ExitClass::Cpuid => DetailKind::Cpuid,
+        ExitClass::Halt | ExitClass::Other => return Vec::new(),
+    };
     let key = |name: String, per_sec: f64, count: u64| Node {
         id: name.clone(),
         name,
@@ -293,65 +291,29 @@ fn keys_of(vm: &VmReport, label: &str, class: ExitClass) -> Vec<Node> {
         count,
         ..Node::default()
     };
-    let (mut keys, other_kind): (Vec<Node>, &str) = match class {
-        ExitClass::Io => (
-            vm.ports
-                .iter()
-                .filter(|r| mine(&r.vcpu))
-                .map(|r| {
-                    let known = port_name(r.port).map_or_else(String::new, |n| format!(" ({n})"));
-                    let name = format!("port {:#06x}{known} {} {}B", r.port, r.direction, r.size);
-                    key(name, r.per_sec, r.count)
-                })
-                .collect(),
-            "ports",
-        ),
-        ExitClass::Mmio => (
-            vm.mmio
-                .iter()
-                .filter(|r| mine(&r.vcpu))
-                .map(|r| {
-                    key(
-                        format!("gpa {:#x} {} {}B", r.gpa, r.access, r.len),
-                        r.per_sec,
-                        r.count,
-                    )
-                })
-                .collect(),
-            "MMIO addresses",
-        ),
-        ExitClass::Msr => (
-            vm.msrs
-                .iter()
-                .filter(|r| mine(&r.vcpu))
-                .map(|r| {
-                    let known = msr_name(r.msr).map_or_else(String::new, |n| format!(" ({n})"));
-                    let fault = if r.faulted { " faulted" } else { "" };
-                    key(
-                        format!("msr {:#x}{known} {}{fault}", r.msr, r.access),
-                        r.per_sec,
-                        r.count,
-                    )
-                })
-                .collect(),
-            "MSRs",
-        ),
-        ExitClass::Cpuid => (
-            vm.cpuid
-                .iter()
-                .filter(|r| mine(&r.vcpu))
-                .map(|r| key(format!("cpuid {:#x}", r.function), r.per_sec, r.count))
-                .collect(),
-            "CPUID functions",
-        ),
-        ExitClass::Halt | ExitClass::Other => return Vec::new(),
-    };
+    let mut keys: Vec<Node> = vm
+        .key_rows()
+        .filter(|r| r.vcpu == Some(label) && r.detail.kind() == kind)
+        .map(|r| {
+            let size = match r.detail {
+                Detail::Port { size, .. } => format!(" {size}B"),
+                Detail::Mmio { len, .. } => format!(" {len}B"),
+                Detail::Msr { faulted: true, .. } => " faulted".into(),
+                _ => String::new(),
+            };
+            key(
+                format!("{}{size}", detail_phrase(&r.detail)),
+                r.per_sec,
+                r.count,
+            )
+        })
+        .collect();
     for o in vm
         .other_keys
         .iter()
-        .filter(|o| mine(&o.vcpu) && o.kind == other_kind)
+        .filter(|o| o.vcpu == Some(label) && o.detail_kind == kind)
     {
-        keys.push(key(format!("other {other_kind}"), o.per_sec, o.count));
+        keys.push(key(format!("other {}", o.kind), o.per_sec, o.count));
     }
     keys
 }

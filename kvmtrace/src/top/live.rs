@@ -21,10 +21,10 @@ use super::{
 };
 use crate::{
     cli::TopArgs,
-    collect::{TraceOptions, Tracer, check_root},
+    source::live::{TraceOptions, Tracer, check_root},
     model::{Aggregate, InFlight, Interval, ThreadCpu},
     report::{self, Context},
-    vm::{Host, Vm},
+    host::Host, model::identity::Vm,
 };
 
 /// What the loop waits for besides the interval.
@@ -49,12 +49,12 @@ pub async fn top(args: TopArgs) -> anyhow::Result<()> {
         tracefs: args.tracefs.clone(),
         ..TraceOptions::default()
     })?;
-    tracer.open(|| crate::run::running_vcpu_threads(&host, &directory))?;
+    tracer.open(|| crate::app::running_vcpu_threads(&host, &directory))?;
     let mut source = Source {
         host,
         filtered,
         storm: args.storms.config(),
-        kvm_module: crate::run::kvm_module(),
+        kvm_module: crate::app::kvm_module(),
         attached: tracer.attached.iter().map(|s| s.to_string()).collect(),
         missing: tracer.missing.iter().map(|s| s.to_string()).collect(),
         recent: VecDeque::new(),
@@ -228,7 +228,7 @@ impl Source {
                 directory.entry(vm.pid).or_insert(vm);
             }
         }
-        crate::run::learn_identities(&self.host, directory, iv);
+        crate::app::learn_identities(&self.host, directory, iv);
         directory.retain(|pid, _| self.host.proc_root.join(pid.to_string()).exists());
     }
 }

@@ -15,7 +15,7 @@ use crate::{
     analyze::storms::Config as StormConfig,
     model::{Aggregate, InFlight, Interval, LatencyDelta},
     report::{self, Context, Report},
-    vm::{Thread, Vm},
+    model::identity::{Thread, Vm},
 };
 
 /// VM web01 (pid 100) in one second: vCPU 0 (tid 101) makes 2 000 SVM io exits of 5 us, each a
@@ -140,7 +140,7 @@ fn the_tree_groups_keys_under_their_exit_reason() {
     assert_eq!(vcpu1.children[0].name, "MSR (kvm_msr)");
     assert_eq!(
         vcpu1.children[0].children[0].name,
-        "msr 0x1b (IA32_APIC_BASE) read"
+        "MSR 0x1b (IA32_APIC_BASE) read"
     );
     assert_eq!(vcpu1.children[0].per_sec, 300.0);
 }
@@ -353,7 +353,7 @@ VM web01 (pid 100): 2000 exits/s (2000), 2000 VMM exits/s, CPU 0.0 % (guest -, e
       IO                                               2000/s       (2000)  p50 10.0us p99 10.0us
   vCPU 1 (tid 102): 0 exits/s (0), 0 VMM exits/s, CPU -
     MSR (kvm_msr)                                       300/s        (300)
-      msr 0x1b (IA32_APIC_BASE) read                    300/s        (300)
+      MSR 0x1b (IA32_APIC_BASE) read                    300/s        (300)
 
 ";
     assert_eq!(text, expected);

@@ -2,9 +2,15 @@
 //! detail table explains it (ports for I/O, addresses for MMIO/NPF/EPT, MSRs, CPUID functions)
 //! and whether its time is a halted vCPU rather than handling.
 
-use super::reasons::{ISA_SVM, ISA_VMX};
+use kvmtrace_common::{MsrDir, UserspaceExit};
+
+use super::reasons::{
+    ISA_SVM, ISA_VMX, KVM_EXIT_REASONS, SVM_EXIT_REASONS, VMX_EXIT_REASONS, row,
+};
 
 /// The classes that have a detail table or a meaning of their own; everything else is Other.
+/// Each row of the generated reason tables carries its class (`cargo xtask codegen`, from the
+/// SDM's, the APM's and KVM's uapi codes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ExitClass {
     Io,
@@ -15,40 +21,44 @@ pub enum ExitClass {
     Other,
 }
 
-/// (VMX basic reason, SVM exit code, class), from the SDM's and APM's tables as the kernel's
-/// uapi headers (vmx.h, svm.h) number them.
-const CLASSES: &[(Option<u32>, Option<u32>, ExitClass)] = &[
-    (Some(0x1e), Some(0x7b), ExitClass::Io), // IO_INSTRUCTION / io
-    (Some(0x30), Some(0x400), ExitClass::Mmio), // EPT_VIOLATION / npf
-    (Some(0x31), None, ExitClass::Mmio),     // EPT_MISCONFIG (MMIO SPTEs)
-    (Some(0x1f), Some(0x7c), ExitClass::Msr), // MSR_READ / msr (both directions)
-    (Some(0x20), None, ExitClass::Msr),      // MSR_WRITE
-    (Some(0x0a), Some(0x72), ExitClass::Cpuid), // CPUID / cpuid
-    (Some(0x0c), Some(0x78), ExitClass::Halt), // HLT / hlt
-    (None, Some(0xa6), ExitClass::Halt),     // idle-halt
-];
+impl ExitClass {
+    /// Whether time spent in exits of this class is CPU time: a halted vCPU blocks until an
+    /// interrupt, it does not burn a CPU.
+    pub fn is_cpu_time(self) -> bool {
+        self != ExitClass::Halt
+    }
+}
 
 /// The class of kvm_exit's (isa, exit_reason). VMX flag bits above bit 15 are ignored; with isa
 /// 0 (no `isa` field) VMX codes are tried first, as the names are.
 pub fn exit_class(isa: u32, code: u32) -> ExitClass {
-    let vmx = || {
-        CLASSES
-            .iter()
-            .find(|(v, _, _)| *v == Some(code & 0xffff))
-            .map(|c| c.2)
-    };
-    let svm = || {
-        CLASSES
-            .iter()
-            .find(|(_, s, _)| *s == Some(code))
-            .map(|c| c.2)
-    };
+    let vmx = || row(VMX_EXIT_REASONS, code & 0xffff);
+    let svm = || row(SVM_EXIT_REASONS, code);
     match isa {
         ISA_VMX => vmx(),
         ISA_SVM => svm(),
         _ => vmx().or_else(svm),
     }
-    .unwrap_or(ExitClass::Other)
+    .map_or(ExitClass::Other, |r| r.2)
+}
+
+/// The direction of an MSR exit reason that has one: VMX's MSR_READ (0x1f) and MSR_WRITE (0x20);
+/// SVM's msr exit covers both.
+pub fn exit_msr_dir(isa: u32, code: u32) -> Option<MsrDir> {
+    match (isa, code & 0xffff) {
+        (ISA_VMX | 0, 0x1f) => Some(MsrDir::Read),
+        (ISA_VMX | 0, 0x20) => Some(MsrDir::Write),
+        _ => None,
+    }
+}
+
+/// The class of KVM_RUN returning to user space: its KVM_EXIT_* reason's (restarts and errors
+/// are Other).
+pub fn userspace_class(exit: UserspaceExit) -> ExitClass {
+    match exit {
+        UserspaceExit::Reason(code) => row(KVM_EXIT_REASONS, code).map_or(ExitClass::Other, |r| r.2),
+        _ => ExitClass::Other,
+    }
 }
 
 #[cfg(test)]
@@ -85,5 +95,24 @@ mod tests {
         assert_eq!(exit_reason_name(ISA_SVM, 0x400), "npf");
         assert_eq!(exit_reason_name(ISA_SVM, 0xa6), "idle-halt");
         assert_eq!(exit_class(0, 0x0c), ExitClass::Halt);
+        // KVM_EXIT_* codes from linux/kvm.h.
+        for (code, class) in [
+            (2, ExitClass::Io),
+            (5, ExitClass::Halt),
+            (6, ExitClass::Mmio),
+            (29, ExitClass::Msr),
+            (30, ExitClass::Msr),
+            (7, ExitClass::Other),
+        ] {
+            assert_eq!(
+                userspace_class(UserspaceExit::Reason(code)),
+                class,
+                "KVM_EXIT {code}"
+            );
+        }
+        assert_eq!(
+            userspace_class(UserspaceExit::Restart { reason: 2 }),
+            ExitClass::Other
+        );
     }
 }

@@ -8,7 +8,7 @@ use super::{CpuSeen, Exporter, Owned};
 use crate::{
     model::{Interval, ThreadCpu},
     serve::labels::CpuLabels,
-    vm::Vm,
+    model::identity::Vm,
 };
 
 impl Exporter {

@@ -18,7 +18,7 @@ use std::{
 };
 
 use super::{Exporter, Owned, Proc, VmState};
-use crate::{serve::labels::InfoLabels, vm::Vm};
+use crate::{model::identity::Vm, serve::labels::InfoLabels};
 
 impl Exporter {
     /// The identity of process `pid`: bound at its first sight, by the rule above.

@@ -43,7 +43,7 @@ use super::{
 };
 use crate::{
     model::Interval,
-    vm::{Vm, vcpu_index_of_comm},
+    model::identity::{Vm, vcpu_index_of_comm},
 };
 
 pub struct Settings {

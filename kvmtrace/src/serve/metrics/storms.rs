@@ -11,11 +11,12 @@ use kvmtrace_common::VCPU_UNKNOWN;
 
 use super::{Exporter, Owned};
 use crate::{
+    model::identity::VcpuLabel,
     analyze::storms::{ALL_VCPUS, detect},
     model::Interval,
-    series::Series,
+    model::series::Series,
     serve::labels::StormLabels,
-    vm::Vm,
+    model::identity::Vm,
 };
 
 /// Intervals storms are looked for in (as `kvmtrace top`).
@@ -67,7 +68,9 @@ impl Exporter {
     pub(super) fn storms(&mut self, iv: &Interval, directory: &BTreeMap<u32, Vm>) {
         self.window.push(iv);
         let mut now: HashSet<StormLabels> = HashSet::new();
-        for s in detect(&self.window.series, &self.settings.storms) {
+        // Storm vCPUs are named below, by the exporter's own labels.
+        let by_tid = |_pid, tid| VcpuLabel::Tid(tid);
+        for s in detect(&self.window.series, &self.settings.storms, &by_tid) {
             if !s.ongoing {
                 continue;
             }

@@ -8,7 +8,7 @@ use kvmtrace_common::{DetailKey, LatencyKind, bucket_index};
 use super::*;
 use crate::{
     model::{LatencyDelta, ThreadCpu},
-    vm::Thread,
+    model::identity::Thread,
 };
 
 fn exporter(per_vcpu: bool, max_series: u64, top_keys: usize) -> (Registry, Exporter) {
@@ -487,7 +487,7 @@ fn the_storm_window_stays_bounded() {
 
 #[test]
 fn the_tracers_cost_is_the_kernels_cumulative_figures() {
-    use crate::cost::{ProgramCost, TracerCost};
+    use crate::model::cost::{ProgramCost, TracerCost};
     let (r, e) = exporter(false, 1000, 10);
     let cost = |runs, run_ns, cpu_ns| TracerCost {
         secs: 1.0,

@@ -8,7 +8,7 @@ use kvmtrace_common::Counter;
 
 use super::{Exporter, families::counter_label};
 use crate::{
-    cost::TracerCost,
+    model::cost::TracerCost,
     model::{Interval, MapEntries},
 };
 

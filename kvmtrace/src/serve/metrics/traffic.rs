@@ -8,16 +8,15 @@ use kvmtrace_common::{DetailKind, LatencyKey, LatencyKind, VCPU_UNKNOWN};
 use super::{Exporter, Owned};
 use crate::{
     model::Interval,
-    report::userspace_reason,
     serve::{
         labels::{Detail, DetailLabels, ExitLabels, ReasonLabels, VmLabels},
         topk::TopK,
     },
     tp::{
         class::{ExitClass, exit_class},
-        reasons::{exit_reason_name, isa_name, userspace_exit_name},
+        reasons::{exit_reason_name, isa_name, userspace_exit_label, userspace_exit_name},
     },
-    vm::Vm,
+    model::identity::Vm,
 };
 
 impl Exporter {
@@ -102,10 +101,9 @@ impl Exporter {
             let id = self.bind(k.tgid, directory);
             let vcpu = self.vcpu_label(&id, k.tgid, k.tid, VCPU_UNKNOWN, directory);
             if kind == DetailKind::UserspaceExit {
-                let reason = if k.is_other() {
-                    "other".into()
-                } else {
-                    userspace_reason(k.a, k.b)
+                let reason = match k.decode() {
+                    Some(kvmtrace_common::Detail::UserspaceExit(exit)) => userspace_exit_label(exit),
+                    _ => "other".into(),
                 };
                 let l = ReasonLabels {
                     vm: Self::vm_labels(&id, vcpu),

@@ -17,17 +17,17 @@ use crate::{
         Cli, Command, DiffArgs, DiffFormat, Format, ListArgs, RecordArgs, ReportArgs, SortKey,
         Weight,
     },
-    collect::{TraceOptions, Tracer, check_root},
-    diff,
+    source::live::{TraceOptions, Tracer, check_root},
+    analyze::diff,
     error::Error,
     model::{Aggregate, Interval},
-    offline::{self, Window},
+    source::recording::{self as offline, Window},
     outfile::OutFile,
     record::{Header, Writer},
     render,
     report::{self, Context, Report},
-    untrusted, view,
-    vm::{Host, Vm},
+    report::filter as view, untrusted,
+    host::Host, model::identity::Vm,
 };
 
 /// Runs a parsed command line.
@@ -352,15 +352,15 @@ async fn record(args: RecordArgs) -> anyhow::Result<()> {
 pub(crate) fn running_vcpu_threads(
     host: &Host,
     vms: &BTreeMap<u32, Vm>,
-) -> Vec<(u32, u32, crate::thread_probe::AtStart)> {
-    use crate::thread_probe::{AtStart, probe};
+) -> Vec<(u32, u32, crate::host::thread_probe::AtStart)> {
+    use crate::host::thread_probe::{AtStart, probe};
     let mut out = Vec::new();
     for vm in vms.values() {
         for t in &vm.threads {
             let Some(at) = probe(&host.proc_root, vm.pid, t.tid) else {
                 continue;
             };
-            if at == AtStart::BlockedInRun || crate::vm::vcpu_index_of_comm(&t.comm).is_some() {
+            if at == AtStart::BlockedInRun || crate::model::identity::vcpu_index_of_comm(&t.comm).is_some() {
                 out.push((vm.pid, t.tid, at));
             }
         }
@@ -401,19 +401,16 @@ fn watch_storms(
     before: &[Storm],
     progress: &Progress,
 ) -> Vec<Storm> {
-    let now = storms::detect(&agg.series, cfg);
+    let label = |pid, tid| crate::model::identity::label_of_thread(vms.get(&pid), tid);
+    let now = storms::detect(&agg.series, cfg, &label);
     let (started, ended) = storms::changes(before, &now);
     let name = |s: &Storm| {
         let vm = vms
             .get(&s.pid)
             .map_or_else(|| format!("pid {}", s.pid), |v| v.name.clone());
-        let vcpu = if s.tid == storms::ALL_VCPUS {
-            "all vCPUs".to_string()
-        } else {
-            vms.get(&s.pid)
-                .and_then(|v| v.threads.iter().find(|t| t.tid == s.tid))
-                .and_then(|t| crate::vm::vcpu_index_of_comm(&t.comm))
-                .map_or_else(|| format!("tid {}", s.tid), |i| format!("vCPU {i}"))
+        let vcpu = match s.vcpu {
+            storms::StormVcpu::One(label) => label.named(),
+            storms::StormVcpu::All => "all vCPUs".into(),
         };
         format!("{vm} {vcpu}: {}", s.what)
     };
@@ -511,7 +508,7 @@ pub(crate) fn learn_identities(
                 }
                 // Remember that this tid was looked for, so we do not scan /proc again for it.
                 if !vm.threads.iter().any(|t| t.tid == tid) {
-                    vm.threads.push(crate::vm::Thread {
+                    vm.threads.push(crate::model::identity::Thread {
                         tid,
                         comm: String::new(),
                     });

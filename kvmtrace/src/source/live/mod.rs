@@ -12,6 +12,9 @@
 //! threads that are gone vanish with their last epoch. THREADS entries of exited threads are
 //! read one last time and deleted.
 
+mod batch;
+pub mod cost;
+
 use std::{
     collections::{HashMap, HashSet},
     path::{Path, PathBuf},
@@ -32,7 +35,7 @@ use kvmtrace_common::{
 use crate::{
     error::Error,
     model::{InFlight, Interval, LatencyDelta, MapEntries, ThreadCpu},
-    thread_probe::AtStart,
+    host::thread_probe::AtStart,
     tp::{offsets, tracefs},
 };
 
@@ -93,7 +96,7 @@ pub struct Tracer {
     /// Exits whose thread ended before their kvm_entry (counted, never timed).
     ended_exits: std::collections::BTreeMap<LatencyKey, u64>,
     /// The kernel's BPF run-time statistics, on while tracing: the tracer's own cost.
-    stats: crate::cost::RunTimeStats,
+    stats: crate::source::live::cost::RunTimeStats,
     /// Detail events counted so far (the sum of the threads' per-kind totals).
     details_seen: u64,
 }
@@ -165,7 +168,7 @@ impl Tracer {
             }
         }
         // On before the first program runs, so every run is counted.
-        let stats = crate::cost::RunTimeStats::enable();
+        let stats = crate::source::live::cost::RunTimeStats::enable();
         let mut attached = Vec::new();
         for (prog, category, event) in programs::ALL {
             if missing.contains(&event) {
@@ -490,7 +493,7 @@ impl Tracer {
     }
 
     /// The programs' runs and run time so far (cumulative), with this process's CPU time.
-    pub fn cost(&self) -> crate::cost::TracerCost {
+    pub fn cost(&self) -> crate::model::cost::TracerCost {
         let programs = if self.stats.unavailable.is_some() {
             Vec::new()
         } else {
@@ -498,7 +501,7 @@ impl Tracer {
                 .programs()
                 .filter_map(|(name, p)| {
                     let info = p.info().ok()?;
-                    Some(crate::cost::ProgramCost {
+                    Some(crate::model::cost::ProgramCost {
                         program: name.to_string(),
                         runs: info.run_count(),
                         run_ns: info.run_time().as_nanos() as u64,
@@ -506,10 +509,10 @@ impl Tracer {
                 })
                 .collect()
         };
-        crate::cost::TracerCost {
+        crate::model::cost::TracerCost {
             secs: self.started.elapsed().as_secs_f64(),
             programs,
-            collector_cpu_ns: crate::cost::process_cpu().as_nanos() as u64,
+            collector_cpu_ns: crate::source::live::cost::process_cpu().as_nanos() as u64,
             unavailable: self.stats.unavailable.clone(),
         }
     }
@@ -605,10 +608,10 @@ fn take_epoch<K: aya::Pod, V: aya::Pod>(
     if let Some(aya::maps::Map::HashMap(data)) = ebpf.map(name) {
         use std::os::fd::AsFd as _;
         let fd = data.fd().as_fd();
-        if let Ok(all) = crate::batch::lookup_all::<K, V>(fd) {
+        if let Ok(all) = batch::lookup_all::<K, V>(fd) {
             let out: Vec<(K, V)> = all.into_iter().filter(|(k, _)| in_epoch(k)).collect();
             let keys: Vec<K> = out.iter().map(|(k, _)| *k).collect();
-            crate::batch::delete(fd, &keys)
+            batch::delete(fd, &keys)
                 .map_err(|e| Error::bpf(format!("deleting from {name}"), e))?;
             return Ok(out);
         }

@@ -14,57 +14,11 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use serde::{Deserialize, Serialize};
-
-use crate::{error::Error, untrusted};
-
-/// A vCPU thread's identity as the report shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Thread {
-    pub tid: u32,
-    /// `comm`: QEMU names vCPU threads `CPU N/KVM`.
-    pub comm: String,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Vm {
-    pub pid: u32,
-    /// The best name: libvirt's, else QEMU's `-name`, else the systemd machine, else `comm`.
-    pub name: String,
-    /// Every name the VM answers to with `-d`.
-    pub aliases: BTreeSet<String>,
-    pub threads: Vec<Thread>,
-}
-
-impl Vm {
-    /// Threads that look like vCPUs (`CPU N/KVM`).
-    pub fn vcpu_threads(&self) -> impl Iterator<Item = &Thread> {
-        self.threads
-            .iter()
-            .filter(|t| vcpu_index_of_comm(&t.comm).is_some())
-    }
-
-    /// Escapes every name in place: for VMs read from a recording file, whose text is as
-    /// untrusted as /proc's.
-    pub fn escape_text(&mut self) {
-        untrusted::escape_in_place(&mut self.name);
-        self.aliases = std::mem::take(&mut self.aliases)
-            .into_iter()
-            .map(|a| untrusted::escape(&a))
-            .collect();
-        for t in &mut self.threads {
-            untrusted::escape_in_place(&mut t.comm);
-        }
-    }
-}
-
-/// `CPU 3/KVM` -> 3.
-pub fn vcpu_index_of_comm(comm: &str) -> Option<u32> {
-    comm.strip_prefix("CPU ")?
-        .strip_suffix("/KVM")?
-        .parse()
-        .ok()
-}
+use crate::{
+    error::Error,
+    model::identity::{Thread, Vm},
+    untrusted,
+};
 
 /// The host's /proc and /run, or fake ones in tests.
 #[derive(Clone, Debug)]
@@ -701,12 +655,5 @@ mod tests {
         // Kernels that keep no scheduler statistics show zeros: fall back to stat.
         assert_eq!(run_ns_of_schedstat("0 0 0\n"), None);
         assert_eq!(run_ns_of_schedstat(""), None);
-    }
-
-    #[test]
-    fn vcpu_index_from_thread_name() {
-        assert_eq!(vcpu_index_of_comm("CPU 12/KVM"), Some(12));
-        assert_eq!(vcpu_index_of_comm("CPU x/KVM"), None);
-        assert_eq!(vcpu_index_of_comm("qemu-kvm"), None);
     }
 }

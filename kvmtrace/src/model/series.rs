@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use kvmtrace_common::{DetailKind, LatencyKind};
+use kvmtrace_common::{Detail, LatencyKind, UserspaceExit};
 
 use crate::model::Interval;
 
@@ -15,8 +15,8 @@ pub const MAX_POINTS: usize = 2048;
 pub enum What {
     /// kvm_exit reason (isa, code); ns = exit->entry time.
     Exit { isa: u32, reason: u32 },
-    /// A detail key ([`DetailKind`] discriminant, a, b); for userspace exits ns = VMM time.
-    Detail { kind: u32, a: u32, b: u64 },
+    /// A detail key; for userspace exits ns = VMM time.
+    Detail(Detail),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -58,50 +58,39 @@ impl Series {
             p.ns[n] += ns;
         };
         for (k, d) in &iv.latency {
-            if k.kind == LatencyKind::Exit as u32 {
-                add(
-                    Key {
-                        pid: k.tgid,
-                        tid: k.tid,
-                        what: What::Exit {
-                            isa: k.isa,
-                            reason: k.reason,
-                        },
-                    },
+            let key = |what| Key {
+                pid: k.tgid,
+                tid: k.tid,
+                what,
+            };
+            match k.kind() {
+                Some(LatencyKind::Exit) => add(
+                    key(What::Exit {
+                        isa: k.isa,
+                        reason: k.reason,
+                    }),
                     d.count,
                     d.total_ns,
-                );
-            } else if k.kind == LatencyKind::VmmRoundTrip as u32 {
-                let what = What::Detail {
-                    kind: DetailKind::UserspaceExit as u32,
-                    a: k.reason,
-                    b: 0,
-                };
-                add(
-                    Key {
-                        pid: k.tgid,
-                        tid: k.tid,
-                        what,
-                    },
-                    0,
-                    d.total_ns,
-                );
+                ),
+                // The VMM's time joins its userspace exit reason's counts (restarts and errors
+                // have no time series of their own).
+                Some(LatencyKind::VmmRoundTrip) => {
+                    if let Some(exit) = UserspaceExit::of_round_trip_code(k.reason) {
+                        add(key(What::Detail(Detail::UserspaceExit(exit))), 0, d.total_ns);
+                    }
+                }
+                _ => {}
             }
         }
         for (k, count) in &iv.details {
-            add(
-                Key {
+            if let Some(detail) = k.decode() {
+                let key = Key {
                     pid: k.tgid,
                     tid: k.tid,
-                    what: What::Detail {
-                        kind: k.kind,
-                        a: k.a,
-                        b: k.b,
-                    },
-                },
-                *count,
-                0,
-            );
+                    what: What::Detail(detail),
+                };
+                add(key, *count, 0);
+            }
         }
         for p in self.by_key.values_mut() {
             p.counts.resize(n + 1, 0);

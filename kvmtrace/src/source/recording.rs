@@ -11,7 +11,7 @@ use crate::{
     model::{Aggregate, InFlight},
     record::{self, End, Header, Recording},
     report::{self, Context, Report},
-    vm::Vm,
+    model::identity::Vm,
 };
 
 pub struct Loaded {
@@ -23,7 +23,7 @@ pub struct Loaded {
     /// End of the last complete interval, from the start of the recording.
     pub last_interval_at: Duration,
     /// What the recording cost, from its end record.
-    pub tracer_cost: Option<crate::cost::TracerCost>,
+    pub tracer_cost: Option<crate::model::cost::TracerCost>,
 }
 
 /// A time window over the recording, from its start.

@@ -2,22 +2,30 @@
 //! Pure functions over the report, shared by live and offline reports.
 
 use crate::{
-    cli::SortKey,
+    model::identity::VcpuLabel,
     report::{ExitRow, Report},
 };
+
+/// The order of the rows in every table (largest first).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SortKey {
+    Count,
+    Time,
+    P99,
+    Max,
+}
 
 #[derive(Clone, Debug, Default)]
 pub struct Filter {
     /// VM names or pids.
     pub vms: Vec<String>,
-    /// vCPU labels.
-    pub vcpus: Vec<String>,
+    pub vcpus: Vec<VcpuLabel>,
     /// Exit reason names (kvm_exit or KVM_EXIT_*), matched case-insensitively.
     pub reasons: Vec<String>,
 }
 
-fn keep_vcpu(f: &Filter, vcpu: &Option<String>) -> bool {
-    f.vcpus.is_empty() || vcpu.as_ref().is_some_and(|v| f.vcpus.contains(v))
+fn keep_vcpu(f: &Filter, vcpu: &Option<VcpuLabel>) -> bool {
+    f.vcpus.is_empty() || vcpu.is_some_and(|v| f.vcpus.contains(&v))
 }
 
 fn keep_reason(f: &Filter, reason: &str) -> bool {

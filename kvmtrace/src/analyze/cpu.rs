@@ -1,0 +1,140 @@
+//! CPU attribution of one VM: where each vCPU thread's time went (guest, in-kernel exit
+//! handling, VMM, blocked, waiting for a CPU), and what the VM's CPU goes to: in-kernel exit
+//! handling per reason (exit->entry times; halts block, they do not burn a CPU) and VMM handling
+//! per userspace exit reason (the VMM's on-CPU time, split by each reason's share of VMM
+//! round-trip time).
+
+use std::collections::BTreeMap;
+
+use kvmtrace_common::{LatencyKind, UserspaceExit};
+
+use crate::{
+    model::{Aggregate, identity::Vcpu, identity::VcpuLabel},
+    names::port_label,
+    report::{CpuRow, CpuSummary, Handling, PortRow, UserspaceRow},
+    tp::{
+        class::{ExitClass, exit_class},
+        reasons::exit_reason_name,
+    },
+};
+
+fn pct(ns: u64, wall: u64) -> f64 {
+    if wall == 0 {
+        0.0
+    } else {
+        100.0 * ns as f64 / wall as f64
+    }
+}
+
+/// The CPU table of VM `pid`, and its summary (None when it used no CPU).
+pub fn attribution(
+    agg: &Aggregate,
+    pid: u32,
+    vcpus: &[Vcpu],
+    uexits: &[UserspaceRow],
+    ports: &[PortRow],
+) -> (Vec<CpuRow>, Option<CpuSummary>) {
+    let handles = |isa: u32, reason: u32| exit_class(isa, reason).is_cpu_time();
+    let mut rows = Vec::new();
+    let (mut vm_cpu, mut vm_vmm, mut max_wall) = (0u64, 0u64, 0u64);
+    for t in agg
+        .threads
+        .values()
+        .filter(|t| t.tgid == pid && t.tracked_ns > 0)
+    {
+        let mut has_exits = false;
+        let mut handling = 0;
+        for (k, a) in agg
+            .latency
+            .iter()
+            .filter(|(k, _)| k.tid == t.tid && k.kind() == Some(LatencyKind::Exit))
+        {
+            has_exits = true;
+            if handles(k.isa, k.reason) {
+                handling += a.total_ns;
+            }
+        }
+        let in_run = t.in_run_on_cpu();
+        let wall = t.tracked_ns;
+        max_wall = max_wall.max(wall);
+        vm_cpu += t.on_cpu();
+        vm_vmm += t.vmm_on_cpu();
+        rows.push(CpuRow {
+            vcpu: vcpus
+                .iter()
+                .find(|v| v.tid == t.tid)
+                .map_or(VcpuLabel::Tid(t.tid), |v| v.label),
+            tid: t.tid,
+            wall_secs: wall as f64 / 1e9,
+            cpu_pct: pct(t.on_cpu(), wall),
+            procfs_cpu_pct: t.procfs_ns.map(|p| pct(p, wall)),
+            in_kvm_run_pct: pct(in_run, wall),
+            exit_handling_pct: has_exits.then(|| pct(handling.min(in_run), wall)),
+            guest_pct: has_exits.then(|| pct(in_run.saturating_sub(handling), wall)),
+            vmm_pct: pct(t.vmm_on_cpu(), wall),
+            blocked_pct: pct(t.off_run_blocked_ns + t.off_user_blocked_ns, wall),
+            blocked_in_kvm_run_pct: pct(t.off_run_blocked_ns, wall),
+            runnable_wait_pct: pct(t.off_run_runnable_ns + t.off_user_runnable_ns, wall),
+        });
+    }
+    if rows.is_empty() || vm_cpu == 0 {
+        return (rows, None);
+    }
+    rows.sort_by_key(|r| (r.vcpu, r.tid));
+    let mut handling: Vec<(String, u64)> = Vec::new();
+    let mut by_reason: BTreeMap<(u32, u32), u64> = BTreeMap::new();
+    for (k, a) in agg.latency.iter().filter(|(k, _)| {
+        k.tgid == pid && k.kind() == Some(LatencyKind::Exit) && handles(k.isa, k.reason)
+    }) {
+        *by_reason.entry((k.isa, k.reason)).or_default() += a.total_ns;
+    }
+    for ((isa, reason), ns) in by_reason {
+        handling.push((
+            format!("exit handling of {}", exit_reason_name(isa, reason)),
+            ns,
+        ));
+    }
+    handling.extend(vmm_handling(uexits, ports, vm_vmm));
+    handling.sort_by_key(|h| std::cmp::Reverse(h.1));
+    let wall = max_wall.max(1);
+    let summary = CpuSummary {
+        cpu_pct: pct(vm_cpu, wall),
+        handling: handling
+            .into_iter()
+            .filter(|(_, ns)| *ns > 0)
+            .take(3)
+            .map(|(what, ns)| Handling {
+                what,
+                pct_of_vm_cpu: pct(ns, vm_cpu),
+                cpu_pct: pct(ns, wall),
+            })
+            .collect(),
+    };
+    (rows, Some(summary))
+}
+
+/// The VMM's on-CPU time `vm_vmm` split over userspace exit reasons by their round-trip time.
+fn vmm_handling(uexits: &[UserspaceRow], ports: &[PortRow], vm_vmm: u64) -> Vec<(String, u64)> {
+    let round_trip_ns = |u: &UserspaceRow| u.round_trip.as_ref().map_or(0, |l| l.total_ns);
+    let vmm_wall: u64 = uexits.iter().map(round_trip_ns).sum();
+    if vmm_wall == 0 {
+        return Vec::new();
+    }
+    let mut by_exit: BTreeMap<UserspaceExit, (&str, ExitClass, u64)> = BTreeMap::new();
+    for u in uexits {
+        by_exit.entry(u.exit).or_insert((&u.reason, u.class, 0)).2 += round_trip_ns(u);
+    }
+    by_exit
+        .into_values()
+        .map(|(reason, class, wall)| {
+            let share = (vm_vmm as u128 * wall as u128 / vmm_wall as u128) as u64;
+            let top_port = (class == ExitClass::Io)
+                .then(|| ports.iter().max_by_key(|p| p.count))
+                .flatten();
+            let detail = top_port
+                .map(|p| format!(" (top port {})", port_label(p.port)))
+                .unwrap_or_default();
+            (format!("VMM handling of KVM_EXIT_{reason}{detail}"), share)
+        })
+        .collect()
+}

@@ -1,0 +1,7 @@
+//! The host: finding VMs and their threads in /proc and /run, and what state a running vCPU
+//! thread is in when tracing starts.
+
+pub mod thread_probe;
+pub mod vm;
+
+pub use vm::Host;

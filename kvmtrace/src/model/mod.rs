@@ -1,0 +1,107 @@
+//! The data between the kernel and the reports: per-interval deltas drained from the kernel
+//! ([`Interval`]), their running sum ([`Aggregate`]) with the kernel's latency buckets per key,
+//! per-key time series, what was open at stop, vCPU identities, and what tracing cost. Pure data:
+//! no BPF, no /proc, so analyses and renderers are tested with plain values.
+
+pub mod cost;
+pub mod identity;
+mod in_flight;
+mod interval;
+mod latency;
+pub mod series;
+
+use std::{collections::BTreeMap, time::Duration};
+
+use kvmtrace_common::{Counter, DetailKey, LatencyKey};
+
+pub use in_flight::{InFlight, MapEntries};
+pub use interval::{Interval, LatencyDelta, ThreadCpu};
+pub use latency::{LatencyAgg, bucket_midpoint};
+
+/// The running sum of every interval so far.
+#[derive(Clone, Debug, Default)]
+pub struct Aggregate {
+    pub elapsed: Duration,
+    pub intervals: u64,
+    pub latency: BTreeMap<LatencyKey, LatencyAgg>,
+    pub details: BTreeMap<DetailKey, u64>,
+    pub counters: [u64; Counter::COUNT as usize],
+    /// Every key's counts per interval, for storms and rates over time.
+    pub series: series::Series,
+    /// The latest CPU accounting of every thread.
+    pub threads: BTreeMap<u32, ThreadCpu>,
+}
+
+impl Aggregate {
+    pub fn apply(&mut self, iv: &Interval) {
+        self.series.push(iv);
+        self.elapsed = iv.at;
+        self.intervals += 1;
+        for (key, delta) in &iv.latency {
+            self.latency.entry(*key).or_default().add(delta);
+        }
+        for (key, n) in &iv.details {
+            *self.details.entry(*key).or_default() += n;
+        }
+        self.counters = iv.counters;
+        for t in &iv.threads {
+            self.threads.insert(t.tid, *t);
+        }
+    }
+
+    pub fn counter(&self, c: Counter) -> u64 {
+        self.counters[c as usize]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kvmtrace_common::bucket_index;
+
+    use super::*;
+
+    #[test]
+    fn aggregate_sums_intervals() {
+        let key = LatencyKey {
+            tgid: 1,
+            tid: 2,
+            vcpu_id: 0,
+            isa: 2,
+            reason: 0x7b,
+            kind: 0,
+        };
+        let dkey = DetailKey {
+            tgid: 1,
+            tid: 2,
+            kind: 1,
+            a: 0x70,
+            b: 1 | 1 << 8,
+        };
+        let mut agg = Aggregate::default();
+        for i in 1..=3u64 {
+            let mut counters = [0; Counter::COUNT as usize];
+            counters[Counter::DetailsSeen as usize] = 10 * i;
+            agg.apply(&Interval {
+                at: Duration::from_secs(i),
+                latency: vec![(
+                    key,
+                    LatencyDelta {
+                        count: 2,
+                        total_ns: 300,
+                        min_ns: 100,
+                        max_ns: 200,
+                        buckets: vec![(bucket_index(100) as u16, 1), (bucket_index(200) as u16, 1)],
+                    },
+                )],
+                details: vec![(dkey, 10)],
+                counters,
+                threads: vec![],
+            });
+        }
+        assert_eq!(agg.elapsed, Duration::from_secs(3));
+        assert_eq!(agg.latency[&key].count, 6);
+        assert_eq!(agg.latency[&key].buckets.values().sum::<u64>(), 6);
+        assert_eq!(agg.details[&dkey], 30);
+        assert_eq!(agg.counter(Counter::DetailsSeen), 30);
+    }
+}
