@@ -139,10 +139,24 @@ impl UserspaceExit {
 /// A detail key's meaning.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Detail {
-    Port { port: u16, dir: PortDir, size: u8 },
-    Mmio { gpa: u64, access: MmioAccess, len: u32 },
-    Msr { index: u32, dir: MsrDir, faulted: bool },
-    Cpuid { function: u32 },
+    Port {
+        port: u16,
+        dir: PortDir,
+        size: u8,
+    },
+    Mmio {
+        gpa: u64,
+        access: MmioAccess,
+        len: u32,
+    },
+    Msr {
+        index: u32,
+        dir: MsrDir,
+        faulted: bool,
+    },
+    Cpuid {
+        function: u32,
+    },
     UserspaceExit(UserspaceExit),
     /// The events of this kind with no key of their own (beyond a vCPU's key budget, or the
     /// map was full): the "other keys" row.
@@ -178,7 +192,11 @@ impl DetailKey {
         Some(match kind {
             DetailKind::Pio => Detail::Port {
                 port: a as u16,
-                dir: if b & 1 == 1 { PortDir::Out } else { PortDir::In },
+                dir: if b & 1 == 1 {
+                    PortDir::Out
+                } else {
+                    PortDir::In
+                },
                 size: (b >> 8) as u8,
             },
             DetailKind::Mmio => Detail::Mmio {
@@ -188,7 +206,11 @@ impl DetailKey {
             },
             DetailKind::Msr => Detail::Msr {
                 index: a,
-                dir: if b & 1 == 1 { MsrDir::Write } else { MsrDir::Read },
+                dir: if b & 1 == 1 {
+                    MsrDir::Write
+                } else {
+                    MsrDir::Read
+                },
                 faulted: b & 2 != 0,
             },
             DetailKind::Cpuid => Detail::Cpuid { function: a },

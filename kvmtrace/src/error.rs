@@ -96,6 +96,14 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// Command-line values that contradict each other (`--from` after `--to`).
+    #[error("{0}")]
+    Usage(String),
+
+    /// Writing to the terminal or standard output.
+    #[error("{0}")]
+    Output(#[from] std::io::Error),
+
     #[error("{what}")]
     Io {
         what: String,

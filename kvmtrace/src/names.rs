@@ -98,7 +98,11 @@ pub fn detail_phrase(d: &Detail) -> String {
     let named = |name: Option<&str>| name.map(|n| format!(" ({n})")).unwrap_or_default();
     match *d {
         Detail::Port { port, dir, .. } => {
-            format!("port {port:#06x}{} {}", named(port_name(port)), dir.as_str())
+            format!(
+                "port {port:#06x}{} {}",
+                named(port_name(port)),
+                dir.as_str()
+            )
         }
         Detail::Mmio { gpa, access, .. } => format!("MMIO {gpa:#x} {}", access.as_str()),
         Detail::Msr { index, dir, .. } => {

@@ -259,11 +259,7 @@ fn vm_wide(series: &Series) -> BTreeMap<Key, Points> {
 
 /// Every storm in the recording, merged and diagnosed, biggest first. `label` names the vCPU
 /// of a (pid, tid).
-pub fn detect(
-    series: &Series,
-    cfg: &Config,
-    label: &dyn Fn(u32, u32) -> VcpuLabel,
-) -> Vec<Storm> {
+pub fn detect(series: &Series, cfg: &Config, label: &dyn Fn(u32, u32) -> VcpuLabel) -> Vec<Storm> {
     let wide = vm_wide(series);
     let points = |k: &Key| series.by_key.get(k).or_else(|| wide.get(k));
     // (key, start index, end index) of every run.

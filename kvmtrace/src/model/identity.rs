@@ -126,13 +126,19 @@ pub fn vcpus_of(agg: &Aggregate, vm: Option<&Vm>, pid: u32) -> Vec<Vcpu> {
         by_tid.entry(k.tid).or_default();
     }
     let threads = vm.map(|v| v.threads.as_slice()).unwrap_or_default();
-    for t in threads.iter().filter(|t| vcpu_index_of_comm(&t.comm).is_some()) {
+    for t in threads
+        .iter()
+        .filter(|t| vcpu_index_of_comm(&t.comm).is_some())
+    {
         by_tid.entry(t.tid).or_default();
     }
     let mut out: Vec<Vcpu> = by_tid
         .into_iter()
         .map(|(tid, id)| {
-            let thread_name = threads.iter().find(|t| t.tid == tid).map(|t| t.comm.clone());
+            let thread_name = threads
+                .iter()
+                .find(|t| t.tid == tid)
+                .map(|t| t.comm.clone());
             let index = id.or_else(|| thread_name.as_deref().and_then(vcpu_index_of_comm));
             Vcpu {
                 label: index.map_or(VcpuLabel::Tid(tid), VcpuLabel::Index),
@@ -165,15 +171,24 @@ mod tests {
 
     #[test]
     fn labels_print_parse_and_order() {
-        for (text, label) in [("0", VcpuLabel::Index(0)), ("tid 1234", VcpuLabel::Tid(1234))] {
+        for (text, label) in [
+            ("0", VcpuLabel::Index(0)),
+            ("tid 1234", VcpuLabel::Tid(1234)),
+        ] {
             assert_eq!(text.parse::<VcpuLabel>(), Ok(label));
             assert_eq!(label.to_string(), text);
         }
         assert!("vcpu0".parse::<VcpuLabel>().is_err());
         let mut v = vec![VcpuLabel::Tid(5), VcpuLabel::Index(10), VcpuLabel::Index(2)];
         v.sort();
-        assert_eq!(v, [VcpuLabel::Index(2), VcpuLabel::Index(10), VcpuLabel::Tid(5)]);
-        assert_eq!(serde_json::to_string(&VcpuLabel::Tid(7)).unwrap(), "\"tid 7\"");
+        assert_eq!(
+            v,
+            [VcpuLabel::Index(2), VcpuLabel::Index(10), VcpuLabel::Tid(5)]
+        );
+        assert_eq!(
+            serde_json::to_string(&VcpuLabel::Tid(7)).unwrap(),
+            "\"tid 7\""
+        );
         assert_eq!(VcpuLabel::Index(3).named(), "vCPU 3");
         assert_eq!(VcpuLabel::Tid(7).named(), "tid 7");
     }

@@ -76,7 +76,11 @@ impl Series {
                 // have no time series of their own).
                 Some(LatencyKind::VmmRoundTrip) => {
                     if let Some(exit) = UserspaceExit::of_round_trip_code(k.reason) {
-                        add(key(What::Detail(Detail::UserspaceExit(exit))), 0, d.total_ns);
+                        add(
+                            key(What::Detail(Detail::UserspaceExit(exit))),
+                            0,
+                            d.total_ns,
+                        );
                     }
                 }
                 _ => {}

@@ -2,7 +2,7 @@
 
 use std::io;
 
-use crate::cli::Weight;
+use super::Weight;
 
 fn options(title: &str, weight: Weight) -> inferno::flamegraph::Options<'static> {
     let mut opts = inferno::flamegraph::Options::default();

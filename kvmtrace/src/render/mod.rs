@@ -1,10 +1,18 @@
 //! Renderers: each takes a [`crate::report::Report`] and any `io::Write`.
 
 pub mod csv;
+pub mod diff;
 pub mod flamegraph;
 pub mod folded;
 pub mod json;
+pub mod list;
+pub mod live;
+pub mod table;
 pub mod text;
+
+use std::io;
+
+use crate::report::Report;
 
 /// A report's output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -25,4 +33,27 @@ pub enum Weight {
     Time,
     /// Number of exits.
     Count,
+}
+
+/// `report` in `format`; `title` is the flamegraph's.
+pub fn render(
+    report: &Report,
+    format: Format,
+    weight: Weight,
+    title: &str,
+    out: &mut dyn io::Write,
+) -> io::Result<()> {
+    let mut out = out;
+    match format {
+        Format::Text => self::text::render(report, &mut out),
+        Format::Json => json::render(report, &mut out),
+        Format::Csv => csv::render(report, &mut out),
+        Format::Folded => folded::lines(report, weight)
+            .iter()
+            .try_for_each(|l| writeln!(out, "{l}")),
+        Format::Flamegraph => {
+            flamegraph::render(&folded::lines(report, weight), title, weight, &mut out)
+        }
+    }?;
+    out.flush()
 }

@@ -160,7 +160,11 @@ fn sort_and_fold<T: KeyRow>(rows: &mut Vec<T>, limit: Option<usize>, other: &mut
 }
 
 /// The "other keys" row of (vCPU, kind), created empty.
-fn other_row(other: &mut OtherRows, vcpu: Option<VcpuLabel>, kind: DetailKind) -> &mut OtherKeysRow {
+fn other_row(
+    other: &mut OtherRows,
+    vcpu: Option<VcpuLabel>,
+    kind: DetailKind,
+) -> &mut OtherKeysRow {
     other.entry((vcpu, kind)).or_insert_with(|| OtherKeysRow {
         vcpu,
         kind: detail_kind_name(kind),

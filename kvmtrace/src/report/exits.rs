@@ -92,9 +92,11 @@ pub(super) fn userspace_rows(
     label: &dyn Fn(u32) -> Option<VcpuLabel>,
 ) -> Vec<UserspaceRow> {
     let mut round_trips: BTreeMap<(Option<VcpuLabel>, u32), LatencyAgg> = BTreeMap::new();
-    for (k, v) in agg.latency.iter().filter(|(k, _)| {
-        k.tgid == pid && k.kind() == Some(LatencyKind::VmmRoundTrip)
-    }) {
+    for (k, v) in agg
+        .latency
+        .iter()
+        .filter(|(k, _)| k.tgid == pid && k.kind() == Some(LatencyKind::VmmRoundTrip))
+    {
         round_trips
             .entry((label(k.tid), k.reason))
             .or_default()

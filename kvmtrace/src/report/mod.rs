@@ -122,10 +122,22 @@ impl VmReport {
             count,
             per_sec,
         };
-        let ports = self.ports.iter().map(move |r| row(r.vcpu, r.detail, r.count, r.per_sec));
-        let mmio = self.mmio.iter().map(move |r| row(r.vcpu, r.detail, r.count, r.per_sec));
-        let msrs = self.msrs.iter().map(move |r| row(r.vcpu, r.detail, r.count, r.per_sec));
-        let cpuid = self.cpuid.iter().map(move |r| row(r.vcpu, r.detail, r.count, r.per_sec));
+        let ports = self
+            .ports
+            .iter()
+            .map(move |r| row(r.vcpu, r.detail, r.count, r.per_sec));
+        let mmio = self
+            .mmio
+            .iter()
+            .map(move |r| row(r.vcpu, r.detail, r.count, r.per_sec));
+        let msrs = self
+            .msrs
+            .iter()
+            .map(move |r| row(r.vcpu, r.detail, r.count, r.per_sec));
+        let cpuid = self
+            .cpuid
+            .iter()
+            .map(move |r| row(r.vcpu, r.detail, r.count, r.per_sec));
         ports.chain(mmio).chain(msrs).chain(cpuid)
     }
 }

@@ -138,7 +138,10 @@ fn builds_a_vm_report() {
     let v = &r.vms[0];
     assert_eq!(v.name, "web01");
     assert_eq!(
-        v.vcpus.iter().map(|v| v.label.to_string()).collect::<Vec<_>>(),
+        v.vcpus
+            .iter()
+            .map(|v| v.label.to_string())
+            .collect::<Vec<_>>(),
         ["0", "1"]
     );
     assert_eq!(

@@ -109,7 +109,9 @@ impl Detail {
     pub fn of(k: &DetailKey) -> Option<Detail> {
         let (kind, key, access) = match k.decode()? {
             Decoded::Port { port, dir, .. } => ("port", format!("{port:#06x}"), Some(dir.as_str())),
-            Decoded::Mmio { gpa, access, .. } => ("mmio", format!("{gpa:#x}"), Some(access.as_str())),
+            Decoded::Mmio { gpa, access, .. } => {
+                ("mmio", format!("{gpa:#x}"), Some(access.as_str()))
+            }
             Decoded::Msr { index, dir, .. } => ("msr", format!("{index:#x}"), Some(dir.as_str())),
             Decoded::Cpuid { function } => ("cpuid", format!("{function:#x}"), None),
             Decoded::UserspaceExit(_) | Decoded::Other(_) => return None,

@@ -17,7 +17,7 @@ use std::{
     collections::{BTreeMap, HashMap, btree_map},
     path::Path,
     sync::Arc,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use prometheus_client::registry::Registry;
@@ -27,17 +27,35 @@ use tokio::{
 };
 
 use crate::{
-    cli::ServeArgs,
-    source::live::{TraceOptions, Tracer, check_root},
     error::Error,
+    host::Host,
+    host::identities::{learn_identities, running_vcpu_threads},
     model::Interval,
-    app::{learn_identities, running_vcpu_threads},
+    model::identity::Vm,
+    source::live::{TraceOptions, Tracer, check_root},
     untrusted,
-    host::Host, model::identity::Vm,
 };
 
 /// Runs the exporter until SIGINT or SIGTERM.
-pub async fn serve(args: ServeArgs) -> Result<(), Error> {
+/// What `serve` exports, and how.
+pub struct Options {
+    pub listen: std::net::SocketAddr,
+    /// VMs followed by name (across restarts) and by pid; none: every VM.
+    pub names: Vec<String>,
+    pub pids: Vec<u32>,
+    pub interval: Duration,
+    pub per_vcpu: bool,
+    pub grace: Duration,
+    pub max_series: u64,
+    pub top_keys: u32,
+    pub tracefs: Option<std::path::PathBuf>,
+    pub max_keys: u32,
+    pub max_detail_keys: u32,
+    pub max_keys_per_vcpu: u32,
+    pub storms: crate::analyze::storms::Config,
+}
+
+pub async fn serve(args: Options) -> Result<(), Error> {
     // Signals first: a Ctrl-C during set-up still ends in an orderly teardown.
     let io = |what: &str| {
         let what = what.to_string();
@@ -97,7 +115,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
             per_vcpu: args.per_vcpu,
             max_series: args.max_series,
             top_keys: args.top_keys as usize,
-            storms: args.storms.config(),
+            storms: args.storms,
         },
     )
     .with_uuids(move |pid| uuids.uuid(pid));

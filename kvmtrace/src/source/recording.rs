@@ -8,10 +8,10 @@ use kvmtrace_common::{Counter, LatencyKey};
 use crate::{
     analyze::storms::Config as StormConfig,
     error::Error,
+    model::identity::Vm,
     model::{Aggregate, InFlight},
     record::{self, End, Header, Recording},
     report::{self, Context, Report},
-    model::identity::Vm,
 };
 
 pub struct Loaded {

@@ -20,11 +20,12 @@ use super::{
     ui::{Key, Ui},
 };
 use crate::{
-    cli::TopArgs,
-    source::live::{TraceOptions, Tracer, check_root},
+    error::Error,
+    host::Host,
+    model::identity::Vm,
     model::{Aggregate, InFlight, Interval, ThreadCpu},
     report::{self, Context},
-    host::Host, model::identity::Vm,
+    source::live::{TraceOptions, Tracer, check_root},
 };
 
 /// What the loop waits for besides the interval.
@@ -33,7 +34,7 @@ enum Input {
     Resize,
 }
 
-pub async fn top(args: TopArgs) -> anyhow::Result<()> {
+pub async fn top(args: super::Options) -> Result<(), Error> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     check_root()?;
@@ -49,12 +50,12 @@ pub async fn top(args: TopArgs) -> anyhow::Result<()> {
         tracefs: args.tracefs.clone(),
         ..TraceOptions::default()
     })?;
-    tracer.open(|| crate::app::running_vcpu_threads(&host, &directory))?;
+    tracer.open(|| crate::host::identities::running_vcpu_threads(&host, &directory))?;
     let mut source = Source {
         host,
         filtered,
-        storm: args.storms.config(),
-        kvm_module: crate::app::kvm_module(),
+        storm: args.storms,
+        kvm_module: crate::host::kernel::kvm_module(),
         attached: tracer.attached.iter().map(|s| s.to_string()).collect(),
         missing: tracer.missing.iter().map(|s| s.to_string()).collect(),
         recent: VecDeque::new(),
@@ -76,7 +77,7 @@ pub async fn top(args: TopArgs) -> anyhow::Result<()> {
         std::thread::spawn(move || read_keys(tx));
         Some(terminal)
     };
-    let result: anyhow::Result<()> = async {
+    let result: Result<(), Error> = async {
         let mut ticker = new_ticker(ui.interval).await;
         loop {
             if let Some(t) = terminal.as_mut() {
@@ -228,7 +229,7 @@ impl Source {
                 directory.entry(vm.pid).or_insert(vm);
             }
         }
-        crate::app::learn_identities(&self.host, directory, iv);
+        crate::host::identities::learn_identities(&self.host, directory, iv);
         directory.retain(|pid, _| self.host.proc_root.join(pid.to_string()).exists());
     }
 }

@@ -13,9 +13,9 @@ use super::{
 };
 use crate::{
     analyze::storms::Config as StormConfig,
+    model::identity::{Thread, Vm},
     model::{Aggregate, InFlight, Interval, LatencyDelta},
     report::{self, Context, Report},
-    model::identity::{Thread, Vm},
 };
 
 /// VM web01 (pid 100) in one second: vCPU 0 (tid 101) makes 2 000 SVM io exits of 5 us, each a

@@ -6,9 +6,9 @@ use kvmtrace_common::VCPU_UNKNOWN;
 
 use super::{CpuSeen, Exporter, Owned};
 use crate::{
+    model::identity::Vm,
     model::{Interval, ThreadCpu},
     serve::labels::CpuLabels,
-    model::identity::Vm,
 };
 
 impl Exporter {

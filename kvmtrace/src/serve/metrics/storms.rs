@@ -11,12 +11,12 @@ use kvmtrace_common::VCPU_UNKNOWN;
 
 use super::{Exporter, Owned};
 use crate::{
-    model::identity::VcpuLabel,
     analyze::storms::{ALL_VCPUS, detect},
     model::Interval,
+    model::identity::VcpuLabel,
+    model::identity::Vm,
     model::series::Series,
     serve::labels::StormLabels,
-    model::identity::Vm,
 };
 
 /// Intervals storms are looked for in (as `kvmtrace top`).

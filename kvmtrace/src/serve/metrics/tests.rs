@@ -7,8 +7,8 @@ use kvmtrace_common::{DetailKey, LatencyKind, bucket_index};
 
 use super::*;
 use crate::{
-    model::{LatencyDelta, ThreadCpu},
     model::identity::Thread,
+    model::{LatencyDelta, ThreadCpu},
 };
 
 fn exporter(per_vcpu: bool, max_series: u64, top_keys: usize) -> (Registry, Exporter) {

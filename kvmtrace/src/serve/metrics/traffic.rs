@@ -8,6 +8,7 @@ use kvmtrace_common::{DetailKind, LatencyKey, LatencyKind, VCPU_UNKNOWN};
 use super::{Exporter, Owned};
 use crate::{
     model::Interval,
+    model::identity::Vm,
     serve::{
         labels::{Detail, DetailLabels, ExitLabels, ReasonLabels, VmLabels},
         topk::TopK,
@@ -16,7 +17,6 @@ use crate::{
         class::{ExitClass, exit_class},
         reasons::{exit_reason_name, isa_name, userspace_exit_label, userspace_exit_name},
     },
-    model::identity::Vm,
 };
 
 impl Exporter {
@@ -102,7 +102,9 @@ impl Exporter {
             let vcpu = self.vcpu_label(&id, k.tgid, k.tid, VCPU_UNKNOWN, directory);
             if kind == DetailKind::UserspaceExit {
                 let reason = match k.decode() {
-                    Some(kvmtrace_common::Detail::UserspaceExit(exit)) => userspace_exit_label(exit),
+                    Some(kvmtrace_common::Detail::UserspaceExit(exit)) => {
+                        userspace_exit_label(exit)
+                    }
                     _ => "other".into(),
                 };
                 let l = ReasonLabels {

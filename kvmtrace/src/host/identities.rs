@@ -1,0 +1,70 @@
+//! Who the traced threads are, as tracing goes: the vCPU threads running when it starts, and the
+//! VMs and threads that show up in each interval (named while they are still alive).
+
+use std::collections::BTreeMap;
+
+use super::{
+    Host,
+    thread_probe::{AtStart, probe},
+};
+use crate::model::{
+    Interval,
+    identity::{Thread, Vm, vcpu_index_of_comm},
+};
+
+/// The vCPU threads of the selected VMs as they are now: those inside KVM_RUN, and those named
+/// as vCPUs (`CPU N/KVM`) wherever they are. Other threads of a VM get state at their first event.
+pub fn running_vcpu_threads(host: &Host, vms: &BTreeMap<u32, Vm>) -> Vec<(u32, u32, AtStart)> {
+    let mut out = Vec::new();
+    for vm in vms.values() {
+        for t in &vm.threads {
+            let Some(at) = probe(&host.proc_root, vm.pid, t.tid) else {
+                continue;
+            };
+            if at == AtStart::BlockedInRun || vcpu_index_of_comm(&t.comm).is_some() {
+                out.push((vm.pid, t.tid, at));
+            }
+        }
+    }
+    out
+}
+
+/// Names for VMs and threads first seen in this interval (while they are still alive); returns
+/// the pids whose identity changed.
+pub fn learn_identities(host: &Host, directory: &mut BTreeMap<u32, Vm>, iv: &Interval) -> Vec<u32> {
+    let mut changed = Vec::new();
+    let tids = iv
+        .latency
+        .iter()
+        .map(|(k, _)| (k.tgid, k.tid))
+        .chain(iv.details.iter().map(|(k, _)| (k.tgid, k.tid)));
+    for (tgid, tid) in tids {
+        match directory.get_mut(&tgid) {
+            Some(vm) if vm.threads.iter().any(|t| t.tid == tid) => {}
+            Some(vm) => {
+                for t in host.threads(tgid) {
+                    if !vm.threads.iter().any(|k| k.tid == t.tid) {
+                        vm.threads.push(t);
+                    }
+                }
+                // Remember that this tid was looked for, so we do not scan /proc again for it.
+                if !vm.threads.iter().any(|t| t.tid == tid) {
+                    vm.threads.push(Thread {
+                        tid,
+                        comm: String::new(),
+                    });
+                }
+                changed.push(tgid);
+            }
+            None => {
+                if let Some(vm) = host.vm(tgid) {
+                    directory.insert(tgid, vm);
+                    changed.push(tgid);
+                }
+            }
+        }
+    }
+    changed.sort_unstable();
+    changed.dedup();
+    changed
+}

@@ -1,0 +1,206 @@
+//! Each interval: switch the epoch, wait out the programs still writing the old one, read and
+//! delete it, and settle the threads that ended.
+
+use std::collections::{HashMap, HashSet};
+
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray};
+use kvmtrace_common::{
+    Counter, DetailKey, DetailKind, DetailMapKey, LatencyKey, LatencyMapKey, ThreadState,
+    detail_slot, maps,
+};
+
+use crate::{
+    error::Error,
+    model::{Interval, LatencyDelta},
+};
+
+use super::*;
+
+impl Tracer {
+    /// Sets CONTROL to `seq` and waits until no program can still be using the previous value.
+    pub(super) fn switch_epoch(&mut self, seq: u32) -> Result<u32, Error> {
+        let mut control: Array<&mut MapData, u32> = map_mut(&mut self.ebpf, maps::CONTROL)?;
+        control
+            .set(0, seq, 0)
+            .map_err(|e| Error::bpf("setting CONTROL", e))?;
+        wait_for_programs();
+        Ok(std::mem::replace(&mut self.seq, seq))
+    }
+
+    /// Closes the current epoch (opening the next one unless counting was closed) and returns
+    /// what happened in it.
+    pub fn drain(&mut self) -> Result<Interval, Error> {
+        let at = self.started.elapsed();
+        let next = match self.seq {
+            0 => 0,
+            // Wrap to 2, not 1: the parity must alternate.
+            u32::MAX => 2,
+            s => s + 1,
+        };
+        // After close, the last epoch is still to be read: its parity is the closed seq's.
+        let closed = if self.seq == 0 {
+            self.closed_seq
+        } else {
+            self.switch_epoch(next)?
+        };
+        let parity = closed & 1;
+        let mut iv = Interval {
+            at,
+            ..Default::default()
+        };
+        iv.latency = self.take_latency(parity)?;
+        iv.details = self.take_details(parity)?;
+        let counters: PerCpuArray<&MapData, u64> = map_ref(&self.ebpf, maps::COUNTERS)?;
+        for c in Counter::ALL {
+            let per_cpu = counters
+                .get(&(c as u32), 0)
+                .map_err(|e| Error::bpf("reading COUNTERS", e))?;
+            iv.counters[c as usize] = per_cpu.iter().sum();
+        }
+        self.warn_losses(&iv.counters);
+        self.read_threads(closed, &mut iv)?;
+        // Detail events are counted per thread only (no per-event counter in the kernel).
+        iv.counters[Counter::DetailsSeen as usize] = self.details_seen;
+        iv.latency.sort_by_key(|(k, _)| *k);
+        iv.details.sort_by_key(|(k, _)| *k);
+        Ok(iv)
+    }
+
+    /// Reads and deletes the LATENCY entries of epoch `parity`.
+    pub(super) fn take_latency(
+        &mut self,
+        parity: u32,
+    ) -> Result<Vec<(LatencyKey, LatencyDelta)>, Error> {
+        let entries = take_epoch(&mut self.ebpf, maps::LATENCY, |k: &LatencyMapKey| {
+            k.epoch == parity
+        })?;
+        Ok(entries
+            .into_iter()
+            .filter_map(|(k, stats)| Some((k.key, latency_delta(&stats)?)))
+            .collect())
+    }
+
+    /// Reads and deletes the DETAILS entries of epoch `parity`.
+    pub(super) fn take_details(&mut self, parity: u32) -> Result<Vec<(DetailKey, u64)>, Error> {
+        let entries = take_epoch(&mut self.ebpf, maps::DETAILS, |k: &DetailMapKey| {
+            k.epoch == parity
+        })?;
+        Ok(entries
+            .into_iter()
+            .filter(|&(_, n)| n > 0)
+            .map(|(k, n)| (k.key, n))
+            .collect())
+    }
+
+    /// Every thread's CPU accounting as of now, the keys still pending in its state and the
+    /// "other keys" rows of epoch `closed`; threads that are gone are read one more time, then
+    /// deleted.
+    pub(super) fn read_threads(&mut self, closed: u32, iv: &mut Interval) -> Result<(), Error> {
+        let parity = closed & 1;
+        let threads: BpfHashMap<&MapData, u32, ThreadState> = map_ref(&self.ebpf, maps::THREADS)?;
+        let entries = threads
+            .iter()
+            .collect::<Result<Vec<(u32, ThreadState)>, _>>()
+            .map_err(|e| Error::bpf("reading THREADS", e))?;
+        add_pending(&entries, closed, &mut iv.details);
+        let now = ktime_ns();
+        let mut keyed: HashMap<(u32, u32, u32), u64> = HashMap::new();
+        for (k, n) in &iv.details {
+            *keyed.entry((k.tgid, k.tid, k.kind)).or_default() += n;
+        }
+        let mut live = HashSet::new();
+        let mut gone = Vec::new();
+        for (tid, st) in entries {
+            let id = (st.tgid, tid);
+            live.insert(id);
+            let prev = self.prev_totals.entry(id).or_default();
+            for kind in DetailKind::ALL {
+                let slot = detail_slot(parity, kind);
+                let total = st.detail_events[slot].saturating_sub(prev[slot]);
+                prev[slot] = st.detail_events[slot];
+                self.details_seen += total;
+                let with_key = keyed.get(&(st.tgid, tid, kind as u32)).copied();
+                let other = total.saturating_sub(with_key.unwrap_or(0));
+                if other > 0 {
+                    iv.details
+                        .push((DetailKey::other(st.tgid, tid, kind), other));
+                }
+            }
+            if self.exited.contains(&id) {
+                // Read once more above (the events of the epoch it died in), now deleted.
+                gone.push(id);
+                continue;
+            }
+            if !self.thread_alive(st.tgid, tid) {
+                // Frozen at its death: its last CPU accounting. An exit it left open ended with
+                // it. Once counting is closed no event can follow, so it goes at once.
+                if st.exit_ts != 0 {
+                    *self.ended_exits.entry(open_exit_key(tid, &st)).or_default() += 1;
+                }
+                iv.threads.push(thread_cpu(tid, &st, ended_at(&st, now)));
+                if self.seq == 0 {
+                    gone.push(id);
+                } else {
+                    self.exited.insert(id);
+                }
+                continue;
+            }
+            iv.threads.push(thread_cpu(tid, &st, now));
+        }
+        iv.threads.sort_by_key(|t| t.tid);
+        self.prev_totals.retain(|id, _| live.contains(id));
+        self.exited.retain(|id| live.contains(id));
+        self.forget(&gone)
+    }
+
+    /// Deletes the THREADS entries (and TID_MARKS bytes) of threads that are gone.
+    pub(super) fn forget(&mut self, gone: &[(u32, u32)]) -> Result<(), Error> {
+        if gone.is_empty() {
+            return Ok(());
+        }
+        let mut removed = Vec::new();
+        let mut threads: BpfHashMap<&mut MapData, u32, ThreadState> =
+            map_mut(&mut self.ebpf, maps::THREADS)?;
+        for &(tgid, tid) in gone {
+            // A tid reused by another process since is that process's entry now: keep it (and
+            // its mark).
+            if threads.get(&tid, 0).is_ok_and(|st| st.tgid == tgid) {
+                let _ = threads.remove(&tid);
+                removed.push(tid);
+            }
+            self.exited.remove(&(tgid, tid));
+            self.prev_totals.remove(&(tgid, tid));
+        }
+        let mut marks: Array<&mut MapData, u8> = map_mut(&mut self.ebpf, maps::TID_MARKS)?;
+        for tid in removed {
+            let _ = marks.set(tid, 0, 0);
+        }
+        Ok(())
+    }
+
+    pub(super) fn thread_alive(&self, tgid: u32, tid: u32) -> bool {
+        thread_alive(&self.proc_root, tgid, tid)
+    }
+
+    /// Reports each kind of loss once, when it first happens (never per event).
+    pub(super) fn warn_losses(&mut self, counters: &[u64; Counter::COUNT as usize]) {
+        for (c, what) in [
+            (
+                Counter::DetailMapFull,
+                "the detail map is full: further keys are counted in \"other keys\" rows (raise --max-detail-keys)",
+            ),
+            (
+                Counter::LatencyMapFull,
+                "the latency map is full: some exit latencies are lost (raise --max-keys)",
+            ),
+            (
+                Counter::ThreadMapFull,
+                "the thread map is full: some vCPU threads are not traced",
+            ),
+        ] {
+            if counters[c as usize] > 0 && self.warned.insert(c) {
+                log::warn!("{what}; the report's loss line has the counts");
+            }
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! Kernel-side helpers: reading and deleting an epoch's map entries, map handles, the latency
+//! template, thread states, clocks and limits.
+
+use std::{collections::HashMap, path::Path};
+
+use aya::{
+    Ebpf,
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues},
+};
+use kvmtrace_common::{
+    DetailKey, HIST_BUCKETS, LatencyKey, LatencyKind, LatencyStats, THREAD_OFF_IN_RUN,
+    THREAD_UNRESOLVED, ThreadState, maps,
+};
+
+use crate::{
+    error::Error,
+    host::thread_probe::AtStart,
+    model::{LatencyDelta, ThreadCpu},
+};
+
+use super::*;
+
+pub(super) fn take_epoch<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &str,
+    in_epoch: impl Fn(&K) -> bool,
+) -> Result<Vec<(K, V)>, Error> {
+    // A few syscalls for the whole map where the kernel has batch operations (5.6)...
+    if let Some(aya::maps::Map::HashMap(data)) = ebpf.map(name) {
+        use std::os::fd::AsFd as _;
+        let fd = data.fd().as_fd();
+        if let Ok(all) = batch::lookup_all::<K, V>(fd) {
+            let out: Vec<(K, V)> = all.into_iter().filter(|(k, _)| in_epoch(k)).collect();
+            let keys: Vec<K> = out.iter().map(|(k, _)| *k).collect();
+            batch::delete(fd, &keys).map_err(|e| Error::bpf(format!("deleting from {name}"), e))?;
+            return Ok(out);
+        }
+    }
+    // ...else three per key.
+    let mut map: BpfHashMap<&mut MapData, K, V> = map_mut(ebpf, name)?;
+    let keys: Vec<K> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| in_epoch(k))
+        .collect();
+    let mut out = Vec::with_capacity(keys.len());
+    for k in keys {
+        let v = map
+            .get(&k, 0)
+            .map_err(|e| Error::bpf(format!("reading {name}"), e))?;
+        map.remove(&k)
+            .map_err(|e| Error::bpf(format!("deleting from {name}"), e))?;
+        out.push((k, v));
+    }
+    Ok(out)
+}
+
+/// Adds the keys the threads still hold as pending in epoch `closed` (their events not yet in
+/// DETAILS) to that epoch's `details`, merged with the DETAILS entries of the same key.
+pub(super) fn add_pending(
+    threads: &[(u32, ThreadState)],
+    closed: u32,
+    details: &mut Vec<(DetailKey, u64)>,
+) {
+    let mut pending: HashMap<DetailKey, u64> = HashMap::new();
+    for (tid, st) in threads {
+        for p in &st.pending[(closed & 1) as usize] {
+            if p.seq == closed && p.count > 0 {
+                let key = DetailKey {
+                    tgid: st.tgid,
+                    tid: *tid,
+                    kind: p.kind,
+                    a: p.a,
+                    b: p.b,
+                };
+                *pending.entry(key).or_default() += p.count;
+            }
+        }
+    }
+    for (k, n) in details.iter_mut() {
+        if let Some(more) = pending.remove(k) {
+            *n += more;
+        }
+    }
+    details.extend(pending);
+}
+
+/// One epoch's statistics of a key as an interval's delta; None when it has no samples.
+pub fn latency_delta(stats: &LatencyStats) -> Option<LatencyDelta> {
+    if stats.count == 0 {
+        return None;
+    }
+    let buckets = (0..HIST_BUCKETS)
+        .filter_map(|i| {
+            let n = stats.buckets[i];
+            (n != 0).then_some((i as u16, n))
+        })
+        .collect();
+    Some(LatencyDelta {
+        count: stats.count,
+        total_ns: stats.total_ns,
+        min_ns: stats.min_ns,
+        max_ns: stats.max_ns,
+        buckets,
+    })
+}
+
+/// When a thread that is gone ended: its last switch away from a CPU (it is switched out one
+/// last time as it dies), else `now`.
+pub(super) fn ended_at(st: &ThreadState, now: u64) -> u64 {
+    if st.off_ts != 0 { st.off_ts } else { now }
+}
+
+/// The latency key of a thread's open exit.
+pub(super) fn open_exit_key(tid: u32, st: &ThreadState) -> LatencyKey {
+    LatencyKey {
+        tgid: st.tgid,
+        tid,
+        vcpu_id: st.vcpu_id,
+        isa: st.exit_isa,
+        reason: st.exit_reason,
+        kind: LatencyKind::Exit as u32,
+    }
+}
+
+/// A thread's CPU accounting as of `now`, counting the open KVM_RUN and the open off-CPU period.
+pub(super) fn thread_cpu(tid: u32, st: &ThreadState, now: u64) -> ThreadCpu {
+    let mut st = *st;
+    if st.run_ts != 0 {
+        st.run_ns += now.saturating_sub(st.run_ts);
+    }
+    if st.off_ts != 0 {
+        st.add_off_cpu(now.saturating_sub(st.off_ts));
+    }
+    ThreadCpu {
+        tgid: st.tgid,
+        tid,
+        tracked_ns: now.saturating_sub(st.first_ts),
+        run_ns: st.run_ns,
+        off_run_blocked_ns: st.off_run_blocked_ns,
+        off_run_runnable_ns: st.off_run_runnable_ns,
+        off_user_blocked_ns: st.off_user_blocked_ns,
+        off_user_runnable_ns: st.off_user_runnable_ns,
+        procfs_ns: None,
+    }
+}
+
+/// The state of a thread that was already running when counting opened, as of `now`.
+pub(super) fn seed_state(tgid: u32, now: u64, at: AtStart) -> ThreadState {
+    let mut st = ThreadState {
+        tgid,
+        vcpu_id: kvmtrace_common::VCPU_UNKNOWN,
+        first_ts: now,
+        ..ThreadState::default()
+    };
+    match at {
+        AtStart::BlockedInRun => {
+            st.run_ts = now;
+            st.off_ts = now;
+            st.flags = THREAD_OFF_IN_RUN;
+        }
+        AtStart::BlockedOutside => st.off_ts = now,
+        // As the kernel treats a thread's first event: inside KVM_RUN until a kvm_fpu event.
+        AtStart::Running => {
+            st.run_ts = now;
+            st.flags = THREAD_UNRESOLVED;
+        }
+    }
+    st
+}
+
+pub(super) fn thread_alive(proc_root: &Path, tgid: u32, tid: u32) -> bool {
+    proc_root
+        .join(tgid.to_string())
+        .join("task")
+        .join(tid.to_string())
+        .exists()
+}
+
+/// Returns once every BPF program that started before the call has returned: tracepoint
+/// programs run inside RCU read-side critical sections, and membarrier(MEMBARRIER_CMD_GLOBAL)
+/// waits for an RCU grace period. Where it is refused (nohz_full hosts), a sleep far longer than
+/// any program runs.
+pub(super) fn wait_for_programs() {
+    const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
+    // SAFETY: membarrier takes (cmd, flags, cpu_id) and has no memory arguments.
+    let r = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+    if r != 0 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+pub(super) fn map_ref<'a, T>(ebpf: &'a Ebpf, name: &str) -> Result<T, Error>
+where
+    T: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf
+        .map(name)
+        .ok_or_else(|| Error::bpf(name, std::io::Error::other("map not in object")))?;
+    T::try_from(map).map_err(|e| Error::bpf(format!("map {name}"), e))
+}
+
+pub(super) fn map_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<T, Error>
+where
+    T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf
+        .map_mut(name)
+        .ok_or_else(|| Error::bpf(name, std::io::Error::other("map not in object")))?;
+    T::try_from(map).map_err(|e| Error::bpf(format!("map {name}"), e))
+}
+
+/// New LATENCY entries are copied from this per-CPU template (min_ns = u64::MAX).
+pub(super) fn init_template(ebpf: &mut Ebpf) -> Result<(), Error> {
+    let mut template: PerCpuArray<&mut MapData, LatencyStats> =
+        map_mut(ebpf, maps::LATENCY_TEMPLATE)?;
+    let ncpus = aya::util::nr_cpus().map_err(|(what, e)| Error::Io {
+        what: what.into(),
+        source: e,
+    })?;
+    let values =
+        PerCpuValues::try_from(vec![LatencyStats::EMPTY; ncpus]).map_err(|e| Error::Io {
+            what: "per-CPU template".into(),
+            source: e,
+        })?;
+    template
+        .set(0, values, 0)
+        .map_err(|e| Error::bpf("setting LATENCY_TEMPLATE", e))
+}
+
+/// CLOCK_MONOTONIC in ns: the clock bpf_ktime_get_ns reads.
+pub fn ktime_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// BPF_NOEXIST: insert only if the key is absent.
+pub(super) const BPF_NOEXIST: u64 = 1;
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it (harmless on newer ones).
+pub(super) fn bump_memlock_rlimit() {
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: a valid rlimit struct; failure only means old kernels may refuse large maps.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
+        log::debug!("could not raise RLIMIT_MEMLOCK");
+    }
+}

@@ -1,0 +1,118 @@
+//! What the tracer can say besides intervals: its cost, its maps' occupancy, what is open at
+//! stop; and following VMs that start later.
+
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use kvmtrace_common::{DetailMapKey, LatencyKey, LatencyMapKey, LatencyStats, ThreadState, maps};
+
+use crate::{
+    error::Error,
+    model::{InFlight, MapEntries},
+};
+
+use super::*;
+
+impl Tracer {
+    /// The programs' runs and run time so far (cumulative), with this process's CPU time.
+    pub fn cost(&self) -> crate::model::cost::TracerCost {
+        let programs = if self.stats.unavailable.is_some() {
+            Vec::new()
+        } else {
+            self.ebpf
+                .programs()
+                .filter_map(|(name, p)| {
+                    let info = p.info().ok()?;
+                    Some(crate::model::cost::ProgramCost {
+                        program: name.to_string(),
+                        runs: info.run_count(),
+                        run_ns: info.run_time().as_nanos() as u64,
+                    })
+                })
+                .collect()
+        };
+        crate::model::cost::TracerCost {
+            secs: self.started.elapsed().as_secs_f64(),
+            programs,
+            collector_cpu_ns: crate::source::live::cost::process_cpu().as_nanos() as u64,
+            unavailable: self.stats.unavailable.clone(),
+        }
+    }
+
+    /// Adds VM `pid` to the kernel's VM filter (a tracer started with [`TraceOptions::follow`]).
+    pub fn trace_pid(&mut self, pid: u32) -> Result<(), Error> {
+        let mut traced: BpfHashMap<&mut MapData, u32, u32> =
+            map_mut(&mut self.ebpf, maps::TRACED_TGIDS)?;
+        traced
+            .insert(pid, 1, 0)
+            .map_err(|e| Error::bpf(format!("adding pid {pid} to the VM filter"), e))
+    }
+
+    /// Removes VM `pid` from the kernel's VM filter (it is gone), so the filter stays bounded.
+    pub fn untrace_pid(&mut self, pid: u32) {
+        if let Ok(mut traced) =
+            map_mut::<BpfHashMap<&mut MapData, u32, u32>>(&mut self.ebpf, maps::TRACED_TGIDS)
+        {
+            let _ = traced.remove(&pid);
+        }
+    }
+
+    /// The exits whose thread ended before their kvm_entry since the last call (counted, never
+    /// timed): for a long-running consumer, which must not keep them all.
+    pub fn take_ended_exits(&mut self) -> std::collections::BTreeMap<LatencyKey, u64> {
+        std::mem::take(&mut self.ended_exits)
+    }
+
+    /// The capacity (max_entries) of THREADS, LATENCY and DETAILS as the kernel loaded them.
+    pub fn capacity(&self) -> MapEntries {
+        let max = |name: &str| match self.ebpf.map(name) {
+            Some(aya::maps::Map::HashMap(m)) => m.info().map_or(0, |i| i.max_entries() as u64),
+            _ => 0,
+        };
+        MapEntries {
+            threads: max(maps::THREADS),
+            latency: max(maps::LATENCY),
+            details: max(maps::DETAILS),
+        }
+    }
+
+    /// Entries in THREADS, LATENCY and DETAILS now: after the last drain, the live traced
+    /// threads, 0 and 0 (nothing of a VM that came and went stays behind).
+    pub fn occupancy(&self) -> Result<MapEntries, Error> {
+        let threads: BpfHashMap<&MapData, u32, ThreadState> = map_ref(&self.ebpf, maps::THREADS)?;
+        let latency: BpfHashMap<&MapData, LatencyMapKey, LatencyStats> =
+            map_ref(&self.ebpf, maps::LATENCY)?;
+        let details: BpfHashMap<&MapData, DetailMapKey, u64> = map_ref(&self.ebpf, maps::DETAILS)?;
+        Ok(MapEntries {
+            threads: threads.keys().count() as u64,
+            latency: latency.keys().count() as u64,
+            details: details.keys().count() as u64,
+        })
+    }
+
+    /// Exits and userspace round trips still open (no entry yet) right now, over the traced
+    /// threads that are still alive (a thread that died inside KVM_RUN has nothing in flight).
+    pub fn in_flight(&self) -> Result<InFlight, Error> {
+        let threads: BpfHashMap<&MapData, u32, ThreadState> = map_ref(&self.ebpf, maps::THREADS)?;
+        let mut open = InFlight {
+            ended_with_thread: self.ended_exits.clone(),
+            map_entries: Some(self.occupancy()?),
+            ..Default::default()
+        };
+        for item in threads.iter() {
+            let (tid, st) = item.map_err(|e| Error::bpf("reading THREADS", e))?;
+            if st.exit_ts == 0 && st.uexit_ts == 0 {
+                continue;
+            }
+            let alive = !self.exited.contains(&(st.tgid, tid)) && self.thread_alive(st.tgid, tid);
+            if st.exit_ts != 0 {
+                let exits = if alive {
+                    &mut open.exits
+                } else {
+                    &mut open.ended_with_thread
+                };
+                *exits.entry(open_exit_key(tid, &st)).or_default() += 1;
+            }
+            open.round_trips += (alive && st.uexit_ts != 0) as u64;
+        }
+        Ok(open)
+    }
+}
