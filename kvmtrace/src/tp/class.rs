@@ -4,9 +4,7 @@
 
 use kvmtrace_common::{MsrDir, UserspaceExit};
 
-use super::reasons::{
-    ISA_SVM, ISA_VMX, KVM_EXIT_REASONS, SVM_EXIT_REASONS, VMX_EXIT_REASONS, row,
-};
+use super::reasons::{ISA_SVM, ISA_VMX, KVM_EXIT_REASONS, SVM_EXIT_REASONS, VMX_EXIT_REASONS, row};
 
 /// The classes that have a detail table or a meaning of their own; everything else is Other.
 /// Each row of the generated reason tables carries its class (`cargo xtask codegen`, from the
@@ -56,7 +54,9 @@ pub fn exit_msr_dir(isa: u32, code: u32) -> Option<MsrDir> {
 /// are Other).
 pub fn userspace_class(exit: UserspaceExit) -> ExitClass {
     match exit {
-        UserspaceExit::Reason(code) => row(KVM_EXIT_REASONS, code).map_or(ExitClass::Other, |r| r.2),
+        UserspaceExit::Reason(code) => {
+            row(KVM_EXIT_REASONS, code).map_or(ExitClass::Other, |r| r.2)
+        }
         _ => ExitClass::Other,
     }
 }
