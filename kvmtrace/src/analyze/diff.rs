@@ -6,9 +6,12 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use kvmtrace_common::{Detail, UserspaceExit};
+
 use crate::{
     names::{msr_label, port_label},
     report::Report,
+    tp::reasons::{exit_reason_name, isa_name, userspace_exit_label},
 };
 
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
@@ -44,12 +47,75 @@ fn per_sec(n: u64, secs: f64) -> f64 {
     if secs > 0.0 { n as f64 / secs } else { 0.0 }
 }
 
-/// Every row of a report as (table, vm, key) -> side.
-fn sides(r: &Report) -> BTreeMap<(&'static str, String, String), Side> {
+/// What a diff row compares, decoded: a kvm_exit reason, a userspace exit, or a detail key
+/// without the parts the diff merges (port size, MMIO length, MSR fault).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum DiffKey {
+    Exit { isa: u32, reason: u32 },
+    Userspace(UserspaceExit),
+    Detail(Detail),
+}
+
+impl DiffKey {
+    fn of_detail(d: Detail) -> DiffKey {
+        DiffKey::Detail(match d {
+            Detail::Port { port, dir, .. } => Detail::Port { port, dir, size: 0 },
+            Detail::Mmio { gpa, access, .. } => Detail::Mmio {
+                gpa,
+                access,
+                len: 0,
+            },
+            Detail::Msr { index, dir, .. } => Detail::Msr {
+                index,
+                dir,
+                faulted: false,
+            },
+            other => other,
+        })
+    }
+
+    /// The table the row belongs to: exit, userspace_exit, port, mmio, msr, cpuid.
+    fn table(&self) -> &'static str {
+        match self {
+            DiffKey::Exit { .. } => "exit",
+            DiffKey::Userspace(_) => "userspace_exit",
+            DiffKey::Detail(Detail::Port { .. }) => "port",
+            DiffKey::Detail(Detail::Mmio { .. }) => "mmio",
+            DiffKey::Detail(Detail::Msr { .. }) => "msr",
+            DiffKey::Detail(Detail::Cpuid { .. }) => "cpuid",
+            DiffKey::Detail(_) => "other",
+        }
+    }
+
+    /// The row's key in its table: "io (SVM)", "IO", "0x0070 RTC index out", "0xd0000000
+    /// write", "0x6e0 IA32_TSC_DEADLINE write", "0x0".
+    fn label(&self) -> String {
+        match *self {
+            DiffKey::Exit { isa, reason } => {
+                format!("{} ({})", exit_reason_name(isa, reason), isa_name(isa))
+            }
+            DiffKey::Userspace(exit) => userspace_exit_label(exit),
+            DiffKey::Detail(Detail::Port { port, dir, .. }) => {
+                format!("{} {}", port_label(port), dir.as_str())
+            }
+            DiffKey::Detail(Detail::Mmio { gpa, access, .. }) => {
+                format!("{gpa:#x} {}", access.as_str())
+            }
+            DiffKey::Detail(Detail::Msr { index, dir, .. }) => {
+                format!("{} {}", msr_label(index), dir.as_str())
+            }
+            DiffKey::Detail(Detail::Cpuid { function }) => format!("{function:#x}"),
+            DiffKey::Detail(d) => crate::names::detail_frame(&d),
+        }
+    }
+}
+
+/// Every row of a report as (VM name, key) -> side, vCPUs summed.
+fn sides(r: &Report) -> BTreeMap<(String, DiffKey), Side> {
     let secs = r.duration_secs;
-    let mut m: BTreeMap<(&'static str, String, String), Side> = BTreeMap::new();
-    let mut add = |table, vm: &str, key: String, side: Side| {
-        let e = m.entry((table, vm.to_string(), key)).or_default();
+    let mut m: BTreeMap<(String, DiffKey), Side> = BTreeMap::new();
+    let mut add = |vm: &str, key: DiffKey, side: Side| {
+        let e = m.entry((vm.to_string(), key)).or_default();
         e.count += side.count;
         e.per_sec += side.per_sec;
         e.ns_per_sec += side.ns_per_sec;
@@ -58,10 +124,13 @@ fn sides(r: &Report) -> BTreeMap<(&'static str, String, String), Side> {
     };
     for vm in &r.vms {
         for e in &vm.exits {
+            let key = DiffKey::Exit {
+                isa: e.isa_code,
+                reason: e.reason_code,
+            };
             add(
-                "exit",
                 &vm.name,
-                format!("{} ({})", e.reason, e.isa),
+                key,
                 Side {
                     count: e.count,
                     per_sec: e.per_sec,
@@ -76,55 +145,28 @@ fn sides(r: &Report) -> BTreeMap<(&'static str, String, String), Side> {
                 .round_trip
                 .as_ref()
                 .map_or((0, 0), |l| (l.total_ns, l.p99_ns));
-            add(
-                "userspace_exit",
-                &vm.name,
-                u.reason.clone(),
-                Side {
-                    count: u.count,
-                    per_sec: u.per_sec,
-                    ns_per_sec: per_sec(ns, secs),
-                    time_pct: 0.0,
-                    p99_ns: p99,
-                },
-            );
+            let side = Side {
+                count: u.count,
+                per_sec: u.per_sec,
+                ns_per_sec: per_sec(ns, secs),
+                time_pct: 0.0,
+                p99_ns: p99,
+            };
+            // A restart or error row stands for all of them, whatever stale reason they carry.
+            let exit = match u.exit {
+                UserspaceExit::Restart { .. } => UserspaceExit::Restart { reason: 0 },
+                UserspaceExit::Error { errno, .. } => UserspaceExit::Error { reason: 0, errno },
+                reason => reason,
+            };
+            add(&vm.name, DiffKey::Userspace(exit), side);
         }
-        let count_only = |n: u64, rate: f64| Side {
-            count: n,
-            per_sec: rate,
-            ..Default::default()
-        };
-        for p in &vm.ports {
-            add(
-                "port",
-                &vm.name,
-                format!("{} {}", port_label(p.port), p.direction),
-                count_only(p.count, p.per_sec),
-            );
-        }
-        for x in &vm.mmio {
-            add(
-                "mmio",
-                &vm.name,
-                format!("{:#x} {}", x.gpa, x.access),
-                count_only(x.count, x.per_sec),
-            );
-        }
-        for x in &vm.msrs {
-            add(
-                "msr",
-                &vm.name,
-                format!("{} {}", msr_label(x.msr), x.access),
-                count_only(x.count, x.per_sec),
-            );
-        }
-        for c in &vm.cpuid {
-            add(
-                "cpuid",
-                &vm.name,
-                format!("{:#x}", c.function),
-                count_only(c.count, c.per_sec),
-            );
+        for k in vm.key_rows() {
+            let side = Side {
+                count: k.count,
+                per_sec: k.per_sec,
+                ..Default::default()
+            };
+            add(&vm.name, DiffKey::of_detail(k.detail), side);
         }
     }
     m
@@ -133,7 +175,7 @@ fn sides(r: &Report) -> BTreeMap<(&'static str, String, String), Side> {
 pub fn diff(before: &Report, after: &Report) -> Diff {
     let b = sides(before);
     let a = sides(after);
-    let mut keys: Vec<&(&'static str, String, String)> = b.keys().chain(a.keys()).collect();
+    let mut keys: Vec<&(String, DiffKey)> = b.keys().chain(a.keys()).collect();
     keys.sort();
     keys.dedup();
     let mut rows: Vec<Row> = keys
@@ -141,7 +183,7 @@ pub fn diff(before: &Report, after: &Report) -> Diff {
         .map(|k| {
             let before = b.get(k).cloned().unwrap_or_default();
             let after = a.get(k).cloned().unwrap_or_default();
-            let timed = matches!(k.0, "exit" | "userspace_exit")
+            let timed = matches!(k.1, DiffKey::Exit { .. } | DiffKey::Userspace(_))
                 && (before.ns_per_sec > 0.0 || after.ns_per_sec > 0.0);
             let impact = if timed {
                 after.ns_per_sec - before.ns_per_sec
@@ -149,9 +191,9 @@ pub fn diff(before: &Report, after: &Report) -> Diff {
                 after.per_sec - before.per_sec
             };
             Row {
-                table: k.0,
-                vm: k.1.clone(),
-                key: k.2.clone(),
+                table: k.1.table(),
+                vm: k.0.clone(),
+                key: k.1.label(),
                 before,
                 after,
                 impact,

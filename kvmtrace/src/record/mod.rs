@@ -119,8 +119,8 @@ pub(crate) mod tests {
 
     use super::*;
     use crate::{
-        model::{Interval, LatencyDelta},
         model::identity::{Thread, Vm},
+        model::{Interval, LatencyDelta},
     };
 
     pub fn header() -> Header {
