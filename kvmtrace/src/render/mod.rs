@@ -57,3 +57,6 @@ pub fn render(
     }?;
     out.flush()
 }
+
+#[cfg(test)]
+mod tests;
