@@ -39,8 +39,14 @@ pub fn diff(args: &DiffArgs) -> anyhow::Result<()> {
                 args.after.display()
             ));
             render::flamegraph::render_differential(
-                &render::folded::lines(&before, args.weight),
-                &render::folded::lines(&after, args.weight),
+                (
+                    &render::folded::lines(&before, args.weight),
+                    before.duration_secs,
+                ),
+                (
+                    &render::folded::lines(&after, args.weight),
+                    after.duration_secs,
+                ),
                 &title,
                 args.weight,
                 &mut out,

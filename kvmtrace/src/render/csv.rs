@@ -119,6 +119,20 @@ pub fn render(report: &Report, out: &mut impl io::Write) -> io::Result<()> {
                 c.per_sec,
             )?;
         }
+        // Events without a row of their own, so every kind adds up to its total.
+        for o in &vm.other_keys {
+            detail(
+                "other_keys",
+                &o.vcpu,
+                o.kind.to_string(),
+                format!(
+                    "{} keys not shown ({} events); {} events without a key",
+                    o.folded_keys, o.folded_events, o.unkeyed_events
+                ),
+                o.count,
+                o.per_sec,
+            )?;
+        }
     }
     w.flush()
 }

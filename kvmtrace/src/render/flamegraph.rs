@@ -51,14 +51,21 @@ pub fn differential_folded(before: &[String], after: &[String]) -> io::Result<Ve
 }
 
 /// A differential flamegraph: frame widths from `after`, red where it grew, blue where it shrank.
+/// Rates are compared, as in the diff table: `before`'s weights are scaled to `after`'s duration
+/// (a key at the same rate in a recording twice as long is neither red nor blue).
 pub fn render_differential(
-    before: &[String],
-    after: &[String],
+    (before, before_secs): (&[String], f64),
+    (after, after_secs): (&[String], f64),
     title: &str,
     weight: Weight,
     out: &mut impl io::Write,
 ) -> io::Result<()> {
-    let lines = differential_folded(before, after)?;
+    let factor = if before_secs > 0.0 {
+        after_secs / before_secs
+    } else {
+        1.0
+    };
+    let lines = differential_folded(&super::folded::scaled(before, factor), after)?;
     let mut opts = options(title, weight);
     if lines.is_empty() {
         opts.subtitle = Some("no data".into());

@@ -64,10 +64,12 @@ fn details(
     out
 }
 
-/// Splits `weight` over `parts` in proportion to their counts; the rounding remainder stays
-/// with the parent frame. Returns (label, weight) and the parent's own weight.
-fn split(weight: u64, parts: &[(String, u64)]) -> (Vec<(String, u64)>, u64) {
-    let total: u64 = parts.iter().map(|(_, n)| n).sum();
+/// Splits the part of `weight` (of `events` exits) that `parts` explain over them, in
+/// proportion to their counts: with fewer detail events than exits (400 npf exits, 200 of them
+/// MMIO), only that share goes to the keys. The rest, and the rounding remainder, stay with the
+/// parent frame. Returns (label, weight) and the parent's own weight.
+fn split(weight: u64, events: u64, parts: &[(String, u64)]) -> (Vec<(String, u64)>, u64) {
+    let total: u64 = parts.iter().map(|(_, n)| n).sum::<u64>().max(events);
     if total == 0 {
         return (Vec::new(), weight);
     }
@@ -82,6 +84,18 @@ fn split(weight: u64, parts: &[(String, u64)]) -> (Vec<(String, u64)>, u64) {
         .collect();
     let used: u64 = shares.iter().map(|(_, w)| w).sum();
     (shares, weight - used)
+}
+
+/// `lines` with each weight multiplied by `factor` (rounded to the nearest unit).
+pub fn scaled(lines: &[String], factor: f64) -> Vec<String> {
+    lines
+        .iter()
+        .filter_map(|l| {
+            let (stack, w) = l.rsplit_once(' ')?;
+            let w = (w.parse::<u64>().ok()? as f64 * factor).round() as u64;
+            Some(format!("{stack} {w}"))
+        })
+        .collect()
 }
 
 pub fn lines(report: &Report, weight: Weight) -> Vec<String> {
@@ -111,7 +125,7 @@ pub fn lines(report: &Report, weight: Weight) -> Vec<String> {
                 };
                 let vcpu = vcpu_frame(&e.vcpu);
                 let msr_dir = exit_msr_dir(e.isa_code, e.reason_code);
-                let (parts, own) = split(w, &details(vm, e.class, &e.vcpu, msr_dir));
+                let (parts, own) = split(w, e.count, &details(vm, e.class, &e.vcpu, msr_dir));
                 emit(&[&vcpu, &e.reason], own);
                 for (label, pw) in parts {
                     emit(&[&vcpu, &e.reason, &label], pw);
@@ -129,7 +143,7 @@ pub fn lines(report: &Report, weight: Weight) -> Vec<String> {
             };
             let vcpu = vcpu_frame(&u.vcpu);
             let reason = format!("VMM {}", u.reason);
-            let (parts, own) = split(w, &details(vm, u.class, &u.vcpu, None));
+            let (parts, own) = split(w, u.count, &details(vm, u.class, &u.vcpu, None));
             emit(&[&vcpu, &reason], own);
             for (label, pw) in parts {
                 emit(&[&vcpu, &reason, &label], pw);
@@ -162,10 +176,14 @@ mod tests {
 
     #[test]
     fn split_is_proportional_and_loses_nothing() {
-        let (parts, own) = split(1000, &[("a".into(), 1), ("b".into(), 2)]);
+        let (parts, own) = split(1000, 3, &[("a".into(), 1), ("b".into(), 2)]);
         assert_eq!(parts, vec![("a".into(), 333), ("b".into(), 666)]);
         assert_eq!(own, 1);
-        assert_eq!(split(50, &[]), (vec![], 50));
+        assert_eq!(split(50, 7, &[]), (vec![], 50));
+        // Half the exits explained: half the weight goes to the keys.
+        let (parts, own) = split(1000, 6, &[("a".into(), 1), ("b".into(), 2)]);
+        assert_eq!(parts, vec![("a".into(), 166), ("b".into(), 333)]);
+        assert_eq!(own, 501);
     }
 
     #[test]

@@ -188,18 +188,27 @@ fn an_empty_profile_is_a_valid_svg_that_says_so() {
 }
 
 fn differential() -> BTreeMap<String, Frame> {
-    let before = folded::lines(&fixture::before(true), Weight::Time);
-    let after = folded::lines(&fixture::after(true), Weight::Time);
-    let svg =
-        output(|out| flamegraph::render_differential(&before, &after, "d", Weight::Time, out));
+    let (before, after) = (fixture::before(true), fixture::after(true));
+    let b = folded::lines(&before, Weight::Time);
+    let a = folded::lines(&after, Weight::Time);
+    let svg = output(|out| {
+        flamegraph::render_differential(
+            (&b, before.duration_secs),
+            (&a, after.duration_secs),
+            "d",
+            Weight::Time,
+            out,
+        )
+    });
     frames(&svg)
 }
 
-/// Widths from `after`; each line's last frame is colored by after - before: red for more, blue
-/// for less, scaled by the largest change (hlt: 1.2 s - 0.2 s = 1 s): c = 100 + 150 x (1 s -
-/// |change|) / 1 s, rounded down. Frames above a line's last one are neutral (250, 250, 250).
-/// - hlt +1 s: rgb(255,100,100); port 0x70 40 ms -> 4.8 ms: c = 100 + 144 = 244, blue;
-/// - cpuid 0x1, new, +160 us: c = 249, red. Titles add the change in % of the after total.
+/// Widths from `after` (4 s); `before` (2 s) is scaled to 4 s first, so rates are compared. Each
+/// line's last frame is colored by after - scaled before: red for more, blue for less, scaled by
+/// the largest change (hlt: 1.2 s - 2 x 0.2 s = 0.8 s): c = 100 + 150 x (0.8 s - |change|) /
+/// 0.8 s, rounded down. Frames above a line's last one are neutral (250, 250, 250).
+/// - hlt +0.8 s: rgb(255,100,100); port 0x70 2 x 40 ms -> 4.8 ms: c = 100 + 135.9 = 235, blue;
+/// - cpuid 0x1, new, +160 us: c = 249, red; MSR 0x6e0 at the same rate: neutral.
 #[test]
 fn grown_frames_are_red_and_shrunk_frames_blue() {
     let f = differential();
@@ -220,29 +229,28 @@ fn grown_frames_are_red_and_shrunk_frames_blue() {
         (
             "web01;vCPU 0;io;port 0x0070 RTC index out",
             4_800_000,
-            "rgb(244,244,255)",
+            "rgb(235,235,255)",
         ),
         ("web01;vCPU 0;msr", 4_000_000, neutral),
-        // Its color: see the_same_rate_is_neither_red_nor_blue.
-        (msr, 4_000_000, f[msr].fill.as_str()),
+        // The same rate in both: neutral (the_same_rate_is_neither_red_nor_blue).
+        (msr, 4_000_000, neutral),
     ];
     assert_eq!(got, expected);
-    // 1.2 s of 1.20896 s = 99.26 %, +1 s = +82.72 %; the port: -35.2 ms = -2.91 %.
+    // 1.2 s of 1.20896 s = 99.26 %, +0.8 s = +66.17 %; the port: -75.2 ms = -6.22 %.
     assert_eq!(
         f["web01;vCPU 0;hlt"].title,
-        "hlt (1,200,000,000 ns, 99.26%; +82.72%)"
+        "hlt (1,200,000,000 ns, 99.26%; +66.17%)"
     );
     assert_eq!(
         f["web01;vCPU 0;io;port 0x0070 RTC index out"].title,
-        "port 0x0070 RTC index out (4,800,000 ns, 0.40%; -2.91%)"
+        "port 0x0070 RTC index out (4,800,000 ns, 0.40%; -6.22%)"
     );
 }
 
-/// MSR 0x6e0 is written 500 times a second at 2 us in both recordings, but the after one is
-/// twice as long (4 s, 2 s): the differential compares totals (2 ms -> 4 ms), not rates as the
-/// diff table does, and paints it red ("+0.17%"). Any key of a longer recording looks grown.
+/// MSR 0x6e0 is written 500 times a second at 2 us in both recordings, the after one twice as
+/// long (4 s, 2 s): totals 2 ms -> 4 ms, the same rate. The differential compares rates, as the
+/// diff table does (it compared totals and painted it red, "+0.17%").
 #[test]
-#[ignore = "bug: the differential flamegraph compares totals, not rates: recordings of different lengths look grown or shrunk"]
 fn the_same_rate_is_neither_red_nor_blue() {
     let f = differential();
     let msr = &f["web01;vCPU 0;msr;msr 0x6e0 IA32_TSC_DEADLINE write"];
