@@ -5,7 +5,15 @@ use std::{
     path::Path,
 };
 
-use crate::outfile::OutFile;
+use std::collections::BTreeMap;
+
+use crate::{
+    error::Error,
+    host::{Host, identities::learn_identities},
+    model::{Aggregate, Interval, identity::Vm},
+    outfile::OutFile,
+    record::{End, Writer},
+};
 
 /// Where `report` and `diff` write: stdout, or the file given with -o, which takes the place of
 /// FILE only once everything is written ([`OutFile`]: no symbolic links followed, an existing
@@ -67,4 +75,37 @@ pub fn finish_output(r: io::Result<()>) -> anyhow::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
         other => Ok(other?),
     }
+}
+
+/// Ends the recording file and says what was written.
+pub fn finish_recording(w: Writer, end: &End, path: &std::path::Path) -> anyhow::Result<()> {
+    let raw = w.raw_bytes;
+    w.finish(end)?;
+    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    eprintln!(
+        "kvmtrace: wrote {} ({size} bytes, {raw} before compression)",
+        path.display()
+    );
+    Ok(())
+}
+
+/// One drained interval: learn new VMs and threads, add to the aggregate, append to the file.
+pub fn step(
+    host: &Host,
+    directory: &mut BTreeMap<u32, Vm>,
+    agg: &mut Aggregate,
+    writer: &mut Option<Writer>,
+    iv: &Interval,
+) -> Result<(), Error> {
+    let changed = learn_identities(host, directory, iv);
+    agg.apply(iv);
+    if let Some(w) = writer {
+        for pid in changed {
+            if let Some(vm) = directory.get(&pid) {
+                w.vm(vm)?;
+            }
+        }
+        w.interval(iv)?;
+    }
+    Ok(())
 }

@@ -1,29 +1,30 @@
 //! `kvmtrace record`: select VMs, start the tracer, drain at each interval until the duration
 //! ends or a signal arrives, then report (and finish the recording file).
 
-use std::{collections::BTreeMap, io, time::Duration};
+use std::{
+    collections::BTreeMap,
+    io::{self, IsTerminal as _},
+    time::Duration,
+};
 
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::output::finish_output;
+use super::{
+    config,
+    output::{self, finish_output},
+};
 use crate::{
     cli::RecordArgs,
-    error::Error,
-    host::{
-        Host,
-        identities::{learn_identities, running_vcpu_threads},
-        kernel::kvm_module,
-        procfs_cpu::ProcfsCpu,
-    },
-    model::{Aggregate, Interval, identity::Vm},
+    host::{Host, identities::running_vcpu_threads, kernel::kvm_module, procfs_cpu::ProcfsCpu},
+    model::{Aggregate, identity::Vm},
     record::Writer,
     render::{
         self, Format, Weight,
-        live::{Progress, watch_storms},
+        live::{LiveLines, starting_line},
     },
     report::{self, Context},
     source::{
-        live::{TraceOptions, Tracer, check_root},
+        live::{Tracer, check_root},
         recording::end_of,
     },
 };
@@ -39,15 +40,8 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     let selected = host.select(&args.names, &args.pids)?;
     let filtered = !(args.names.is_empty() && args.pids.is_empty());
     let mut directory: BTreeMap<u32, Vm> = selected.into_iter().map(|vm| (vm.pid, vm)).collect();
-    let opts = TraceOptions {
-        pids: filtered.then(|| directory.keys().copied().collect()),
-        tracefs: args.tracefs.clone(),
-        max_latency_keys: args.max_keys,
-        max_detail_keys: args.max_detail_keys,
-        detail_keys_per_thread: args.max_keys_per_vcpu,
-        follow: false,
-    };
-    let mut tracer = Tracer::start(&opts)?;
+    let pids = filtered.then(|| directory.keys().copied().collect());
+    let mut tracer = Tracer::start(&config::trace_options(&args, pids))?;
     let mut procfs = ProcfsCpu::at_start(&host, &directory);
     // Everything is attached: establish the state of the vCPU threads already running, then
     // start counting.
@@ -64,14 +58,13 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
         }
         _ => None,
     };
-    eprintln!("kvmtrace: {}", starting_line(&directory, filtered, &args));
-    let progress = Progress::new(args.quiet);
+    eprintln!(
+        "kvmtrace: {}",
+        starting_line(&directory, filtered, args.output.as_deref(), args.duration)
+    );
     let storm_cfg = args.storms.config();
-    let watch = {
-        use std::io::IsTerminal as _;
-        !args.no_watch && (args.watch || io::stdout().is_terminal())
-    };
-    let mut announced = Vec::new();
+    let watch = !args.no_watch && (args.watch || io::stdout().is_terminal());
+    let mut live = LiveLines::new(args.quiet, watch.then_some(storm_cfg));
 
     let mut agg = Aggregate::default();
     let mut ticker = tokio::time::interval(args.interval);
@@ -84,11 +77,8 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
             _ = ticker.tick() => {
                 let mut iv = tracer.drain()?;
                 procfs.fill(&host, &mut iv);
-                step(&host, &mut directory, &mut agg, &mut writer, &iv)?;
-                progress.update(&agg, &iv);
-                if watch {
-                    announced = watch_storms(&agg, &directory, &storm_cfg, &announced, &progress);
-                }
+                output::step(&host, &mut directory, &mut agg, &mut writer, &iv)?;
+                live.update(&agg, &iv, &directory);
             }
             _ = &mut deadline => break,
             _ = sigint.recv() => break,
@@ -99,13 +89,10 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     tracer.close()?;
     let mut iv = tracer.drain()?;
     procfs.fill(&host, &mut iv);
-    step(&host, &mut directory, &mut agg, &mut writer, &iv)?;
-    if watch {
-        watch_storms(&agg, &directory, &storm_cfg, &announced, &progress);
-    }
+    output::step(&host, &mut directory, &mut agg, &mut writer, &iv)?;
+    live.finish(&agg, &directory);
     let in_flight = tracer.in_flight()?;
     let cost = tracer.cost();
-    progress.finish();
     let ctx = Context {
         storm: &storm_cfg,
         vms: &directory,
@@ -119,22 +106,12 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     let mut report = report::build(&agg, &ctx);
     report.tracer_cost = Some(cost.clone());
     drop(tracer); // detach before printing: nothing of ours stays attached
-    if let Some(w) = writer {
-        let raw = w.raw_bytes;
+    if let (Some(w), Some(path)) = (writer, &args.output) {
         let end = crate::record::End {
             tracer_cost: Some(cost),
             ..end_of(&in_flight)
         };
-        w.finish(&end)?;
-        if let Some(path) = &args.output {
-            let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-            eprintln!(
-                "kvmtrace: wrote {} ({} bytes, {} before compression)",
-                path.display(),
-                size,
-                raw
-            );
-        }
+        output::finish_recording(w, &end, path)?;
     }
     let format = if args.json {
         Format::Json
@@ -148,52 +125,4 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
         "",
         &mut io::stdout().lock(),
     ))
-}
-
-/// "recording vm01 (pid 42) to FILE; for 10s, Ctrl-C to stop early".
-fn starting_line(directory: &BTreeMap<u32, Vm>, filtered: bool, args: &RecordArgs) -> String {
-    let what = if filtered {
-        directory
-            .values()
-            .map(|vm| format!("{} (pid {})", vm.name, vm.pid))
-            .collect::<Vec<_>>()
-            .join(", ")
-    } else {
-        format!("all VMs on this host ({} running now)", directory.len())
-    };
-    format!(
-        "recording {what}{}; {}",
-        args.output
-            .as_ref()
-            .map(|p| format!(" to {}", p.display()))
-            .unwrap_or_default(),
-        match args.duration {
-            Some(d) => format!(
-                "for {}, Ctrl-C to stop early",
-                humantime::format_duration(d)
-            ),
-            None => "Ctrl-C to stop".into(),
-        }
-    )
-}
-
-/// One drained interval: learn new VMs and threads, add to the aggregate, append to the file.
-fn step(
-    host: &Host,
-    directory: &mut BTreeMap<u32, Vm>,
-    agg: &mut Aggregate,
-    writer: &mut Option<Writer>,
-    iv: &Interval,
-) -> Result<(), Error> {
-    let changed = learn_identities(host, directory, iv);
-    agg.apply(iv);
-    if let Some(w) = writer {
-        for pid in changed {
-            if let Some(vm) = directory.get(&pid) {
-                w.vm(vm)?;
-            }
-        }
-        w.interval(iv)?;
-    }
-    Ok(())
 }

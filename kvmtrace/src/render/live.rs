@@ -58,6 +58,42 @@ impl Progress {
     }
 }
 
+/// Everything `record` prints while it runs: the progress line, and storm lines when watching
+/// (`storms` set).
+pub struct LiveLines {
+    progress: Progress,
+    storms: Option<storms::Config>,
+    announced: Vec<Storm>,
+}
+
+impl LiveLines {
+    pub fn new(quiet: bool, storms: Option<storms::Config>) -> LiveLines {
+        LiveLines {
+            progress: Progress::new(quiet),
+            storms,
+            announced: Vec::new(),
+        }
+    }
+
+    /// After each interval.
+    pub fn update(&mut self, agg: &Aggregate, iv: &Interval, vms: &BTreeMap<u32, Vm>) {
+        self.progress.update(agg, iv);
+        self.storm_lines(agg, vms);
+    }
+
+    /// After the last interval: the storms that ended with it, and the progress line cleared.
+    pub fn finish(&mut self, agg: &Aggregate, vms: &BTreeMap<u32, Vm>) {
+        self.storm_lines(agg, vms);
+        self.progress.finish();
+    }
+
+    fn storm_lines(&mut self, agg: &Aggregate, vms: &BTreeMap<u32, Vm>) {
+        if let Some(cfg) = &self.storms {
+            self.announced = watch_storms(agg, vms, cfg, &self.announced, &self.progress);
+        }
+    }
+}
+
 /// Prints a line for each storm that started or ended since the last call; returns the storms
 /// known now.
 pub fn watch_storms(
@@ -103,4 +139,35 @@ pub fn watch_storms(
         ));
     }
     now
+}
+
+/// "recording vm01 (pid 42) to FILE; for 10s, Ctrl-C to stop early".
+pub fn starting_line(
+    directory: &BTreeMap<u32, Vm>,
+    filtered: bool,
+    output: Option<&std::path::Path>,
+    duration: Option<std::time::Duration>,
+) -> String {
+    let what = if filtered {
+        directory
+            .values()
+            .map(|vm| format!("{} (pid {})", vm.name, vm.pid))
+            .collect::<Vec<_>>()
+            .join(", ")
+    } else {
+        format!("all VMs on this host ({} running now)", directory.len())
+    };
+    format!(
+        "recording {what}{}; {}",
+        output
+            .map(|p| format!(" to {}", p.display()))
+            .unwrap_or_default(),
+        match duration {
+            Some(d) => format!(
+                "for {}, Ctrl-C to stop early",
+                humantime::format_duration(d)
+            ),
+            None => "Ctrl-C to stop".into(),
+        }
+    )
 }
