@@ -8,15 +8,69 @@ use std::collections::BTreeMap;
 
 use kvmtrace_common::{LatencyKind, UserspaceExit};
 
+use serde::Serialize;
+
 use crate::{
     model::{Aggregate, identity::Vcpu, identity::VcpuLabel},
     names::port_label,
-    report::{CpuRow, CpuSummary, Handling, PortRow, UserspaceRow},
     tp::{
         class::{ExitClass, exit_class},
         reasons::exit_reason_name,
     },
 };
+
+/// One vCPU thread's time, in % of its wall time since it was first seen.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct CpuRow {
+    pub vcpu: VcpuLabel,
+    pub tid: u32,
+    pub wall_secs: f64,
+    /// On-CPU, from the kernel's events (KVM_RUN on-CPU + VMM on-CPU).
+    pub cpu_pct: f64,
+    /// The thread's run time from procfs (schedstat, else utime + stime) over the recording,
+    /// for comparison.
+    pub procfs_cpu_pct: Option<f64>,
+    /// On-CPU inside KVM_RUN: guest plus in-kernel exit handling.
+    pub in_kvm_run_pct: f64,
+    /// Split of in_kvm_run where kvm_exit/kvm_entry fire: exit handling (non-HLT exit->entry
+    /// time) and the rest, guest time.
+    pub exit_handling_pct: Option<f64>,
+    pub guest_pct: Option<f64>,
+    /// On-CPU in the VMM's user space (handling userspace exits, its own work).
+    pub vmm_pct: f64,
+    /// Off-CPU, blocked (inside KVM_RUN: a halted vCPU; outside: the VMM waiting).
+    pub blocked_pct: f64,
+    /// The part of `blocked_pct` inside KVM_RUN (a halted vCPU).
+    pub blocked_in_kvm_run_pct: f64,
+    /// Off-CPU, runnable but waiting for a CPU (host contention).
+    pub runnable_wait_pct: f64,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct CpuSummary {
+    /// Sum over vCPU threads, % of one CPU.
+    pub cpu_pct: f64,
+    /// Biggest consumers, each in % of the VM's CPU time.
+    pub handling: Vec<Handling>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Handling {
+    pub what: String,
+    /// % of the VM's CPU time.
+    pub pct_of_vm_cpu: f64,
+    /// % of one CPU.
+    pub cpu_pct: f64,
+}
+
+/// A userspace exit reason's VMM round trips, what the VMM's CPU time is split by.
+pub struct VmmTime {
+    pub exit: UserspaceExit,
+    /// Its name in reports (`IO`, `restart`, ...).
+    pub reason: String,
+    pub class: ExitClass,
+    pub round_trip_ns: u64,
+}
 
 fn pct(ns: u64, wall: u64) -> f64 {
     if wall == 0 {
@@ -31,8 +85,8 @@ pub fn attribution(
     agg: &Aggregate,
     pid: u32,
     vcpus: &[Vcpu],
-    uexits: &[UserspaceRow],
-    ports: &[PortRow],
+    vmm: &[VmmTime],
+    top_port: Option<u16>,
 ) -> (Vec<CpuRow>, Option<CpuSummary>) {
     let handles = |isa: u32, reason: u32| exit_class(isa, reason).is_cpu_time();
     let mut rows = Vec::new();
@@ -94,7 +148,7 @@ pub fn attribution(
             ns,
         ));
     }
-    handling.extend(vmm_handling(uexits, ports, vm_vmm));
+    handling.extend(vmm_handling(vmm, top_port, vm_vmm));
     handling.sort_by_key(|h| std::cmp::Reverse(h.1));
     let wall = max_wall.max(1);
     let summary = CpuSummary {
@@ -113,27 +167,25 @@ pub fn attribution(
     (rows, Some(summary))
 }
 
-/// The VMM's on-CPU time `vm_vmm` split over userspace exit reasons by their round-trip time.
-fn vmm_handling(uexits: &[UserspaceRow], ports: &[PortRow], vm_vmm: u64) -> Vec<(String, u64)> {
-    let round_trip_ns = |u: &UserspaceRow| u.round_trip.as_ref().map_or(0, |l| l.total_ns);
-    let vmm_wall: u64 = uexits.iter().map(round_trip_ns).sum();
+/// The VMM's on-CPU time `vm_vmm` split over userspace exit reasons by their round-trip time;
+/// I/O names the busiest port.
+fn vmm_handling(vmm: &[VmmTime], top_port: Option<u16>, vm_vmm: u64) -> Vec<(String, u64)> {
+    let vmm_wall: u64 = vmm.iter().map(|v| v.round_trip_ns).sum();
     if vmm_wall == 0 {
         return Vec::new();
     }
     let mut by_exit: BTreeMap<UserspaceExit, (&str, ExitClass, u64)> = BTreeMap::new();
-    for u in uexits {
-        by_exit.entry(u.exit).or_insert((&u.reason, u.class, 0)).2 += round_trip_ns(u);
+    for v in vmm {
+        by_exit.entry(v.exit).or_insert((&v.reason, v.class, 0)).2 += v.round_trip_ns;
     }
     by_exit
         .into_values()
         .map(|(reason, class, wall)| {
             let share = (vm_vmm as u128 * wall as u128 / vmm_wall as u128) as u64;
-            let top_port = (class == ExitClass::Io)
-                .then(|| ports.iter().max_by_key(|p| p.count))
-                .flatten();
-            let detail = top_port
-                .map(|p| format!(" (top port {})", port_label(p.port)))
-                .unwrap_or_default();
+            let detail = match top_port {
+                Some(port) if class == ExitClass::Io => format!(" (top port {})", port_label(port)),
+                _ => String::new(),
+            };
             (format!("VMM handling of KVM_EXIT_{reason}{detail}"), share)
         })
         .collect()

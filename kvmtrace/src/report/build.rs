@@ -102,7 +102,17 @@ fn vm_report(agg: &Aggregate, ctx: &Context, pid: u32, secs: f64) -> VmReport {
     let exits = exits::exit_rows(agg, ctx.in_flight, pid, secs, &label);
     let keys = details::DetailTables::build(agg, pid, secs, &label, ctx.max_rows);
     let userspace_exits = exits::userspace_rows(agg, &keys.userspace, pid, secs, &label);
-    let (cpu, cpu_summary) = cpu::attribution(agg, pid, &vcpus, &userspace_exits, &keys.ports);
+    let vmm: Vec<cpu::VmmTime> = userspace_exits
+        .iter()
+        .map(|u| cpu::VmmTime {
+            exit: u.exit,
+            reason: u.reason.clone(),
+            class: u.class,
+            round_trip_ns: u.round_trip.as_ref().map_or(0, |l| l.total_ns),
+        })
+        .collect();
+    let top_port = keys.ports.iter().max_by_key(|p| p.count).map(|p| p.port);
+    let (cpu, cpu_summary) = cpu::attribution(agg, pid, &vcpus, &vmm, top_port);
     VmReport {
         cpu,
         cpu_summary,

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use kvmtrace_common::{Detail, DetailKind, UserspaceExit};
 use serde::Serialize;
 
+pub use crate::analyze::cpu::{CpuRow, CpuSummary, Handling};
 pub use build::build;
 
 use crate::{
@@ -140,50 +141,6 @@ impl VmReport {
             .map(move |r| row(r.vcpu, r.detail, r.count, r.per_sec));
         ports.chain(mmio).chain(msrs).chain(cpuid)
     }
-}
-
-/// One vCPU thread's time, in % of its wall time since it was first seen.
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct CpuRow {
-    pub vcpu: VcpuLabel,
-    pub tid: u32,
-    pub wall_secs: f64,
-    /// On-CPU, from the kernel's events (KVM_RUN on-CPU + VMM on-CPU).
-    pub cpu_pct: f64,
-    /// The thread's run time from procfs (schedstat, else utime + stime) over the recording,
-    /// for comparison.
-    pub procfs_cpu_pct: Option<f64>,
-    /// On-CPU inside KVM_RUN: guest plus in-kernel exit handling.
-    pub in_kvm_run_pct: f64,
-    /// Split of in_kvm_run where kvm_exit/kvm_entry fire: exit handling (non-HLT exit->entry
-    /// time) and the rest, guest time.
-    pub exit_handling_pct: Option<f64>,
-    pub guest_pct: Option<f64>,
-    /// On-CPU in the VMM's user space (handling userspace exits, its own work).
-    pub vmm_pct: f64,
-    /// Off-CPU, blocked (inside KVM_RUN: a halted vCPU; outside: the VMM waiting).
-    pub blocked_pct: f64,
-    /// The part of `blocked_pct` inside KVM_RUN (a halted vCPU).
-    pub blocked_in_kvm_run_pct: f64,
-    /// Off-CPU, runnable but waiting for a CPU (host contention).
-    pub runnable_wait_pct: f64,
-}
-
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct CpuSummary {
-    /// Sum over vCPU threads, % of one CPU.
-    pub cpu_pct: f64,
-    /// Biggest consumers, each in % of the VM's CPU time.
-    pub handling: Vec<Handling>,
-}
-
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct Handling {
-    pub what: String,
-    /// % of the VM's CPU time.
-    pub pct_of_vm_cpu: f64,
-    /// % of one CPU.
-    pub cpu_pct: f64,
 }
 
 #[derive(Clone, Debug, Serialize)]
