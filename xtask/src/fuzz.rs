@@ -1,7 +1,11 @@
-//! `cargo xtask fuzz [--seconds N]`: runs the recording reader's fuzz target (fuzz/, cargo-fuzz on
-//! nightly) for a bounded time on a copy of the checked-in seed corpus (cargo-fuzz comes from
-//! `cargo xtask setup`). The eBPF object is not needed for the reader, so it is skipped
-//! (AYA_BUILD_SKIP).
+//! `cargo xtask fuzz [--seconds N]`: runs the recording format's fuzz targets (fuzz/, cargo-fuzz
+//! on nightly) for a bounded time, split between them, each on a copy of its checked-in seed
+//! corpus (cargo-fuzz comes from `cargo xtask setup`):
+//! - `read_recording`: the reader never panics on arbitrary bytes, and what it accepts reports
+//!   safely;
+//! - `roundtrip_recording`: what the writer writes, the reader reads back unchanged.
+//!
+//! The eBPF object is not needed for either, so it is skipped (AYA_BUILD_SKIP).
 
 use anyhow::Context as _;
 
@@ -14,19 +18,30 @@ use crate::{
 const FUZZ_RSS_LIMIT_MB: u32 = 1024;
 const FUZZ_MALLOC_LIMIT_MB: u32 = 256;
 
+/// The targets, each run for an equal share of the time.
+const TARGETS: [&str; 2] = ["read_recording", "roundtrip_recording"];
+
 pub fn run_fuzz(seconds: u64) -> anyhow::Result<()> {
     require(&["cargo-fuzz"])?;
+    let share = (seconds / TARGETS.len() as u64).max(1);
+    for target in TARGETS {
+        fuzz_target(target, share)?;
+    }
+    Ok(())
+}
+
+fn fuzz_target(target: &str, seconds: u64) -> anyhow::Result<()> {
     // The fuzzer adds what it finds to its corpus directory: give it a scratch copy.
-    let corpus = root().join("target/fuzz-corpus/read_recording");
+    let corpus = root().join("target/fuzz-corpus").join(target);
     std::fs::create_dir_all(&corpus)?;
-    for seed in std::fs::read_dir(root().join("fuzz/corpus/read_recording"))? {
+    for seed in std::fs::read_dir(root().join("fuzz/corpus").join(target))? {
         let seed = seed?.path();
         std::fs::copy(&seed, corpus.join(seed.file_name().context("seed name")?))?;
     }
     run(cmd("rustup")
         .current_dir(root().join("fuzz"))
         .env("AYA_BUILD_SKIP", "1")
-        .args(["run", "nightly", "cargo", "fuzz", "run", "read_recording"])
+        .args(["run", "nightly", "cargo", "fuzz", "run", target])
         .arg(&corpus)
         // A recording must not make the reader allocate without bound (a zstd bomb, millions
         // of keys): an input that pushes the process past these limits is a crash. The reader's

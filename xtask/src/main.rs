@@ -62,7 +62,7 @@ enum Task {
         #[arg(long)]
         l1: bool,
     },
-    /// Fuzz the recording reader for a bounded time.
+    /// Fuzz the recording reader and the write-read round trip for a bounded time.
     Fuzz {
         #[arg(long, default_value_t = 60)]
         seconds: u64,

@@ -2,9 +2,12 @@
 //! dictionary that grows as keys first appear) and then referred to by a small id. A typical
 //! interval of 120 active keys encodes to a few hundred bytes before compression.
 
-use std::collections::HashMap;
+use std::{
+    collections::{HashMap, hash_map::Entry},
+    hash::Hash,
+};
 
-use kvmtrace_common::{Counter, DetailKey, HIST_BUCKETS, LatencyKey};
+use kvmtrace_common::{Counter, DetailKey, HIST_BUCKETS, LatencyKey, bucket_low, bucket_width};
 
 use super::{
     FormatError,
@@ -74,9 +77,9 @@ pub struct Encoder {
     detail_ids: HashMap<DetailKey, u64>,
 }
 
-/// Decoder state: the keys received so far, by id.
-#[derive(Default)]
+/// Decoder state: the file's format version and the keys received so far, by id.
 pub struct Decoder {
+    version: u32,
     latency_keys: Vec<LatencyKey>,
     detail_keys: Vec<DetailKey>,
 }
@@ -85,35 +88,22 @@ impl Encoder {
     pub fn encode(&mut self, iv: &Interval) -> Vec<u8> {
         let mut out = Vec::with_capacity(64 + iv.latency.len() * 32 + iv.details.len() * 8);
         put_varint(&mut out, iv.at.as_nanos() as u64);
-        // New keys first, so the entries below can refer to them.
-        let new_latency: Vec<&LatencyKey> = iv
-            .latency
-            .iter()
-            .map(|(k, _)| k)
-            .filter(|k| !self.latency_ids.contains_key(k))
-            .collect();
+        // New keys first, so the entries below can refer to them; a key listed twice in one
+        // interval is declared once (ids must stay the decoder's indexes).
+        let new_latency = declare(&mut self.latency_ids, iv.latency.iter().map(|(k, _)| k));
         put_varint(&mut out, new_latency.len() as u64);
         for k in new_latency {
             for v in k.to_fields() {
                 put_varint(&mut out, v as u64);
             }
-            let id = self.latency_ids.len() as u64;
-            self.latency_ids.insert(*k, id);
         }
-        let new_detail: Vec<&DetailKey> = iv
-            .details
-            .iter()
-            .map(|(k, _)| k)
-            .filter(|k| !self.detail_ids.contains_key(k))
-            .collect();
+        let new_detail = declare(&mut self.detail_ids, iv.details.iter().map(|(k, _)| k));
         put_varint(&mut out, new_detail.len() as u64);
         for k in new_detail {
             for v in [k.tgid, k.tid, k.kind, k.a] {
                 put_varint(&mut out, v as u64);
             }
             put_varint(&mut out, k.b);
-            let id = self.detail_ids.len() as u64;
-            self.detail_ids.insert(*k, id);
         }
         put_varint(&mut out, iv.latency.len() as u64);
         for (k, d) in &iv.latency {
@@ -125,7 +115,9 @@ impl Encoder {
             put_varint(&mut out, d.buckets.len() as u64);
             let mut prev = 0u64;
             for &(idx, n) in &d.buckets {
-                put_varint(&mut out, idx as u64 - prev);
+                // The model's invariant: buckets in ascending order, each below HIST_BUCKETS.
+                debug_assert!(u64::from(idx) >= prev && usize::from(idx) < HIST_BUCKETS);
+                put_varint(&mut out, u64::from(idx).wrapping_sub(prev));
                 put_varint(&mut out, n as u64);
                 prev = idx as u64;
             }
@@ -159,6 +151,22 @@ impl Encoder {
     }
 }
 
+/// The keys of `keys` not sent yet, in order and each once, given their ids.
+fn declare<'k, K: Copy + Eq + Hash + 'k>(
+    ids: &mut HashMap<K, u64>,
+    keys: impl Iterator<Item = &'k K>,
+) -> Vec<K> {
+    let mut new = Vec::new();
+    for k in keys {
+        let id = ids.len() as u64;
+        if let Entry::Vacant(slot) = ids.entry(*k) {
+            slot.insert(id);
+            new.push(*k);
+        }
+    }
+    new
+}
+
 /// Room for `n` more keys in a dictionary of `have`, at most `max`: refused beyond, charged
 /// to the budget otherwise.
 fn grow_keys<T>(
@@ -188,6 +196,15 @@ fn grow_keys<T>(
 }
 
 impl Decoder {
+    /// A decoder for the INTERVAL records of a file of `version` (one that the reader accepts).
+    pub fn new(version: u32) -> Decoder {
+        Decoder {
+            version,
+            latency_keys: Vec::new(),
+            detail_keys: Vec::new(),
+        }
+    }
+
     /// One interval record. Every list is charged to `budget` before it is allocated, and the
     /// key dictionaries are capped ([`MAX_LATENCY_KEYS`], [`MAX_DETAIL_KEYS`]).
     pub fn decode(&mut self, payload: &[u8], budget: &mut Budget) -> Result<Interval, FormatError> {
@@ -268,33 +285,72 @@ impl Decoder {
         for c in 0..Counter::COUNT as usize {
             iv.counters[c] = input.varint()?;
         }
-        let n = input.count()?;
-        budget.charge(n, size_of::<ThreadCpu>())?;
-        iv.threads.reserve_exact(n);
-        for _ in 0..n {
-            let (tgid, tid) = (input.u32()?, input.u32()?);
-            let mut f = [0u64; 6];
-            for v in &mut f {
-                *v = input.varint()?;
-            }
-            let procfs = input.varint()?;
-            iv.threads.push(ThreadCpu {
-                tgid,
-                tid,
-                tracked_ns: f[0],
-                run_ns: f[1],
-                off_run_blocked_ns: f[2],
-                off_run_runnable_ns: f[3],
-                off_user_blocked_ns: f[4],
-                off_user_runnable_ns: f[5],
-                procfs_ns: procfs.checked_sub(1),
-            });
+        // Version 1 files written before per-thread CPU records existed end here; later ones
+        // (and every file of version 2) go on with them (the version table: record/mod.rs).
+        if self.version >= 2 || !input.finished() {
+            decode_threads(&mut input, budget, &mut iv.threads)?;
         }
         if !input.finished() {
             return Err(FormatError::Malformed("trailing bytes after an interval"));
         }
+        if self.version == 1 {
+            for (_, d) in &mut iv.latency {
+                clamp_to_buckets(d);
+            }
+        }
         Ok(iv)
     }
+}
+
+/// The per-thread CPU records of an interval.
+fn decode_threads(
+    input: &mut Input,
+    budget: &mut Budget,
+    threads: &mut Vec<ThreadCpu>,
+) -> Result<(), FormatError> {
+    let n = input.count()?;
+    budget.charge(n, size_of::<ThreadCpu>())?;
+    threads.reserve_exact(n);
+    for _ in 0..n {
+        let (tgid, tid) = (input.u32()?, input.u32()?);
+        let mut f = [0u64; 6];
+        for v in &mut f {
+            *v = input.varint()?;
+        }
+        let procfs = input.varint()?;
+        threads.push(ThreadCpu {
+            tgid,
+            tid,
+            tracked_ns: f[0],
+            run_ns: f[1],
+            off_run_blocked_ns: f[2],
+            off_run_runnable_ns: f[3],
+            off_user_blocked_ns: f[4],
+            off_user_runnable_ns: f[5],
+            procfs_ns: procfs.checked_sub(1),
+        });
+    }
+    Ok(())
+}
+
+/// A version 1 key's minimum and maximum as those of its interval. Files written before 5beba80
+/// hold them since attach; the interval's own lie in its lowest and highest bucket, so clamping
+/// to those buckets gives them within a bucket's width (1/16 of the value), changes nothing where
+/// they already were the interval's (the later version 1 files), and leaves a whole recording's
+/// extremes exact (the interval that saw the extreme keeps it).
+fn clamp_to_buckets(d: &mut LatencyDelta) {
+    let (Some(&(lowest, _)), Some(&(highest, _))) = (d.buckets.first(), d.buckets.last()) else {
+        return;
+    };
+    let (lowest, highest) = (usize::from(lowest), usize::from(highest));
+    // The last bucket holds everything above its row.
+    let high = if highest == HIST_BUCKETS - 1 {
+        u64::MAX
+    } else {
+        bucket_low(highest) + bucket_width(highest) - 1
+    };
+    d.min_ns = d.min_ns.max(bucket_low(lowest));
+    d.max_ns = d.max_ns.min(high);
 }
 
 #[cfg(test)]
@@ -302,6 +358,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::record::VERSION;
 
     fn interval(at: u64, n: u32) -> Interval {
         let mut counters = [0; Counter::COUNT as usize];
@@ -360,7 +417,7 @@ mod tests {
     #[test]
     fn round_trips_with_a_growing_dictionary() {
         let mut enc = Encoder::default();
-        let mut dec = Decoder::default();
+        let mut dec = Decoder::new(VERSION);
         let mut budget = Budget::default();
         for (at, n) in [(1, 3), (2, 5), (3, 5), (4, 0)] {
             let iv = interval(at, n);
@@ -381,7 +438,7 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        let mut dec = Decoder::default();
+        let mut dec = Decoder::new(VERSION);
         for bad in [
             &[][..],
             &[0x80],
@@ -395,11 +452,99 @@ mod tests {
         let mut bytes = Encoder::default().encode(&interval(1, 2));
         bytes.push(0);
         assert!(
-            Decoder::default()
+            Decoder::new(VERSION)
                 .decode(&bytes, &mut Budget::default())
                 .is_err(),
             "trailing byte"
         );
+    }
+
+    #[test]
+    fn a_key_listed_twice_is_declared_once() {
+        // Duplicates once desynchronized the dictionaries: the next new key got the id of the
+        // duplicate on the decoder's side, and decoded as another key without an error.
+        let mut iv = interval(1, 2);
+        iv.latency.push(iv.latency[0].clone());
+        iv.details.push(iv.details[1]);
+        let mut enc = Encoder::default();
+        let mut dec = Decoder::new(VERSION);
+        let mut budget = Budget::default();
+        let back = dec.decode(&enc.encode(&iv), &mut budget).unwrap();
+        assert_eq!((back.latency, back.details), (iv.latency, iv.details));
+        let next = interval(2, 4);
+        let back = dec.decode(&enc.encode(&next), &mut budget).unwrap();
+        assert_eq!((back.latency, back.details), (next.latency, next.details));
+    }
+
+    /// A payload of version 1 as bc949b8 wrote it: nothing after the counters.
+    fn without_threads(iv: &Interval) -> Vec<u8> {
+        let iv = Interval {
+            threads: vec![],
+            ..iv.clone()
+        };
+        let mut bytes = Encoder::default().encode(&iv);
+        assert_eq!(bytes.pop(), Some(0), "the thread count");
+        bytes
+    }
+
+    #[test]
+    fn version_1_intervals_with_and_without_threads() {
+        let mut iv = interval(1, 3);
+        for (_, d) in &mut iv.latency {
+            // Inside their buckets (100 and 300), so that version 1 does not clamp them.
+            (d.min_ns, d.max_ns) = (650, 3_700_000);
+        }
+        let decode =
+            |version, bytes: &[u8]| Decoder::new(version).decode(bytes, &mut Budget::default());
+        let old = without_threads(&iv);
+        let back = decode(1, &old).unwrap();
+        assert!(back.threads.is_empty());
+        assert_eq!(
+            (back.latency, back.details, back.counters),
+            (iv.latency.clone(), iv.details.clone(), iv.counters)
+        );
+        assert!(
+            decode(2, &old).is_err(),
+            "version 2 always has its thread records"
+        );
+        let back = decode(1, &Encoder::default().encode(&iv)).unwrap();
+        assert_eq!(back.threads, iv.threads);
+    }
+
+    #[test]
+    fn version_1_extremes_since_attach_are_clamped_to_the_buckets() {
+        let mut iv = interval(1, 1);
+        // Buckets 100 ..= 300: from 640 ..= 671 ns to 3 670 016 ..= 3 801 087 ns; interval()'s
+        // min and max, 300 ns and 9 ms, are since attach.
+        let d = &mut iv.latency[0].1;
+        assert_eq!((d.min_ns, d.max_ns), (300, 9_000_000));
+        assert_eq!(d.buckets, [(100, 7), (101, 900), (300, 1)]);
+        let bytes = without_threads(&iv);
+        let back = Decoder::new(1)
+            .decode(&bytes, &mut Budget::default())
+            .unwrap();
+        let d = &back.latency[0].1;
+        assert_eq!(
+            (d.min_ns, d.max_ns),
+            (bucket_low(100), bucket_low(300) + bucket_width(300) - 1)
+        );
+        assert_eq!((d.min_ns, d.max_ns), (640, 3_801_087));
+        // Values inside the buckets stay; the last bucket has no upper end.
+        let d = &mut iv.latency[0].1;
+        (d.min_ns, d.max_ns) = (650, 1 << 40);
+        d.buckets = vec![(100, 1), (HIST_BUCKETS as u16 - 1, 1)];
+        let back = Decoder::new(1)
+            .decode(&without_threads(&iv), &mut Budget::default())
+            .unwrap();
+        assert_eq!(
+            (back.latency[0].1.min_ns, back.latency[0].1.max_ns),
+            (650, 1 << 40)
+        );
+        // Version 2 holds the interval's own: nothing is clamped.
+        let back = Decoder::new(2)
+            .decode(&Encoder::default().encode(&iv), &mut Budget::default())
+            .unwrap();
+        assert_eq!(back.latency, iv.latency);
     }
 
     /// An interval that declares `n` new detail keys (each one varint per field) and nothing else.
@@ -424,7 +569,7 @@ mod tests {
 
     #[test]
     fn dictionaries_are_capped() {
-        let mut dec = Decoder::default();
+        let mut dec = Decoder::new(VERSION);
         let mut budget = Budget::default();
         dec.decode(&declaring_detail_keys(MAX_DETAIL_KEYS), &mut budget)
             .unwrap();
@@ -453,7 +598,7 @@ mod tests {
         put_varint(&mut out, 0);
         put_varint(&mut out, 300_000);
         out.extend(std::iter::repeat_n(0u8, 600_000));
-        let err = Decoder::default().decode(&out, &mut budget).unwrap_err();
+        let err = Decoder::new(VERSION).decode(&out, &mut budget).unwrap_err();
         assert!(matches!(err, FormatError::TooLarge { .. }), "{err}");
     }
 

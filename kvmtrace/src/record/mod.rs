@@ -9,8 +9,36 @@
 //! ```
 //! The file is written as the recording goes, so a recorder killed with SIGKILL (or stopped by a
 //! full disk) leaves every interval that was flushed; a file without END is reported as cut
-//! short. One writer per format version, one reader that rejects versions it does not know and
-//! files that would take more memory than [`limits`] allows.
+//! short. One writer, for [`VERSION`]; one reader for every version from [`OLDEST_VERSION`] on,
+//! that rejects versions it does not know and files that would take more memory than [`limits`]
+//! allows.
+//!
+//! # Format versions
+//!
+//! The version changes with the binary INTERVAL payload or the meaning of what it holds. Fields
+//! added to the JSON records with `#[serde(default)]` (older files read with them empty) need no
+//! new version. Every version keeps a golden file written by its own writer in
+//! `kvmtrace/tests/data/recordings/`, and a test reads each one back value by value
+//! (`record/tests/golden.rs`; a new version without its golden fails there).
+//!
+//! | version | written by | INTERVAL payload |
+//! |---------|------------|------------------|
+//! | 1 | bc949b8 (record -o) to c04e879 | time, new latency and detail keys, latency entries (count, total, min, max, buckets), detail entries, counters; min and max since attach. Golden: `v1.kvmtrace` |
+//! | 1, not bumped | c04e879 (CPU attribution) to 5beba80 | + per-thread CPU records after the counters (a count, then per thread: tgid, tid, six cumulative ns, procfs ns + 1 or 0 for none) |
+//! | 1, not bumped | 5beba80 (kernel state with a lifecycle) to this change | the same bytes; min and max of the interval, "other keys" detail rows, VMM-in-exit latency keys; END fields added (serde default). Golden: `v1-threads.kvmtrace` |
+//! | 2 | this change (issue #10, recording format discipline) | the same bytes as the last version 1; the per-thread records are always there. Golden: `v2.kvmtrace` |
+//!
+//! Every file written before version 2 says version 1, in three shapes. The reader tells them
+//! apart where the bytes do: a version 1 interval that ends after its counters has no per-thread
+//! records (empty `threads`), one that goes on has them. Where only the meaning changed (min and
+//! max since attach until 5beba80), the reader clamps a version 1 key's min and max to its
+//! interval's buckets: the interval's own extremes within a bucket's width, unchanged for files
+//! that already held them, and a whole recording's exact either way.
+//!
+//! Why 2 and not 3 for the format written now: the change of meaning at 5beba80 would deserve a
+//! number of its own, but no file ever carried one; a number for the c04e879 shape would name
+//! files that do not exist, and a reader could not use it. So 1 covers everything written under
+//! that number, and 2 is the first number written for a payload that changed since 1.
 
 mod codec;
 pub mod limits;
@@ -24,8 +52,10 @@ use serde::{Deserialize, Serialize};
 pub use writer::Writer;
 
 pub const MAGIC: &[u8; 8] = b"KVMTRACE";
-/// The version this build writes (and the newest it reads).
-pub const VERSION: u32 = 1;
+/// The version this build writes (and the newest it reads); see the table above.
+pub const VERSION: u32 = 2;
+/// The oldest version this build reads.
+pub const OLDEST_VERSION: u32 = 1;
 
 const KIND_VM: u8 = 1;
 const KIND_INTERVAL: u8 = 2;
@@ -112,178 +142,4 @@ pub enum FormatError {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
-    use std::time::Duration;
-
-    use kvmtrace_common::{Counter, DetailKey, LatencyKey};
-
-    use super::*;
-    use crate::{
-        model::identity::{Thread, Vm},
-        model::{Interval, LatencyDelta},
-    };
-
-    pub fn header() -> Header {
-        Header {
-            kvmtrace_version: "test".into(),
-            host: "h".into(),
-            kernel_release: "6.18".into(),
-            kvm_module: Some("kvm_amd".into()),
-            formats: [("kvm_pio".to_string(), "name: kvm_pio".to_string())].into(),
-            tracepoints_attached: vec!["kvm_pio".into()],
-            tracepoints_missing: vec![],
-            interval_ms: 1000,
-            start_unix_secs: 1.5e9,
-            command_line: vec!["kvmtrace".into()],
-        }
-    }
-
-    pub fn interval(i: u64) -> Interval {
-        let mut counters = [0; Counter::COUNT as usize];
-        counters[Counter::DetailsSeen as usize] = 100 * i;
-        Interval {
-            at: Duration::from_millis(1000 * i + 7),
-            latency: vec![(
-                LatencyKey {
-                    tgid: 10,
-                    tid: 11,
-                    vcpu_id: 0,
-                    isa: 2,
-                    reason: 0x7b,
-                    kind: 0,
-                },
-                LatencyDelta {
-                    count: 5,
-                    total_ns: 5000,
-                    min_ns: 900,
-                    max_ns: 1100,
-                    buckets: vec![(150, 5)],
-                },
-            )],
-            details: vec![(
-                DetailKey {
-                    tgid: 10,
-                    tid: 11,
-                    kind: 1,
-                    a: 0x70,
-                    b: 1 | 1 << 8,
-                },
-                100,
-            )],
-            counters,
-            threads: vec![],
-        }
-    }
-
-    /// A complete recording of `n` intervals, as bytes.
-    pub fn recording(n: u64) -> Vec<u8> {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("r.kvmtrace");
-        let file = Writer::create(&path).unwrap();
-        let mut w = Writer::start(file, &path, &header()).unwrap();
-        w.vm(&Vm {
-            pid: 10,
-            name: "vm".into(),
-            aliases: Default::default(),
-            threads: vec![Thread {
-                tid: 11,
-                comm: "CPU 0/KVM".into(),
-            }],
-        })
-        .unwrap();
-        for i in 1..=n {
-            w.interval(&interval(i)).unwrap();
-        }
-        w.finish(&End::default()).unwrap();
-        std::fs::read(&path).unwrap()
-    }
-
-    fn header_end(bytes: &[u8]) -> usize {
-        20 + u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize
-    }
-
-    #[test]
-    fn round_trip() {
-        let rec = read_bytes(&recording(3)).unwrap();
-        assert_eq!(rec.header, header());
-        assert_eq!(rec.vms.len(), 1);
-        assert_eq!(rec.intervals.len(), 3);
-        assert_eq!(rec.intervals[2].latency, interval(3).latency);
-        assert_eq!(rec.intervals[2].at, interval(3).at);
-        assert!(!rec.cut_short());
-    }
-
-    #[test]
-    fn every_truncation_reads_or_fails_cleanly() {
-        let bytes = recording(5);
-        let mut complete_prefixes = 0;
-        for len in 0..bytes.len() {
-            match read_bytes(&bytes[..len]) {
-                Ok(rec) => {
-                    // Only the zstd frame's epilogue may be missing from a "complete" prefix.
-                    assert!(
-                        rec.cut_short() || rec.intervals.len() == 5,
-                        "a prefix of {len} bytes"
-                    );
-                    // Whatever was read is exact.
-                    for (i, iv) in rec.intervals.iter().enumerate() {
-                        assert_eq!(iv.details, interval(i as u64 + 1).details);
-                    }
-                    complete_prefixes += 1;
-                }
-                Err(e) => assert!(
-                    len < header_end(&bytes),
-                    "a prefix past the header should read as cut short, got {e} at {len}"
-                ),
-            }
-        }
-        assert!(complete_prefixes > 0);
-        // The last interval survives a cut inside the END record.
-        let rec = read_bytes(&bytes[..bytes.len() - 1]).unwrap();
-        assert!(rec.intervals.len() >= 4, "{}", rec.intervals.len());
-    }
-
-    #[test]
-    fn bad_files_give_clear_errors() {
-        assert!(matches!(read_bytes(b""), Err(FormatError::Empty)));
-        assert!(matches!(
-            read_bytes(b"hello world, not ours"),
-            Err(FormatError::NotARecording)
-        ));
-        let mut newer = recording(1);
-        newer[8..12].copy_from_slice(&(VERSION + 1).to_le_bytes());
-        let err = read_bytes(&newer).unwrap_err();
-        assert!(matches!(err, FormatError::UnsupportedVersion { found } if found == VERSION + 1));
-        assert!(
-            err.to_string().contains("newer than this kvmtrace reads"),
-            "{err}"
-        );
-        // Flipping any byte never panics, and never silently changes the data: the file is
-        // rejected, or decodes to the original, or to a prefix of it reported as cut short (a
-        // flipped length inside zstd's framing looks exactly like a truncated file).
-        let good = recording(3);
-        let original = read_bytes(&good).unwrap();
-        for i in 0..good.len() {
-            let mut bad = good.clone();
-            bad[i] ^= 0x55;
-            if let Ok(rec) = read_bytes(&bad) {
-                assert_eq!(rec.header, original.header, "flip at {i}");
-                let summary = |r: &Recording| {
-                    r.intervals
-                        .iter()
-                        .map(|iv| (iv.at, iv.details.clone(), iv.latency.clone(), iv.counters))
-                        .collect::<Vec<_>>()
-                };
-                let (got, all) = (summary(&rec), summary(&original));
-                assert!(all.starts_with(&got), "flip at {i}: intervals changed");
-                assert!(
-                    original.vms.starts_with(&rec.vms),
-                    "flip at {i}: VMs changed"
-                );
-                if !rec.cut_short() {
-                    assert_eq!((got, &rec.end), (all, &original.end), "flip at {i}");
-                }
-            }
-        }
-    }
-}
+pub(crate) mod tests;

@@ -3,7 +3,9 @@
 //! and never allocates more than [`super::limits`] allows: the file and its decompressed stream
 //! are read record by record, each record's size is checked before it is read, and each
 //! decoded item is charged to a budget before it is allocated. Text that a report may show is
-//! escaped ([`crate::untrusted`]): a recording can come from anyone.
+//! escaped ([`crate::untrusted`]): a recording can come from anyone. Every format version from
+//! [`OLDEST_VERSION`] to [`VERSION`] is read into today's types (the file's version selects how
+//! its intervals decode); others are refused.
 
 use std::{
     cell::Cell,
@@ -14,7 +16,7 @@ use std::{
 };
 
 use super::{
-    End, FormatError, Header, KIND_END, KIND_INTERVAL, KIND_VM, MAGIC, VERSION,
+    End, FormatError, Header, KIND_END, KIND_INTERVAL, KIND_VM, MAGIC, OLDEST_VERSION, VERSION,
     codec::Decoder,
     limits::{Budget, MAX_HEADER, MAX_INTERVAL_RECORD, MAX_JSON_RECORD, ZSTD_WINDOW_LOG_MAX},
 };
@@ -22,6 +24,8 @@ use crate::{error::Error, model::Interval, model::identity::Vm};
 
 #[derive(Clone, Debug, Default)]
 pub struct Recording {
+    /// The format version the file was written in (see the table in [`super`]).
+    pub version: u32,
     pub header: Header,
     pub vms: Vec<Vm>,
     pub intervals: Vec<Interval>,
@@ -98,7 +102,7 @@ fn read_from(input: impl BufRead) -> Result<Recording, Failure> {
         ]))
     };
     let version = word(8)?;
-    if version > VERSION || version == 0 {
+    if !(OLDEST_VERSION..=VERSION).contains(&version) {
         return Err(FormatError::UnsupportedVersion { found: version }.into());
     }
     let header_len = word(12)?;
@@ -122,12 +126,18 @@ fn read_from(input: impl BufRead) -> Result<Recording, Failure> {
     drop(header_bytes);
 
     let mut rec = Recording {
+        version,
         header,
         ..Default::default()
     };
     // The budget counts only what follows the header.
     consumed.set(0);
-    read_records(input, Budget::new(consumed), &mut rec)?;
+    read_records(
+        input,
+        Decoder::new(version),
+        Budget::new(consumed),
+        &mut rec,
+    )?;
     Ok(rec)
 }
 
@@ -159,6 +169,7 @@ impl<R: BufRead> BufRead for Counted<R> {
 /// The zstd stream of records after the header, record by record.
 fn read_records(
     input: impl BufRead,
+    mut codec: Decoder,
     mut budget: Budget,
     rec: &mut Recording,
 ) -> Result<(), FormatError> {
@@ -167,7 +178,6 @@ fn read_records(
     stream
         .window_log_max(ZSTD_WINDOW_LOG_MAX)
         .map_err(corrupted)?;
-    let mut codec = Decoder::default();
     let mut payload = Vec::new();
     let mut pos: u64 = 0;
     loop {

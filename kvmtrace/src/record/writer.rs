@@ -8,10 +8,12 @@
 //! Once started, a failed write (a full disk, a quota) does not end the recording: the writer
 //! says so once on stderr, writes nothing more, and the file stays readable as a recording cut
 //! short at its last complete interval. The trace goes on and its live report is still printed.
+//!
+//! [`Writer::new`] writes the same format to any [`Write`] (tests, the round-trip fuzz target).
 
 use std::{
     fs::File,
-    io::{self, Write as _},
+    io::{self, Write},
     path::Path,
     time::Duration,
 };
@@ -19,9 +21,12 @@ use std::{
 use super::{End, Header, KIND_END, KIND_INTERVAL, KIND_VM, MAGIC, VERSION, codec::Encoder};
 use crate::{error::Error, model::Interval, model::identity::Vm, outfile::OutFile};
 
-pub struct Writer {
-    zstd: zstd::stream::write::Encoder<'static, File>,
+/// A recording being written to a file ([`Writer::create`], [`Writer::start`]) or to any
+/// [`Write`] ([`Writer::new`]: a buffer, a pipe).
+pub struct Writer<W: Write = File> {
+    zstd: zstd::stream::write::Encoder<'static, W>,
     codec: Encoder,
+    /// What messages call the output (a path).
     path: String,
     /// Bytes of uncompressed records, for the size report.
     pub raw_bytes: u64,
@@ -29,6 +34,16 @@ pub struct Writer {
     cut_short: bool,
     /// End of the last interval that reached the file.
     written_until: Duration,
+}
+
+/// The fixed part and the JSON header, in front of the record stream.
+fn write_header(out: &mut impl Write, header: &Header) -> io::Result<()> {
+    let json = serde_json::to_vec(header).map_err(io::Error::other)?;
+    out.write_all(MAGIC)?;
+    out.write_all(&VERSION.to_le_bytes())?;
+    out.write_all(&(json.len() as u32).to_le_bytes())?;
+    out.write_all(&crc32fast::hash(&json).to_le_bytes())?;
+    out.write_all(&json)
 }
 
 impl Writer {
@@ -45,20 +60,41 @@ impl Writer {
             what: format!("writing {}", path.display()),
             source: e,
         };
-        let json = serde_json::to_vec(header).map_err(|e| io_err(io::Error::other(e)))?;
-        file.write_all(MAGIC).map_err(io_err)?;
-        file.write_all(&VERSION.to_le_bytes()).map_err(io_err)?;
-        file.write_all(&(json.len() as u32).to_le_bytes())
-            .map_err(io_err)?;
-        file.write_all(&crc32fast::hash(&json).to_le_bytes())
-            .map_err(io_err)?;
-        file.write_all(&json).map_err(io_err)?;
+        write_header(&mut file, header).map_err(io_err)?;
         let file = file.commit()?;
-        let zstd = zstd::stream::write::Encoder::new(file, 3).map_err(io_err)?;
+        Writer::stream(file, path.display().to_string()).map_err(io_err)
+    }
+
+    /// Writes the END record and closes the stream: the file is complete (unless a write
+    /// failed, which was reported then; the file stays as it is).
+    pub fn finish(self, end: &End) -> Result<(), Error> {
+        let path = self.path.clone();
+        if let Some(file) = self.finish_stream(end)?
+            && let Err(e) = file.sync_all()
+        {
+            eprintln!("kvmtrace: closing {path} failed: {e}");
+        }
+        Ok(())
+    }
+}
+
+impl<W: Write> Writer<W> {
+    /// A recording written to `out`: the header now, then each record as it comes. `name` is
+    /// what messages call `out`.
+    pub fn new(mut out: W, name: &str, header: &Header) -> Result<Writer<W>, Error> {
+        let io_err = |e| Error::Io {
+            what: format!("writing {name}"),
+            source: e,
+        };
+        write_header(&mut out, header).map_err(io_err)?;
+        Writer::stream(out, name.to_string()).map_err(io_err)
+    }
+
+    fn stream(out: W, path: String) -> io::Result<Writer<W>> {
         Ok(Writer {
-            zstd,
+            zstd: zstd::stream::write::Encoder::new(out, 3)?,
             codec: Encoder::default(),
-            path: path.display().to_string(),
+            path,
             raw_bytes: 0,
             cut_short: false,
             written_until: Duration::ZERO,
@@ -82,26 +118,34 @@ impl Writer {
         Ok(())
     }
 
+    /// The output so far: every record written is in it (flushed), so it reads as a recording
+    /// cut short after the last one.
+    pub fn output(&self) -> &W {
+        self.zstd.get_ref()
+    }
+
     /// Whether a write failed, so that the file is cut short.
     pub fn is_cut_short(&self) -> bool {
         self.cut_short
     }
 
-    /// Writes the END record and closes the stream: the file is complete (unless a write
-    /// failed, which was reported then; the file stays as it is).
-    pub fn finish(mut self, end: &End) -> Result<(), Error> {
+    /// Writes the END record and closes the stream; gives the output back when all of it was
+    /// written (a failed write was reported then, a failure to close is reported now).
+    pub fn finish_stream(mut self, end: &End) -> Result<Option<W>, Error> {
         let json = serde_json::to_vec(end).map_err(|e| self.err(io::Error::other(e)))?;
         if !self.record(KIND_END, &json) {
-            return Ok(());
+            return Ok(None);
         }
-        // END is in the file: what follows only completes the zstd frame and syncs, and the
-        // reader does not need either.
+        // END is in the output: what follows only completes the zstd frame, and the reader does
+        // not need it.
         let path = self.path.clone();
-        match self.zstd.finish().and_then(|file| file.sync_all()) {
-            Ok(()) => {}
-            Err(e) => eprintln!("kvmtrace: closing {path} failed: {e}"),
+        match self.zstd.finish() {
+            Ok(out) => Ok(Some(out)),
+            Err(e) => {
+                eprintln!("kvmtrace: closing {path} failed: {e}");
+                Ok(None)
+            }
         }
-        Ok(())
     }
 
     /// Appends one record and flushes it; false if it did not reach the file.

@@ -1,0 +1,220 @@
+//! The recording format's tests: round trips, damaged files, and (golden.rs) the golden files
+//! of every version. Helpers here serve the other modules' tests too.
+
+mod golden;
+mod golden_input;
+
+use std::time::Duration;
+
+use kvmtrace_common::{Counter, DetailKey, LatencyKey};
+
+use super::*;
+use crate::{
+    model::identity::{Thread, Vm},
+    model::{Interval, LatencyDelta},
+};
+
+pub fn header() -> Header {
+    Header {
+        kvmtrace_version: "test".into(),
+        host: "h".into(),
+        kernel_release: "6.18".into(),
+        kvm_module: Some("kvm_amd".into()),
+        formats: [("kvm_pio".to_string(), "name: kvm_pio".to_string())].into(),
+        tracepoints_attached: vec!["kvm_pio".into()],
+        tracepoints_missing: vec![],
+        interval_ms: 1000,
+        start_unix_secs: 1.5e9,
+        command_line: vec!["kvmtrace".into()],
+    }
+}
+
+pub fn interval(i: u64) -> Interval {
+    let mut counters = [0; Counter::COUNT as usize];
+    counters[Counter::DetailsSeen as usize] = 100 * i;
+    Interval {
+        at: Duration::from_millis(1000 * i + 7),
+        latency: vec![(
+            LatencyKey {
+                tgid: 10,
+                tid: 11,
+                vcpu_id: 0,
+                isa: 2,
+                reason: 0x7b,
+                kind: 0,
+            },
+            LatencyDelta {
+                count: 5,
+                total_ns: 5000,
+                min_ns: 900,
+                max_ns: 1100,
+                buckets: vec![(150, 5)],
+            },
+        )],
+        details: vec![(
+            DetailKey {
+                tgid: 10,
+                tid: 11,
+                kind: 1,
+                a: 0x70,
+                b: 1 | 1 << 8,
+            },
+            100,
+        )],
+        counters,
+        threads: vec![],
+    }
+}
+
+/// A complete recording of `n` intervals, as bytes.
+pub fn recording(n: u64) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.kvmtrace");
+    let file = Writer::create(&path).unwrap();
+    let mut w = Writer::start(file, &path, &header()).unwrap();
+    w.vm(&Vm {
+        pid: 10,
+        name: "vm".into(),
+        aliases: Default::default(),
+        threads: vec![Thread {
+            tid: 11,
+            comm: "CPU 0/KVM".into(),
+        }],
+    })
+    .unwrap();
+    for i in 1..=n {
+        w.interval(&interval(i)).unwrap();
+    }
+    w.finish(&End::default()).unwrap();
+    std::fs::read(&path).unwrap()
+}
+
+fn header_end(bytes: &[u8]) -> usize {
+    20 + u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize
+}
+
+#[test]
+fn round_trip() {
+    let rec = read_bytes(&recording(3)).unwrap();
+    assert_eq!(rec.header, header());
+    assert_eq!(rec.vms.len(), 1);
+    assert_eq!(rec.intervals.len(), 3);
+    assert_eq!(rec.intervals[2].latency, interval(3).latency);
+    assert_eq!(rec.intervals[2].at, interval(3).at);
+    assert!(!rec.cut_short());
+}
+
+#[test]
+fn every_truncation_reads_or_fails_cleanly() {
+    let bytes = recording(5);
+    let mut complete_prefixes = 0;
+    for len in 0..bytes.len() {
+        match read_bytes(&bytes[..len]) {
+            Ok(rec) => {
+                // Only the zstd frame's epilogue may be missing from a "complete" prefix.
+                assert!(
+                    rec.cut_short() || rec.intervals.len() == 5,
+                    "a prefix of {len} bytes"
+                );
+                // Whatever was read is exact.
+                for (i, iv) in rec.intervals.iter().enumerate() {
+                    assert_eq!(iv.details, interval(i as u64 + 1).details);
+                }
+                complete_prefixes += 1;
+            }
+            Err(e) => assert!(
+                len < header_end(&bytes),
+                "a prefix past the header should read as cut short, got {e} at {len}"
+            ),
+        }
+    }
+    assert!(complete_prefixes > 0);
+    // The last interval survives a cut inside the END record.
+    let rec = read_bytes(&bytes[..bytes.len() - 1]).unwrap();
+    assert!(rec.intervals.len() >= 4, "{}", rec.intervals.len());
+}
+
+#[test]
+fn bad_files_give_clear_errors() {
+    assert!(matches!(read_bytes(b""), Err(FormatError::Empty)));
+    assert!(matches!(
+        read_bytes(b"hello world, not ours"),
+        Err(FormatError::NotARecording)
+    ));
+    let mut newer = recording(1);
+    newer[8..12].copy_from_slice(&(VERSION + 1).to_le_bytes());
+    let err = read_bytes(&newer).unwrap_err();
+    assert!(matches!(err, FormatError::UnsupportedVersion { found } if found == VERSION + 1));
+    assert!(
+        err.to_string().contains("newer than this kvmtrace reads"),
+        "{err}"
+    );
+    // Flipping any byte never panics, and never silently changes the data: the file is
+    // rejected, or decodes to the original, or to a prefix of it reported as cut short (a
+    // flipped length inside zstd's framing looks exactly like a truncated file).
+    let good = recording(3);
+    let original = read_bytes(&good).unwrap();
+    for i in 0..good.len() {
+        let mut bad = good.clone();
+        bad[i] ^= 0x55;
+        if let Ok(rec) = read_bytes(&bad) {
+            assert_eq!(rec.header, original.header, "flip at {i}");
+            let summary = |r: &Recording| {
+                r.intervals
+                    .iter()
+                    .map(|iv| (iv.at, iv.details.clone(), iv.latency.clone(), iv.counters))
+                    .collect::<Vec<_>>()
+            };
+            let (got, all) = (summary(&rec), summary(&original));
+            assert!(all.starts_with(&got), "flip at {i}: intervals changed");
+            assert!(
+                original.vms.starts_with(&rec.vms),
+                "flip at {i}: VMs changed"
+            );
+            if !rec.cut_short() {
+                assert_eq!((got, &rec.end), (all, &original.end), "flip at {i}");
+            }
+        }
+    }
+}
+
+#[test]
+fn versions_from_the_oldest_to_this_one_are_read_and_no_other() {
+    let good = recording(2);
+    let with_version = |v: u32| {
+        let mut bytes = good.clone();
+        bytes[8..12].copy_from_slice(&v.to_le_bytes());
+        read_bytes(&bytes)
+    };
+    for v in OLDEST_VERSION..=VERSION {
+        let rec = with_version(v).unwrap();
+        assert_eq!((rec.version, rec.intervals.len()), (v, 2));
+    }
+    for v in [0, VERSION + 1, u32::MAX] {
+        let err = with_version(v).unwrap_err();
+        assert!(matches!(err, FormatError::UnsupportedVersion { found } if found == v));
+    }
+}
+
+#[test]
+fn a_stream_holds_the_bytes_of_a_file() {
+    let mut w = Writer::new(Vec::new(), "a buffer", &header()).unwrap();
+    w.vm(&Vm {
+        pid: 10,
+        name: "vm".into(),
+        aliases: Default::default(),
+        threads: vec![Thread {
+            tid: 11,
+            comm: "CPU 0/KVM".into(),
+        }],
+    })
+    .unwrap();
+    for i in 1..=3 {
+        w.interval(&interval(i)).unwrap();
+    }
+    // Cut short: what is out so far reads, without END.
+    let so_far = read_bytes(w.output()).unwrap();
+    assert_eq!((so_far.intervals.len(), so_far.cut_short()), (3, true));
+    let bytes = w.finish_stream(&End::default()).unwrap().unwrap();
+    assert_eq!(bytes, recording(3));
+}
