@@ -1,8 +1,8 @@
 //! kvmtrace: an eBPF tracing profiler for KVM VM exits.
 //!
 //! The data path: [`source`] (the live tracer, recording files) -> [`model`] (intervals,
-//! aggregates, series, identities) -> [`analyze`] (storms, CPU attribution; diff compares two
-//! finished reports) -> [`report`] (view types, build, filters) -> [`render`] (text, JSON, CSV,
+//! aggregates, series, identities) -> [`analyze`] (storms, CPU attribution) -> [`report`] (view
+//! types, build, filters, diff of two reports) -> [`render`] (text, JSON, CSV,
 //! folded, flamegraphs, live lines); [`host`] finds VMs in /proc; [`app`] runs one subcommand per
 //! file and is the only one to see [`cli`]. [`mod@serve`] and [`mod@top`] are outputs of their own.
 //!

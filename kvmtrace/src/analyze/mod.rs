@@ -1,7 +1,7 @@
-//! Analyses over the model: exit storms and their diagnosis, CPU attribution, and the difference
-//! between two recordings. Pure functions, unit-tested with synthetic data.
+//! Analyses over the model: exit storms and their diagnosis, and CPU attribution. Pure
+//! functions, unit-tested with synthetic data. (Comparing two recordings works on finished
+//! reports: [`crate::report::diff`].)
 
 pub mod cpu;
 pub mod diagnose;
-pub mod diff;
 pub mod storms;

@@ -4,9 +4,10 @@ use std::io::{self, Write as _};
 
 use super::output::{finish_output, output};
 use crate::{
-    analyze::{diff, storms::Config as StormConfig},
+    analyze::storms::Config as StormConfig,
     cli::{DiffArgs, DiffFormat},
     render,
+    report::diff,
     source::recording,
     untrusted,
 };

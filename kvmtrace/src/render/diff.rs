@@ -1,6 +1,6 @@
 //! `kvmtrace diff` as text: the rows of a [`Diff`], biggest impact first.
 
-use crate::analyze::diff::Diff;
+use crate::report::diff::Diff;
 
 pub fn render_text(d: &Diff, out: &mut impl std::io::Write) -> std::io::Result<()> {
     writeln!(

@@ -5,6 +5,7 @@
 
 mod build;
 mod details;
+pub mod diff;
 mod exits;
 pub mod filter;
 

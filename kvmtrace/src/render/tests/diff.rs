@@ -4,7 +4,7 @@
 //! Detail rows end in blanks (their empty time and p99 columns are padded), written out here.
 
 use super::{fixture, output};
-use crate::{analyze::diff::diff, render::diff::render_text};
+use crate::{render::diff::render_text, report::diff::diff};
 
 fn diff_text(before: &crate::report::Report, after: &crate::report::Report) -> Vec<String> {
     let out = output(|out| render_text(&diff(before, after), out));
