@@ -6,7 +6,7 @@
 //! weighted by their VMM round trip, and in-kernel detail events (MSR, CPUID) by count only
 //! (under --weight time they are left out, since their time is not measured).
 
-use kvmtrace_common::{Detail, DetailKind, MmioAccess, MsrDir};
+use kvmtrace_common::{Detail, MmioAccess, MsrDir};
 
 use super::Weight;
 use crate::{
@@ -36,12 +36,8 @@ fn details(
     msr_dir: Option<MsrDir>,
 ) -> Vec<(String, u64)> {
     let on = |v: &Option<VcpuLabel>| v == vcpu;
-    let kind = match class {
-        ExitClass::Io => DetailKind::Pio,
-        ExitClass::Mmio => DetailKind::Mmio,
-        ExitClass::Msr => DetailKind::Msr,
-        ExitClass::Cpuid => DetailKind::Cpuid,
-        ExitClass::Halt | ExitClass::Other => return Vec::new(),
+    let Some(kind) = class.detail_kind() else {
+        return Vec::new();
     };
     let mut out: Vec<(String, u64)> = vm
         .key_rows()

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use kvmtrace_common::{Detail, DetailKind};
+use kvmtrace_common::Detail;
 
 use crate::{
     model::identity::VcpuLabel,
@@ -277,12 +277,8 @@ fn latency_cells(l: &Latency) -> Node {
 
 /// The detail rows of `class` on vCPU `label`, with the "other keys" row of that kind.
 fn keys_of(vm: &VmReport, label: VcpuLabel, class: ExitClass) -> Vec<Node> {
-    let kind = match class {
-        ExitClass::Io => DetailKind::Pio,
-        ExitClass::Mmio => DetailKind::Mmio,
-        ExitClass::Msr => DetailKind::Msr,
-        ExitClass::Cpuid => DetailKind::Cpuid,
-        ExitClass::Halt | ExitClass::Other => return Vec::new(),
+    let Some(kind) = class.detail_kind() else {
+        return Vec::new();
     };
     let key = |name: String, per_sec: f64, count: u64| Node {
         id: name.clone(),

@@ -2,7 +2,7 @@
 //! detail table explains it (ports for I/O, addresses for MMIO/NPF/EPT, MSRs, CPUID functions)
 //! and whether its time is a halted vCPU rather than handling.
 
-use kvmtrace_common::{MsrDir, UserspaceExit};
+use kvmtrace_common::{DetailKind, MsrDir, UserspaceExit};
 
 use super::reasons::{ISA_SVM, ISA_VMX, KVM_EXIT_REASONS, SVM_EXIT_REASONS, VMX_EXIT_REASONS, row};
 
@@ -24,6 +24,18 @@ impl ExitClass {
     /// interrupt, it does not burn a CPU.
     pub fn is_cpu_time(self) -> bool {
         self != ExitClass::Halt
+    }
+
+    /// The detail events that say what exits of this class touched (ports for I/O, ...); None
+    /// for classes without a detail table.
+    pub fn detail_kind(self) -> Option<DetailKind> {
+        match self {
+            ExitClass::Io => Some(DetailKind::Pio),
+            ExitClass::Mmio => Some(DetailKind::Mmio),
+            ExitClass::Msr => Some(DetailKind::Msr),
+            ExitClass::Cpuid => Some(DetailKind::Cpuid),
+            ExitClass::Halt | ExitClass::Other => None,
+        }
     }
 }
 
