@@ -11,7 +11,7 @@ use kvmtrace_common::{LatencyKind, UserspaceExit};
 use serde::Serialize;
 
 use crate::{
-    model::{Aggregate, identity::Vcpu, identity::VcpuLabel},
+    model::{Aggregate, identity::Vcpu, identity::VcpuLabel, pct},
     names::port_label,
     tp::{
         class::{ExitClass, exit_class},
@@ -70,14 +70,6 @@ pub struct VmmTime {
     pub reason: String,
     pub class: ExitClass,
     pub round_trip_ns: u64,
-}
-
-fn pct(ns: u64, wall: u64) -> f64 {
-    if wall == 0 {
-        0.0
-    } else {
-        100.0 * ns as f64 / wall as f64
-    }
 }
 
 /// The CPU table of VM `pid`, and its summary (None when it used no CPU).

@@ -18,6 +18,20 @@ pub use in_flight::{InFlight, MapEntries};
 pub use interval::{Interval, LatencyDelta, ThreadCpu};
 pub use latency::{LatencyAgg, bucket_midpoint};
 
+/// `count` per second over `secs` (0 for an empty span).
+pub fn rate(count: u64, secs: f64) -> f64 {
+    if secs > 0.0 { count as f64 / secs } else { 0.0 }
+}
+
+/// `part` in % of `whole` (0 when `whole` is 0).
+pub fn pct(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        100.0 * part as f64 / whole as f64
+    }
+}
+
 /// The running sum of every interval so far.
 #[derive(Clone, Debug, Default)]
 pub struct Aggregate {

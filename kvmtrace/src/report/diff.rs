@@ -10,7 +10,7 @@ use kvmtrace_common::{Detail, UserspaceExit};
 
 use crate::{
     names::{msr_label, port_label},
-    report::Report,
+    report::{Report, rate},
     tp::reasons::{exit_reason_name, isa_name, userspace_exit_label},
 };
 
@@ -41,10 +41,6 @@ pub struct Diff {
     pub before_secs: f64,
     pub after_secs: f64,
     pub rows: Vec<Row>,
-}
-
-fn per_sec(n: u64, secs: f64) -> f64 {
-    if secs > 0.0 { n as f64 / secs } else { 0.0 }
 }
 
 /// What a diff row compares, decoded: a kvm_exit reason, a userspace exit, or a detail key
@@ -134,7 +130,7 @@ fn sides(r: &Report) -> BTreeMap<(String, DiffKey), Side> {
                 Side {
                     count: e.count,
                     per_sec: e.per_sec,
-                    ns_per_sec: per_sec(e.latency.total_ns, secs),
+                    ns_per_sec: rate(e.latency.total_ns, secs),
                     time_pct: e.time_pct,
                     p99_ns: e.latency.p99_ns,
                 },
@@ -148,7 +144,7 @@ fn sides(r: &Report) -> BTreeMap<(String, DiffKey), Side> {
             let side = Side {
                 count: u.count,
                 per_sec: u.per_sec,
-                ns_per_sec: per_sec(ns, secs),
+                ns_per_sec: rate(ns, secs),
                 time_pct: 0.0,
                 p99_ns: p99,
             };

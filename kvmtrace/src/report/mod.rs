@@ -15,6 +15,7 @@ use kvmtrace_common::{Detail, DetailKind, UserspaceExit};
 use serde::Serialize;
 
 pub use crate::analyze::cpu::{CpuRow, CpuSummary, Handling};
+pub(crate) use crate::model::{pct, rate};
 pub use build::build;
 
 use crate::{
@@ -295,18 +296,6 @@ pub struct Context<'a> {
     pub in_flight: &'a InFlight,
     /// Rows per detail table; the rest fold into "other keys". None: every row.
     pub max_rows: Option<usize>,
-}
-
-pub(crate) fn rate(count: u64, secs: f64) -> f64 {
-    if secs > 0.0 { count as f64 / secs } else { 0.0 }
-}
-
-pub(crate) fn pct(part: u64, whole: u64) -> f64 {
-    if whole == 0 {
-        0.0
-    } else {
-        100.0 * part as f64 / whole as f64
-    }
 }
 
 #[cfg(test)]
