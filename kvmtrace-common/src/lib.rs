@@ -21,19 +21,21 @@ pub mod maps {
     pub const TRACED_TGIDS: &str = "TRACED_TGIDS";
     /// tid -> [`crate::ThreadState`]: the open exit and the open userspace round trip of a vCPU thread.
     pub const THREADS: &str = "THREADS";
-    /// [`crate::LatencyMapKey`] -> [`crate::LatencyStats`] of one epoch (one interval): the
-    /// collector reads and deletes an epoch's entries after switching to the next one.
-    pub const LATENCY: &str = "LATENCY";
+    /// [`crate::LatencyKey`] -> [`crate::LatencyStats`], one map per epoch parity (index
+    /// `seq & 1`): the programs write the open epoch's map; the collector, after switching to the
+    /// next epoch, reads and deletes the whole closed one in one pass
+    /// (BPF_MAP_LOOKUP_AND_DELETE_BATCH) without looking at its keys.
+    pub const LATENCY: [&str; 2] = ["LATENCY_EVEN", "LATENCY_ODD"];
     /// Per-CPU single [`crate::LatencyStats`] that new LATENCY entries are copied from (too big to
     /// build on the 512-byte BPF stack). The collector fills it with [`crate::LatencyStats::EMPTY`].
     pub const LATENCY_TEMPLATE: &str = "LATENCY_TEMPLATE";
-    /// [`crate::DetailMapKey`] -> event count (u64) of one epoch, read and deleted like LATENCY.
+    /// [`crate::DetailKey`] -> event count (u64), one map per epoch parity like LATENCY.
     /// Each thread may add at most `Config::detail_keys_per_thread` keys per epoch; its other
     /// events are only counted in [`crate::ThreadState::detail_events`] ("other keys").
-    pub const DETAILS: &str = "DETAILS";
+    pub const DETAILS: [&str; 2] = ["DETAILS_EVEN", "DETAILS_ODD"];
     /// One u32: the epoch sequence number. 0 = closed (every program returns at once: nothing is
     /// counted before everything is attached and the threads' states are established, nor after
-    /// stop); otherwise its parity selects the epoch that LATENCY and DETAILS keys are written to.
+    /// stop); otherwise its parity selects the LATENCY and DETAILS maps the programs write.
     pub const CONTROL: &str = "CONTROL";
     /// tid -> 1: a byte per tid marking vCPU threads (see kvmtrace-ebpf's state.rs).
     pub const TID_MARKS: &str = "TID_MARKS";
@@ -347,24 +349,6 @@ impl LatencyKey {
             kind: f[5],
         }
     }
-}
-
-/// A LATENCY map key: the key and the epoch parity it was written in.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct LatencyMapKey {
-    pub key: LatencyKey,
-    pub epoch: u32,
-}
-
-/// A DETAILS map key: the key and the epoch parity it was written in.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct DetailMapKey {
-    pub key: DetailKey,
-    pub epoch: u32,
-    /// Always 0 (hash keys compare every byte).
-    pub pad: u32,
 }
 
 /// Latency statistics of one key over one epoch (the kernel creates the entry on the epoch's

@@ -10,8 +10,8 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use kvmtrace_common::{
-    Config, Counter, DetailKey, DetailKind, DetailMapKey, FIELD_ABSENT, LatencyKey, LatencyMapKey,
-    LatencyStats, PendingDetail, THREAD_UNRESOLVED, ThreadState,
+    Config, Counter, DetailKey, DetailKind, FIELD_ABSENT, LatencyKey, LatencyStats, PendingDetail,
+    THREAD_UNRESOLVED, ThreadState,
 };
 
 /// Set by the collector with `override_global` before load.
@@ -33,12 +33,19 @@ pub const TID_MARKS_LEN: u32 = 1 << 20;
 
 #[map]
 pub static CONTROL: Array<u32> = Array::with_max_entries(1, 0);
+/// LATENCY and DETAILS come in two: the even and the odd epochs' (kvmtrace_common::maps). Each
+/// event's code picks one by the open epoch's parity on its own branch, so every lookup call
+/// site sees a single map and the verifier still inlines it.
 #[map]
-pub static LATENCY: HashMap<LatencyMapKey, LatencyStats> = HashMap::with_max_entries(4096, 0);
+pub static LATENCY_EVEN: HashMap<LatencyKey, LatencyStats> = HashMap::with_max_entries(4096, 0);
+#[map]
+pub static LATENCY_ODD: HashMap<LatencyKey, LatencyStats> = HashMap::with_max_entries(4096, 0);
 #[map]
 pub static LATENCY_TEMPLATE: PerCpuArray<LatencyStats> = PerCpuArray::with_max_entries(1, 0);
 #[map]
-pub static DETAILS: HashMap<DetailMapKey, u64> = HashMap::with_max_entries(16384, 0);
+pub static DETAILS_EVEN: HashMap<DetailKey, u64> = HashMap::with_max_entries(8192, 0);
+#[map]
+pub static DETAILS_ODD: HashMap<DetailKey, u64> = HashMap::with_max_entries(8192, 0);
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
@@ -183,11 +190,16 @@ pub fn open_epoch() -> Option<u32> {
 /// Adds one latency sample to `key`'s statistics in the epoch of `seq`.
 #[inline(always)]
 pub fn record_latency(key: &LatencyKey, ns: u64, seq: u32) {
-    let key = LatencyMapKey {
-        key: *key,
-        epoch: seq & 1,
-    };
-    let stats = match LATENCY.get_ptr_mut(key) {
+    if seq & 1 == 0 {
+        record_latency_in(&LATENCY_EVEN, key, ns);
+    } else {
+        record_latency_in(&LATENCY_ODD, key, ns);
+    }
+}
+
+#[inline(always)]
+fn record_latency_in(map: &HashMap<LatencyKey, LatencyStats>, key: &LatencyKey, ns: u64) {
+    let stats = match map.get_ptr_mut(key) {
         Some(p) => p,
         None => {
             let Some(template) = LATENCY_TEMPLATE.get_ptr(0) else {
@@ -199,8 +211,8 @@ pub fn record_latency(key: &LatencyKey, ns: u64, seq: u32) {
                 clippy::needless_borrows_for_generic_args,
                 reason = "passing the value would copy 2 KiB onto the 512-byte BPF stack"
             )]
-            let _ = unsafe { LATENCY.insert(&key, &*template, BPF_NOEXIST) };
-            match LATENCY.get_ptr_mut(key) {
+            let _ = unsafe { map.insert(key, &*template, BPF_NOEXIST) };
+            match map.get_ptr_mut(key) {
                 Some(p) => p,
                 None => {
                     bump(Counter::LatencyMapFull);
@@ -287,12 +299,23 @@ pub fn count_detail(
 /// this epoch and the map has room; otherwise they stay only in the per-kind total ("other keys").
 #[inline(always)]
 fn add_detail(cfg: &Config, seq: u32, state: &mut ThreadState, key: &DetailKey, n: u64) {
-    let key = DetailMapKey {
-        key: *key,
-        epoch: seq & 1,
-        pad: 0,
-    };
-    if let Some(p) = DETAILS.get_ptr_mut(key) {
+    if seq & 1 == 0 {
+        add_detail_in(&DETAILS_EVEN, cfg, seq, state, key, n);
+    } else {
+        add_detail_in(&DETAILS_ODD, cfg, seq, state, key, n);
+    }
+}
+
+#[inline(always)]
+fn add_detail_in(
+    map: &HashMap<DetailKey, u64>,
+    cfg: &Config,
+    seq: u32,
+    state: &mut ThreadState,
+    key: &DetailKey,
+    n: u64,
+) {
+    if let Some(p) = map.get_ptr_mut(key) {
         // SAFETY: p points at a DETAILS value; the key contains the tid, so (as in record_latency)
         // only this thread's serialized events write it.
         unsafe { *p += n };
@@ -305,7 +328,7 @@ fn add_detail(cfg: &Config, seq: u32, state: &mut ThreadState, key: &DetailKey, 
     if state.keys_used >= cfg.detail_keys_per_thread {
         return;
     }
-    if DETAILS.insert(key, n, BPF_NOEXIST).is_err() {
+    if map.insert(key, &n, BPF_NOEXIST).is_err() {
         bump(Counter::DetailMapFull);
         return;
     }

@@ -23,7 +23,10 @@ pub struct LatencyDelta {
 pub struct Interval {
     /// Time since recording started, at the end of this interval.
     pub at: Duration,
+    /// Each key once, in no particular order (a live drain leaves them in the kernel's hash
+    /// order: sorting tens of thousands of keys per interval would cost more than reading them).
     pub latency: Vec<(LatencyKey, LatencyDelta)>,
+    /// Each key once, in no particular order, as `latency`.
     pub details: Vec<(DetailKey, u64)>,
     /// Cumulative values of every [`Counter`], indexed by its discriminant.
     pub counters: [u64; Counter::COUNT as usize],

@@ -4,10 +4,7 @@
 use std::collections::{HashMap, HashSet};
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray};
-use kvmtrace_common::{
-    Counter, DetailKey, DetailKind, DetailMapKey, LatencyKey, LatencyMapKey, ThreadState,
-    detail_slot, maps,
-};
+use kvmtrace_common::{Counter, DetailKey, DetailKind, LatencyKey, ThreadState, detail_slot, maps};
 
 use crate::{
     error::Error,
@@ -61,35 +58,39 @@ impl Tracer {
         self.read_threads(closed, &mut iv)?;
         // Detail events are counted per thread only (no per-event counter in the kernel).
         iv.counters[Counter::DetailsSeen as usize] = self.details_seen;
-        iv.latency.sort_by_key(|(k, _)| *k);
-        iv.details.sort_by_key(|(k, _)| *k);
         Ok(iv)
     }
 
-    /// Reads and deletes the LATENCY entries of epoch `parity`.
+    /// Reads and deletes the LATENCY map of epoch `parity`.
     pub(super) fn take_latency(
         &mut self,
         parity: u32,
     ) -> Result<Vec<(LatencyKey, LatencyDelta)>, Error> {
-        let entries = take_epoch(&mut self.ebpf, maps::LATENCY, |k: &LatencyMapKey| {
-            k.epoch == parity
-        })?;
-        Ok(entries
-            .into_iter()
-            .filter_map(|(k, stats)| Some((k.key, latency_delta(&stats)?)))
-            .collect())
+        let mut out = Vec::new();
+        let name = maps::LATENCY[parity as usize];
+        take_map(
+            &mut self.ebpf,
+            name,
+            &mut self.latency_buffers,
+            |k, stats| {
+                if let Some(delta) = latency_delta(stats) {
+                    out.push((*k, delta));
+                }
+            },
+        )?;
+        Ok(out)
     }
 
-    /// Reads and deletes the DETAILS entries of epoch `parity`.
+    /// Reads and deletes the DETAILS map of epoch `parity`.
     pub(super) fn take_details(&mut self, parity: u32) -> Result<Vec<(DetailKey, u64)>, Error> {
-        let entries = take_epoch(&mut self.ebpf, maps::DETAILS, |k: &DetailMapKey| {
-            k.epoch == parity
+        let mut out = Vec::new();
+        let name = maps::DETAILS[parity as usize];
+        take_map(&mut self.ebpf, name, &mut self.detail_buffers, |k, &n| {
+            if n > 0 {
+                out.push((*k, n));
+            }
         })?;
-        Ok(entries
-            .into_iter()
-            .filter(|&(_, n)| n > 0)
-            .map(|(k, n)| (k.key, n))
-            .collect())
+        Ok(out)
     }
 
     /// Every thread's CPU accounting as of now, the keys still pending in its state and the
@@ -97,11 +98,7 @@ impl Tracer {
     /// deleted.
     pub(super) fn read_threads(&mut self, closed: u32, iv: &mut Interval) -> Result<(), Error> {
         let parity = closed & 1;
-        let threads: BpfHashMap<&MapData, u32, ThreadState> = map_ref(&self.ebpf, maps::THREADS)?;
-        let entries = threads
-            .iter()
-            .collect::<Result<Vec<(u32, ThreadState)>, _>>()
-            .map_err(|e| Error::bpf("reading THREADS", e))?;
+        let entries = read_map(&self.ebpf, maps::THREADS, &mut self.thread_buffers)?;
         add_pending(&entries, closed, &mut iv.details);
         let now = ktime_ns();
         let mut keyed: HashMap<(u32, u32, u32), u64> = HashMap::new();
@@ -110,6 +107,7 @@ impl Tracer {
         }
         let mut live = HashSet::new();
         let mut gone = Vec::new();
+        let mut alive = LiveThreads::new(&self.proc_root);
         for (tid, st) in entries {
             let id = (st.tgid, tid);
             live.insert(id);
@@ -131,7 +129,7 @@ impl Tracer {
                 gone.push(id);
                 continue;
             }
-            if !self.thread_alive(st.tgid, tid) {
+            if !alive.alive(st.tgid, tid) {
                 // Frozen at its death: its last CPU accounting. An exit it left open ended with
                 // it. Once counting is closed no event can follow, so it goes at once.
                 if st.exit_ts != 0 {

@@ -20,39 +20,56 @@ use crate::{
 
 use super::*;
 
-pub(super) fn take_epoch<K: aya::Pod, V: aya::Pod>(
+/// Calls `each` with every entry of hash map `name` and deletes it: the map of an epoch that is
+/// closed (no program writes it any more). One pass where the kernel has batch operations...
+pub(super) fn take_map<K: aya::Pod, V: aya::Pod>(
     ebpf: &mut Ebpf,
     name: &str,
-    in_epoch: impl Fn(&K) -> bool,
-) -> Result<Vec<(K, V)>, Error> {
-    // A few syscalls for the whole map where the kernel has batch operations (5.6)...
+    buffers: &mut batch::BatchBuffers<K, V>,
+    mut each: impl FnMut(&K, &V),
+) -> Result<(), Error> {
     if let Some(aya::maps::Map::HashMap(data)) = ebpf.map(name) {
         use std::os::fd::AsFd as _;
-        let fd = data.fd().as_fd();
-        if let Ok(all) = batch::lookup_all::<K, V>(fd) {
-            let out: Vec<(K, V)> = all.into_iter().filter(|(k, _)| in_epoch(k)).collect();
-            let keys: Vec<K> = out.iter().map(|(k, _)| *k).collect();
-            batch::delete(fd, &keys).map_err(|e| Error::bpf(format!("deleting from {name}"), e))?;
-            return Ok(out);
+        match buffers.for_each(data.fd().as_fd(), true, &mut each) {
+            Ok(()) => return Ok(()),
+            Err(e) if batch::unsupported(&e) => {}
+            Err(e) => return Err(Error::bpf(format!("reading and deleting {name}"), e)),
         }
     }
-    // ...else three per key.
+    // ...else three syscalls per key. Keys are listed first: deleting while walking a BPF hash
+    // map can restart the walk.
     let mut map: BpfHashMap<&mut MapData, K, V> = map_mut(ebpf, name)?;
-    let keys: Vec<K> = map
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|k| in_epoch(k))
-        .collect();
-    let mut out = Vec::with_capacity(keys.len());
+    let keys: Vec<K> = map.keys().filter_map(Result::ok).collect();
     for k in keys {
         let v = map
             .get(&k, 0)
             .map_err(|e| Error::bpf(format!("reading {name}"), e))?;
         map.remove(&k)
             .map_err(|e| Error::bpf(format!("deleting from {name}"), e))?;
-        out.push((k, v));
+        each(&k, &v);
     }
-    Ok(out)
+    Ok(())
+}
+
+/// Every entry of hash map `name`, read in batches where the kernel can.
+pub(super) fn read_map<K: aya::Pod, V: aya::Pod>(
+    ebpf: &Ebpf,
+    name: &str,
+    buffers: &mut batch::BatchBuffers<K, V>,
+) -> Result<Vec<(K, V)>, Error> {
+    let mut out = Vec::new();
+    if let Some(aya::maps::Map::HashMap(data)) = ebpf.map(name) {
+        use std::os::fd::AsFd as _;
+        match buffers.for_each(data.fd().as_fd(), false, |k, v| out.push((*k, *v))) {
+            Ok(()) => return Ok(out),
+            Err(e) if batch::unsupported(&e) => out.clear(),
+            Err(e) => return Err(Error::bpf(format!("reading {name}"), e)),
+        }
+    }
+    let map: BpfHashMap<&MapData, K, V> = map_ref(ebpf, name)?;
+    map.iter()
+        .collect::<Result<Vec<(K, V)>, _>>()
+        .map_err(|e| Error::bpf(format!("reading {name}"), e))
 }
 
 /// Adds the keys the threads still hold as pending in epoch `closed` (their events not yet in
@@ -77,6 +94,9 @@ pub(super) fn add_pending(
             }
         }
     }
+    if pending.is_empty() {
+        return;
+    }
     for (k, n) in details.iter_mut() {
         if let Some(more) = pending.remove(k) {
             *n += more;
@@ -90,12 +110,20 @@ pub fn latency_delta(stats: &LatencyStats) -> Option<LatencyDelta> {
     if stats.count == 0 {
         return None;
     }
-    let buckets = (0..HIST_BUCKETS)
-        .filter_map(|i| {
-            let n = stats.buckets[i];
-            (n != 0).then_some((i as u16, n))
-        })
-        .collect();
+    // Most of the 528 buckets are empty: skip them eight at a time (the drain reads thousands
+    // of keys per interval).
+    const STRIDE: usize = 8;
+    let mut buckets = Vec::new();
+    for (c, chunk) in stats.buckets[..HIST_BUCKETS].chunks(STRIDE).enumerate() {
+        if chunk.iter().fold(0, |acc, &n| acc | n) == 0 {
+            continue;
+        }
+        for (j, &n) in chunk.iter().enumerate() {
+            if n != 0 {
+                buckets.push(((c * STRIDE + j) as u16, n));
+            }
+        }
+    }
     Some(LatencyDelta {
         count: stats.count,
         total_ns: stats.total_ns,
@@ -175,6 +203,37 @@ pub(super) fn thread_alive(proc_root: &Path, tgid: u32, tid: u32) -> bool {
         .join("task")
         .join(tid.to_string())
         .exists()
+}
+
+/// The live threads of each process asked about, one /proc/PID/task listing per process (a VM
+/// with a thousand vCPUs costs one directory read per interval, not a thousand lookups).
+pub(super) struct LiveThreads<'a> {
+    proc_root: &'a Path,
+    by_tgid: HashMap<u32, std::collections::HashSet<u32>>,
+}
+
+impl<'a> LiveThreads<'a> {
+    pub(super) fn new(proc_root: &'a Path) -> Self {
+        LiveThreads {
+            proc_root,
+            by_tgid: HashMap::new(),
+        }
+    }
+
+    pub(super) fn alive(&mut self, tgid: u32, tid: u32) -> bool {
+        let root = self.proc_root;
+        self.by_tgid
+            .entry(tgid)
+            .or_insert_with(|| {
+                let dir = root.join(tgid.to_string()).join("task");
+                std::fs::read_dir(dir)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                    .collect()
+            })
+            .contains(&tid)
+    }
 }
 
 /// Returns once every BPF program that started before the call has returned: tracepoint

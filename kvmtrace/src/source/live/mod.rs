@@ -4,10 +4,10 @@
 //! the closed one into an [`Interval`]. Dropping the [`Tracer`] detaches and frees everything (no
 //! pinning, so the kernel also frees it all if the process is killed).
 //!
-//! Epochs: every LATENCY and DETAILS key carries the parity of the epoch it was written in. The
-//! collector switches CONTROL to the next epoch, waits until every program that may still be
-//! writing the old one has returned (an RCU grace period: tracepoint programs run inside RCU
-//! read-side sections), then reads and deletes the old epoch's entries. So an interval is
+//! Epochs: LATENCY and DETAILS are two maps each, one per epoch parity. The collector switches
+//! CONTROL to the next epoch, waits until every program that may still be writing the old one
+//! has returned (an RCU grace period: tracepoint programs run inside RCU read-side sections),
+//! then reads and deletes the old epoch's maps whole. So an interval is
 //! internally consistent (count = sum of buckets), min/max are per interval, and entries of
 //! threads that are gone vanish with their last epoch. THREADS entries of exited threads are
 //! read one last time and deleted.
@@ -33,9 +33,8 @@ use aya::{
     programs::TracePoint,
 };
 use kvmtrace_common::{
-    CONFIG_GLOBAL, Config, Counter, DETAIL_KINDS, DetailKey, DetailKind, DetailMapKey,
-    INLINE_TGIDS, LatencyKey, LatencyKind, LatencyMapKey, LatencyStats, ThreadState, maps,
-    programs,
+    CONFIG_GLOBAL, Config, Counter, DETAIL_KINDS, DetailKey, DetailKind, INLINE_TGIDS, LatencyKey,
+    LatencyKind, LatencyStats, ThreadState, maps, programs,
 };
 
 use crate::{
@@ -52,9 +51,9 @@ pub struct TraceOptions {
     pub pids: Option<Vec<u32>>,
     /// tracefs location; None finds or mounts it.
     pub tracefs: Option<PathBuf>,
-    /// Capacity of the latency map (keys = VMs x vCPUs x reasons).
+    /// Capacity of the latency map per interval (keys = VMs x vCPUs x reasons).
     pub max_latency_keys: u32,
-    /// Capacity of the detail map.
+    /// Capacity of the detail map per interval.
     pub max_detail_keys: u32,
     /// Distinct detail keys one vCPU thread may add per interval (the rest: "other keys").
     pub detail_keys_per_thread: u32,
@@ -104,6 +103,9 @@ pub struct Tracer {
     stats: crate::source::live::cost::RunTimeStats,
     /// Detail events counted so far (the sum of the threads' per-kind totals).
     details_seen: u64,
+    latency_buffers: batch::BatchBuffers<LatencyKey, LatencyStats>,
+    detail_buffers: batch::BatchBuffers<DetailKey, u64>,
+    thread_buffers: batch::BatchBuffers<u32, ThreadState>,
 }
 
 pub fn check_root() -> Result<(), Error> {
@@ -154,12 +156,14 @@ impl Tracer {
         offsets::fill(&mut cfg, &formats)?;
         bump_memlock_rlimit();
 
-        let mut ebpf = EbpfLoader::new()
-            .override_global(CONFIG_GLOBAL, &cfg, true)
-            // Twice the keys asked for: right after an epoch switch the new epoch fills while the
-            // old one is still being read.
-            .map_max_entries(maps::LATENCY, opts.max_latency_keys.saturating_mul(2))
-            .map_max_entries(maps::DETAILS, opts.max_detail_keys.saturating_mul(2))
+        let mut loader = EbpfLoader::new();
+        loader.override_global(CONFIG_GLOBAL, &cfg, true);
+        for parity in 0..2 {
+            loader
+                .map_max_entries(maps::LATENCY[parity], opts.max_latency_keys)
+                .map_max_entries(maps::DETAILS[parity], opts.max_detail_keys);
+        }
+        let mut ebpf = loader
             .load(EBPF_OBJECT)
             .map_err(|e| Error::bpf("loading the eBPF object", e))?;
         init_template(&mut ebpf)?;
@@ -207,6 +211,9 @@ impl Tracer {
             ended_exits: Default::default(),
             stats,
             details_seen: 0,
+            latency_buffers: Default::default(),
+            detail_buffers: Default::default(),
+            thread_buffers: Default::default(),
         })
     }
 
@@ -238,28 +245,28 @@ impl Tracer {
         Ok(())
     }
 
-    /// Fills the open epoch as `vcpus` vCPU threads with `latency_keys` exit reasons and
-    /// `detail_keys` ports each would (for the drain benchmark: the collector at scale without a
-    /// thousand real vCPUs). The threads are made up, so the next drains retire them as gone.
+    /// Fills the open epoch as the threads `tids` of process `tgid` with `latency_keys` exit
+    /// reasons and `detail_keys` ports each would (for the drain benchmark: the collector at
+    /// scale without a thousand real vCPUs; the threads are real, so they stay alive).
     #[doc(hidden)]
     pub fn fill_for_bench(
         &mut self,
-        vcpus: u32,
+        tgid: u32,
+        tids: &[u32],
         latency_keys: u32,
         detail_keys: u32,
     ) -> Result<(), Error> {
-        let epoch = self.seq & 1;
-        let (tgid, first_tid) = (4_000_000, 4_000_001);
+        let parity = (self.seq & 1) as usize;
         let mut threads: BpfHashMap<&mut MapData, u32, ThreadState> =
             map_mut(&mut self.ebpf, maps::THREADS)?;
-        for v in 0..vcpus {
+        for (v, &tid) in (0..).zip(tids) {
             let st = ThreadState {
                 tgid,
                 vcpu_id: v,
                 ..Default::default()
             };
             threads
-                .insert(first_tid + v, st, 0)
+                .insert(tid, st, 0)
                 .map_err(|e| Error::bpf("filling THREADS", e))?;
         }
         let mut stats = LatencyStats::EMPTY;
@@ -268,36 +275,36 @@ impl Tracer {
         stats.min_ns = 1_000;
         stats.max_ns = 1_000;
         stats.buckets[kvmtrace_common::bucket_index(1_000)] = 10;
-        let mut latency: BpfHashMap<&mut MapData, LatencyMapKey, LatencyStats> =
-            map_mut(&mut self.ebpf, maps::LATENCY)?;
-        for v in 0..vcpus {
+        let mut latency: BpfHashMap<&mut MapData, LatencyKey, LatencyStats> =
+            map_mut(&mut self.ebpf, maps::LATENCY[parity])?;
+        for (v, &tid) in (0..).zip(tids) {
             for r in 0..latency_keys {
                 let key = LatencyKey {
                     tgid,
-                    tid: first_tid + v,
+                    tid,
                     vcpu_id: v,
                     isa: 2,
                     reason: r,
                     kind: LatencyKind::Exit as u32,
                 };
                 latency
-                    .insert(LatencyMapKey { key, epoch }, stats, 0)
+                    .insert(key, stats, 0)
                     .map_err(|e| Error::bpf("filling LATENCY", e))?;
             }
         }
-        let mut details: BpfHashMap<&mut MapData, DetailMapKey, u64> =
-            map_mut(&mut self.ebpf, maps::DETAILS)?;
-        for v in 0..vcpus {
+        let mut details: BpfHashMap<&mut MapData, DetailKey, u64> =
+            map_mut(&mut self.ebpf, maps::DETAILS[parity])?;
+        for &tid in tids {
             for port in 0..detail_keys {
                 let key = DetailKey {
                     tgid,
-                    tid: first_tid + v,
+                    tid,
                     kind: DetailKind::Pio as u32,
                     a: port,
                     b: 1,
                 };
                 details
-                    .insert(DetailMapKey { key, epoch, pad: 0 }, 7, 0)
+                    .insert(key, 7, 0)
                     .map_err(|e| Error::bpf("filling DETAILS", e))?;
             }
         }
@@ -314,8 +321,6 @@ impl Tracer {
     }
 }
 
-/// Reads and deletes the entries of map `name` whose key `in_epoch` selects. Keys are listed
-/// first: deleting while walking a BPF hash map can restart the walk.
 #[cfg(test)]
 mod tests {
     use super::*;

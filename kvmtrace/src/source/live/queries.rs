@@ -2,7 +2,7 @@
 //! stop; and following VMs that start later.
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
-use kvmtrace_common::{DetailMapKey, LatencyKey, LatencyMapKey, LatencyStats, ThreadState, maps};
+use kvmtrace_common::{DetailKey, LatencyKey, LatencyStats, ThreadState, maps};
 
 use crate::{
     error::Error,
@@ -61,7 +61,8 @@ impl Tracer {
         std::mem::take(&mut self.ended_exits)
     }
 
-    /// The capacity (max_entries) of THREADS, LATENCY and DETAILS as the kernel loaded them.
+    /// The capacity (max_entries) of THREADS, LATENCY and DETAILS as the kernel loaded them
+    /// (LATENCY and DETAILS: both epochs' maps, as [`Tracer::occupancy`] counts them).
     pub fn capacity(&self) -> MapEntries {
         let max = |name: &str| match self.ebpf.map(name) {
             Some(aya::maps::Map::HashMap(m)) => m.info().map_or(0, |i| i.max_entries() as u64),
@@ -69,8 +70,8 @@ impl Tracer {
         };
         MapEntries {
             threads: max(maps::THREADS),
-            latency: max(maps::LATENCY),
-            details: max(maps::DETAILS),
+            latency: max(maps::LATENCY[0]) + max(maps::LATENCY[1]),
+            details: max(maps::DETAILS[0]) + max(maps::DETAILS[1]),
         }
     }
 
@@ -78,13 +79,20 @@ impl Tracer {
     /// threads, 0 and 0 (nothing of a VM that came and went stays behind).
     pub fn occupancy(&self) -> Result<MapEntries, Error> {
         let threads: BpfHashMap<&MapData, u32, ThreadState> = map_ref(&self.ebpf, maps::THREADS)?;
-        let latency: BpfHashMap<&MapData, LatencyMapKey, LatencyStats> =
-            map_ref(&self.ebpf, maps::LATENCY)?;
-        let details: BpfHashMap<&MapData, DetailMapKey, u64> = map_ref(&self.ebpf, maps::DETAILS)?;
+        let mut latency = 0;
+        let mut details = 0;
+        for parity in 0..2 {
+            let l: BpfHashMap<&MapData, LatencyKey, LatencyStats> =
+                map_ref(&self.ebpf, maps::LATENCY[parity])?;
+            let d: BpfHashMap<&MapData, DetailKey, u64> =
+                map_ref(&self.ebpf, maps::DETAILS[parity])?;
+            latency += l.keys().count() as u64;
+            details += d.keys().count() as u64;
+        }
         Ok(MapEntries {
             threads: threads.keys().count() as u64,
-            latency: latency.keys().count() as u64,
-            details: details.keys().count() as u64,
+            latency,
+            details,
         })
     }
 
