@@ -328,7 +328,7 @@ fn add_detail_in(
     if state.keys_used >= cfg.detail_keys_per_thread {
         return;
     }
-    if map.insert(key, &n, BPF_NOEXIST).is_err() {
+    if map.insert(key, n, BPF_NOEXIST).is_err() {
         bump(Counter::DetailMapFull);
         return;
     }
