@@ -69,6 +69,10 @@ pub mod programs {
         (KVM_CPUID, "kvm", "kvm_cpuid"),
         (SCHED_SWITCH, "sched", "sched_switch"),
     ];
+    /// Empty programs for the bench's floor (never attached by the collector): classic and
+    /// raw tracepoint.
+    pub const FLOOR_CLASSIC: &str = "kvmtrace_floor_tp";
+    pub const FLOOR_RAW: &str = "kvmtrace_floor_raw";
 }
 
 /// How many selected VMs the configuration holds inline.

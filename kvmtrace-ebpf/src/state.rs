@@ -10,13 +10,13 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use kvmtrace_common::{
-    Config, Counter, DetailKey, DetailKind, FIELD_ABSENT, LatencyKey, LatencyStats, PendingDetail,
-    THREAD_UNRESOLVED, ThreadState,
+    Config, Counter, DetailKey, DetailKind, FIELD_ABSENT, INLINE_TGIDS, LatencyKey, LatencyStats,
+    PendingDetail, THREAD_UNRESOLVED, ThreadState,
 };
 
 /// Set by the collector with `override_global` before load.
 #[unsafe(no_mangle)]
-static CONFIG: Config = Config::UNSET;
+pub(crate) static CONFIG: Config = Config::UNSET;
 
 #[map]
 pub static TRACED_TGIDS: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
@@ -51,12 +51,17 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::C
 
 const BPF_NOEXIST: u64 = 1;
 
-#[inline(always)]
-pub fn config() -> Config {
-    // SAFETY: CONFIG is a plain global in .rodata; the volatile read keeps the compiler from
-    // folding in the compiled-in default instead of the value set at load time.
-    unsafe { core::ptr::read_volatile(&CONFIG) }
+/// One field of the load-time configuration. Each field is its own volatile load: a volatile
+/// read of the whole struct copied all 32 fields to the stack in every program (42 of the ~135
+/// instructions of kvm_cpuid's hot path).
+macro_rules! conf {
+    ($field:ident) => {
+        // SAFETY: CONFIG is a plain global in .rodata; the volatile read keeps the compiler from
+        // folding in the compiled-in default instead of the value set at load time.
+        unsafe { core::ptr::read_volatile(core::ptr::addr_of!($crate::state::CONFIG.$field)) }
+    };
 }
+pub(crate) use conf;
 
 /// The current task as (tgid, tid).
 #[inline(always)]
@@ -73,21 +78,22 @@ pub fn now_ns() -> u64 {
 
 /// Is `tgid` a process we trace? The first thing every probe asks.
 #[inline(always)]
-pub fn traced(cfg: &Config, tgid: u32) -> bool {
-    if tgid == cfg.self_tgid {
+pub fn traced(tgid: u32) -> bool {
+    if tgid == conf!(self_tgid) {
         return false;
     }
-    if cfg.filter_tgids == 0 {
+    if conf!(filter_tgids) == 0 {
         return true;
     }
-    if cfg.n_tgids == 0 {
+    let n = conf!(n_tgids) as usize;
+    if n == 0 {
         return TRACED_TGIDS.get_ptr(tgid).is_some();
     }
     // The verifier knows CONFIG's values (a frozen .rodata map), so this loop is short.
-    cfg.tgids
-        .iter()
-        .take(cfg.n_tgids as usize)
-        .any(|&t| t == tgid)
+    (0..INLINE_TGIDS.min(n)).any(|i| {
+        // SAFETY: as in conf!; i < INLINE_TGIDS.
+        tgid == unsafe { core::ptr::read_volatile(core::ptr::addr_of!(CONFIG.tgids[i])) }
+    })
 }
 
 #[inline(always)]
@@ -245,13 +251,7 @@ fn record_latency_in(map: &HashMap<LatencyKey, LatencyStats>, key: &LatencyKey, 
 /// the events-seen counter: no per-event counter here), and under its key: the thread's pending
 /// keys first (no map lookup when the guest repeats itself), else DETAILS.
 #[inline(always)]
-pub fn count_detail(
-    cfg: &Config,
-    seq: u32,
-    state: &mut ThreadState,
-    key: &DetailKey,
-    kind: DetailKind,
-) {
+pub fn count_detail(seq: u32, state: &mut ThreadState, key: &DetailKey, kind: DetailKind) {
     if let Some(total) = state
         .detail_events
         .get_mut(kvmtrace_common::detail_slot(seq, kind))
@@ -291,25 +291,24 @@ pub fn count_detail(
             b: evicted.b,
             ..*key
         };
-        add_detail(cfg, seq, state, &old, evicted.count);
+        add_detail(seq, state, &old, evicted.count);
     }
 }
 
 /// Adds `n` events to `key` in DETAILS (epoch `seq`), while the thread has key budget left in
 /// this epoch and the map has room; otherwise they stay only in the per-kind total ("other keys").
 #[inline(always)]
-fn add_detail(cfg: &Config, seq: u32, state: &mut ThreadState, key: &DetailKey, n: u64) {
+fn add_detail(seq: u32, state: &mut ThreadState, key: &DetailKey, n: u64) {
     if seq & 1 == 0 {
-        add_detail_in(&DETAILS_EVEN, cfg, seq, state, key, n);
+        add_detail_in(&DETAILS_EVEN, seq, state, key, n);
     } else {
-        add_detail_in(&DETAILS_ODD, cfg, seq, state, key, n);
+        add_detail_in(&DETAILS_ODD, seq, state, key, n);
     }
 }
 
 #[inline(always)]
 fn add_detail_in(
     map: &HashMap<DetailKey, u64>,
-    cfg: &Config,
     seq: u32,
     state: &mut ThreadState,
     key: &DetailKey,
@@ -325,7 +324,7 @@ fn add_detail_in(
         state.keys_seq = seq;
         state.keys_used = 0;
     }
-    if state.keys_used >= cfg.detail_keys_per_thread {
+    if state.keys_used >= conf!(detail_keys_per_thread) {
         return;
     }
     if map.insert(key, n, BPF_NOEXIST).is_err() {

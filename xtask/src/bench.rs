@@ -2,9 +2,11 @@
 //!
 //! 1. The guest's fastest in-kernel exit loop (CPUID: one kvm_cpuid event per exit, no return to
 //!    user space) runs continuously and reports its rate every second. Around it, in rotating
-//!    order: nothing attached; an empty BPF program on the same 8 tracepoints (the floor: the
-//!    tracepoint machinery itself); `kvmtrace record`; and a bpftrace one-liner counting the same
-//!    tracepoints keyed by thread and key. The median of each configuration's rates is compared.
+//!    order: nothing attached; kvmtrace's empty program on the same 8 tracepoints, as a classic
+//!    tracepoint program (the floor: the tracepoint machinery itself) and as a raw tracepoint
+//!    program (no trace record built); `kvmtrace record`; and a bpftrace one-liner counting the
+//!    same tracepoints keyed by thread and key. The median of each configuration's rates is
+//!    compared, and each one's per-event program cost from the kernel's BPF statistics.
 //! 2. The collector's own CPU, side by side: `kvmtrace record` and `kvmtrace serve` (scraped
 //!    every second, as by Prometheus) tracing the same loop; serve must stay under 1 % of one CPU.
 //! 3. An unrelated process's tight getpid loop, with and without kvmtrace recording every VM:
@@ -24,21 +26,11 @@ use crate::{
     sh::{cargo, cmd, output, run, target_bin},
 };
 
-const TRACEPOINTS: [&str; 8] = [
-    "kvm_exit",
-    "kvm_entry",
-    "kvm_userspace_exit",
-    "kvm_fpu",
-    "kvm_pio",
-    "kvm_mmio",
-    "kvm_msr",
-    "kvm_cpuid",
-];
-
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Config {
     Nothing,
     EmptyProgram,
+    EmptyRaw,
     Kvmtrace,
     Bpftrace,
 }
@@ -47,21 +39,15 @@ impl Config {
     fn label(self) -> &'static str {
         match self {
             Config::Nothing => "nothing attached",
-            Config::EmptyProgram => "empty BPF program (floor)",
+            Config::EmptyProgram => "empty classic program (floor)",
+            Config::EmptyRaw => "empty raw tracepoint program",
             Config::Kvmtrace => "kvmtrace record",
             Config::Bpftrace => "bpftrace keyed count",
         }
     }
 }
 
-fn bpftrace_script(empty: bool) -> String {
-    if empty {
-        let probes: Vec<String> = TRACEPOINTS
-            .iter()
-            .map(|t| format!("tracepoint:kvm:{t}"))
-            .collect();
-        return format!("{} {{ }}", probes.join(","));
-    }
+fn bpftrace_script() -> String {
     [
         "tracepoint:kvm:kvm_exit { @exit[tid, args->isa, args->exit_reason] = count(); }",
         "tracepoint:kvm:kvm_entry { @entry[tid] = count(); }",
@@ -104,9 +90,26 @@ fn wait_for(rx: &Receiver<String>, what: &str, pred: impl Fn(&str) -> bool) -> a
 fn start(config: Config, guest_pid: Option<u32>) -> anyhow::Result<Option<Child>> {
     let (mut child, ready_on_stderr) = match config {
         Config::Nothing => return Ok(None),
-        Config::EmptyProgram | Config::Bpftrace => {
+        // kvmtrace's own empty programs (bpftrace 0.17 cannot attach raw tracepoints).
+        Config::EmptyProgram | Config::EmptyRaw => {
+            let mode = if config == Config::EmptyRaw {
+                "raw"
+            } else {
+                "classic"
+            };
+            let child = cmd(target_bin("release", "kvmtrace-floor")
+                .to_str()
+                .context("path")?)
+            .arg(mode)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting kvmtrace-floor")?;
+            (child, false)
+        }
+        Config::Bpftrace => {
             let child = cmd("bpftrace")
-                .args(["-e", &bpftrace_script(config == Config::EmptyProgram)])
+                .args(["-e", &bpftrace_script()])
                 .stdout(Stdio::piped())
                 .stderr(Stdio::null())
                 .spawn()
@@ -134,7 +137,9 @@ fn start(config: Config, guest_pid: Option<u32>) -> anyhow::Result<Option<Child>
         lines(child.stdout.take().context("stdout")?)
     };
     wait_for(&rx, config.label(), |l| {
-        l.starts_with("Attaching") || l.starts_with("kvmtrace: recording")
+        l.starts_with("Attaching")
+            || l.starts_with("kvmtrace: recording")
+            || l.starts_with("kvmtrace-floor: attached")
     })?;
     std::thread::sleep(Duration::from_millis(300));
     Ok(Some(child))
@@ -179,19 +184,33 @@ fn prog_stats() -> anyhow::Result<std::collections::HashMap<u64, (String, u64, u
 struct ProgramCost {
     ns_per_event: f64,
     events: u64,
+    /// Program runs per guest exit: runs per second over the guest's mean exit rate meanwhile
+    /// (from its per-second rate lines).
+    events_per_exit: f64,
     /// (program name, ns per run, runs) of the programs that ran.
     by_program: Vec<(String, f64, u64)>,
 }
 
-fn program_cost(config: Config, guest_pid: u32, secs: usize) -> anyhow::Result<ProgramCost> {
+fn program_cost(
+    config: Config,
+    guest_pid: u32,
+    rates: &Receiver<String>,
+    secs: usize,
+) -> anyhow::Result<ProgramCost> {
     const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
     let before_ids: std::collections::HashSet<u64> = prog_stats()?.into_keys().collect();
     let previous = std::fs::read_to_string(STATS).unwrap_or_else(|_| "0".into());
     std::fs::write(STATS, "1").context("enabling BPF run-time statistics")?;
     let tracer = start(config, Some(guest_pid))?;
+    while rates.try_recv().is_ok() {}
     let a = prog_stats()?;
     std::thread::sleep(Duration::from_secs(secs as u64));
     let b = prog_stats()?;
+    // The guest prints its rate once a second: the lines of these seconds.
+    let exit_rates: Vec<f64> = std::iter::from_fn(|| rates.try_recv().ok())
+        .filter_map(|l| l.rsplit("rate=").next()?.parse::<f64>().ok())
+        .collect();
+    let exits_per_sec = exit_rates.iter().sum::<f64>() / exit_rates.len().max(1) as f64;
     stop(tracer);
     std::fs::write(STATS, previous.trim()).context("restoring kernel.bpf_stats_enabled")?;
     let mut by_name: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
@@ -216,6 +235,7 @@ fn program_cost(config: Config, guest_pid: u32, secs: usize) -> anyhow::Result<P
     Ok(ProgramCost {
         ns_per_event: time as f64 / events as f64,
         events,
+        events_per_exit: events as f64 / secs as f64 / exits_per_sec.max(1.0),
         by_program: by_name
             .into_iter()
             .filter(|(_, (_, n))| *n > 0)
@@ -442,6 +462,7 @@ pub fn run_bench(rounds: usize, samples: usize) -> anyhow::Result<()> {
         let configs = [
             Config::Nothing,
             Config::EmptyProgram,
+            Config::EmptyRaw,
             Config::Kvmtrace,
             Config::Bpftrace,
         ];
@@ -481,9 +502,14 @@ pub fn run_bench(rounds: usize, samples: usize) -> anyhow::Result<()> {
             );
         }
         let slow = |m: f64| 100.0 * (1.0 - m / base);
-        let (floor, ours, bpft) = (slow(medians[1]), slow(medians[2]), slow(medians[3]));
+        let (floor, raw, ours, bpft) = (
+            slow(medians[1]),
+            slow(medians[2]),
+            slow(medians[3]),
+            slow(medians[4]),
+        );
         println!(
-            "  kvmtrace slowdown {ours:.1}% = floor {floor:.1}% + {:.1} pp; bpftrace keyed count {bpft:.1}%",
+            "  kvmtrace slowdown {ours:.1}% = classic floor {floor:.1}% + {:.1} pp (raw floor {raw:.1}%); bpftrace keyed count {bpft:.1}%",
             ours - floor
         );
 
@@ -491,16 +517,22 @@ pub fn run_bench(rounds: usize, samples: usize) -> anyhow::Result<()> {
         // (immune to the run-to-run noise above; the statistics add the same ~100 ns to both).
         println!("\nProgram cost per event (kernel.bpf_stats_enabled, mean over {samples} s):");
         let mut floor = None;
-        for config in [Config::EmptyProgram, Config::Kvmtrace, Config::Bpftrace] {
-            let cost = program_cost(config, guest_pid, samples)?;
+        for config in [
+            Config::EmptyProgram,
+            Config::EmptyRaw,
+            Config::Kvmtrace,
+            Config::Bpftrace,
+        ] {
+            let cost = program_cost(config, guest_pid, &rates, samples)?;
             let ratio = floor.map_or_else(String::new, |f: f64| {
-                format!(" ({:.2}x the empty program)", cost.ns_per_event / f)
+                format!(" ({:.2}x the empty classic program)", cost.ns_per_event / f)
             });
             println!(
-                "  {:<28} {:>8.1} ns/event over {} events{ratio}",
+                "  {:<30} {:>8.1} ns/event over {} events, {:.2} events/exit{ratio}",
                 config.label(),
                 cost.ns_per_event,
-                cost.events
+                cost.events,
+                cost.events_per_exit
             );
             if config == Config::EmptyProgram {
                 floor = Some(cost.ns_per_event);

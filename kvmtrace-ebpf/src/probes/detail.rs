@@ -30,19 +30,19 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use kvmtrace_common::USUAL_OFFSETS;
 use kvmtrace_common::{
-    Config, DetailKey, DetailKind,
+    DetailKey, DetailKind,
     detail::{pack_cpuid, pack_mmio, pack_msr, pack_pio},
 };
 
-use crate::state::{config, count_detail, current, field, open_epoch, thread_state, traced};
+use crate::state::{conf, count_detail, current, field, open_epoch, thread_state, traced};
 
 #[tracepoint]
 pub fn kvmtrace_pio(ctx: TracePointContext) -> u32 {
-    count(&ctx, DetailKind::Pio, |ctx, cfg| {
+    count(&ctx, DetailKind::Pio, |ctx| {
         pack_pio(
-            field::<u32>(ctx, cfg.pio_port, USUAL_OFFSETS.pio_port),
-            field::<u32>(ctx, cfg.pio_rw, USUAL_OFFSETS.pio_rw),
-            field::<u32>(ctx, cfg.pio_size, USUAL_OFFSETS.pio_size),
+            field::<u32>(ctx, conf!(pio_port), USUAL_OFFSETS.pio_port),
+            field::<u32>(ctx, conf!(pio_rw), USUAL_OFFSETS.pio_rw),
+            field::<u32>(ctx, conf!(pio_size), USUAL_OFFSETS.pio_size),
         )
     });
     0
@@ -50,11 +50,11 @@ pub fn kvmtrace_pio(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn kvmtrace_mmio(ctx: TracePointContext) -> u32 {
-    count(&ctx, DetailKind::Mmio, |ctx, cfg| {
+    count(&ctx, DetailKind::Mmio, |ctx| {
         pack_mmio(
-            field::<u32>(ctx, cfg.mmio_type, USUAL_OFFSETS.mmio_type),
-            field::<u32>(ctx, cfg.mmio_len, USUAL_OFFSETS.mmio_len),
-            field::<u64>(ctx, cfg.mmio_gpa, USUAL_OFFSETS.mmio_gpa),
+            field::<u32>(ctx, conf!(mmio_type), USUAL_OFFSETS.mmio_type),
+            field::<u32>(ctx, conf!(mmio_len), USUAL_OFFSETS.mmio_len),
+            field::<u64>(ctx, conf!(mmio_gpa), USUAL_OFFSETS.mmio_gpa),
         )
     });
     0
@@ -62,11 +62,11 @@ pub fn kvmtrace_mmio(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn kvmtrace_msr(ctx: TracePointContext) -> u32 {
-    count(&ctx, DetailKind::Msr, |ctx, cfg| {
+    count(&ctx, DetailKind::Msr, |ctx| {
         pack_msr(
-            field::<u32>(ctx, cfg.msr_ecx, USUAL_OFFSETS.msr_ecx),
-            field::<u32>(ctx, cfg.msr_write, USUAL_OFFSETS.msr_write),
-            field::<u8>(ctx, cfg.msr_exception, USUAL_OFFSETS.msr_exception) != 0,
+            field::<u32>(ctx, conf!(msr_ecx), USUAL_OFFSETS.msr_ecx),
+            field::<u32>(ctx, conf!(msr_write), USUAL_OFFSETS.msr_write),
+            field::<u8>(ctx, conf!(msr_exception), USUAL_OFFSETS.msr_exception) != 0,
         )
     });
     0
@@ -74,10 +74,10 @@ pub fn kvmtrace_msr(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn kvmtrace_cpuid(ctx: TracePointContext) -> u32 {
-    count(&ctx, DetailKind::Cpuid, |ctx, cfg| {
+    count(&ctx, DetailKind::Cpuid, |ctx| {
         pack_cpuid(field::<u32>(
             ctx,
-            cfg.cpuid_function,
+            conf!(cpuid_function),
             USUAL_OFFSETS.cpuid_function,
         ))
     });
@@ -89,11 +89,10 @@ pub fn kvmtrace_cpuid(ctx: TracePointContext) -> u32 {
 fn count(
     ctx: &TracePointContext,
     kind: DetailKind,
-    key_of: impl FnOnce(&TracePointContext, &Config) -> (u32, u64),
+    key_of: impl FnOnce(&TracePointContext) -> (u32, u64),
 ) {
-    let cfg = config();
     let (tgid, tid) = current();
-    if !traced(&cfg, tgid) {
+    if !traced(tgid) {
         return;
     }
     let Some(seq) = open_epoch() else {
@@ -104,7 +103,7 @@ fn count(
     };
     // SAFETY: `state` points at this thread's THREADS value; only this thread's events write it.
     let state = unsafe { &mut *state };
-    let (a, b) = key_of(ctx, &cfg);
+    let (a, b) = key_of(ctx);
     let key = DetailKey {
         tgid,
         tid,
@@ -112,5 +111,5 @@ fn count(
         a,
         b,
     };
-    count_detail(&cfg, seq, state, &key, kind);
+    count_detail(seq, state, &key, kind);
 }

@@ -28,7 +28,7 @@ use kvmtrace_common::{Counter, LatencyKey, LatencyKind, THREAD_SEEN_ENTRY};
 
 use super::userspace::close_round_trip;
 use crate::state::{
-    bump, config, current, field, now_ns, open_epoch, record_latency, thread_state, traced,
+    bump, conf, current, field, now_ns, open_epoch, record_latency, thread_state, traced,
 };
 
 #[tracepoint]
@@ -45,9 +45,8 @@ pub fn kvmtrace_entry(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn try_exit(ctx: &TracePointContext) {
-    let cfg = config();
     let (tgid, tid) = current();
-    if !traced(&cfg, tgid) {
+    if !traced(tgid) {
         return;
     }
     if open_epoch().is_none() {
@@ -69,18 +68,17 @@ fn try_exit(ctx: &TracePointContext) {
     if state.run_ts == 0 {
         state.run_ts = ts;
     }
-    state.exit_reason = field::<u32>(ctx, cfg.exit_reason, USUAL_OFFSETS.exit_reason);
-    state.exit_isa = field::<u32>(ctx, cfg.exit_isa, USUAL_OFFSETS.exit_isa);
-    if cfg.exit_vcpu_id != kvmtrace_common::FIELD_ABSENT {
-        state.vcpu_id = field::<u32>(ctx, cfg.exit_vcpu_id, USUAL_OFFSETS.exit_vcpu_id);
+    state.exit_reason = field::<u32>(ctx, conf!(exit_reason), USUAL_OFFSETS.exit_reason);
+    state.exit_isa = field::<u32>(ctx, conf!(exit_isa), USUAL_OFFSETS.exit_isa);
+    if conf!(exit_vcpu_id) != kvmtrace_common::FIELD_ABSENT {
+        state.vcpu_id = field::<u32>(ctx, conf!(exit_vcpu_id), USUAL_OFFSETS.exit_vcpu_id);
     }
 }
 
 #[inline(always)]
 fn try_entry(ctx: &TracePointContext) {
-    let cfg = config();
     let (tgid, tid) = current();
-    if !traced(&cfg, tgid) {
+    if !traced(tgid) {
         return;
     }
     let Some(seq) = open_epoch() else {
@@ -96,8 +94,8 @@ fn try_entry(ctx: &TracePointContext) {
     if state.run_ts == 0 {
         state.run_ts = ts;
     }
-    if cfg.entry_vcpu_id != kvmtrace_common::FIELD_ABSENT {
-        state.vcpu_id = field::<u32>(ctx, cfg.entry_vcpu_id, USUAL_OFFSETS.entry_vcpu_id);
+    if conf!(entry_vcpu_id) != kvmtrace_common::FIELD_ABSENT {
+        state.vcpu_id = field::<u32>(ctx, conf!(entry_vcpu_id), USUAL_OFFSETS.entry_vcpu_id);
     }
     close_round_trip(tgid, tid, state, ts, seq);
     let first_entry = state.flags & THREAD_SEEN_ENTRY == 0;

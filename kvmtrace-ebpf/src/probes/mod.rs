@@ -1,5 +1,6 @@
 //! One file per tracepoint family.
 mod detail;
 mod exit;
+mod floor;
 mod sched;
 mod userspace;

@@ -18,7 +18,7 @@ use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use kvmtrace_common::USUAL_OFFSETS;
 use kvmtrace_common::{THREAD_OFF_IN_RUN, THREAD_OFF_RUNNABLE};
 
-use crate::state::{THREADS, config, field, maybe_traced_tid, now_ns, open_epoch};
+use crate::state::{THREADS, conf, field, maybe_traced_tid, now_ns, open_epoch};
 
 #[tracepoint]
 pub fn kvmtrace_switch(ctx: TracePointContext) -> u32 {
@@ -28,9 +28,8 @@ pub fn kvmtrace_switch(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn try_switch(ctx: &TracePointContext) {
-    let cfg = config();
-    let prev = field::<u32>(ctx, cfg.sched_prev_pid, USUAL_OFFSETS.sched_prev_pid);
-    let next = field::<u32>(ctx, cfg.sched_next_pid, USUAL_OFFSETS.sched_next_pid);
+    let prev = field::<u32>(ctx, conf!(sched_prev_pid), USUAL_OFFSETS.sched_prev_pid);
+    let next = field::<u32>(ctx, conf!(sched_next_pid), USUAL_OFFSETS.sched_next_pid);
     // The other threads of the host leave first; the gate is checked only for vCPU threads.
     let (prev_traced, next_traced) = (maybe_traced_tid(prev), maybe_traced_tid(next));
     if !(prev_traced || next_traced) || open_epoch().is_none() {
@@ -43,7 +42,7 @@ fn try_switch(ctx: &TracePointContext) {
         // SAFETY: THREADS values are only written by their own thread's events, and this is the
         // switch away from that thread.
         let p = unsafe { &mut *p };
-        let state = field::<u64>(ctx, cfg.sched_prev_state, USUAL_OFFSETS.sched_prev_state);
+        let state = field::<u64>(ctx, conf!(sched_prev_state), USUAL_OFFSETS.sched_prev_state);
         p.off_ts = ts;
         p.flags &= !(THREAD_OFF_IN_RUN | THREAD_OFF_RUNNABLE);
         if p.run_ts != 0 {

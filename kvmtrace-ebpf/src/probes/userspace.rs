@@ -20,7 +20,7 @@ use kvmtrace_common::{
 };
 
 use crate::state::{
-    bump, config, count_detail, current, field, now_ns, open_epoch, record_latency, thread_state,
+    bump, conf, count_detail, current, field, now_ns, open_epoch, record_latency, thread_state,
     traced,
 };
 
@@ -38,17 +38,16 @@ pub fn kvmtrace_fpu(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn try_userspace_exit(ctx: &TracePointContext) {
-    let cfg = config();
     let (tgid, tid) = current();
-    if !traced(&cfg, tgid) {
+    if !traced(tgid) {
         return;
     }
     let Some(seq) = open_epoch() else {
         return;
     };
     let ts = now_ns();
-    let reason = field::<u32>(ctx, cfg.uexit_reason, USUAL_OFFSETS.uexit_reason);
-    let errno = field::<i32>(ctx, cfg.uexit_errno, USUAL_OFFSETS.uexit_errno);
+    let reason = field::<u32>(ctx, conf!(uexit_reason), USUAL_OFFSETS.uexit_reason);
+    let errno = field::<i32>(ctx, conf!(uexit_errno), USUAL_OFFSETS.uexit_errno);
     let (a, b) = pack_userspace_exit(reason, errno);
     let Some(state) = thread_state(tgid, tid) else {
         return;
@@ -62,7 +61,7 @@ fn try_userspace_exit(ctx: &TracePointContext) {
         a,
         b,
     };
-    count_detail(&cfg, seq, state, &key, DetailKind::UserspaceExit);
+    count_detail(seq, state, &key, DetailKind::UserspaceExit);
     if state.uexit_ts != 0 {
         // Back in user space with no re-entry marker since the last one: that trip is not
         // timed, but its time inside an open exit is still the VMM's, not the kernel's.
@@ -82,15 +81,14 @@ fn try_userspace_exit(ctx: &TracePointContext) {
 /// not known also settles where it has been since it was first seen.
 #[inline(always)]
 fn try_fpu(ctx: &TracePointContext) {
-    let cfg = config();
     let (tgid, tid) = current();
-    if !traced(&cfg, tgid) {
+    if !traced(tgid) {
         return;
     }
     let Some(seq) = open_epoch() else {
         return;
     };
-    let load = field::<u32>(ctx, cfg.fpu_load, USUAL_OFFSETS.fpu_load) != 0;
+    let load = field::<u32>(ctx, conf!(fpu_load), USUAL_OFFSETS.fpu_load) != 0;
     let ts = now_ns();
     let Some(state) = thread_state(tgid, tid) else {
         return;

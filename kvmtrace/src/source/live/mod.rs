@@ -15,10 +15,12 @@
 mod batch;
 pub mod cost;
 mod drain;
+mod floor;
 mod header;
 mod kernel;
 mod queries;
 
+pub use floor::attach_floor;
 use kernel::*;
 
 use std::{

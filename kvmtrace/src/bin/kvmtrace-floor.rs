@@ -1,0 +1,39 @@
+//! `kvmtrace-floor classic|raw`: attaches kvmtrace's empty program (a classic or a raw
+//! tracepoint program) to every kvm tracepoint kvmtrace traces, says so on stdout, and stays
+//! until it is killed (the kernel then frees everything: nothing is pinned). `cargo xtask bench`
+//! runs it to measure the attach mechanisms' own cost beside kvmtrace's programs; it is not
+//! installed by the .deb.
+use std::process::ExitCode;
+
+use kvmtrace_common::programs;
+
+fn main() -> ExitCode {
+    let mode = std::env::args().nth(1).unwrap_or_default();
+    let raw = match mode.as_str() {
+        "classic" => false,
+        "raw" => true,
+        _ => {
+            eprintln!("usage: kvmtrace-floor classic|raw");
+            return ExitCode::from(2);
+        }
+    };
+    let events: Vec<(&str, &str)> = programs::ALL
+        .iter()
+        .filter(|(_, category, _)| *category == "kvm")
+        .map(|&(_, category, event)| (category, event))
+        .collect();
+    let _attached = match kvmtrace::source::live::attach_floor(raw, &events) {
+        Ok(ebpf) => ebpf,
+        Err(e) => {
+            eprintln!("kvmtrace-floor: error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "kvmtrace-floor: attached the empty {mode} program to {} tracepoints",
+        events.len()
+    );
+    loop {
+        std::thread::park();
+    }
+}

@@ -1,0 +1,56 @@
+//! The bench's floor: kvmtrace's empty programs attached to the given tracepoints, classic or
+//! raw, so `cargo xtask bench` can put the attach mechanisms' own cost beside kvmtrace's
+//! programs on the same events (see kvmtrace-ebpf's probes/floor.rs).
+
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{RawTracePoint, TracePoint},
+};
+use kvmtrace_common::programs;
+
+use super::{EBPF_OBJECT, bump_memlock_rlimit, check_root};
+use crate::error::Error;
+
+/// Attaches the empty classic (`raw` false) or raw tracepoint program to every (category,
+/// event) of `events`; they stay attached while the returned object lives.
+#[doc(hidden)]
+pub fn attach_floor(raw: bool, events: &[(&str, &str)]) -> Result<Ebpf, Error> {
+    check_root()?;
+    if EBPF_OBJECT.is_empty() {
+        return Err(Error::NoBpfObject);
+    }
+    bump_memlock_rlimit();
+    let mut ebpf = EbpfLoader::new()
+        .load(EBPF_OBJECT)
+        .map_err(|e| Error::bpf("loading the eBPF object", e))?;
+    let name = if raw {
+        programs::FLOOR_RAW
+    } else {
+        programs::FLOOR_CLASSIC
+    };
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or_else(|| Error::bpf(name, std::io::Error::other("program not in object")))?;
+    if raw {
+        let p: &mut RawTracePoint = prog
+            .try_into()
+            .map_err(|e| Error::bpf(format!("program {name}"), e))?;
+        p.load()
+            .map_err(|e| Error::bpf(format!("loading {name}"), e))?;
+        for (_, event) in events {
+            p.attach(event)
+                .map_err(|e| Error::bpf(format!("attaching {name} to {event}"), e))?;
+        }
+    } else {
+        let p: &mut TracePoint = prog
+            .try_into()
+            .map_err(|e| Error::bpf(format!("program {name}"), e))?;
+        p.load()
+            .map_err(|e| Error::bpf(format!("loading {name}"), e))?;
+        for (category, event) in events {
+            p.attach(category, event)
+                .map_err(|e| Error::bpf(format!("attaching {name} to {category}:{event}"), e))?;
+        }
+    }
+    Ok(ebpf)
+}
