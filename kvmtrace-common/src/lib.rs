@@ -69,6 +69,17 @@ pub mod programs {
         (KVM_CPUID, "kvm", "kvm_cpuid"),
         (SCHED_SWITCH, "sched", "sched_switch"),
     ];
+    /// The raw tracepoint variant of a program, where it has one: (classic, raw). The collector
+    /// attaches the raw one where the kernel allows (no trace record built per event), else
+    /// the classic one.
+    pub const RAW: [(&str, &str); 6] = [
+        (KVM_USERSPACE_EXIT, "kvmtrace_uexit_raw"),
+        (KVM_FPU, "kvmtrace_fpu_raw"),
+        (KVM_PIO, "kvmtrace_pio_raw"),
+        (KVM_MMIO, "kvmtrace_mmio_raw"),
+        (KVM_MSR, "kvmtrace_msr_raw"),
+        (KVM_CPUID, "kvmtrace_cpuid_raw"),
+    ];
     /// Empty programs for the bench's floor (never attached by the collector): classic and
     /// raw tracepoint.
     pub const FLOOR_CLASSIC: &str = "kvmtrace_floor_tp";

@@ -3,7 +3,8 @@
 //! and a recording keeps the cost for `report -i`.
 
 use crate::harness::{
-    Guest, count_of, kvmtrace_ok, parse_json, record_guest, require_kvm_and_root, vm_of,
+    Guest, count_of, kvmtrace_ok, parse_json, program_name, record_guest, require_kvm_and_root,
+    vm_of,
 };
 
 #[test]
@@ -22,12 +23,13 @@ fn bpf_runs_match_the_events_counted_and_survive_the_recording() {
     assert!(count_of(vm, "ports", &[("port", 0x70.into())]) >= 3000);
     let cost = &report["tracer_cost"];
     assert!(cost["unavailable"].is_null(), "{cost:#}");
+    let name = program_name("kvmtrace_pio");
     let pio = cost["programs"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|p| p["program"] == "kvmtrace_pio")
-        .unwrap_or_else(|| panic!("no kvmtrace_pio in {cost:#}"));
+        .find(|p| p["program"] == name.as_str())
+        .unwrap_or_else(|| panic!("no {name} in {cost:#}"));
     // The only VM on the host, idle until counting opened: every run was one of its events.
     assert_eq!(pio["runs"].as_u64().unwrap(), ports, "{cost:#}");
     let ns = pio["run_ns"].as_u64().unwrap();

@@ -393,6 +393,43 @@ pub struct Prog {
     pub name: String,
 }
 
+/// The name kvmtrace's program for a tracepoint has under the attach mode of this test run:
+/// the raw tracepoint variant (`kvmtrace_pio_raw`) by default, the classic one with
+/// `KVMTRACE_ATTACH=classic` (the suite runs both ways).
+pub fn program_name(classic: &str) -> String {
+    const RAW: [&str; 6] = [
+        "kvmtrace_uexit",
+        "kvmtrace_fpu",
+        "kvmtrace_pio",
+        "kvmtrace_mmio",
+        "kvmtrace_msr",
+        "kvmtrace_cpuid",
+    ];
+    let classic_only = std::env::var("KVMTRACE_ATTACH").as_deref() == Ok("classic");
+    if RAW.contains(&classic) && !classic_only {
+        format!("{classic}_raw")
+    } else {
+        classic.to_string()
+    }
+}
+
+/// Those of the programs `ids` still loaded, after waiting up to 2 s for them to go: the kernel
+/// frees a raw tracepoint program one RCU grace period after its link closed, a moment after
+/// the process that held it is gone.
+pub fn programs_left(ids: &[u64]) -> Vec<Prog> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let left: Vec<Prog> = loaded_kvmtrace_programs()
+            .into_iter()
+            .filter(|p| ids.contains(&p.id))
+            .collect();
+        if left.is_empty() || std::time::Instant::now() > deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// kvmtrace's BPF programs currently loaded (names kvmtrace_*), by any process.
 pub fn loaded_kvmtrace_programs() -> Vec<Prog> {
     let out = Command::new("bpftool")

@@ -18,8 +18,8 @@ use std::{
 use serde_json::Value;
 
 use crate::harness::{
-    Guest, STEP_TIMEOUT, kvmtrace_bin, line_reader, loaded_kvmtrace_programs, require_kvm_and_root,
-    wait_line,
+    Guest, STEP_TIMEOUT, kvmtrace_bin, line_reader, loaded_kvmtrace_programs, program_name,
+    programs_left, require_kvm_and_root, wait_line,
 };
 
 /// A loopback address with a port nobody listens on now.
@@ -142,11 +142,7 @@ impl Serve {
                 panic!("kvmtrace serve did not exit within {STEP_TIMEOUT:?}");
             }
         };
-        let left: Vec<u64> = loaded_kvmtrace_programs()
-            .iter()
-            .map(|p| p.id)
-            .filter(|id| self.programs.contains(id))
-            .collect();
+        let left: Vec<u64> = programs_left(&self.programs).iter().map(|p| p.id).collect();
         assert_eq!(
             left, [0u64; 0],
             "programs left loaded after kvmtrace serve ended"
@@ -332,14 +328,15 @@ fn prometheus_sees_exact_counts() {
         Some(1.0),
         "{metrics}"
     );
+    let pio = program_name("kvmtrace_pio");
     let pio_runs = sample(
         &metrics,
-        r#"kvmtrace_bpf_runs_total{program="kvmtrace_pio"}"#,
+        &format!(r#"kvmtrace_bpf_runs_total{{program="{pio}"}}"#),
     );
     assert!(pio_runs >= Some(20_001.0), "{pio_runs:?}\n{metrics}");
     let pio_secs = sample(
         &metrics,
-        r#"kvmtrace_bpf_run_seconds_total{program="kvmtrace_pio"}"#,
+        &format!(r#"kvmtrace_bpf_run_seconds_total{{program="{pio}"}}"#),
     );
     assert!(pio_secs > Some(0.0), "{pio_secs:?}");
     assert!(sample(&metrics, "kvmtrace_collector_cpu_seconds_total") > Some(0.0));

@@ -8,7 +8,8 @@ use std::{
 };
 
 use crate::harness::{
-    Guest, kvmtrace_bin, line_reader, loaded_kvmtrace_programs, require_kvm_and_root, wait_line,
+    Guest, kvmtrace_bin, line_reader, loaded_kvmtrace_programs, programs_left,
+    require_kvm_and_root, wait_line,
 };
 
 /// Port 0x70 writes of a guest that starts only once top runs: 20 000 at 10 000/s (this host's
@@ -241,10 +242,13 @@ fn the_terminal_ui_drills_down_to_the_port_and_quits_cleanly() {
     t.wait("the reasons again", |s| s.contains("REASON"));
     t.keys(&["q"]);
     assert_restored(&t);
-    let left: Vec<_> = loaded_kvmtrace_programs()
-        .into_iter()
-        .filter(|p| !before.contains(&p.id))
+    // Those loaded since `before` that are still there once the kernel has had time to free them.
+    let ours: Vec<u64> = loaded_kvmtrace_programs()
+        .iter()
+        .map(|p| p.id)
+        .filter(|id| !before.contains(id))
         .collect();
+    let left = programs_left(&ours);
     assert!(left.is_empty(), "programs left after top quit: {left:?}");
 }
 

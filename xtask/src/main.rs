@@ -1,5 +1,6 @@
 //! kvmtrace's developer tasks, one module per subcommand.
 mod bench;
+mod bench_scale;
 mod codegen;
 mod deb_l1;
 mod demo;

@@ -1,6 +1,7 @@
 //! `cargo xtask test`: everything CI checks, in order: set-up, formatting, clippy (also for the
 //! eBPF crate, on nightly, since it builds for another target), unit tests, then the integration
-//! tests against real guests as root, one at a time, the nested-SVM suite (real kvm_exit), the
+//! tests against real guests as root, one at a time (twice: raw and classic tracepoint programs),
+//! the nested-SVM suite (real kvm_exit), the
 //! release artefacts (`dist`: static binary, man pages, completions, .deb) and the .deb installed
 //! with dpkg in the nested rig's L1, the recording benchmarks' bars, and a bounded fuzzing run of
 //! the recording reader. xtask's own unit tests (the requirements scan among them) run with
@@ -41,7 +42,7 @@ pub fn run_tests() -> anyhow::Result<()> {
         ]))?;
     run(cargo().args(["build", "--bins"]))?;
     let mut passed = run_counting(cargo().args(["test", "--lib", "--bins"]))?;
-    passed += run_counting(cargo().args([
+    let integration = [
         "test",
         "-p",
         "kvmtrace-tests",
@@ -49,7 +50,11 @@ pub fn run_tests() -> anyhow::Result<()> {
         "it",
         "--",
         "--test-threads=1",
-    ]))?;
+    ];
+    // Raw tracepoint programs where the kernel takes them (the default), then every test again
+    // on the classic tracepoint programs, the fallback for kernels that refuse raw ones.
+    passed += run_counting(cargo().args(integration))?;
+    passed += run_counting(cargo().env("KVMTRACE_ATTACH", "classic").args(integration))?;
     // The tests that need real kvm_exit/kvm_entry run inside the nested SVM L1, on each kernel
     // line users run (5.10, 6.1, 6.12).
     passed += nested::run_nested(&nested::KernelLine::ALL, &nested::Options::default())?;

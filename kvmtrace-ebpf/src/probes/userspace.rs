@@ -11,8 +11,13 @@
 //! name: kvm_fpu
 //!     field:u32 load;      offset:8;  size:4; signed:0;
 //! ```
+//! Raw tracepoint variants (`*_raw`, see detail.rs) take TP_PROTO `kvm_userspace_exit(__u32
+//! reason, int errno)` and `kvm_fpu(int load)`.
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
+};
 use kvmtrace_common::USUAL_OFFSETS;
 use kvmtrace_common::{
     Counter, DetailKey, DetailKind, LatencyKey, LatencyKind, THREAD_UNRESOLVED, ThreadState,
@@ -26,18 +31,35 @@ use crate::state::{
 
 #[tracepoint]
 pub fn kvmtrace_uexit(ctx: TracePointContext) -> u32 {
-    try_userspace_exit(&ctx);
+    try_userspace_exit(|| {
+        (
+            field::<u32>(&ctx, conf!(uexit_reason), USUAL_OFFSETS.uexit_reason),
+            field::<i32>(&ctx, conf!(uexit_errno), USUAL_OFFSETS.uexit_errno),
+        )
+    });
+    0
+}
+
+#[raw_tracepoint]
+pub fn kvmtrace_uexit_raw(ctx: RawTracePointContext) -> i32 {
+    try_userspace_exit(|| (ctx.arg::<u32>(0), ctx.arg::<i32>(1)));
     0
 }
 
 #[tracepoint]
 pub fn kvmtrace_fpu(ctx: TracePointContext) -> u32 {
-    try_fpu(&ctx);
+    try_fpu(|| field::<u32>(&ctx, conf!(fpu_load), USUAL_OFFSETS.fpu_load) != 0);
+    0
+}
+
+#[raw_tracepoint]
+pub fn kvmtrace_fpu_raw(ctx: RawTracePointContext) -> i32 {
+    try_fpu(|| ctx.arg::<i32>(0) != 0);
     0
 }
 
 #[inline(always)]
-fn try_userspace_exit(ctx: &TracePointContext) {
+fn try_userspace_exit(args: impl FnOnce() -> (u32, i32)) {
     let (tgid, tid) = current();
     if !traced(tgid) {
         return;
@@ -46,8 +68,7 @@ fn try_userspace_exit(ctx: &TracePointContext) {
         return;
     };
     let ts = now_ns();
-    let reason = field::<u32>(ctx, conf!(uexit_reason), USUAL_OFFSETS.uexit_reason);
-    let errno = field::<i32>(ctx, conf!(uexit_errno), USUAL_OFFSETS.uexit_errno);
+    let (reason, errno) = args();
     let (a, b) = pack_userspace_exit(reason, errno);
     let Some(state) = thread_state(tgid, tid) else {
         return;
@@ -80,7 +101,7 @@ fn try_userspace_exit(ctx: &TracePointContext) {
 /// time inside KVM_RUN for CPU attribution. The first kvm_fpu event of a thread whose state was
 /// not known also settles where it has been since it was first seen.
 #[inline(always)]
-fn try_fpu(ctx: &TracePointContext) {
+fn try_fpu(load: impl FnOnce() -> bool) {
     let (tgid, tid) = current();
     if !traced(tgid) {
         return;
@@ -88,7 +109,7 @@ fn try_fpu(ctx: &TracePointContext) {
     let Some(seq) = open_epoch() else {
         return;
     };
-    let load = field::<u32>(ctx, conf!(fpu_load), USUAL_OFFSETS.fpu_load) != 0;
+    let load = load();
     let ts = now_ns();
     let Some(state) = thread_state(tgid, tid) else {
         return;

@@ -100,6 +100,7 @@ pub async fn serve(args: Options) -> Result<(), Error> {
         max_detail_keys: args.max_detail_keys,
         detail_keys_per_thread: args.max_keys_per_vcpu,
         follow: !args.names.is_empty(),
+        ..TraceOptions::default()
     })?;
     tracer.open(|| running_vcpu_threads(&host, &directory))?;
     let mut starts: HashMap<u32, Option<u64>> = directory

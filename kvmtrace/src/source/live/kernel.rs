@@ -312,3 +312,40 @@ pub(super) fn bump_memlock_rlimit() {
         log::debug!("could not raise RLIMIT_MEMLOCK");
     }
 }
+
+/// Loads program `prog` and attaches it to the classic tracepoint `category:event`.
+pub(super) fn attach_classic(
+    ebpf: &mut Ebpf,
+    prog: &str,
+    category: &str,
+    event: &str,
+) -> Result<(), Error> {
+    let p: &mut aya::programs::TracePoint = ebpf
+        .program_mut(prog)
+        .ok_or_else(|| Error::bpf(prog, std::io::Error::other("program not in object")))?
+        .try_into()
+        .map_err(|e| Error::bpf(format!("program {prog}"), e))?;
+    p.load()
+        .map_err(|e| Error::bpf(format!("loading {prog} ({category}:{event})"), e))?;
+    p.attach(category, event)
+        .map_err(|e| Error::bpf(format!("attaching {prog} to {category}:{event}"), e))?;
+    Ok(())
+}
+
+/// Loads program `prog` and attaches it to the raw tracepoint `event`; on failure (a kernel
+/// without raw tracepoints for modules, or whose tracepoint has fewer arguments than the program
+/// reads) the program is unloaded again, so the caller can attach the classic one.
+pub(super) fn attach_raw(ebpf: &mut Ebpf, prog: &str, event: &str) -> Result<(), Error> {
+    let p: &mut aya::programs::RawTracePoint = ebpf
+        .program_mut(prog)
+        .ok_or_else(|| Error::bpf(prog, std::io::Error::other("program not in object")))?
+        .try_into()
+        .map_err(|e| Error::bpf(format!("program {prog}"), e))?;
+    p.load()
+        .map_err(|e| Error::bpf(format!("loading {prog} (raw {event})"), e))?;
+    if let Err(e) = p.attach(event) {
+        let _ = p.unload();
+        return Err(Error::bpf(format!("attaching {prog} to raw {event}"), e));
+    }
+    Ok(())
+}

@@ -32,7 +32,6 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, MapData},
-    programs::TracePoint,
 };
 use kvmtrace_common::{
     CONFIG_GLOBAL, Config, Counter, DETAIL_KINDS, DetailKey, DetailKind, INLINE_TGIDS, LatencyKey,
@@ -59,6 +58,10 @@ pub struct TraceOptions {
     pub max_detail_keys: u32,
     /// Distinct detail keys one vCPU thread may add per interval (the rest: "other keys").
     pub detail_keys_per_thread: u32,
+    /// Attach raw tracepoint programs where there are some and the kernel takes them (the
+    /// default; `KVMTRACE_ATTACH=classic` in the environment turns it off): the kernel then
+    /// builds no trace record per event.
+    pub raw_tracepoints: bool,
     /// The selection may grow while tracing (`serve -d NAME` follows a VM across restarts): the
     /// kernel looks every pid up in TRACED_TGIDS, which [`Tracer::trace_pid`] adds to.
     pub follow: bool,
@@ -72,6 +75,7 @@ impl Default for TraceOptions {
             max_latency_keys: 4096,
             max_detail_keys: 16384,
             detail_keys_per_thread: Config::UNSET.detail_keys_per_thread,
+            raw_tracepoints: std::env::var("KVMTRACE_ATTACH").as_deref() != Ok("classic"),
             follow: false,
         }
     }
@@ -185,15 +189,20 @@ impl Tracer {
             if missing.contains(&event) {
                 continue;
             }
-            let p: &mut TracePoint = ebpf
-                .program_mut(prog)
-                .ok_or_else(|| Error::bpf(prog, std::io::Error::other("program not in object")))?
-                .try_into()
-                .map_err(|e| Error::bpf(format!("program {prog}"), e))?;
-            p.load()
-                .map_err(|e| Error::bpf(format!("loading {prog} ({category}:{event})"), e))?;
-            p.attach(category, event)
-                .map_err(|e| Error::bpf(format!("attaching {prog} to {category}:{event}"), e))?;
+            let raw = programs::RAW
+                .iter()
+                .find(|(classic, _)| *classic == prog)
+                .filter(|_| opts.raw_tracepoints);
+            if let Some(&(_, raw)) = raw {
+                match attach_raw(&mut ebpf, raw, event) {
+                    Ok(()) => {
+                        attached.push(event);
+                        continue;
+                    }
+                    Err(e) => log::info!("{e}; attaching the classic tracepoint program"),
+                }
+            }
+            attach_classic(&mut ebpf, prog, category, event)?;
             attached.push(event);
         }
         log::info!("attached to {}", attached.join(", "));
