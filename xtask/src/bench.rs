@@ -579,6 +579,10 @@ pub fn run_bench(rounds: usize, samples: usize) -> anyhow::Result<()> {
             "  {:<28} {:>5.2}% (stat) {:>6.3}% (schedstat): kvmtrace record of {} vCPU threads (10 guests x 20 vCPUs, each 50 port writes over 50 ports and 50 timer halts per second) over {:.0} s",
             "kvmtrace record at scale", scale.pct, scale.sched_pct, scale.threads, scale.secs
         );
+        if scale.pct.max(scale.sched_pct) >= 1.0 {
+            // Reported, not failed: the bar, not yet met (see the README's numbers).
+            println!("  kvmtrace record at scale: over the bar of 1 % of one CPU");
+        }
         if serve.pct.max(serve.sched_pct) > 1.0 {
             bail!(
                 "kvmtrace serve used {:.2}% of one CPU ({:.3}% by schedstat) at {:.0} exits/s: over the 1 % budget",
