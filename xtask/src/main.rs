@@ -39,10 +39,13 @@ enum Task {
     },
     /// Overhead of kvmtrace vs nothing, an empty program and bpftrace; syscall cost for others.
     Bench {
-        #[arg(long, default_value_t = 3)]
+        /// Rounds of every configuration in rotating order (the exit-loop rates move by several
+        /// percent between seconds on a small shared machine: five rounds of five seconds give
+        /// steadier medians than three of three).
+        #[arg(long, default_value_t = 5)]
         rounds: usize,
         /// One-second samples per configuration per round.
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 5)]
         samples: usize,
     },
     /// Boot the nested SVM L1 (QEMU TCG + kvm_amd) and run the tests that need real kvm_exit.
