@@ -397,20 +397,13 @@ pub struct Prog {
 /// the raw tracepoint variant (`kvmtrace_pio_raw`) by default, the classic one with
 /// `KVMTRACE_ATTACH=classic` (the suite runs both ways).
 pub fn program_name(classic: &str) -> String {
-    const RAW: [&str; 6] = [
-        "kvmtrace_uexit",
-        "kvmtrace_fpu",
-        "kvmtrace_pio",
-        "kvmtrace_mmio",
-        "kvmtrace_msr",
-        "kvmtrace_cpuid",
-    ];
     let classic_only = std::env::var("KVMTRACE_ATTACH").as_deref() == Ok("classic");
-    if RAW.contains(&classic) && !classic_only {
-        format!("{classic}_raw")
-    } else {
-        classic.to_string()
-    }
+    kvmtrace_common::programs::RAW
+        .iter()
+        .find(|(c, _)| *c == classic)
+        .filter(|_| !classic_only)
+        .map_or(classic, |(_, raw)| raw)
+        .to_string()
 }
 
 /// Those of the programs `ids` still loaded, after waiting up to 2 s for them to go: the kernel

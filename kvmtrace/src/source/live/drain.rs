@@ -176,10 +176,6 @@ impl Tracer {
         Ok(())
     }
 
-    pub(super) fn thread_alive(&self, tgid: u32, tid: u32) -> bool {
-        thread_alive(&self.proc_root, tgid, tid)
-    }
-
     /// Reports each kind of loss once, when it first happens (never per event).
     pub(super) fn warn_losses(&mut self, counters: &[u64; Counter::COUNT as usize]) {
         for (c, what) in [

@@ -8,7 +8,7 @@ use aya::{
 };
 use kvmtrace_common::programs;
 
-use super::{EBPF_OBJECT, bump_memlock_rlimit, check_root};
+use super::{EBPF_OBJECT, bump_memlock_rlimit, check_root, kernel::program};
 use crate::error::Error;
 
 /// Attaches the empty classic (`raw` false) or raw tracepoint program to every (category,
@@ -23,18 +23,9 @@ pub fn attach_floor(raw: bool, events: &[(&str, &str)]) -> Result<Ebpf, Error> {
     let mut ebpf = EbpfLoader::new()
         .load(EBPF_OBJECT)
         .map_err(|e| Error::bpf("loading the eBPF object", e))?;
-    let name = if raw {
-        programs::FLOOR_RAW
-    } else {
-        programs::FLOOR_CLASSIC
-    };
-    let prog = ebpf
-        .program_mut(name)
-        .ok_or_else(|| Error::bpf(name, std::io::Error::other("program not in object")))?;
     if raw {
-        let p: &mut RawTracePoint = prog
-            .try_into()
-            .map_err(|e| Error::bpf(format!("program {name}"), e))?;
+        let name = programs::FLOOR_RAW;
+        let p: &mut RawTracePoint = program(&mut ebpf, name)?;
         p.load()
             .map_err(|e| Error::bpf(format!("loading {name}"), e))?;
         for (_, event) in events {
@@ -42,9 +33,8 @@ pub fn attach_floor(raw: bool, events: &[(&str, &str)]) -> Result<Ebpf, Error> {
                 .map_err(|e| Error::bpf(format!("attaching {name} to {event}"), e))?;
         }
     } else {
-        let p: &mut TracePoint = prog
-            .try_into()
-            .map_err(|e| Error::bpf(format!("program {name}"), e))?;
+        let name = programs::FLOOR_CLASSIC;
+        let p: &mut TracePoint = program(&mut ebpf, name)?;
         p.load()
             .map_err(|e| Error::bpf(format!("loading {name}"), e))?;
         for (category, event) in events {

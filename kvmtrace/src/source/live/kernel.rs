@@ -197,14 +197,6 @@ pub(super) fn seed_state(tgid: u32, now: u64, at: AtStart) -> ThreadState {
     st
 }
 
-pub(super) fn thread_alive(proc_root: &Path, tgid: u32, tid: u32) -> bool {
-    proc_root
-        .join(tgid.to_string())
-        .join("task")
-        .join(tid.to_string())
-        .exists()
-}
-
 /// The live threads of each process asked about, one /proc/PID/task listing per process (a VM
 /// with a thousand vCPUs costs one directory read per interval, not a thousand lookups).
 pub(super) struct LiveThreads<'a> {
@@ -313,6 +305,17 @@ pub(super) fn bump_memlock_rlimit() {
     }
 }
 
+/// Program `prog` of the object as its type P (a classic or a raw tracepoint program).
+pub(super) fn program<'a, P>(ebpf: &'a mut Ebpf, prog: &str) -> Result<&'a mut P, Error>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(prog)
+        .ok_or_else(|| Error::bpf(prog, std::io::Error::other("program not in object")))?
+        .try_into()
+        .map_err(|e| Error::bpf(format!("program {prog}"), e))
+}
+
 /// Loads program `prog` and attaches it to the classic tracepoint `category:event`.
 pub(super) fn attach_classic(
     ebpf: &mut Ebpf,
@@ -320,11 +323,7 @@ pub(super) fn attach_classic(
     category: &str,
     event: &str,
 ) -> Result<(), Error> {
-    let p: &mut aya::programs::TracePoint = ebpf
-        .program_mut(prog)
-        .ok_or_else(|| Error::bpf(prog, std::io::Error::other("program not in object")))?
-        .try_into()
-        .map_err(|e| Error::bpf(format!("program {prog}"), e))?;
+    let p: &mut aya::programs::TracePoint = program(ebpf, prog)?;
     p.load()
         .map_err(|e| Error::bpf(format!("loading {prog} ({category}:{event})"), e))?;
     p.attach(category, event)
@@ -336,11 +335,7 @@ pub(super) fn attach_classic(
 /// without raw tracepoints for modules, or whose tracepoint has fewer arguments than the program
 /// reads) the program is unloaded again, so the caller can attach the classic one.
 pub(super) fn attach_raw(ebpf: &mut Ebpf, prog: &str, event: &str) -> Result<(), Error> {
-    let p: &mut aya::programs::RawTracePoint = ebpf
-        .program_mut(prog)
-        .ok_or_else(|| Error::bpf(prog, std::io::Error::other("program not in object")))?
-        .try_into()
-        .map_err(|e| Error::bpf(format!("program {prog}"), e))?;
+    let p: &mut aya::programs::RawTracePoint = program(ebpf, prog)?;
     p.load()
         .map_err(|e| Error::bpf(format!("loading {prog} (raw {event})"), e))?;
     if let Err(e) = p.attach(event) {

@@ -105,12 +105,13 @@ impl Tracer {
             map_entries: Some(self.occupancy()?),
             ..Default::default()
         };
+        let mut live = LiveThreads::new(&self.proc_root);
         for item in threads.iter() {
             let (tid, st) = item.map_err(|e| Error::bpf("reading THREADS", e))?;
             if st.exit_ts == 0 && st.uexit_ts == 0 {
                 continue;
             }
-            let alive = !self.exited.contains(&(st.tgid, tid)) && self.thread_alive(st.tgid, tid);
+            let alive = !self.exited.contains(&(st.tgid, tid)) && live.alive(st.tgid, tid);
             if st.exit_ts != 0 {
                 let exits = if alive {
                     &mut open.exits
