@@ -29,6 +29,19 @@ pub fn header() -> Header {
     }
 }
 
+/// The one VM of the test recordings: pid 10 with vCPU thread 11.
+pub fn vm() -> Vm {
+    Vm {
+        pid: 10,
+        name: "vm".into(),
+        aliases: Default::default(),
+        threads: vec![Thread {
+            tid: 11,
+            comm: "CPU 0/KVM".into(),
+        }],
+    }
+}
+
 pub fn interval(i: u64) -> Interval {
     let mut counters = [0; Counter::COUNT as usize];
     counters[Counter::DetailsSeen as usize] = 100 * i;
@@ -72,16 +85,7 @@ pub fn recording(n: u64) -> Vec<u8> {
     let path = dir.path().join("r.kvmtrace");
     let file = Writer::create(&path).unwrap();
     let mut w = Writer::start(file, &path, &header()).unwrap();
-    w.vm(&Vm {
-        pid: 10,
-        name: "vm".into(),
-        aliases: Default::default(),
-        threads: vec![Thread {
-            tid: 11,
-            comm: "CPU 0/KVM".into(),
-        }],
-    })
-    .unwrap();
+    w.vm(&vm()).unwrap();
     for i in 1..=n {
         w.interval(&interval(i)).unwrap();
     }
@@ -199,16 +203,7 @@ fn versions_from_the_oldest_to_this_one_are_read_and_no_other() {
 #[test]
 fn a_stream_holds_the_bytes_of_a_file() {
     let mut w = Writer::new(Vec::new(), "a buffer", &header()).unwrap();
-    w.vm(&Vm {
-        pid: 10,
-        name: "vm".into(),
-        aliases: Default::default(),
-        threads: vec![Thread {
-            tid: 11,
-            comm: "CPU 0/KVM".into(),
-        }],
-    })
-    .unwrap();
+    w.vm(&vm()).unwrap();
     for i in 1..=3 {
         w.interval(&interval(i)).unwrap();
     }
