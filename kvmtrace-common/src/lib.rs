@@ -8,6 +8,7 @@
 
 pub mod detail;
 pub mod hist;
+pub mod stacks;
 #[cfg(feature = "user")]
 mod user;
 
@@ -41,6 +42,13 @@ pub mod maps {
     pub const TID_MARKS: &str = "TID_MARKS";
     /// Per-CPU array of u64 indexed by [`crate::Counter`].
     pub const COUNTERS: &str = "COUNTERS";
+    /// [`crate::stacks::StackKey`] -> samples (u64), one map per epoch parity like LATENCY.
+    pub const STACK_COUNTS: [&str; 2] = ["STACK_COUNTS_EVEN", "STACK_COUNTS_ODD"];
+    /// Stack id -> instruction pointers (BPF_MAP_TYPE_STACK_TRACE). Never deleted from while
+    /// tracing, so an id names one stack for good and the collector symbolizes it once.
+    pub const STACK_TRACES: &str = "STACK_TRACES";
+    /// Per-CPU u64: samples of traced threads not counted (STACK_COUNTS full).
+    pub const STACK_LOST: &str = "STACK_LOST";
 }
 
 /// The global holding [`Config`], set with `override_global` before load.
@@ -84,6 +92,8 @@ pub mod programs {
     /// raw tracepoint.
     pub const FLOOR_CLASSIC: &str = "kvmtrace_floor_tp";
     pub const FLOOR_RAW: &str = "kvmtrace_floor_raw";
+    /// The perf_event program of `record --stacks` (attached only then).
+    pub const STACK_SAMPLE: &str = "kvmtrace_stack_sample";
 }
 
 /// How many selected VMs the configuration holds inline.

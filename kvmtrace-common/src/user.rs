@@ -8,3 +8,4 @@ unsafe impl aya::Pod for crate::PendingDetail {}
 unsafe impl aya::Pod for crate::LatencyKey {}
 unsafe impl aya::Pod for crate::LatencyStats {}
 unsafe impl aya::Pod for crate::DetailKey {}
+unsafe impl aya::Pod for crate::stacks::StackKey {}

@@ -105,6 +105,12 @@ pub struct RecordArgs {
     /// summed in an "other keys" row).
     #[arg(long)]
     pub all_keys: bool,
+    /// Sample host stacks of the traced vCPU threads, HZ times a second per CPU (default 999):
+    /// the report's "Hottest host paths" per exit reason and state, and `report --weight
+    /// samples` flamegraphs. Off by default.
+    #[arg(long, value_name = "HZ", num_args = 0..=1, require_equals = true,
+          default_missing_value = "999", value_parser = clap::value_parser!(u64).range(1..=20_000))]
+    pub stacks: Option<u64>,
 }
 
 /// Storm detection thresholds (see the report's "Storms" section).

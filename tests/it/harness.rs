@@ -50,6 +50,15 @@ pub fn testvm_bin() -> PathBuf {
     )
 }
 
+/// A fresh path `name` in the tests' temporary directory (any file left there is removed).
+pub fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join("kvmtrace-it");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    let _ = std::fs::remove_file(&path);
+    path
+}
+
 /// Lines of a child's stream, readable with a timeout.
 pub fn line_reader(stream: impl std::io::Read + Send + 'static) -> Receiver<String> {
     let (tx, rx) = channel();

@@ -99,6 +99,34 @@ fn running_in_kernel_loop_has_a_cpu_row() {
     assert!(!vm["cpuid"].as_array().unwrap().is_empty(), "{vm:#}");
 }
 
+/// A VMM that spends 300 µs in user space on each port write (guest running before the
+/// recorder): that time is the VMM's, not KVM_RUN's, and it is the KVM_EXIT_IO round trips'
+/// total. (kvm_userspace_exit comes after KVM_RUN's kvm_fpu unload; it once re-opened KVM_RUN
+/// there, and this VMM read as 99 % "in KVM_RUN".)
+#[test]
+fn vmm_time_in_user_space_is_the_vmm_s() {
+    require_kvm_and_root();
+    let mut guest = Guest::start(
+        "it-vmm-busy",
+        &["--run", "pio_out,port=0x80,ms=60000,vmm_us=300"],
+    );
+    let report = record_running(&mut guest, Duration::from_secs(1), "3s");
+    let vm = vm_of(&report, guest.pid);
+    let cpu = &vm["cpu"][0];
+    assert_accounted_from_attach(&report, cpu);
+    let f = |k: &str| cpu[k].as_f64().unwrap();
+    assert!(f("vmm_pct") > 85.0, "{cpu:#}");
+    assert!(f("in_kvm_run_pct") < 15.0, "{cpu:#}");
+    let io = rows(vm, "userspace_exits", &[("reason", json!("IO"))]);
+    assert_eq!(io.len(), 1, "{vm:#}");
+    let round_trips_secs = io[0]["round_trip"]["total_ns"].as_f64().unwrap() / 1e9;
+    let vmm_secs = f("vmm_pct") / 100.0 * f("wall_secs");
+    assert!(
+        (vmm_secs - round_trips_secs).abs() < 0.05 * vmm_secs,
+        "VMM {vmm_secs:.3} s on a CPU, KVM_EXIT_IO round trips {round_trips_secs:.3} s"
+    );
+}
+
 /// Issue 8.2: one guest writes to 30 000 distinct ports while two others run, with a detail map
 /// of 1 024 keys: the others are counted exactly under their own keys (the big one cannot take
 /// more than its per-vCPU budget), the big one's total is exact (its top rows plus an "other

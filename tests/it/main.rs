@@ -14,5 +14,6 @@ mod names;
 mod nested_l1;
 mod recordings;
 mod serve;
+mod stacks;
 mod storms;
 mod top;

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use crate::harness::{
     Guest, Recorder, count_of, kvmtrace_ok, parse_json, record_guest, record_guest_output,
-    require_kvm_and_root, vm_of,
+    require_kvm_and_root, temp, vm_of,
 };
 
 const TWO_VCPU_PLAN: [&str; 6] = [
@@ -17,14 +17,6 @@ const TWO_VCPU_PLAN: [&str; 6] = [
     "--run",
     "1:wrmsr,msr=0x6e0,count=2000;cpuid,count=500",
 ];
-
-fn temp(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join("kvmtrace-it");
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    let _ = std::fs::remove_file(&path);
-    path
-}
 
 fn report(file: &Path, args: &[&str]) -> Vec<u8> {
     let mut all = vec!["report", "-i", file.to_str().unwrap()];

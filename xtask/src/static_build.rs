@@ -35,7 +35,7 @@ fn target_dir() -> PathBuf {
 fn configure(c: &mut Command, target_dir: &Path) {
     c.env(
         "RUSTFLAGS",
-        "-C target-feature=+crt-static -C relocation-model=static",
+        "-C target-feature=+crt-static -C relocation-model=static -C force-frame-pointers=yes",
     )
     .arg("--release")
     .args(["--target", TARGET])

@@ -3,4 +3,5 @@ mod detail;
 mod exit;
 mod floor;
 mod sched;
+mod stacks;
 mod userspace;

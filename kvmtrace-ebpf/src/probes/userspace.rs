@@ -89,9 +89,13 @@ fn try_userspace_exit(args: impl FnOnce() -> (u32, i32)) {
         bump(Counter::UnpairedUserspaceExits);
         add_vmm_part(state, ts);
     }
-    // Only inside KVM_RUN does KVM return to user space: a missed kvm_fpu load is repaired here.
-    if state.run_ts == 0 {
-        state.run_ts = ts;
+    // KVM_RUN has just returned: this event follows its kvm_fpu unload, so run_ts is 0 already;
+    // where the unload was missed (or the thread's state was not known yet), the KVM_RUN ends
+    // here. (Setting run_ts here, as a "repair", once counted the VMM's whole time as KVM_RUN.)
+    state.flags &= !THREAD_UNRESOLVED;
+    if state.run_ts != 0 {
+        state.run_ns += ts.saturating_sub(state.run_ts);
+        state.run_ts = 0;
     }
     state.uexit_ts = ts;
     state.uexit_reason = a;

@@ -17,6 +17,7 @@ pub fn trace_options(args: &RecordArgs, pids: Option<Vec<u32>>) -> TraceOptions 
         max_detail_keys: args.max_detail_keys,
         detail_keys_per_thread: args.max_keys_per_vcpu,
         follow: false,
+        stacks_hz: args.stacks,
         ..TraceOptions::default()
     }
 }

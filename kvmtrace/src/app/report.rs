@@ -8,7 +8,7 @@ use super::{
 };
 use crate::{
     cli::ReportArgs,
-    render::{self, Format},
+    render::{self, Format, Weight},
     report::{
         self,
         filter::{self, SortKey},
@@ -28,6 +28,13 @@ pub fn report(args: &ReportArgs) -> anyhow::Result<()> {
     let max_rows = (!args.all_keys && matches!(args.format, Format::Text | Format::Json))
         .then_some(report::DEFAULT_MAX_ROWS);
     let mut report = recording::build_report(&loaded, per_vcpu, &args.storms.config(), max_rows);
+    if args.weight == Weight::Samples && report.host_stacks.is_none() {
+        return Err(crate::error::Error::Usage(format!(
+            "{} has no host stack samples for --weight samples: record with `kvmtrace record --stacks`",
+            untrusted::escape(&args.input.display().to_string())
+        ))
+        .into());
+    }
     filter::filter(&mut report, &settings.filter);
     if args.sort != SortKey::Count {
         filter::sort(&mut report, args.sort);

@@ -32,6 +32,8 @@ pub struct Interval {
     pub counters: [u64; Counter::COUNT as usize],
     /// Cumulative CPU accounting of every traced thread, as of the end of this interval.
     pub threads: Vec<ThreadCpu>,
+    /// Host stack samples (`--stacks`; empty otherwise).
+    pub stacks: super::stacks::StackBatch,
 }
 
 /// Where a vCPU thread's time went since it was first seen (cumulative ns). The kernel's view

@@ -9,6 +9,7 @@ mod in_flight;
 mod interval;
 mod latency;
 pub mod series;
+pub mod stacks;
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -44,6 +45,8 @@ pub struct Aggregate {
     pub series: series::Series,
     /// The latest CPU accounting of every thread.
     pub threads: BTreeMap<u32, ThreadCpu>,
+    /// Host stack samples (`--stacks`).
+    pub stacks: stacks::StackProfile,
 }
 
 impl Aggregate {
@@ -61,6 +64,7 @@ impl Aggregate {
         for t in &iv.threads {
             self.threads.insert(t.tid, *t);
         }
+        self.stacks.apply(&iv.stacks);
     }
 
     pub fn counter(&self, c: Counter) -> u64 {
@@ -110,6 +114,7 @@ mod tests {
                 details: vec![(dkey, 10)],
                 counters,
                 threads: vec![],
+                stacks: Default::default(),
             });
         }
         assert_eq!(agg.elapsed, Duration::from_secs(3));

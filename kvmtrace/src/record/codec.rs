@@ -411,6 +411,7 @@ mod tests {
                     ..Default::default()
                 })
                 .collect(),
+            stacks: Default::default(),
         }
     }
 

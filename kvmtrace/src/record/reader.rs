@@ -16,11 +16,15 @@ use std::{
 };
 
 use super::{
-    End, FormatError, Header, KIND_END, KIND_INTERVAL, KIND_VM, MAGIC, OLDEST_VERSION, VERSION,
+    End, FormatError, Header, KIND_END, KIND_INTERVAL, KIND_STACKS, KIND_VM, MAGIC, OLDEST_VERSION,
+    VERSION,
     codec::Decoder,
     limits::{Budget, MAX_HEADER, MAX_INTERVAL_RECORD, MAX_JSON_RECORD, ZSTD_WINDOW_LOG_MAX},
 };
-use crate::{error::Error, model::Interval, model::identity::Vm};
+use crate::{
+    error::Error,
+    model::{Interval, identity::Vm, stacks::StackBatch},
+};
 
 #[derive(Clone, Debug, Default)]
 pub struct Recording {
@@ -180,6 +184,7 @@ fn read_records(
         .map_err(corrupted)?;
     let mut payload = Vec::new();
     let mut pos: u64 = 0;
+    let mut stacks_declared = 0;
     loop {
         let mut head = [0u8; 9];
         // A cut-short file ends inside a zstd frame or a record: keep what decoded. Any other
@@ -206,7 +211,7 @@ fn read_records(
         let crc = u32::from_le_bytes([head[5], head[6], head[7], head[8]]);
         let max = match kind {
             KIND_INTERVAL => MAX_INTERVAL_RECORD,
-            KIND_VM | KIND_END => MAX_JSON_RECORD,
+            KIND_VM | KIND_END | KIND_STACKS => MAX_JSON_RECORD,
             other => {
                 return Err(FormatError::Corrupted(format!(
                     "unknown record kind {other}"
@@ -242,6 +247,10 @@ fn read_records(
                 budget.charge(2, size_of::<Interval>())?;
                 rec.intervals.push(codec.decode(&payload, &mut budget)?);
             }
+            KIND_STACKS => {
+                budget.charge(payload.len(), 4)?;
+                read_stacks(&payload, rec, &mut stacks_declared)?;
+            }
             _ => {
                 budget.charge(payload.len(), 4)?;
                 rec.end = Some(
@@ -252,6 +261,44 @@ fn read_records(
         }
         pos += 9 + u64::from(len);
     }
+}
+
+/// A STACKS record: the samples of the interval just read, and the stacks first seen in it.
+/// `declared`: the stacks of the records before.
+fn read_stacks(
+    payload: &[u8],
+    rec: &mut Recording,
+    declared: &mut usize,
+) -> Result<(), FormatError> {
+    let mut batch: StackBatch = serde_json::from_slice(payload)
+        .map_err(|e| FormatError::Corrupted(format!("STACKS record: {e}")))?;
+    let Some(iv) = rec.intervals.last_mut() else {
+        return Err(FormatError::Corrupted(
+            "a STACKS record before any interval".into(),
+        ));
+    };
+    if !iv.stacks.is_empty() {
+        return Err(FormatError::Corrupted(
+            "two STACKS records for one interval".into(),
+        ));
+    }
+    *declared += batch.new_stacks.len();
+    if batch
+        .samples
+        .iter()
+        .any(|(k, _)| k.stack as usize >= *declared)
+    {
+        return Err(FormatError::Corrupted(
+            "a stack sample refers to a stack not in the file".into(),
+        ));
+    }
+    for stack in &mut batch.new_stacks {
+        for frame in stack.kernel.iter_mut().chain(&mut stack.user) {
+            crate::untrusted::escape_in_place(frame);
+        }
+    }
+    iv.stacks = batch;
+    Ok(())
 }
 
 /// Reads until `buf` is full or the input ends (a truncated zstd frame ends it too); returns the

@@ -18,7 +18,9 @@ use std::{
     time::Duration,
 };
 
-use super::{End, Header, KIND_END, KIND_INTERVAL, KIND_VM, MAGIC, VERSION, codec::Encoder};
+use super::{
+    End, Header, KIND_END, KIND_INTERVAL, KIND_STACKS, KIND_VM, MAGIC, VERSION, codec::Encoder,
+};
 use crate::{error::Error, model::Interval, model::identity::Vm, outfile::OutFile};
 
 /// A recording being written to a file ([`Writer::create`], [`Writer::start`]) or to any
@@ -112,9 +114,16 @@ impl<W: Write> Writer<W> {
             return Ok(()); // the dictionary of keys sent would no longer match the file
         }
         let payload = self.codec.encode(iv);
-        if self.record(KIND_INTERVAL, &payload) {
-            self.written_until = iv.at;
+        if !self.record(KIND_INTERVAL, &payload) {
+            return Ok(());
         }
+        if !iv.stacks.is_empty() {
+            let json = serde_json::to_vec(&iv.stacks).map_err(|e| self.err(io::Error::other(e)))?;
+            if !self.record(KIND_STACKS, &json) {
+                return Ok(());
+            }
+        }
+        self.written_until = iv.at;
         Ok(())
     }
 

@@ -10,6 +10,7 @@ fn options(title: &str, weight: Weight) -> inferno::flamegraph::Options<'static>
     opts.count_name = match weight {
         Weight::Time => "ns".into(),
         Weight::Count => "exits".into(),
+        Weight::Samples => "samples".into(),
     };
     opts.name_type = "Frame:".into();
     opts.colors =

@@ -95,6 +95,13 @@ pub fn scaled(lines: &[String], factor: f64) -> Vec<String> {
 }
 
 pub fn lines(report: &Report, weight: Weight) -> Vec<String> {
+    if weight == Weight::Samples {
+        return report
+            .host_stacks
+            .as_ref()
+            .map(|hs| super::host_paths::folded(hs, frame))
+            .unwrap_or_default();
+    }
     let mut out = Vec::new();
     for vm in &report.vms {
         // The VM frame is its name, so recordings of the same VM compare (diff) even when its pid
@@ -117,7 +124,7 @@ pub fn lines(report: &Report, weight: Weight) -> Vec<String> {
             for e in &vm.exits {
                 let w = match weight {
                     Weight::Time => e.latency.total_ns,
-                    Weight::Count => e.count,
+                    Weight::Count | Weight::Samples => e.count,
                 };
                 let vcpu = vcpu_frame(&e.vcpu);
                 let msr_dir = exit_msr_dir(e.isa_code, e.reason_code);
@@ -135,7 +142,7 @@ pub fn lines(report: &Report, weight: Weight) -> Vec<String> {
             let w = match (weight, &u.round_trip) {
                 (Weight::Time, Some(l)) => l.total_ns,
                 (Weight::Time, None) => 0,
-                (Weight::Count, _) => u.count,
+                (Weight::Count | Weight::Samples, _) => u.count,
             };
             let vcpu = vcpu_frame(&u.vcpu);
             let reason = format!("VMM {}", u.reason);

@@ -4,6 +4,7 @@ pub mod csv;
 pub mod diff;
 pub mod flamegraph;
 pub mod folded;
+pub mod host_paths;
 pub mod json;
 pub mod list;
 pub mod live;
@@ -33,6 +34,9 @@ pub enum Weight {
     Time,
     /// Number of exits.
     Count,
+    /// Host stack samples (recordings made with `record --stacks`): frames `VM;vCPU N;reason;
+    /// state;` then the VMM's and the kernel's frames.
+    Samples,
 }
 
 /// `report` in `format`; `title` is the flamegraph's.

@@ -38,6 +38,9 @@ pub fn render(report: &Report, out: &mut impl io::Write) -> io::Result<()> {
     for vm in &report.vms {
         render_vm(vm, report, out)?;
     }
+    if let Some(hs) = &report.host_stacks {
+        super::host_paths::render(hs, out)?;
+    }
     writeln!(out)?;
     render_counters(&report.counters, out)?;
     if let Some(cost) = &report.tracer_cost {
@@ -419,6 +422,7 @@ mod tests {
             max_ns: v,
         };
         Report {
+            host_stacks: None,
             tracer_cost: Some(crate::model::cost::TracerCost {
                 secs: 2.0,
                 programs: vec![crate::model::cost::ProgramCost {

@@ -31,6 +31,12 @@ pub fn build(agg: &Aggregate, ctx: &Context) -> Report {
             .map_or(VcpuLabel::Tid(tid), |c| c.label)
     };
     let storms = storms::detect(&agg.series, ctx.storm, &label);
+    let vm_name = |pid: u32| {
+        vms.iter()
+            .find(|v| v.pid == pid)
+            .map_or_else(|| format!("pid {pid}"), |v| v.name.clone())
+    };
+    let host_stacks = super::stacks::build(agg, &vm_name, &label);
     Report {
         duration_secs: secs,
         kvm_module: ctx.kvm_module.clone(),
@@ -42,6 +48,7 @@ pub fn build(agg: &Aggregate, ctx: &Context) -> Report {
         vms,
         counters,
         tracer_cost: None,
+        host_stacks,
     }
 }
 

@@ -8,6 +8,7 @@ mod details;
 pub mod diff;
 mod exits;
 pub mod filter;
+pub mod stacks;
 
 use std::collections::BTreeMap;
 
@@ -47,6 +48,9 @@ pub struct Report {
     /// read back from recordings that have it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tracer_cost: Option<TracerCost>,
+    /// Host stack samples by state and exit reason (recordings made with `--stacks`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_stacks: Option<stacks::HostStacks>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]

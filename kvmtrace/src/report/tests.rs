@@ -91,6 +91,7 @@ fn sample() -> Aggregate {
         ],
         counters,
         threads: vec![],
+        stacks: Default::default(),
     });
     agg
 }

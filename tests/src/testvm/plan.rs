@@ -5,7 +5,8 @@
 //! (key `us`: timer period; needs `--irqchip`), `cpuid` (key
 //! `fn`), `rdmsr`, `wrmsr` (key `msr`, `value`), `pf` (guest page faults), `idle` (key `ms`: the
 //! vCPU thread sleeps in user space). Every exit kind takes `count` (default 1) and optionally
-//! `rate` (exits per second; without it, full speed) and `ms` (run for this long instead of a count).
+//! `rate` (exits per second; without it, full speed) and `ms` (run for this long instead of a count);
+//! `vmm_us` makes the VMM spend that long on each port write it handles (in `emulate_slow_io`).
 
 use std::time::Duration;
 
@@ -63,6 +64,9 @@ pub struct Step {
     pub amount: Amount,
     /// Exits per second; None = as fast as the vCPU can.
     pub rate: Option<u64>,
+    /// Microseconds the VMM spends handling each port write (`vmm_us`), in a function of its
+    /// own: what host stack samples of the VMM should find.
+    pub vmm_us: u64,
 }
 
 pub const DEFAULT_MMIO_GPA: u64 = 0xd000_0000;
@@ -142,6 +146,7 @@ fn parse_step(text: &str) -> anyhow::Result<Step> {
     if action == Action::Idle && matches!(amount, Amount::Count(_)) {
         bail!("idle takes `ms`, not `count`");
     }
+    let vmm_us = take("vmm_us").unwrap_or(0);
     let rate = take("rate");
     if rate == Some(0) {
         bail!("rate must be at least 1 per second");
@@ -153,6 +158,7 @@ fn parse_step(text: &str) -> anyhow::Result<Step> {
         action,
         amount,
         rate,
+        vmm_us,
     })
 }
 
@@ -184,14 +190,16 @@ mod tests {
                 Step {
                     action: Action::PioOut { port: 0x70 },
                     amount: Amount::Count(20_000),
-                    rate: None
+                    rate: None,
+                    vmm_us: 0,
                 },
                 Step {
                     action: Action::MmioWrite {
                         gpa: DEFAULT_MMIO_GPA
                     },
                     amount: Amount::Count(5000),
-                    rate: None
+                    rate: None,
+                    vmm_us: 0,
                 },
                 Step {
                     action: Action::Wrmsr {
@@ -199,17 +207,20 @@ mod tests {
                         value: 0
                     },
                     amount: Amount::Count(3000),
-                    rate: None
+                    rate: None,
+                    vmm_us: 0,
                 },
                 Step {
                     action: Action::Idle,
                     amount: Amount::For(Duration::from_secs(2)),
-                    rate: None
+                    rate: None,
+                    vmm_us: 0,
                 },
                 Step {
                     action: Action::Hlt,
                     amount: Amount::For(Duration::from_secs(3)),
-                    rate: Some(100)
+                    rate: Some(100),
+                    vmm_us: 0,
                 },
             ]
         );

@@ -33,6 +33,8 @@ pub struct Vcpu {
     pub index: usize,
     fd: VcpuFd,
     backend: Backend,
+    /// The current step's VMM time per port write.
+    vmm_work: Duration,
 }
 
 impl Vcpu {
@@ -82,12 +84,18 @@ impl Vcpu {
             msrs.push((MSR_PVM_VIF, guest::vif_gpa(index) | 1));
         }
         set_msrs(&fd, &msrs)?;
-        Ok(Vcpu { index, fd, backend })
+        Ok(Vcpu {
+            index,
+            fd,
+            backend,
+            vmm_work: Duration::ZERO,
+        })
     }
 
     /// Runs `step` to completion; None for a step that only idles.
     pub fn run_step(&mut self, step: &Step) -> anyhow::Result<StepReport> {
         let started = Instant::now();
+        self.vmm_work = Duration::from_micros(step.vmm_us);
         let mut report = StepReport {
             name: step_name(step),
             ..Default::default()
@@ -170,11 +178,31 @@ impl Vcpu {
                 }
                 Ok(VcpuExit::IoIn(_, data)) => data.fill(0),
                 Ok(VcpuExit::MmioRead(_, data)) => data.fill(0),
+                Ok(VcpuExit::IoOut(..)) if !self.vmm_work.is_zero() => {
+                    emulate_slow_io(self.vmm_work)
+                }
                 Ok(VcpuExit::IoOut(..) | VcpuExit::MmioWrite(..) | VcpuExit::Hlt) => {}
                 Ok(other) => bail!("vCPU {}: unexpected exit {other:?}", self.index),
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
                 Err(e) => bail!("vCPU {}: KVM_RUN: {e}", self.index),
             }
+        }
+    }
+}
+
+/// The VMM's handling of one port write, slow on purpose (`vmm_us`): `record --stacks` tests look
+/// for this function in the VMM's frames. Never inlined, so that it is a frame of its own; it
+/// spins in its own body (no calls: a sample in a callee's prologue would skip this frame) and
+/// reads the clock only every few µs.
+#[inline(never)]
+fn emulate_slow_io(work: Duration) {
+    let until = Instant::now() + work;
+    while Instant::now() < until {
+        let mut i = 0u32;
+        while i < 10_000 {
+            i += 1;
+            // SAFETY: an empty asm block; it only keeps the loop from being optimized away.
+            unsafe { std::arch::asm!("", options(nomem, nostack, preserves_flags)) };
         }
     }
 }

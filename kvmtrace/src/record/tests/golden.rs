@@ -43,7 +43,7 @@ fn golden(name: &str) -> Recording {
 
 /// The input the current writer is given for its golden.
 fn current_input() -> Input {
-    golden_input::v2()
+    golden_input::v3()
 }
 
 /// `input` as the current writer writes it, in memory.
@@ -70,6 +70,7 @@ fn assert_holds(rec: &Recording, version: u32, expected: &Input) {
         assert_eq!(got.details, want.details, "interval {i}");
         assert_eq!(got.counters, want.counters, "interval {i}");
         assert_eq!(got.threads, want.threads, "interval {i}");
+        assert_eq!(got.stacks, want.stacks, "interval {i}");
     }
     assert_eq!(rec.end.as_ref(), Some(&expected.end));
 }
@@ -201,6 +202,25 @@ fn v2_reads_back_exactly() {
     assert_eq!(
         end.tracer_cost.as_ref().unwrap().collector_cpu_ns,
         12_345_678
+    );
+}
+
+#[test]
+fn v3_reads_back_exactly() {
+    let rec = golden("v3.kvmtrace");
+    assert_holds(&rec, 3, &golden_input::v3());
+    let mut agg = crate::model::Aggregate::default();
+    for iv in &rec.intervals {
+        agg.apply(iv);
+    }
+    let profile = &agg.stacks;
+    assert_eq!(profile.stacks.len(), 3);
+    assert_eq!(profile.total(), 812 + 97 + 5 + 1);
+    assert_eq!(profile.lost, 3);
+    assert_eq!(profile.stacks[1].user[2], "emulate_port_io");
+    assert_eq!(
+        profile.stacks[0].frames().next_back(),
+        Some("kvm_arch_vcpu_ioctl_run")
     );
 }
 

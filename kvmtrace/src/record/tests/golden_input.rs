@@ -198,6 +198,7 @@ pub fn v1() -> Input {
             details: details_1(),
             counters: [1520, 1519, 4101, 1, 0, 2, 0, 0, 0, 1],
             threads: vec![],
+            stacks: Default::default(),
         },
         Interval {
             at: Duration::new(2, 250_000),
@@ -208,6 +209,7 @@ pub fn v1() -> Input {
             details: details_2(),
             counters: [2120, 2119, 5247, 1, 0, 3, 0, 0, 0, 1],
             threads: vec![],
+            stacks: Default::default(),
         },
         Interval {
             at: Duration::from_millis(3500),
@@ -215,6 +217,7 @@ pub fn v1() -> Input {
             details: details_3(),
             counters: [2122, 2122, 5257, 1, 0, 3, 0, 0, 0, 1],
             threads: vec![],
+            stacks: Default::default(),
         },
     ];
     Input {
@@ -358,6 +361,55 @@ pub fn v2() -> Input {
             collector_cpu_ns: 12_345_678,
             unavailable: None,
         }),
+    };
+    input
+}
+
+/// Version 3: version 2's, with host stack samples in intervals 1 and 3 (interval 2 has none:
+/// no STACKS record); interval 3 reuses stack 0 and adds one.
+pub fn v3() -> Input {
+    use crate::model::stacks::{HostStack, SampleKey, StackBatch};
+    use kvmtrace_common::stacks::{NO_REASON, SampleState};
+    let mut input = v2();
+    let stack = |kernel: &[&str], user: &[&str]| HostStack {
+        kernel: kernel.iter().map(|s| s.to_string()).collect(),
+        user: user.iter().map(|s| s.to_string()).collect(),
+    };
+    let sample = |tid, state: SampleState, uexit_reason, stack| SampleKey {
+        tgid: 4242,
+        tid,
+        vcpu_id: tid - 4243,
+        state: state as u32,
+        isa: NO_REASON,
+        reason: NO_REASON,
+        uexit_reason,
+        stack,
+    };
+    input.intervals[0].stacks = StackBatch {
+        new_stacks: vec![
+            stack(
+                &[
+                    "entry_SYSCALL_64",
+                    "kvm_vcpu_ioctl",
+                    "kvm_arch_vcpu_ioctl_run",
+                ],
+                &["main", "vcpu_loop", "ioctl"],
+            ),
+            stack(&[], &["main", "vcpu_loop", "emulate_port_io"]),
+        ],
+        samples: vec![
+            (sample(4243, SampleState::InRun, NO_REASON, 0), 812),
+            (sample(4243, SampleState::Vmm, 2, 1), 97),
+        ],
+        lost: 0,
+    };
+    input.intervals[2].stacks = StackBatch {
+        new_stacks: vec![stack(&["[stack lost]"], &["[unknown]"])],
+        samples: vec![
+            (sample(4244, SampleState::InRun, NO_REASON, 0), 5),
+            (sample(4244, SampleState::Vmm, NO_REASON, 2), 1),
+        ],
+        lost: 3,
     };
     input
 }

@@ -76,6 +76,7 @@ pub fn interval(i: u64) -> Interval {
         )],
         counters,
         threads: vec![],
+        stacks: Default::default(),
     }
 }
 

@@ -174,6 +174,7 @@ impl Recording {
                         ..*t
                     })
                     .collect(),
+                stacks: Default::default(),
             });
         }
         agg

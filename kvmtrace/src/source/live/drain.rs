@@ -47,6 +47,9 @@ impl Tracer {
         };
         iv.latency = self.take_latency(parity)?;
         iv.details = self.take_details(parity)?;
+        if let Some(sampler) = &mut self.stacks {
+            iv.stacks = sampler.take(&mut self.ebpf, parity)?;
+        }
         let counters: PerCpuArray<&MapData, u64> = map_ref(&self.ebpf, maps::COUNTERS)?;
         for c in Counter::ALL {
             let per_cpu = counters

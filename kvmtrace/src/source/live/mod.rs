@@ -19,6 +19,7 @@ mod floor;
 mod header;
 mod kernel;
 mod queries;
+mod stacks;
 
 pub use floor::attach_floor;
 use kernel::*;
@@ -65,6 +66,8 @@ pub struct TraceOptions {
     /// The selection may grow while tracing (`serve -d NAME` follows a VM across restarts): the
     /// kernel looks every pid up in TRACED_TGIDS, which [`Tracer::trace_pid`] adds to.
     pub follow: bool,
+    /// Sample host stacks at this rate per CPU (`--stacks`); None: no sampling.
+    pub stacks_hz: Option<u64>,
 }
 
 impl Default for TraceOptions {
@@ -77,6 +80,7 @@ impl Default for TraceOptions {
             detail_keys_per_thread: Config::UNSET.detail_keys_per_thread,
             raw_tracepoints: std::env::var("KVMTRACE_ATTACH").as_deref() != Ok("classic"),
             follow: false,
+            stacks_hz: None,
         }
     }
 }
@@ -112,6 +116,8 @@ pub struct Tracer {
     latency_buffers: batch::BatchBuffers<LatencyKey, LatencyStats>,
     detail_buffers: batch::BatchBuffers<DetailKey, u64>,
     thread_buffers: batch::BatchBuffers<u32, ThreadState>,
+    /// Host stack sampling, when asked for.
+    stacks: Option<stacks::StackSampler>,
 }
 
 pub fn check_root() -> Result<(), Error> {
@@ -168,6 +174,12 @@ impl Tracer {
             loader
                 .map_max_entries(maps::LATENCY[parity], opts.max_latency_keys)
                 .map_max_entries(maps::DETAILS[parity], opts.max_detail_keys);
+            if opts.stacks_hz.is_some() {
+                loader.map_max_entries(maps::STACK_COUNTS[parity], stacks::STACK_COUNTS_ENTRIES);
+            }
+        }
+        if opts.stacks_hz.is_some() {
+            loader.map_max_entries(maps::STACK_TRACES, stacks::STACK_TRACES_ENTRIES);
         }
         let mut ebpf = loader
             .load(EBPF_OBJECT)
@@ -205,6 +217,10 @@ impl Tracer {
             attach_classic(&mut ebpf, prog, category, event)?;
             attached.push(event);
         }
+        let stacks = opts
+            .stacks_hz
+            .map(|hz| stacks::StackSampler::attach(&mut ebpf, hz))
+            .transpose()?;
         log::info!("attached to {}", attached.join(", "));
         Ok(Tracer {
             ebpf,
@@ -225,6 +241,7 @@ impl Tracer {
             latency_buffers: Default::default(),
             detail_buffers: Default::default(),
             thread_buffers: Default::default(),
+            stacks,
         })
     }
 
