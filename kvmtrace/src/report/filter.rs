@@ -32,15 +32,22 @@ fn keep_reason(f: &Filter, reason: &str) -> bool {
     f.reasons.is_empty() || f.reasons.iter().any(|r| r.eq_ignore_ascii_case(reason))
 }
 
+fn keep_vm(f: &Filter, name: &str, pid: u32) -> bool {
+    f.vms.is_empty() || f.vms.iter().any(|s| s == name || *s == pid.to_string())
+}
+
 /// Removes what the filter excludes. Detail tables (ports, MMIO, MSRs, CPUID) follow the vCPU
-/// filter; the reason filter applies to exit and userspace-exit rows.
+/// filter; the reason filter applies to exit and userspace-exit rows, and to host stacks (whose
+/// per-group top paths cover every vCPU; the flamegraph's rows follow the vCPU filter too).
 pub fn filter(report: &mut Report, f: &Filter) {
-    report.vms.retain(|vm| {
-        f.vms.is_empty()
-            || f.vms
-                .iter()
-                .any(|s| *s == vm.name || *s == vm.pid.to_string())
-    });
+    report.vms.retain(|vm| keep_vm(f, &vm.name, vm.pid));
+    if let Some(hs) = &mut report.host_stacks {
+        hs.groups
+            .retain(|g| keep_vm(f, &g.vm, g.pid) && keep_reason(f, &g.reason));
+        hs.all.retain(|r| {
+            keep_vm(f, &r.vm, r.pid) && keep_vcpu(f, &Some(r.vcpu)) && keep_reason(f, &r.reason)
+        });
+    }
     for vm in &mut report.vms {
         vm.exits
             .retain(|r| keep_vcpu(f, &r.vcpu) && keep_reason(f, &r.reason));

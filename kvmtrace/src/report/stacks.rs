@@ -54,6 +54,7 @@ pub struct HostPath {
 
 #[derive(Clone, Debug)]
 pub struct StackRow {
+    pub pid: u32,
     pub vm: String,
     pub vcpu: VcpuLabel,
     pub reason: String,
@@ -91,6 +92,7 @@ pub fn build(
         let stacks = groups.entry((k.tgid, state, reason.clone())).or_default();
         *stacks.entry(k.stack).or_default() += n;
         all.push(StackRow {
+            pid: k.tgid,
             vm: vm_name(k.tgid),
             vcpu: vcpu(k.tgid, k.tid),
             reason,

@@ -214,3 +214,43 @@ fn a_stream_holds_the_bytes_of_a_file() {
     let bytes = w.finish_stream(&End::default()).unwrap().unwrap();
     assert_eq!(bytes, recording(3));
 }
+
+/// Stack samples must name stacks the file declared before (or with) them; their frames are
+/// escaped like every other text read from a file.
+#[test]
+fn stack_records_are_checked_and_escaped() {
+    use crate::model::stacks::{HostStack, SampleKey, StackBatch};
+    let with_stacks = |batch: StackBatch| {
+        let mut w = Writer::new(Vec::new(), "a buffer", &header()).unwrap();
+        let mut iv = interval(1);
+        iv.stacks = batch;
+        w.interval(&iv).unwrap();
+        w.finish_stream(&End::default()).unwrap().unwrap()
+    };
+    let sample = |stack| {
+        (
+            SampleKey {
+                stack,
+                ..SampleKey::default()
+            },
+            3,
+        )
+    };
+    let dangling = with_stacks(StackBatch {
+        samples: vec![sample(0)],
+        ..StackBatch::default()
+    });
+    let err = read_bytes(&dangling).unwrap_err();
+    assert!(err.to_string().contains("a stack not in the file"), "{err}");
+    let ok = with_stacks(StackBatch {
+        new_stacks: vec![HostStack {
+            kernel: vec!["k\u{1b}[2J".into()],
+            user: vec![],
+        }],
+        samples: vec![sample(0)],
+        lost: 0,
+    });
+    let rec = read_bytes(&ok).unwrap();
+    let frame = &rec.intervals[0].stacks.new_stacks[0].kernel[0];
+    assert!(!frame.contains('\u{1b}'), "{frame:?}");
+}
