@@ -1,7 +1,9 @@
 //! Tracepoints: `format` file parsing, the field offsets the eBPF programs need (read at run time,
-//! since kernels differ), and the exit-reason name tables.
+//! since kernels differ), the exit-reason name tables, and the layouts of kvm_exit's exit
+//! information (`info1`/`info2`).
 
 pub mod class;
+pub mod exit_info;
 pub mod format;
 pub mod offsets;
 pub mod reasons;
