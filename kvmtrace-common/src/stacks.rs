@@ -59,5 +59,3 @@ pub struct StackKey {
 
 /// Frames kept per stack in STACK_TRACES (the kernel's PERF_MAX_STACK_DEPTH).
 pub const MAX_STACK_DEPTH: usize = 127;
-/// Default sampling rate, per CPU: perf's, and off the kernel's own tick rates.
-pub const DEFAULT_HZ: u64 = 999;

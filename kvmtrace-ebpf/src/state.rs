@@ -49,7 +49,7 @@ pub static DETAILS_ODD: HashMap<DetailKey, u64> = HashMap::with_max_entries(8192
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
-const BPF_NOEXIST: u64 = 1;
+pub(crate) const BPF_NOEXIST: u64 = 1;
 
 /// One field of the load-time configuration. Each field is its own volatile load: a volatile
 /// read of the whole struct copied all 32 fields to the stack in every program (42 of the ~135

@@ -437,7 +437,7 @@ fn host_stacks_split_by_exit_reason() {
     assert!(any_with(&npf, "x86_emulate_instruction"), "{folded}");
     assert!(!any_with(&io, "x86_emulate_instruction"), "{folded}");
     assert!(!any_with(&npf, "kvm_fast_pio"), "{folded}");
-    let vmm = lines("io;vmm");
+    let vmm = lines("IO;vmm");
     assert!(vmm.iter().any(|l| l.contains("Vcpu::batch")), "{folded}");
     let groups = hs["groups"].as_array().unwrap();
     assert!(

@@ -15,7 +15,7 @@ use kvmtrace_common::{
     stacks::{NO_REASON, SampleState, StackKey},
 };
 
-use crate::state::{THREADS, current, maybe_traced_tid, open_epoch, traced};
+use crate::state::{BPF_NOEXIST, THREADS, current, maybe_traced_tid, open_epoch, traced};
 
 /// Sized by the collector: 1 entry when stacks are off.
 #[map]
@@ -26,8 +26,6 @@ pub static STACK_COUNTS_EVEN: HashMap<StackKey, u64> = HashMap::with_max_entries
 pub static STACK_COUNTS_ODD: HashMap<StackKey, u64> = HashMap::with_max_entries(1, 0);
 #[map]
 pub static STACK_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
-
-const BPF_NOEXIST: u64 = 1;
 
 #[perf_event]
 pub fn kvmtrace_stack_sample(ctx: PerfEventContext) -> u32 {

@@ -5,6 +5,11 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+/// The frame of a stack whose addresses the kernel could not keep.
+pub const LOST_FRAME: &str = "[stack lost]";
+/// The frame of an address no symbol covers.
+pub const UNKNOWN_FRAME: &str = "[unknown]";
+
 /// One host stack: the kernel's frames, then the VMM's user-space frames, each outermost
 /// (root) first. Unknown addresses are `[unknown]`; a stack the kernel could not keep is
 /// `[stack lost]`.
@@ -63,8 +68,14 @@ pub struct StackProfile {
 }
 
 impl StackProfile {
-    pub fn apply(&mut self, batch: &StackBatch) {
+    /// Adds the stacks `batch` declares (its samples are numbered against them).
+    pub fn declare(&mut self, batch: &StackBatch) {
         self.stacks.extend(batch.new_stacks.iter().cloned());
+    }
+
+    /// Declares `batch`'s stacks and counts its samples.
+    pub fn apply(&mut self, batch: &StackBatch) {
+        self.declare(batch);
         for (k, n) in &batch.samples {
             *self.samples.entry(*k).or_default() += n;
         }

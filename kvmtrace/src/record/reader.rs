@@ -185,6 +185,7 @@ fn read_records(
     let mut payload = Vec::new();
     let mut pos: u64 = 0;
     let mut stacks_declared = 0;
+    let mut previous_kind = None;
     loop {
         let mut head = [0u8; 9];
         // A cut-short file ends inside a zstd frame or a record: keep what decoded. Any other
@@ -211,7 +212,8 @@ fn read_records(
         let crc = u32::from_le_bytes([head[5], head[6], head[7], head[8]]);
         let max = match kind {
             KIND_INTERVAL => MAX_INTERVAL_RECORD,
-            KIND_VM | KIND_END | KIND_STACKS => MAX_JSON_RECORD,
+            KIND_STACKS if rec.version >= 3 => MAX_JSON_RECORD,
+            KIND_VM | KIND_END => MAX_JSON_RECORD,
             other => {
                 return Err(FormatError::Corrupted(format!(
                     "unknown record kind {other}"
@@ -248,8 +250,16 @@ fn read_records(
                 rec.intervals.push(codec.decode(&payload, &mut budget)?);
             }
             KIND_STACKS => {
-                budget.charge(payload.len(), 4)?;
-                read_stacks(&payload, rec, &mut stacks_declared)?;
+                if !matches!(previous_kind, Some(KIND_INTERVAL | KIND_STACKS)) {
+                    return Err(FormatError::Corrupted(
+                        "a STACKS record that does not follow an interval".into(),
+                    ));
+                }
+                // The text, then (once parsed) a String per frame: frames of ~20 characters
+                // take about twice their JSON; charging the worst case before parsing (8 times
+                // for empty frames) would refuse real recordings, whose frames compress well.
+                budget.charge(payload.len(), 2)?;
+                read_stacks(&payload, rec, &mut stacks_declared, &mut budget)?;
             }
             _ => {
                 budget.charge(payload.len(), 4)?;
@@ -259,29 +269,28 @@ fn read_records(
                 );
             }
         }
+        previous_kind = Some(kind);
         pos += 9 + u64::from(len);
     }
 }
 
-/// A STACKS record: the samples of the interval just read, and the stacks first seen in it.
-/// `declared`: the stacks of the records before.
+/// A STACKS record: samples of the interval just read, and stacks first seen in it (an
+/// interval's may come in several records). `declared`: the stacks of the records before.
 fn read_stacks(
     payload: &[u8],
     rec: &mut Recording,
     declared: &mut usize,
+    budget: &mut Budget,
 ) -> Result<(), FormatError> {
     let mut batch: StackBatch = serde_json::from_slice(payload)
         .map_err(|e| FormatError::Corrupted(format!("STACKS record: {e}")))?;
+    let frames: usize = batch.new_stacks.iter().map(|s| s.frames().count()).sum();
+    budget.charge(frames, size_of::<String>())?;
     let Some(iv) = rec.intervals.last_mut() else {
         return Err(FormatError::Corrupted(
             "a STACKS record before any interval".into(),
         ));
     };
-    if !iv.stacks.is_empty() {
-        return Err(FormatError::Corrupted(
-            "two STACKS records for one interval".into(),
-        ));
-    }
     *declared += batch.new_stacks.len();
     if batch
         .samples
@@ -297,7 +306,9 @@ fn read_stacks(
             crate::untrusted::escape_in_place(frame);
         }
     }
-    iv.stacks = batch;
+    iv.stacks.new_stacks.append(&mut batch.new_stacks);
+    iv.stacks.samples.append(&mut batch.samples);
+    iv.stacks.lost += batch.lost;
     Ok(())
 }
 

@@ -21,7 +21,11 @@ use std::{
 use super::{
     End, Header, KIND_END, KIND_INTERVAL, KIND_STACKS, KIND_VM, MAGIC, VERSION, codec::Encoder,
 };
-use crate::{error::Error, model::Interval, model::identity::Vm, outfile::OutFile};
+use crate::{
+    error::Error,
+    model::{Interval, identity::Vm, stacks::StackBatch},
+    outfile::OutFile,
+};
 
 /// A recording being written to a file ([`Writer::create`], [`Writer::start`]) or to any
 /// [`Write`] ([`Writer::new`]: a buffer, a pipe).
@@ -117,8 +121,8 @@ impl<W: Write> Writer<W> {
         if !self.record(KIND_INTERVAL, &payload) {
             return Ok(());
         }
-        if !iv.stacks.is_empty() {
-            let json = serde_json::to_vec(&iv.stacks).map_err(|e| self.err(io::Error::other(e)))?;
+        for part in stack_records(&iv.stacks) {
+            let json = serde_json::to_vec(&part).map_err(|e| self.err(io::Error::other(e)))?;
             if !self.record(KIND_STACKS, &json) {
                 return Ok(());
             }
@@ -193,6 +197,33 @@ impl<W: Write> Writer<W> {
             source: e,
         }
     }
+}
+
+/// Frame text per STACKS record, well below the reader's limit for a JSON record: a first
+/// interval can bring thousands of stacks of a hundred frames each.
+const STACK_RECORD_TEXT: usize = 2 << 20;
+
+/// `batch` as STACKS records: its new stacks in parts of at most [`STACK_RECORD_TEXT`] of
+/// frame text, the samples (and the loss count) with the last part.
+fn stack_records(batch: &StackBatch) -> Vec<StackBatch> {
+    if batch.is_empty() {
+        return Vec::new();
+    }
+    let mut parts = vec![StackBatch::default()];
+    let mut text = 0;
+    for stack in &batch.new_stacks {
+        let size: usize = stack.frames().map(|f| f.len() + 3).sum();
+        if text + size > STACK_RECORD_TEXT && text > 0 {
+            parts.push(StackBatch::default());
+            text = 0;
+        }
+        text += size;
+        parts.last_mut().unwrap().new_stacks.push(stack.clone());
+    }
+    let last = parts.last_mut().unwrap();
+    last.samples = batch.samples.clone();
+    last.lost = batch.lost;
+    parts
 }
 
 #[cfg(test)]

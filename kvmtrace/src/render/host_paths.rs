@@ -13,14 +13,7 @@ pub fn render(hs: &HostStacks, out: &mut impl io::Write) -> io::Result<()> {
         out,
         "\nHottest host paths per exit reason ({} samples{}; all of them: report --format flamegraph --weight samples)",
         hs.samples,
-        if hs.lost > 0 {
-            format!(
-                ", {} more not counted: the kernel's sample map was full",
-                hs.lost
-            )
-        } else {
-            String::new()
-        }
+        losses(hs)
     )?;
     for g in &hs.groups {
         writeln!(
@@ -33,6 +26,24 @@ pub fn render(hs: &HostStacks, out: &mut impl io::Write) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// What the sample count leaves out, said in the heading.
+fn losses(hs: &HostStacks) -> String {
+    let mut out = String::new();
+    if hs.lost > 0 {
+        out += &format!(
+            ", {} more not counted: the kernel's sample map was full",
+            hs.lost
+        );
+    }
+    if hs.frames_lost > 0 {
+        out += &format!(
+            ", {} without their frames: the kernel's stack map had no room",
+            hs.frames_lost
+        );
+    }
+    out
 }
 
 /// `leaf <- caller <- ...`, the innermost frames.

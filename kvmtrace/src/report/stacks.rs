@@ -7,7 +7,12 @@ use kvmtrace_common::stacks::{NO_REASON, SampleState};
 use serde::Serialize;
 
 use crate::{
-    model::{Aggregate, identity::VcpuLabel, pct, stacks::SampleKey},
+    model::{
+        Aggregate,
+        identity::VcpuLabel,
+        pct,
+        stacks::{LOST_FRAME, SampleKey},
+    },
     tp::{
         class::{ExitClass, exit_class},
         reasons::{exit_reason_name, userspace_exit_name},
@@ -22,6 +27,9 @@ pub struct HostStacks {
     pub samples: u64,
     /// Samples the kernel could not count (its sample map was full).
     pub lost: u64,
+    /// Samples counted without their frames (`[stack lost]`: the kernel's stack map had another
+    /// stack in their slot, or was full).
+    pub frames_lost: u64,
     /// Most samples first.
     pub groups: Vec<PathGroup>,
     /// Every (VM, vCPU, reason, state, stack): the flamegraph's input.
@@ -35,7 +43,8 @@ pub struct PathGroup {
     pub pid: u32,
     pub vm: String,
     pub state: &'static str,
-    /// The exit reason (or, in the VMM, the userspace exit) being handled; "-" for none.
+    /// The exit reason being handled (in the VMM: the userspace exit, else the exit); "-" for
+    /// none.
     pub reason: String,
     pub samples: u64,
     /// Of all samples.
@@ -74,13 +83,24 @@ pub fn build(
     if total == 0 && profile.lost == 0 {
         return None;
     }
-    let frames = |k: &SampleKey| -> Vec<String> {
+    let frames = |stack: u32| -> Vec<String> {
         profile
             .stacks
-            .get(k.stack as usize)
+            .get(stack as usize)
             .map(|s| s.frames().map(str::to_string).collect())
             .unwrap_or_default()
     };
+    let frames_lost: u64 = profile
+        .samples
+        .iter()
+        .filter(|(k, _)| {
+            profile
+                .stacks
+                .get(k.stack as usize)
+                .is_some_and(|s| s.frames().any(|f| f == LOST_FRAME))
+        })
+        .map(|(_, n)| n)
+        .sum();
     let mut groups: HashMap<(u32, &'static str, String), HashMap<u32, u64>> = HashMap::new();
     let mut all = Vec::new();
     for (k, &n) in &profile.samples {
@@ -97,7 +117,7 @@ pub fn build(
             vcpu: vcpu(k.tgid, k.tid),
             reason,
             state,
-            frames: frames(k),
+            frames: frames(k.stack),
             samples: n,
         });
     }
@@ -120,10 +140,7 @@ pub fn build(
                     .map(|(stack, n)| HostPath {
                         samples: n,
                         share_pct: pct(n, samples),
-                        frames: frames(&SampleKey {
-                            stack,
-                            ..SampleKey::default()
-                        }),
+                        frames: frames(stack),
                     })
                     .collect(),
             }
@@ -135,27 +152,33 @@ pub fn build(
     Some(HostStacks {
         samples: total,
         lost: profile.lost,
+        frames_lost,
         groups,
         all,
     })
 }
 
 /// (state, reason) in words. A vCPU in the kernel on a HLT exit is halted (polling before it
-/// blocks), not handling. Inside KVM_RUN with exits not traced, a sample with no host frame at
-/// all (neither kernel nor VMM) interrupted the guest itself (kvm_pvm runs guests in hardware
-/// user mode, where the host's stack walk finds nothing of its own).
+/// blocks), not handling. Inside KVM_RUN, a sample with no host frame at all (neither kernel
+/// nor VMM) interrupted the guest itself: on VMX/SVM the interrupt that made the exit is
+/// handled with perf's guest state set, which empties both stack walks (kvm_exit for it has
+/// fired already, so the thread looks in the kernel); kvm_pvm runs guests in hardware user
+/// mode, where the walks find nothing of the host's. In the VMM, the reason is the userspace
+/// exit it handles (`IO`, `MMIO`) where there is one, the same on every host.
 fn describe(k: &SampleKey, no_frames: bool) -> (&'static str, String) {
     let exit = (k.reason != NO_REASON).then(|| exit_reason_name(k.isa, k.reason));
     let uexit = (k.uexit_reason != NO_REASON).then(|| userspace_exit_name(k.uexit_reason));
     match SampleState::from_u32(k.state) {
+        Some(SampleState::Guest | SampleState::InRun | SampleState::Exit) if no_frames => {
+            ("guest", "-".into())
+        }
         Some(SampleState::Guest) => ("guest", "-".into()),
-        Some(SampleState::InRun) if no_frames => ("guest", "-".into()),
         Some(SampleState::InRun) => ("kvm_run", "-".into()),
         Some(SampleState::Exit) if exit_class(k.isa, k.reason) == ExitClass::Halt => {
             ("halted", exit.unwrap_or_else(|| "-".into()))
         }
         Some(SampleState::Exit) => ("in-kernel", exit.unwrap_or_else(|| "-".into())),
-        Some(SampleState::Vmm) => ("vmm", exit.or(uexit).unwrap_or_else(|| "-".into())),
+        Some(SampleState::Vmm) => ("vmm", uexit.or(exit).unwrap_or_else(|| "-".into())),
         None => ("unknown", "-".into()),
     }
 }
@@ -220,6 +243,7 @@ mod tests {
         });
         let hs = build(&agg, &|p| format!("vm{p}"), &|_, t| VcpuLabel::Tid(t)).unwrap();
         assert_eq!((hs.samples, hs.lost, hs.all.len()), (100, 1, 6));
+        assert_eq!(hs.frames_lost, 0);
         let g: Vec<(&str, &str, u64)> = hs
             .groups
             .iter()

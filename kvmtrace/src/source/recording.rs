@@ -49,6 +49,11 @@ pub fn from_recording(rec: Recording, window: Window) -> Loaded {
     let mut threads_before: BTreeMap<u32, crate::model::ThreadCpu> = BTreeMap::new();
     for iv in &rec.intervals {
         last_at = iv.at;
+        // Stacks are numbered from the start of the recording: those of intervals outside the
+        // window are still declared, or later samples would name the wrong stack.
+        if iv.at <= from || iv.at > to {
+            agg.stacks.declare(&iv.stacks);
+        }
         if iv.at <= from {
             before = iv.counters;
             window_start = iv.at;
@@ -159,4 +164,56 @@ pub fn build_report(
         ));
     }
     report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{
+        Interval,
+        stacks::{HostStack, SampleKey, StackBatch},
+    };
+
+    /// A window that starts after the interval that declared a stack still names it right.
+    #[test]
+    fn a_window_keeps_the_stack_numbering_of_the_whole_recording() {
+        let stack = |leaf: &str| HostStack {
+            kernel: vec![leaf.into()],
+            user: vec![],
+        };
+        let samples = |stack, n| {
+            vec![(
+                SampleKey {
+                    stack,
+                    ..SampleKey::default()
+                },
+                n,
+            )]
+        };
+        let at = |s| Interval {
+            at: Duration::from_secs(s),
+            ..Interval::default()
+        };
+        let mut first = at(1);
+        first.stacks = StackBatch {
+            new_stacks: vec![stack("a"), stack("b")],
+            samples: samples(0, 5),
+            lost: 0,
+        };
+        let mut second = at(2);
+        second.stacks.samples = samples(1, 3);
+        let rec = Recording {
+            intervals: vec![first, second],
+            ..Recording::default()
+        };
+        let window = Window {
+            from: Some(Duration::from_secs(1)),
+            to: None,
+        };
+        let loaded = from_recording(rec, window);
+        let profile = &loaded.agg.stacks;
+        assert_eq!(profile.total(), 3);
+        let (key, _) = profile.samples.iter().next().unwrap();
+        assert_eq!(profile.stacks[key.stack as usize].kernel, ["b"]);
+    }
 }

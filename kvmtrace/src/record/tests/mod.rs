@@ -254,3 +254,40 @@ fn stack_records_are_checked_and_escaped() {
     let frame = &rec.intervals[0].stacks.new_stacks[0].kernel[0];
     assert!(!frame.contains('\u{1b}'), "{frame:?}");
 }
+
+/// A first interval with megabytes of new frames goes out in several STACKS records and reads
+/// back as the one batch it was.
+#[test]
+fn a_large_stack_batch_is_split_and_read_back_whole() {
+    use crate::model::stacks::{HostStack, SampleKey, StackBatch};
+    let stacks: Vec<HostStack> = (0..3000)
+        .map(|i| HostStack {
+            kernel: (0..100).map(|f| format!("kernel_fn_{i}_{f}")).collect(),
+            user: (0..100).map(|f| format!("user_fn_{f}")).collect(),
+        })
+        .collect();
+    let batch = StackBatch {
+        samples: (0..3000)
+            .map(|i| {
+                (
+                    SampleKey {
+                        stack: i,
+                        ..SampleKey::default()
+                    },
+                    1 + i as u64,
+                )
+            })
+            .collect(),
+        new_stacks: stacks,
+        lost: 7,
+    };
+    let mut w = Writer::new(Vec::new(), "a buffer", &header()).unwrap();
+    let mut iv = interval(1);
+    iv.stacks = batch.clone();
+    w.interval(&iv).unwrap();
+    w.interval(&interval(2)).unwrap();
+    let bytes = w.finish_stream(&End::default()).unwrap().unwrap();
+    let rec = read_bytes(&bytes).unwrap();
+    assert_eq!(rec.intervals[0].stacks, batch);
+    assert!(rec.intervals[1].stacks.is_empty());
+}

@@ -29,7 +29,7 @@ use kvmtrace_common::{
 use super::{batch::BatchBuffers, map_ref, program, take_map};
 use crate::{
     error::Error,
-    model::stacks::{HostStack, SampleKey, StackBatch},
+    model::stacks::{HostStack, LOST_FRAME, SampleKey, StackBatch, UNKNOWN_FRAME},
 };
 
 /// Distinct stacks the kernel keeps (~1 KiB each). A new stack whose hash slot is taken by
@@ -37,9 +37,6 @@ use crate::{
 pub const STACK_TRACES_ENTRIES: u32 = 16384;
 /// Distinct (thread, state, stack) keys per interval.
 pub const STACK_COUNTS_ENTRIES: u32 = 8192;
-
-const UNKNOWN: &str = "[unknown]";
-const LOST: &str = "[stack lost]";
 
 pub struct StackSampler {
     symbolizer: Symbolizer,
@@ -168,7 +165,7 @@ impl StackSampler {
         let mut frames: Vec<String> = (0..addrs.len())
             .map(|i| match syms.get(i) {
                 Some(Symbolized::Sym(s)) => crate::untrusted::escape(&s.name),
-                _ => UNKNOWN.to_string(),
+                _ => UNKNOWN_FRAME.to_string(),
             })
             .collect();
         frames.reverse();
@@ -196,6 +193,6 @@ fn missing(id: i32) -> Vec<String> {
     if id == -libc::EFAULT {
         Vec::new()
     } else {
-        vec![LOST.to_string()]
+        vec![LOST_FRAME.to_string()]
     }
 }
