@@ -1,7 +1,7 @@
 //! Host stack sampling (`record --stacks`): a cpu-clock perf event on every CPU runs
 //! `kvmtrace_stack_sample`, which counts the samples that hit traced vCPU threads under a
 //! [`StackKey`]: the thread, what it was doing ([`SampleState`], the exit reason it was handling)
-//! and its kernel and user stack ids in STACK_TRACES.
+//! and its kernel and user stack ids in the epoch's STACK_TRACES map.
 
 /// What a vCPU thread was doing when a sample hit it, from its [`crate::ThreadState`].
 #[repr(u32)]
@@ -38,7 +38,8 @@ pub const NO_REASON: u32 = u32::MAX;
 
 /// The key of the sample counts. A stack id below 0 is the kernel's error for that stack:
 /// -EFAULT when there is none (a sample in user space has no kernel stack), -EEXIST when its
-/// STACK_TRACES slot holds another stack (the sample is kept, its frames are not).
+/// STACK_TRACES slot holds another stack of the same interval (the sample is kept, its frames
+/// are not).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StackKey {

@@ -217,14 +217,19 @@ fn three_hundred_vm_lifetimes_in_one_recording() {
     let out = recorder.stop(libc::SIGINT);
     assert!(out.status.success());
     let report = parse_json(&out.stdout);
-    // The recorder sees each VM from its birth, so also its warm-up batch (2 writes and an
-    // `out` to the done port) before the 100 writes and their done port: 102 + 2 IO exits, all
-    // timed round trips but the last, after which the VM ended.
+    // The recorder sees each VM from its birth, so also its warm-up batch (2 writes to the
+    // warm-up port 0xf2 and an `out` to the done port) before the 100 writes and their done
+    // port: 102 + 2 IO exits, all timed round trips but the last, after which the VM ended.
     for pid in &pids {
         let vm = vm_of(&report, *pid);
         assert_eq!(
             count_of(vm, "ports", &[("port", json!(0x70))]),
-            102,
+            100,
+            "VM {pid}: {vm:#}"
+        );
+        assert_eq!(
+            count_of(vm, "ports", &[("port", json!(0xf2))]),
+            2,
             "VM {pid}: {vm:#}"
         );
         assert_eq!(
@@ -248,7 +253,7 @@ fn three_hundred_vm_lifetimes_in_one_recording() {
     }
     assert_eq!(
         c["map_entries_at_stop"],
-        json!({"threads": 0, "latency": 0, "details": 0}),
+        json!({"threads": 0, "latency": 0, "details": 0, "stacks": 0}),
         "{c:#}"
     );
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -52,6 +52,13 @@ fn stacks_find_the_vmm_handler_and_kvm_run() {
     let hs = &report["host_stacks"];
     let total = hs["samples"].as_u64().unwrap();
     assert_eq!(hs["lost"], 0, "{hs:#}");
+    assert_eq!(hs["frames_lost"], 0, "{hs:#}");
+    // Each drain empties the epoch's sample and stack maps: nothing is left after the last.
+    assert_eq!(
+        report["counters"]["map_entries_at_stop"]["stacks"], 0,
+        "{:#}",
+        report["counters"]
+    );
     let groups = hs["groups"].as_array().unwrap();
     assert!(
         groups.iter().all(|g| g["pid"] == guest.pid),

@@ -17,9 +17,11 @@ use kvmtrace_common::{
 
 use crate::state::{BPF_NOEXIST, THREADS, current, maybe_traced_tid, open_epoch, traced};
 
-/// Sized by the collector: 1 entry when stacks are off.
+/// Sized by the collector: 1 entry when stacks are off. One per epoch parity, as the counts.
 #[map]
-pub static STACK_TRACES: StackTrace = StackTrace::with_max_entries(1, 0);
+pub static STACK_TRACES_EVEN: StackTrace = StackTrace::with_max_entries(1, 0);
+#[map]
+pub static STACK_TRACES_ODD: StackTrace = StackTrace::with_max_entries(1, 0);
 #[map]
 pub static STACK_COUNTS_EVEN: HashMap<StackKey, u64> = HashMap::with_max_entries(1, 0);
 #[map]
@@ -55,11 +57,14 @@ fn try_sample(ctx: &PerfEventContext) {
     key.tgid = tgid;
     key.tid = tid;
     key.vcpu_id = state.vcpu_id;
-    key.kernel_stack = stack_id(ctx, 0);
-    key.user_stack = stack_id(ctx, BPF_F_USER_STACK as u64);
+    let user = BPF_F_USER_STACK as u64;
     let map = if seq & 1 == 0 {
+        key.kernel_stack = stack_id(ctx, &STACK_TRACES_EVEN, 0);
+        key.user_stack = stack_id(ctx, &STACK_TRACES_EVEN, user);
         &STACK_COUNTS_EVEN
     } else {
+        key.kernel_stack = stack_id(ctx, &STACK_TRACES_ODD, 0);
+        key.user_stack = stack_id(ctx, &STACK_TRACES_ODD, user);
         &STACK_COUNTS_ODD
     };
     if let Some(n) = map.get_ptr_mut(key) {
@@ -104,10 +109,10 @@ fn classify(state: &ThreadState) -> StackKey {
     key
 }
 
-/// The stack's id in STACK_TRACES, or the kernel's error (below 0).
+/// The stack's id in `traces`, or the kernel's error (below 0).
 #[inline(always)]
-fn stack_id(ctx: &PerfEventContext, flags: u64) -> i32 {
-    match ctx.get_stackid(&STACK_TRACES, flags) {
+fn stack_id(ctx: &PerfEventContext, traces: &StackTrace, flags: u64) -> i32 {
+    match ctx.get_stackid(traces, flags) {
         Ok(id) => id as i32,
         Err(e) => e,
     }

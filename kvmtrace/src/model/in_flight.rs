@@ -23,6 +23,10 @@ pub struct MapEntries {
     pub threads: u64,
     pub latency: u64,
     pub details: u64,
+    /// Stack samples and stacks (`--stacks`): emptied at each drain like LATENCY and DETAILS
+    /// (absent, 0, in recordings made before it existed).
+    #[serde(default)]
+    pub stacks: u64,
 }
 
 impl InFlight {

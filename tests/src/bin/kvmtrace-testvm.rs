@@ -179,9 +179,10 @@ fn run() -> anyhow::Result<()> {
             .name(format!("CPU {}/KVM", vcpu.index))
             .spawn(move || -> anyhow::Result<Vec<String>> {
                 // Warm-up: the first native entry takes a shadow page fault on kvm_pvm, and the
-                // first touch of each page may exit; do all that before anyone counts.
+                // first touch of each page may exit; do all that before anyone counts (port
+                // steps on a port of their own, for tracers already watching).
                 let mut warm = steps.iter().filter(|s| s.action != Action::Idle);
-                let warm_result = warm.try_for_each(|s| vcpu.batch(s.action, 2));
+                let warm_result = warm.try_for_each(|s| vcpu.batch(warm_up(s.action), 2));
                 ready.wait();
                 go.wait();
                 warm_result?;
@@ -254,4 +255,15 @@ fn guest_ram() -> anyhow::Result<&'static mut [u8]> {
     }
     // SAFETY: p is a valid, exclusive, zeroed mapping of RAM_SIZE bytes that is never unmapped.
     Ok(unsafe { std::slice::from_raw_parts_mut(p.cast::<u8>(), RAM_SIZE) })
+}
+
+/// `action` as the warm-up runs it: the same guest code, port steps on [`PORT_WARM_UP`].
+fn warm_up(action: Action) -> Action {
+    let port = kvmtrace_tests::testvm::guest::PORT_WARM_UP;
+    match action {
+        Action::PioOut { .. } => Action::PioOut { port },
+        Action::PioIn { .. } => Action::PioIn { port },
+        Action::PioSpan { .. } => Action::PioSpan { port, span: 1 },
+        other => other,
+    }
 }

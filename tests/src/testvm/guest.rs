@@ -17,6 +17,10 @@ use super::{backend::Backend, plan::Action};
 pub const PORT_DONE: u16 = 0xf0;
 /// `out` to this port reports an unexpected exception vector (a guest bug).
 pub const PORT_BAD_VECTOR: u16 = 0xf1;
+/// The warm-up before `ready` runs each port step's code against this port instead of the
+/// step's own: a tracer that picks the VM up while it warms up (`serve -d NAME` following a
+/// restarted VM) must not count writes to the port under test.
+pub const PORT_WARM_UP: u16 = 0xf2;
 
 /// Guest-physical base of RAM and its size.
 pub const RAM_GPA: u64 = 0x10_0000;

@@ -343,6 +343,7 @@ pub fn v2() -> Input {
             threads: 3,
             latency: 4,
             details: 12,
+            stacks: 0,
         }),
         tracer_cost: Some(TracerCost {
             secs: 3.5,

@@ -143,6 +143,7 @@ pub fn web01(per_vcpu: bool) -> Report {
                 threads: 2,
                 latency: 0,
                 details: 0,
+                stacks: 0,
             }),
         },
         max_rows: Some(11),

@@ -175,11 +175,10 @@ impl Tracer {
                 .map_max_entries(maps::LATENCY[parity], opts.max_latency_keys)
                 .map_max_entries(maps::DETAILS[parity], opts.max_detail_keys);
             if opts.stacks_hz.is_some() {
-                loader.map_max_entries(maps::STACK_COUNTS[parity], stacks::STACK_COUNTS_ENTRIES);
+                loader
+                    .map_max_entries(maps::STACK_COUNTS[parity], stacks::STACK_COUNTS_ENTRIES)
+                    .map_max_entries(maps::STACK_TRACES[parity], stacks::STACK_TRACES_ENTRIES);
             }
-        }
-        if opts.stacks_hz.is_some() {
-            loader.map_max_entries(maps::STACK_TRACES, stacks::STACK_TRACES_ENTRIES);
         }
         let mut ebpf = loader
             .load(EBPF_OBJECT)

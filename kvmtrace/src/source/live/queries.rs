@@ -1,8 +1,8 @@
 //! What the tracer can say besides intervals: its cost, its maps' occupancy, what is open at
 //! stop; and following VMs that start later.
 
-use aya::maps::{HashMap as BpfHashMap, MapData};
-use kvmtrace_common::{DetailKey, LatencyKey, LatencyStats, ThreadState, maps};
+use aya::maps::{HashMap as BpfHashMap, MapData, StackTraceMap};
+use kvmtrace_common::{DetailKey, LatencyKey, LatencyStats, ThreadState, maps, stacks::StackKey};
 
 use crate::{
     error::Error,
@@ -72,6 +72,8 @@ impl Tracer {
             threads: max(maps::THREADS),
             latency: max(maps::LATENCY[0]) + max(maps::LATENCY[1]),
             details: max(maps::DETAILS[0]) + max(maps::DETAILS[1]),
+            // Its one reader, `serve`, does not sample stacks.
+            stacks: 0,
         }
     }
 
@@ -81,6 +83,7 @@ impl Tracer {
         let threads: BpfHashMap<&MapData, u32, ThreadState> = map_ref(&self.ebpf, maps::THREADS)?;
         let mut latency = 0;
         let mut details = 0;
+        let mut stacks = 0;
         for parity in 0..2 {
             let l: BpfHashMap<&MapData, LatencyKey, LatencyStats> =
                 map_ref(&self.ebpf, maps::LATENCY[parity])?;
@@ -88,11 +91,18 @@ impl Tracer {
                 map_ref(&self.ebpf, maps::DETAILS[parity])?;
             latency += l.keys().count() as u64;
             details += d.keys().count() as u64;
+            if self.stacks.is_some() {
+                let c: BpfHashMap<&MapData, StackKey, u64> =
+                    map_ref(&self.ebpf, maps::STACK_COUNTS[parity])?;
+                let t: StackTraceMap<&MapData> = map_ref(&self.ebpf, maps::STACK_TRACES[parity])?;
+                stacks += (c.keys().count() + t.stack_ids().count()) as u64;
+            }
         }
         Ok(MapEntries {
             threads: threads.keys().count() as u64,
             latency,
             details,
+            stacks,
         })
     }
 

@@ -1,8 +1,9 @@
 //! `record --stacks`: a cpu-clock perf event per CPU runs the sampling program; at each drain
-//! the closed epoch's samples are read and deleted, and stacks not seen before are symbolized:
-//! kernel frames from /proc/kallsyms (modules included), the VMM's frames from its binaries'
-//! ELF symbols (frame-pointer unwinding, done by the kernel). Each stack is symbolized once: a
-//! STACK_TRACES id names one stack for as long as the tracer lives (nothing deletes from it).
+//! the closed epoch's samples and stacks are read and deleted, and stacks not seen before are
+//! symbolized: kernel frames from /proc/kallsyms (modules included), the VMM's frames from its
+//! binaries' ELF symbols (frame-pointer unwinding, done by the kernel). A stack id names a stack
+//! only within its epoch (the map is emptied at each drain, so it holds one interval's stacks,
+//! however long the recording); symbols are cached by the stack's addresses.
 
 use std::collections::HashMap;
 
@@ -26,23 +27,27 @@ use kvmtrace_common::{
     stacks::{MAX_STACK_DEPTH, StackKey},
 };
 
-use super::{batch::BatchBuffers, map_ref, program, take_map};
+use super::{batch::BatchBuffers, map_mut, map_ref, program, take_map};
 use crate::{
     error::Error,
     model::stacks::{HostStack, LOST_FRAME, SampleKey, StackBatch, UNKNOWN_FRAME},
 };
 
-/// Distinct stacks the kernel keeps (~1 KiB each). A new stack whose hash slot is taken by
-/// another is counted with its frames "[stack lost]".
-pub const STACK_TRACES_ENTRIES: u32 = 16384;
+/// Distinct stacks per interval the kernel keeps (~1 KiB each, per epoch parity). A new stack
+/// whose hash slot another stack of the interval took is counted with its frames "[stack lost]".
+pub const STACK_TRACES_ENTRIES: u32 = 8192;
 /// Distinct (thread, state, stack) keys per interval.
 pub const STACK_COUNTS_ENTRIES: u32 = 8192;
+/// Symbolized stacks kept for reuse; past this the cache starts over (a recording of hours with
+/// ever-new stacks must not grow without bound).
+const SYMBOL_CACHE_MAX: usize = 65536;
 
 pub struct StackSampler {
     symbolizer: Symbolizer,
-    kernel: HashMap<i32, Vec<String>>,
-    /// User stacks by (process, id): one id can be the same addresses in two processes.
-    user: HashMap<(u32, i32), Vec<String>>,
+    /// Kernel frames by addresses (leaf first, as the kernel gives them).
+    kernel: HashMap<Vec<u64>, Vec<String>>,
+    /// User frames by (process, addresses).
+    user: HashMap<(u32, Vec<u64>), Vec<String>>,
     /// The number of each stack sent so far.
     numbers: HashMap<HostStack, u32>,
     buffers: BatchBuffers<StackKey, u64>,
@@ -75,7 +80,8 @@ impl StackSampler {
         })
     }
 
-    /// Reads and deletes epoch `parity`'s samples; symbolizes the stacks new among them.
+    /// Reads and deletes epoch `parity`'s samples and stacks; symbolizes the stacks new among
+    /// them.
     pub fn take(&mut self, ebpf: &mut Ebpf, parity: u32) -> Result<StackBatch, Error> {
         let mut raw = Vec::new();
         take_map(
@@ -84,12 +90,16 @@ impl StackSampler {
             &mut self.buffers,
             |k: &StackKey, &n: &u64| raw.push((*k, n)),
         )?;
-        let traces: StackTraceMap<&MapData> = map_ref(ebpf, maps::STACK_TRACES)?;
+        let addresses = take_stacks(ebpf, parity)?;
+        if self.kernel.len() + self.user.len() > SYMBOL_CACHE_MAX {
+            self.kernel.clear();
+            self.user.clear();
+        }
         let mut batch = StackBatch::default();
         for (k, n) in raw {
             let stack = HostStack {
-                kernel: self.kernel_frames(&traces, k.kernel_stack),
-                user: self.user_frames(&traces, k.tgid, k.user_stack),
+                kernel: self.kernel_frames(&addresses, k.kernel_stack),
+                user: self.user_frames(&addresses, k.tgid, k.user_stack),
             };
             let next = self.numbers.len() as u32;
             let number = *self.numbers.entry(stack).or_insert_with_key(|s| {
@@ -119,40 +129,42 @@ impl StackSampler {
         Ok(batch)
     }
 
-    fn kernel_frames(&mut self, traces: &StackTraceMap<&MapData>, id: i32) -> Vec<String> {
-        if let Some(f) = self.kernel.get(&id) {
+    fn kernel_frames(&mut self, addresses: &HashMap<u32, Vec<u64>>, id: i32) -> Vec<String> {
+        let Some(addrs) = stack(addresses, id) else {
+            return missing(id);
+        };
+        if let Some(f) = self.kernel.get(addrs) {
             return f.clone();
         }
-        let frames = match addresses(traces, id) {
-            Some(addrs) => {
-                let src = Source::Kernel(Kernel {
-                    // kallsyms only: searching the disk for a vmlinux is slow and rarely pays.
-                    vmlinux: blazesym::MaybeDefault::None,
-                    debug_syms: false,
-                    ..Kernel::default()
-                });
-                self.symbolize(&src, &addrs)
-            }
-            None => missing(id),
-        };
-        self.kernel.insert(id, frames.clone());
+        let src = Source::Kernel(Kernel {
+            // kallsyms only: searching the disk for a vmlinux is slow and rarely pays.
+            vmlinux: blazesym::MaybeDefault::None,
+            debug_syms: false,
+            ..Kernel::default()
+        });
+        let frames = self.symbolize(&src, addrs);
+        self.kernel.insert(addrs.clone(), frames.clone());
         frames
     }
 
-    fn user_frames(&mut self, traces: &StackTraceMap<&MapData>, tgid: u32, id: i32) -> Vec<String> {
-        if let Some(f) = self.user.get(&(tgid, id)) {
+    fn user_frames(
+        &mut self,
+        addresses: &HashMap<u32, Vec<u64>>,
+        tgid: u32,
+        id: i32,
+    ) -> Vec<String> {
+        let Some(addrs) = stack(addresses, id) else {
+            return missing(id);
+        };
+        let key = (tgid, addrs.clone());
+        if let Some(f) = self.user.get(&key) {
             return f.clone();
         }
-        let frames = match addresses(traces, id) {
-            Some(addrs) => {
-                let mut process = Process::new(Pid::from(tgid));
-                process.debug_syms = false;
-                process.perf_map = false;
-                self.symbolize(&Source::Process(process), &addrs)
-            }
-            None => missing(id),
-        };
-        self.user.insert((tgid, id), frames.clone());
+        let mut process = Process::new(Pid::from(tgid));
+        process.debug_syms = false;
+        process.perf_map = false;
+        let frames = self.symbolize(&Source::Process(process), addrs);
+        self.user.insert(key, frames.clone());
         frames
     }
 
@@ -173,18 +185,36 @@ impl StackSampler {
     }
 }
 
-/// The instruction pointers of stack `id`, leaf first; None when there is no such stack.
-fn addresses(traces: &StackTraceMap<&MapData>, id: i32) -> Option<Vec<u64>> {
-    let id = u32::try_from(id).ok()?;
-    let trace = traces.get(&id, 0).ok()?;
-    let addrs: Vec<u64> = trace
-        .frames()
-        .iter()
-        .take(MAX_STACK_DEPTH)
-        .map(|f| f.ip)
-        .filter(|&ip| ip != 0)
-        .collect();
-    (!addrs.is_empty()).then_some(addrs)
+/// Every stack of epoch `parity` by id (instruction pointers, leaf first), deleted from the
+/// kernel's map so that the epoch after next starts with it empty.
+fn take_stacks(ebpf: &mut Ebpf, parity: u32) -> Result<HashMap<u32, Vec<u64>>, Error> {
+    let name = maps::STACK_TRACES[parity as usize];
+    let mut traces: StackTraceMap<&mut MapData> = map_mut(ebpf, name)?;
+    let ids: Vec<u32> = traces.stack_ids().filter_map(Result::ok).collect();
+    let mut out = HashMap::with_capacity(ids.len());
+    for id in ids {
+        if let Ok(trace) = traces.get(&id, 0) {
+            let addrs: Vec<u64> = trace
+                .frames()
+                .iter()
+                .take(MAX_STACK_DEPTH)
+                .map(|f| f.ip)
+                .filter(|&ip| ip != 0)
+                .collect();
+            if !addrs.is_empty() {
+                out.insert(id, addrs);
+            }
+        }
+        traces
+            .remove(&id)
+            .map_err(|e| Error::bpf(format!("emptying {name}"), e))?;
+    }
+    Ok(out)
+}
+
+/// The addresses of stack `id`; None when it names none.
+fn stack(addresses: &HashMap<u32, Vec<u64>>, id: i32) -> Option<&Vec<u64>> {
+    addresses.get(&u32::try_from(id).ok()?)
 }
 
 /// The frames of a stack id that names none: no stack at all (-EFAULT: a sample in user space
