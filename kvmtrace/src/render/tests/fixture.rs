@@ -111,7 +111,7 @@ pub fn web01(per_vcpu: bool) -> Report {
     r.detail(pid, v1, msr(0x1b, MsrDir::Read, false), &[15; 4]);
     r.detail(pid, v1, msr(0x3a, MsrDir::Read, true), &[1; 4]);
     r.unkeyed(pid, v1, DetailKind::Msr, &[3, 0, 0, 3]);
-    let agg = r.aggregate(
+    let mut agg = r.aggregate(
         &[
             (Counter::ExitsSeen, 51_127),
             (Counter::EntriesSeen, 51_125),
@@ -129,6 +129,7 @@ pub fn web01(per_vcpu: bool) -> Report {
             cpu(pid, v1, [4000, 3800, 2800, 100, 40, 60], None),
         ],
     );
+    agg.stacks.apply(&host_stacks(pid, v1));
     let mut report = Setup {
         agg,
         vms: [vm(pid, "web01", "qemu-system-x86")].into(),
@@ -169,6 +170,59 @@ pub fn web01(per_vcpu: bool) -> Report {
         unavailable: None,
     });
     report
+}
+
+/// `record --stacks` samples of one vCPU thread (SVM, isa 2): its io exits in the kernel on two
+/// paths, one sample without frames (no room in the kernel's stack map), its halts polling, its
+/// VMM handling KVM_EXIT_IO, the guest itself (no host frame), 3 samples not counted.
+fn host_stacks(pid: u32, tid: u32) -> crate::model::stacks::StackBatch {
+    use crate::model::stacks::{HostStack, LOST_FRAME, SampleKey, StackBatch};
+    use kvmtrace_common::stacks::{NO_REASON, SampleState};
+    let names = |f: &[&str]| f.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let run = [
+        "entry_SYSCALL_64",
+        "kvm_vcpu_ioctl",
+        "kvm_arch_vcpu_ioctl_run",
+    ];
+    let kernel = |leaf: &[&str]| HostStack {
+        kernel: names(&[&run[..], leaf].concat()),
+        user: names(&["main", "vcpu_thread", "ioctl"]),
+    };
+    let key = |state: SampleState, reason: u32, uexit: u32, stack: u32| SampleKey {
+        tgid: pid,
+        tid,
+        vcpu_id: 1,
+        state: state as u32,
+        isa: if reason == NO_REASON { NO_REASON } else { 2 },
+        reason,
+        uexit_reason: uexit,
+        stack,
+    };
+    StackBatch {
+        new_stacks: vec![
+            kernel(&["kvm_fast_pio", "emulator_pio_in_out"]),
+            kernel(&["svm_handle_exit"]),
+            HostStack {
+                kernel: names(&[LOST_FRAME]),
+                user: names(&[LOST_FRAME]),
+            },
+            kernel(&["kvm_vcpu_halt", "kvm_vcpu_check_block"]),
+            HostStack {
+                kernel: vec![],
+                user: names(&["main", "vcpu_thread", "handle_io", "serial_write"]),
+            },
+            HostStack::default(),
+        ],
+        samples: vec![
+            (key(SampleState::Exit, IO, NO_REASON, 0), 60),
+            (key(SampleState::Exit, IO, NO_REASON, 1), 15),
+            (key(SampleState::Exit, IO, NO_REASON, 2), 5),
+            (key(SampleState::Exit, HLT, NO_REASON, 3), 40),
+            (key(SampleState::Vmm, IO, KVM_EXIT_IO, 4), 120),
+            (key(SampleState::Guest, NO_REASON, NO_REASON, 5), 760),
+        ],
+        lost: 3,
+    }
 }
 
 const GUEST7: u32 = 200;

@@ -210,6 +210,7 @@ const COUNTERS: T = Obj(&[
             ("threads", U64),
             ("latency", U64),
             ("details", U64),
+            ("stacks", U64),
         ])),
     ),
 ]);
@@ -235,6 +236,32 @@ const REPORT: T = Obj(&[
     ("vms", List(&VM_REPORT)),
     ("counters", COUNTERS),
     ("tracer_cost", Omitted(&TRACER_COST)),
+    ("host_stacks", Omitted(&HOST_STACKS)),
+]);
+
+const HOST_STACKS: T = Obj(&[
+    ("samples", U64),
+    ("lost", U64),
+    ("frames_lost", U64),
+    (
+        "groups",
+        List(&Obj(&[
+            ("pid", U64),
+            ("vm", Str),
+            ("state", Str),
+            ("reason", Str),
+            ("samples", U64),
+            ("share_pct", F64),
+            (
+                "top",
+                List(&Obj(&[
+                    ("samples", U64),
+                    ("share_pct", F64),
+                    ("frames", List(&Str)),
+                ])),
+            ),
+        ])),
+    ),
 ]);
 
 /// Checks `v` against `t`; `filled` records, per optional field (path without indexes), whether

@@ -58,6 +58,18 @@ VM web01 (pid 100): 51122 exits (12780.5/s), 46654 to the VMM (11663.5/s), 96654
 ";
 
 const WEB01_TAIL: &str = "
+Hottest host paths per exit reason (1000 samples, 3 more not counted: the kernel's sample map was full, 5 without their frames: the kernel's stack map had no room; all of them: report --format flamegraph --weight samples)
+  web01 guest -: 760 samples, 76.0 %
+    100.0 %  (no frames)
+  web01 vmm IO: 120 samples, 12.0 %
+    100.0 %  serial_write <- handle_io <- vcpu_thread <- main
+  web01 in-kernel io: 80 samples, 8.0 %
+     75.0 %  emulator_pio_in_out <- kvm_fast_pio <- kvm_arch_vcpu_ioctl_run <- kvm_vcpu_ioctl <- entry_SYSCALL_64 <- ioctl <- ...
+     18.8 %  svm_handle_exit <- kvm_arch_vcpu_ioctl_run <- kvm_vcpu_ioctl <- entry_SYSCALL_64 <- ioctl <- vcpu_thread <- ...
+      6.2 %  [stack lost] <- [stack lost]
+  web01 halted hlt: 40 samples, 4.0 %
+    100.0 %  kvm_vcpu_check_block <- kvm_vcpu_halt <- kvm_arch_vcpu_ioctl_run <- kvm_vcpu_ioctl <- entry_SYSCALL_64 <- ioctl <- ...
+
 Lost/unpaired: SOME DATA WAS LOST. unpaired exits 3, unpaired entries 0, VMM round trips without a re-entry marker 1, map full (latency/detail/thread) 2/0/0; in flight at stop: 1 exits, 1 VMM round trips; exits whose thread ended first 0; events: 51127 kvm_exit, 51125 kvm_entry, 96654 detail
 Kernel maps after the last drain: 2 threads, 0 latency and 0 detail entries.
 Tracer cost over 4.0 s: 100000 BPF program runs (25000/s), 80 ns each, 0.20 % of one CPU; collector 0.50 % of one CPU.
