@@ -177,6 +177,7 @@ fn end(u: &mut Unstructured) -> Result<End> {
             threads: u.arbitrary()?,
             latency: u.arbitrary()?,
             details: u.arbitrary()?,
+            stacks: u.arbitrary()?,
         })
     } else {
         None
