@@ -44,10 +44,12 @@ pub mod maps {
     pub const COUNTERS: &str = "COUNTERS";
     /// [`crate::stacks::StackKey`] -> samples (u64), one map per epoch parity like LATENCY.
     pub const STACK_COUNTS: [&str; 2] = ["STACK_COUNTS_EVEN", "STACK_COUNTS_ODD"];
-    /// Stack id -> instruction pointers (BPF_MAP_TYPE_STACK_TRACE), one map per epoch parity
-    /// like STACK_COUNTS: the collector reads the closed epoch's stacks and empties its map, so
-    /// the map holds one interval's distinct stacks, not a whole recording's.
-    pub const STACK_TRACES: [&str; 2] = ["STACK_TRACES_EVEN", "STACK_TRACES_ODD"];
+    /// Stack hash -> [`crate::stacks::StackFrames`], one map per epoch parity like
+    /// STACK_COUNTS: the collector reads the closed epoch's stacks and empties its map, so the
+    /// map holds one interval's distinct stacks, not a whole recording's.
+    pub const STACK_FRAMES: [&str; 2] = ["STACK_FRAMES_EVEN", "STACK_FRAMES_ODD"];
+    /// Per-CPU [`crate::stacks::StackFrames`]: the sampler's scratch for walking a stack.
+    pub const STACK_SCRATCH: &str = "STACK_SCRATCH";
     /// Per-CPU u64: samples of traced threads not counted (STACK_COUNTS full).
     pub const STACK_LOST: &str = "STACK_LOST";
 }

@@ -1,7 +1,7 @@
 //! Host stack sampling (`record --stacks`): a cpu-clock perf event on every CPU runs
 //! `kvmtrace_stack_sample`, which counts the samples that hit traced vCPU threads under a
 //! [`StackKey`]: the thread, what it was doing ([`SampleState`], the exit reason it was handling)
-//! and its kernel and user stack ids in the epoch's STACK_TRACES map.
+//! and the hashes of its kernel and user stacks, whose frames are in the epoch's STACK_FRAMES map.
 
 /// What a vCPU thread was doing when a sample hit it, from its [`crate::ThreadState`].
 #[repr(u32)]
@@ -36,10 +36,18 @@ impl SampleState {
 /// [`StackKey::reason`] / [`StackKey::uexit_reason`] when there is none.
 pub const NO_REASON: u32 = u32::MAX;
 
-/// The key of the sample counts. A stack id below 0 is the kernel's error for that stack:
-/// -EFAULT when there is none (a sample in user space has no kernel stack), -EEXIST when its
-/// STACK_TRACES slot holds another stack of the same interval (the sample is kept, its frames
-/// are not).
+/// [`StackKey::kernel_stack`] / [`StackKey::user_stack`] when the sample has no such stack (a
+/// sample in user space has no kernel stack).
+pub const NO_STACK: u64 = 0;
+/// ... when the stack's frames could not be kept (STACK_FRAMES full, or the kernel could not
+/// walk it): the sample is counted, its frames are "[stack lost]".
+pub const LOST_STACK: u64 = 1;
+
+/// The key of the sample counts. A stack is named by a 64-bit hash of its frames (never
+/// [`NO_STACK`] or [`LOST_STACK`]); STACK_FRAMES maps the hash to the frames. The program
+/// hashes the stacks itself rather than use a BPF_MAP_TYPE_STACK_TRACE: that map has one slot
+/// per hash bucket and drops a new stack whose bucket another holds, which a VMM busy in a loop
+/// (a new leaf address per sample) hit for 3 % of its samples.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StackKey {
@@ -53,10 +61,39 @@ pub struct StackKey {
     pub reason: u32,
     /// The open userspace exit's reason (state Vmm), else [`NO_REASON`].
     pub uexit_reason: u32,
-    pub kernel_stack: i32,
-    pub user_stack: i32,
     pub pad: u32,
+    pub kernel_stack: u64,
+    pub user_stack: u64,
 }
 
-/// Frames kept per stack in STACK_TRACES (the kernel's PERF_MAX_STACK_DEPTH).
+/// Frames kept per stack (the kernel's PERF_MAX_STACK_DEPTH).
 pub const MAX_STACK_DEPTH: usize = 127;
+
+/// A stack's instruction pointers, leaf first: the value of STACK_FRAMES, and the per-CPU
+/// scratch the sampler walks a stack into.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct StackFrames {
+    /// How many of `ips` are the stack's.
+    pub len: u64,
+    pub ips: [u64; MAX_STACK_DEPTH],
+}
+
+impl StackFrames {
+    /// The stack's name in [`StackKey`]: a 64-bit hash of its frames (distinct stacks of one
+    /// interval collide with odds of about n²/2⁶⁵). Shared by the sampler and the tests.
+    #[inline(always)]
+    pub fn hash(&self) -> u64 {
+        let mut h: u64 = 0x6a09_e667_f3bc_c908 ^ self.len;
+        let mut i = 0;
+        while i < MAX_STACK_DEPTH {
+            if i as u64 >= self.len {
+                break;
+            }
+            h = (h ^ self.ips[i]).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            h ^= h >> 29;
+            i += 1;
+        }
+        if h <= LOST_STACK { h + 2 } else { h }
+    }
+}

@@ -9,3 +9,4 @@ unsafe impl aya::Pod for crate::LatencyKey {}
 unsafe impl aya::Pod for crate::LatencyStats {}
 unsafe impl aya::Pod for crate::DetailKey {}
 unsafe impl aya::Pod for crate::stacks::StackKey {}
+unsafe impl aya::Pod for crate::stacks::StackFrames {}

@@ -52,13 +52,9 @@ fn stacks_find_the_vmm_handler_and_kvm_run() {
     let hs = &report["host_stacks"];
     let total = hs["samples"].as_u64().unwrap();
     assert_eq!(hs["lost"], 0, "{hs:#}");
-    // A sample whose stack hashes to a slot another stack of the interval holds keeps no
-    // frames (the kernel's stack map does not chain): counted, shown, and rare.
-    let frames_lost = hs["frames_lost"].as_u64().unwrap();
-    assert!(
-        frames_lost * 100 < total,
-        "{frames_lost} of {total}: {hs:#}"
-    );
+    // The VMM's busy loop gives most samples a stack of their own (a new leaf address): every
+    // one keeps its frames (the kernel's stack-trace map, one stack per hash bucket, lost 3 %).
+    assert_eq!(hs["frames_lost"], 0, "of {total}: {hs:#}");
     // Each drain empties the epoch's sample and stack maps: nothing is left after the last.
     assert_eq!(
         report["counters"]["map_entries_at_stop"]["stacks"], 0,

@@ -5,23 +5,29 @@
 //! collector's seeding), so samples of other threads cost a TID_MARKS load.
 
 use aya_ebpf::{
+    EbpfContext as _,
     bindings::BPF_F_USER_STACK,
+    helpers::generated::bpf_get_stack,
     macros::{map, perf_event},
-    maps::{HashMap, PerCpuArray, StackTrace},
-    programs::{PerfEventContext, tracing::StackIdContext as _},
+    maps::{HashMap, PerCpuArray},
+    programs::PerfEventContext,
 };
 use kvmtrace_common::{
     THREAD_SEEN_ENTRY, ThreadState,
-    stacks::{NO_REASON, SampleState, StackKey},
+    stacks::{
+        LOST_STACK, MAX_STACK_DEPTH, NO_REASON, NO_STACK, SampleState, StackFrames, StackKey,
+    },
 };
 
 use crate::state::{BPF_NOEXIST, THREADS, current, maybe_traced_tid, open_epoch, traced};
 
 /// Sized by the collector: 1 entry when stacks are off. One per epoch parity, as the counts.
 #[map]
-pub static STACK_TRACES_EVEN: StackTrace = StackTrace::with_max_entries(1, 0);
+pub static STACK_FRAMES_EVEN: HashMap<u64, StackFrames> = HashMap::with_max_entries(1, 0);
 #[map]
-pub static STACK_TRACES_ODD: StackTrace = StackTrace::with_max_entries(1, 0);
+pub static STACK_FRAMES_ODD: HashMap<u64, StackFrames> = HashMap::with_max_entries(1, 0);
+#[map]
+pub static STACK_SCRATCH: PerCpuArray<StackFrames> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static STACK_COUNTS_EVEN: HashMap<StackKey, u64> = HashMap::with_max_entries(1, 0);
 #[map]
@@ -59,12 +65,12 @@ fn try_sample(ctx: &PerfEventContext) {
     key.vcpu_id = state.vcpu_id;
     let user = BPF_F_USER_STACK as u64;
     let map = if seq & 1 == 0 {
-        key.kernel_stack = stack_id(ctx, &STACK_TRACES_EVEN, 0);
-        key.user_stack = stack_id(ctx, &STACK_TRACES_EVEN, user);
+        key.kernel_stack = keep_stack(ctx, &STACK_FRAMES_EVEN, 0);
+        key.user_stack = keep_stack(ctx, &STACK_FRAMES_EVEN, user);
         &STACK_COUNTS_EVEN
     } else {
-        key.kernel_stack = stack_id(ctx, &STACK_TRACES_ODD, 0);
-        key.user_stack = stack_id(ctx, &STACK_TRACES_ODD, user);
+        key.kernel_stack = keep_stack(ctx, &STACK_FRAMES_ODD, 0);
+        key.user_stack = keep_stack(ctx, &STACK_FRAMES_ODD, user);
         &STACK_COUNTS_ODD
     };
     if let Some(n) = map.get_ptr_mut(key) {
@@ -109,11 +115,41 @@ fn classify(state: &ThreadState) -> StackKey {
     key
 }
 
-/// The stack's id in `traces`, or the kernel's error (below 0).
+/// Walks the current kernel (or, with BPF_F_USER_STACK, user) stack, keeps its frames in
+/// `frames` under their hash unless a sample of the interval already did, and returns the hash
+/// (or [`NO_STACK`] / [`LOST_STACK`]).
 #[inline(always)]
-fn stack_id(ctx: &PerfEventContext, traces: &StackTrace, flags: u64) -> i32 {
-    match ctx.get_stackid(traces, flags) {
-        Ok(id) => id as i32,
-        Err(e) => e,
+fn keep_stack(ctx: &PerfEventContext, frames: &HashMap<u64, StackFrames>, flags: u64) -> u64 {
+    let Some(scratch) = STACK_SCRATCH.get_ptr_mut(0) else {
+        return LOST_STACK;
+    };
+    const BYTES: u32 = (MAX_STACK_DEPTH * 8) as u32;
+    // SAFETY: this CPU's scratch; samples on one CPU do not nest.
+    let scratch = unsafe { &mut *scratch };
+    // SAFETY: the helper writes at most BYTES into `ips`, which holds BYTES.
+    let written =
+        unsafe { bpf_get_stack(ctx.as_ptr(), scratch.ips.as_mut_ptr().cast(), BYTES, flags) };
+    if written == 0 || written == -EFAULT {
+        // No such stack: a sample in user space has no kernel stack, a guest sample neither.
+        return NO_STACK;
+    }
+    if written < 0 {
+        return LOST_STACK;
+    }
+    scratch.len = written as u64 / 8;
+    let hash = scratch.hash();
+    if frames.get_ptr(hash).is_some() {
+        return hash;
+    }
+    // By reference: a copy would not fit the 512-byte BPF stack.
+    let kept: &StackFrames = scratch;
+    match frames.insert(hash, kept, BPF_NOEXIST) {
+        // -EEXIST: another CPU kept the same stack just now.
+        Ok(()) => hash,
+        Err(e) if e == -(EEXIST as i32) => hash,
+        Err(_) => LOST_STACK,
     }
 }
+
+const EFAULT: i64 = 14;
+const EEXIST: i64 = 17;

@@ -39,7 +39,7 @@ fn losses(hs: &HostStacks) -> String {
     }
     if hs.frames_lost > 0 {
         out += &format!(
-            ", {} without their frames: the kernel's stack map had no room",
+            ", {} without their frames: the kernel's stack map was full",
             hs.frames_lost
         );
     }

@@ -27,8 +27,8 @@ pub struct HostStacks {
     pub samples: u64,
     /// Samples the kernel could not count (its sample map was full).
     pub lost: u64,
-    /// Samples counted without their frames (`[stack lost]`: the kernel's stack map had another
-    /// stack in their slot, or was full).
+    /// Samples counted without their frames (`[stack lost]`: the kernel's stack map was full,
+    /// or the kernel could not walk the stack).
     pub frames_lost: u64,
     /// Most samples first.
     pub groups: Vec<PathGroup>,

@@ -173,7 +173,7 @@ pub fn web01(per_vcpu: bool) -> Report {
 }
 
 /// `record --stacks` samples of one vCPU thread (SVM, isa 2): its io exits in the kernel on two
-/// paths, one sample without frames (no room in the kernel's stack map), its halts polling, its
+/// paths, one sample without frames (the kernel's stack map was full), its halts polling, its
 /// VMM handling KVM_EXIT_IO, the guest itself (no host frame), 3 samples not counted.
 fn host_stacks(pid: u32, tid: u32) -> crate::model::stacks::StackBatch {
     use crate::model::stacks::{HostStack, LOST_FRAME, SampleKey, StackBatch};

@@ -58,7 +58,7 @@ VM web01 (pid 100): 51122 exits (12780.5/s), 46654 to the VMM (11663.5/s), 96654
 ";
 
 const WEB01_TAIL: &str = "
-Hottest host paths per exit reason (1000 samples, 3 more not counted: the kernel's sample map was full, 5 without their frames: the kernel's stack map had no room; all of them: report --format flamegraph --weight samples)
+Hottest host paths per exit reason (1000 samples, 3 more not counted: the kernel's sample map was full, 5 without their frames: the kernel's stack map was full; all of them: report --format flamegraph --weight samples)
   web01 guest -: 760 samples, 76.0 %
     100.0 %  (no frames)
   web01 vmm IO: 120 samples, 12.0 %

@@ -177,7 +177,7 @@ impl Tracer {
             if opts.stacks_hz.is_some() {
                 loader
                     .map_max_entries(maps::STACK_COUNTS[parity], stacks::STACK_COUNTS_ENTRIES)
-                    .map_max_entries(maps::STACK_TRACES[parity], stacks::STACK_TRACES_ENTRIES);
+                    .map_max_entries(maps::STACK_FRAMES[parity], stacks::STACK_FRAMES_ENTRIES);
             }
         }
         let mut ebpf = loader

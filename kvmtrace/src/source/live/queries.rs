@@ -1,8 +1,11 @@
 //! What the tracer can say besides intervals: its cost, its maps' occupancy, what is open at
 //! stop; and following VMs that start later.
 
-use aya::maps::{HashMap as BpfHashMap, MapData, StackTraceMap};
-use kvmtrace_common::{DetailKey, LatencyKey, LatencyStats, ThreadState, maps, stacks::StackKey};
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use kvmtrace_common::{
+    DetailKey, LatencyKey, LatencyStats, ThreadState, maps,
+    stacks::{StackFrames, StackKey},
+};
 
 use crate::{
     error::Error,
@@ -94,8 +97,9 @@ impl Tracer {
             if self.stacks.is_some() {
                 let c: BpfHashMap<&MapData, StackKey, u64> =
                     map_ref(&self.ebpf, maps::STACK_COUNTS[parity])?;
-                let t: StackTraceMap<&MapData> = map_ref(&self.ebpf, maps::STACK_TRACES[parity])?;
-                stacks += (c.keys().count() + t.stack_ids().count()) as u64;
+                let f: BpfHashMap<&MapData, u64, StackFrames> =
+                    map_ref(&self.ebpf, maps::STACK_FRAMES[parity])?;
+                stacks += (c.keys().count() + f.keys().count()) as u64;
             }
         }
         Ok(MapEntries {

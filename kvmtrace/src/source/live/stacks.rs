@@ -1,15 +1,16 @@
 //! `record --stacks`: a cpu-clock perf event per CPU runs the sampling program; at each drain
 //! the closed epoch's samples and stacks are read and deleted, and stacks not seen before are
 //! symbolized: kernel frames from /proc/kallsyms (modules included), the VMM's frames from its
-//! binaries' ELF symbols (frame-pointer unwinding, done by the kernel). A stack id names a stack
-//! only within its epoch (the map is emptied at each drain, so it holds one interval's stacks,
-//! however long the recording); symbols are cached by the stack's addresses.
+//! binaries' ELF symbols (frame-pointer unwinding, done by the kernel). The frames of an epoch's
+//! stacks are in its STACK_FRAMES map under their hash (the map is emptied at each drain, so it
+//! holds one interval's stacks, however long the recording); symbols are cached by the stack's
+//! addresses.
 
 use std::collections::HashMap;
 
 use aya::{
     Ebpf,
-    maps::{MapData, PerCpuArray, StackTraceMap},
+    maps::{MapData, PerCpuArray},
     programs::perf_event::{
         PerfEvent, PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent,
     },
@@ -24,18 +25,18 @@ use blazesym::{
 };
 use kvmtrace_common::{
     maps, programs,
-    stacks::{MAX_STACK_DEPTH, StackKey},
+    stacks::{MAX_STACK_DEPTH, NO_STACK, StackFrames, StackKey},
 };
 
-use super::{batch::BatchBuffers, map_mut, map_ref, program, take_map};
+use super::{batch::BatchBuffers, map_ref, program, take_map};
 use crate::{
     error::Error,
     model::stacks::{HostStack, LOST_FRAME, SampleKey, StackBatch, UNKNOWN_FRAME},
 };
 
 /// Distinct stacks per interval the kernel keeps (~1 KiB each, per epoch parity). A new stack
-/// whose hash slot another stack of the interval took is counted with its frames "[stack lost]".
-pub const STACK_TRACES_ENTRIES: u32 = 8192;
+/// past these is counted with its frames "[stack lost]".
+pub const STACK_FRAMES_ENTRIES: u32 = 8192;
 /// Distinct (thread, state, stack) keys per interval.
 pub const STACK_COUNTS_ENTRIES: u32 = 8192;
 /// Symbolized stacks kept for reuse; past this the cache starts over (a recording of hours with
@@ -51,6 +52,7 @@ pub struct StackSampler {
     /// The number of each stack sent so far.
     numbers: HashMap<HostStack, u32>,
     buffers: BatchBuffers<StackKey, u64>,
+    frame_buffers: BatchBuffers<u64, StackFrames>,
     lost_so_far: u64,
 }
 
@@ -76,6 +78,7 @@ impl StackSampler {
             user: HashMap::new(),
             numbers: HashMap::new(),
             buffers: BatchBuffers::default(),
+            frame_buffers: BatchBuffers::default(),
             lost_so_far: 0,
         })
     }
@@ -90,7 +93,16 @@ impl StackSampler {
             &mut self.buffers,
             |k: &StackKey, &n: &u64| raw.push((*k, n)),
         )?;
-        let addresses = take_stacks(ebpf, parity)?;
+        let mut addresses = HashMap::new();
+        take_map(
+            ebpf,
+            maps::STACK_FRAMES[parity as usize],
+            &mut self.frame_buffers,
+            |&hash: &u64, f: &StackFrames| {
+                let len = (f.len as usize).min(MAX_STACK_DEPTH);
+                addresses.insert(hash, f.ips[..len].to_vec());
+            },
+        )?;
         if self.kernel.len() + self.user.len() > SYMBOL_CACHE_MAX {
             self.kernel.clear();
             self.user.clear();
@@ -129,9 +141,9 @@ impl StackSampler {
         Ok(batch)
     }
 
-    fn kernel_frames(&mut self, addresses: &HashMap<u32, Vec<u64>>, id: i32) -> Vec<String> {
-        let Some(addrs) = stack(addresses, id) else {
-            return missing(id);
+    fn kernel_frames(&mut self, addresses: &HashMap<u64, Vec<u64>>, hash: u64) -> Vec<String> {
+        let Some(addrs) = stack(addresses, hash) else {
+            return missing(hash);
         };
         if let Some(f) = self.kernel.get(addrs) {
             return f.clone();
@@ -143,20 +155,20 @@ impl StackSampler {
             ..Kernel::default()
         });
         let frames = self.symbolize(&src, addrs);
-        self.kernel.insert(addrs.clone(), frames.clone());
+        self.kernel.insert(addrs.to_vec(), frames.clone());
         frames
     }
 
     fn user_frames(
         &mut self,
-        addresses: &HashMap<u32, Vec<u64>>,
+        addresses: &HashMap<u64, Vec<u64>>,
         tgid: u32,
-        id: i32,
+        hash: u64,
     ) -> Vec<String> {
-        let Some(addrs) = stack(addresses, id) else {
-            return missing(id);
+        let Some(addrs) = stack(addresses, hash) else {
+            return missing(hash);
         };
-        let key = (tgid, addrs.clone());
+        let key = (tgid, addrs.to_vec());
         if let Some(f) = self.user.get(&key) {
             return f.clone();
         }
@@ -185,42 +197,19 @@ impl StackSampler {
     }
 }
 
-/// Every stack of epoch `parity` by id (instruction pointers, leaf first), deleted from the
-/// kernel's map so that the epoch after next starts with it empty.
-fn take_stacks(ebpf: &mut Ebpf, parity: u32) -> Result<HashMap<u32, Vec<u64>>, Error> {
-    let name = maps::STACK_TRACES[parity as usize];
-    let mut traces: StackTraceMap<&mut MapData> = map_mut(ebpf, name)?;
-    let ids: Vec<u32> = traces.stack_ids().filter_map(Result::ok).collect();
-    let mut out = HashMap::with_capacity(ids.len());
-    for id in ids {
-        if let Ok(trace) = traces.get(&id, 0) {
-            let addrs: Vec<u64> = trace
-                .frames()
-                .iter()
-                .take(MAX_STACK_DEPTH)
-                .map(|f| f.ip)
-                .filter(|&ip| ip != 0)
-                .collect();
-            if !addrs.is_empty() {
-                out.insert(id, addrs);
-            }
-        }
-        traces
-            .remove(&id)
-            .map_err(|e| Error::bpf(format!("emptying {name}"), e))?;
-    }
-    Ok(out)
+/// The addresses of stack `hash` (without the zeros some kernels pad a walk with); None when it
+/// names none.
+fn stack(addresses: &HashMap<u64, Vec<u64>>, hash: u64) -> Option<&[u64]> {
+    let addrs = addresses.get(&hash)?;
+    let len = addrs.iter().rposition(|&ip| ip != 0).map_or(0, |i| i + 1);
+    (len > 0).then(|| &addrs[..len])
 }
 
-/// The addresses of stack `id`; None when it names none.
-fn stack(addresses: &HashMap<u32, Vec<u64>>, id: i32) -> Option<&Vec<u64>> {
-    addresses.get(&u32::try_from(id).ok()?)
-}
-
-/// The frames of a stack id that names none: no stack at all (-EFAULT: a sample in user space
-/// has no kernel stack, a kernel thread no user stack), else a lost one.
-fn missing(id: i32) -> Vec<String> {
-    if id == -libc::EFAULT {
+/// The frames of a stack that names none: no stack at all (a sample in user space has no kernel
+/// stack, a kernel thread no user stack), else a lost one (`LOST_STACK`, or a hash whose
+/// frames a drain took while the sample was still being counted).
+fn missing(hash: u64) -> Vec<String> {
+    if hash == NO_STACK {
         Vec::new()
     } else {
         vec![LOST_FRAME.to_string()]
