@@ -8,6 +8,7 @@
 
 pub mod detail;
 pub mod hist;
+pub mod slow;
 pub mod stacks;
 #[cfg(feature = "user")]
 mod user;
@@ -50,6 +51,10 @@ pub mod maps {
     pub const STACK_FRAMES: [&str; 2] = ["STACK_FRAMES_EVEN", "STACK_FRAMES_ODD"];
     /// Per-CPU [`crate::stacks::StackFrames`]: the sampler's scratch for walking a stack.
     pub const STACK_SCRATCH: &str = "STACK_SCRATCH";
+    /// Ring buffer of [`crate::slow::SlowExit`] records (`record --than`).
+    pub const SLOW_EXITS: &str = "SLOW_EXITS";
+    /// Per-CPU u64: slow exits not captured (SLOW_EXITS full).
+    pub const SLOW_LOST: &str = "SLOW_LOST";
     /// Per-CPU u64: samples of traced threads not counted (STACK_COUNTS full).
     pub const STACK_LOST: &str = "STACK_LOST";
 }
@@ -147,6 +152,15 @@ pub struct Config {
     /// the thread's per-kind totals (the report's "other keys" row). One guest touching thousands
     /// of ports cannot use up the map for the others.
     pub detail_keys_per_thread: u32,
+    /// kvm_exit's guest RIP and exit information (VMX exit qualification and interruption info
+    /// / SVM exitinfo1 and exitinfo2), read only when slow exits are captured.
+    pub exit_rip: u32,
+    pub exit_info1: u32,
+    pub exit_info2: u32,
+    pub pad: u32,
+    /// `record --than`: exits (exit->entry) and VMM round trips that take at least this long
+    /// are streamed to SLOW_EXITS, one record each; 0: off.
+    pub slow_ns: u64,
 }
 
 /// The field offsets of every kernel kvmtrace is tested on (Debian's 5.10, 6.1, 6.12 and 6.18):
@@ -174,6 +188,9 @@ pub const USUAL_OFFSETS: Config = Config {
     sched_prev_pid: 24,
     sched_prev_state: 32,
     sched_next_pid: 56,
+    exit_rip: 16,
+    exit_info1: 32,
+    exit_info2: 40,
     ..Config::UNSET
 };
 
@@ -205,6 +222,11 @@ impl Config {
         sched_prev_state: FIELD_ABSENT,
         sched_next_pid: FIELD_ABSENT,
         detail_keys_per_thread: 512,
+        exit_rip: FIELD_ABSENT,
+        exit_info1: FIELD_ABSENT,
+        exit_info2: FIELD_ABSENT,
+        pad: 0,
+        slow_ns: 0,
     };
 }
 
@@ -255,6 +277,18 @@ pub struct ThreadState {
     /// key's count goes to DETAILS when another key pushes it out; the collector reads what is
     /// left after the epoch closed (entries whose `seq` is that epoch's).
     pub pending: [[PendingDetail; PENDING_KEYS]; 2],
+    // Kept only when slow exits are captured (`record --than`):
+    /// The open exit's guest RIP and exit information.
+    pub exit_rip: u64,
+    pub exit_info1: u64,
+    pub exit_info2: u64,
+    /// The thread's off-CPU time inside KVM_RUN at the open exit, and outside it at the open
+    /// userspace exit.
+    pub exit_off_ns: u64,
+    pub uexit_off_ns: u64,
+    /// The thread's last detail event (port, MMIO address, MSR) since its last kvm_exit, or
+    /// since its last VMM round trip closed; kind 0: none.
+    pub last_detail: slow::SlowDetail,
 }
 
 /// Keys per thread and epoch parity kept in [`ThreadState::pending`]: two, so a guest alternating
@@ -275,6 +309,18 @@ pub struct PendingDetail {
 }
 
 impl ThreadState {
+    /// Off-CPU time so far inside KVM_RUN.
+    #[inline(always)]
+    pub fn off_run_ns(&self) -> u64 {
+        self.off_run_blocked_ns + self.off_run_runnable_ns
+    }
+
+    /// Off-CPU time so far outside KVM_RUN.
+    #[inline(always)]
+    pub fn off_user_ns(&self) -> u64 {
+        self.off_user_blocked_ns + self.off_user_runnable_ns
+    }
+
     /// Adds `ns` of off-CPU time to the category the THREAD_OFF_* flags of the thread's last
     /// switch-out say: inside or outside KVM_RUN, blocked or runnable.
     #[inline(always)]

@@ -10,3 +10,4 @@ unsafe impl aya::Pod for crate::LatencyStats {}
 unsafe impl aya::Pod for crate::DetailKey {}
 unsafe impl aya::Pod for crate::stacks::StackKey {}
 unsafe impl aya::Pod for crate::stacks::StackFrames {}
+unsafe impl aya::Pod for crate::slow::SlowExit {}

@@ -11,7 +11,7 @@ use aya_ebpf::{
 };
 use kvmtrace_common::{
     Config, Counter, DetailKey, DetailKind, FIELD_ABSENT, INLINE_TGIDS, LatencyKey, LatencyStats,
-    PendingDetail, THREAD_UNRESOLVED, ThreadState,
+    PendingDetail, THREAD_UNRESOLVED, ThreadState, slow::SlowDetail,
 };
 
 /// Set by the collector with `override_global` before load.
@@ -252,6 +252,13 @@ fn record_latency_in(map: &HashMap<LatencyKey, LatencyStats>, key: &LatencyKey, 
 /// keys first (no map lookup when the guest repeats itself), else DETAILS.
 #[inline(always)]
 pub fn count_detail(seq: u32, state: &mut ThreadState, key: &DetailKey, kind: DetailKind) {
+    if crate::probes::slow::enabled() && kind != DetailKind::UserspaceExit {
+        state.last_detail = SlowDetail {
+            kind: key.kind,
+            a: key.a,
+            b: key.b,
+        };
+    }
     if let Some(total) = state
         .detail_events
         .get_mut(kvmtrace_common::detail_slot(seq, kind))

@@ -111,6 +111,12 @@ pub struct RecordArgs {
     #[arg(long, value_name = "HZ", num_args = 0..=1, require_equals = true,
           default_missing_value = "999", value_parser = clap::value_parser!(u64).range(1..=20_000))]
     pub stacks: Option<u64>,
+    /// Capture every exit (kvm_exit -> kvm_entry) and VMM round trip that takes at least this
+    /// long (e.g. 500us, 2ms), one by one: when, which vCPU, its reason and port / address, the
+    /// guest RIP, the decoded exit information and where its time went (in the kernel, off
+    /// CPU, in the VMM). The report's "Slowest exits". Off by default.
+    #[arg(long, value_name = "DURATION", value_parser = parse_than)]
+    pub than: Option<Duration>,
 }
 
 /// Storm detection thresholds (see the report's "Storms" section).
@@ -291,6 +297,16 @@ pub struct TopArgs {
     /// tracefs mount point (default: /sys/kernel/tracing, mounted if absent).
     #[arg(long, value_name = "DIR")]
     pub tracefs: Option<PathBuf>,
+}
+
+fn parse_than(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_micros(1) {
+        return Err(format!(
+            "{s} is below 1us: every exit would be \"slow\"; give a threshold such as 500us"
+        ));
+    }
+    Ok(d)
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {

@@ -14,6 +14,7 @@ mod names;
 mod nested_l1;
 mod recordings;
 mod serve;
+mod slow;
 mod stacks;
 mod storms;
 mod top;

@@ -26,7 +26,7 @@ use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use kvmtrace_common::USUAL_OFFSETS;
 use kvmtrace_common::{Counter, LatencyKey, LatencyKind, THREAD_SEEN_ENTRY};
 
-use super::userspace::close_round_trip;
+use super::{slow, userspace::close_round_trip};
 use crate::state::{
     bump, conf, current, field, now_ns, open_epoch, record_latency, thread_state, traced,
 };
@@ -72,6 +72,13 @@ fn try_exit(ctx: &TracePointContext) {
     state.exit_isa = field::<u32>(ctx, conf!(exit_isa), USUAL_OFFSETS.exit_isa);
     if conf!(exit_vcpu_id) != kvmtrace_common::FIELD_ABSENT {
         state.vcpu_id = field::<u32>(ctx, conf!(exit_vcpu_id), USUAL_OFFSETS.exit_vcpu_id);
+    }
+    if slow::enabled() {
+        state.exit_rip = field::<u64>(ctx, conf!(exit_rip), USUAL_OFFSETS.exit_rip);
+        state.exit_info1 = field::<u64>(ctx, conf!(exit_info1), USUAL_OFFSETS.exit_info1);
+        state.exit_info2 = field::<u64>(ctx, conf!(exit_info2), USUAL_OFFSETS.exit_info2);
+        state.exit_off_ns = state.off_run_ns();
+        state.last_detail.kind = 0;
     }
 }
 
@@ -126,6 +133,9 @@ fn try_entry(ctx: &TracePointContext) {
     if vmm != 0 {
         key.kind = LatencyKind::ExitVmm as u32;
         record_latency(&key, vmm, seq);
+    }
+    if slow::enabled() {
+        slow::exit_ended(tgid, tid, state, span, vmm);
     }
     state.exit_ts = 0;
     state.exit_vmm_ns = 0;

@@ -3,5 +3,6 @@ mod detail;
 mod exit;
 mod floor;
 mod sched;
+pub mod slow;
 mod stacks;
 mod userspace;

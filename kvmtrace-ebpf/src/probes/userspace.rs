@@ -21,9 +21,14 @@ use aya_ebpf::{
 use kvmtrace_common::USUAL_OFFSETS;
 use kvmtrace_common::{
     Counter, DetailKey, DetailKind, LatencyKey, LatencyKind, THREAD_UNRESOLVED, ThreadState,
-    detail::pack_userspace_exit,
+    detail::pack_userspace_exit, slow::SlowDetail,
 };
 
+/// The userspace exit reasons whose detail event is the exit's (uapi linux/kvm.h).
+const KVM_EXIT_IO: u32 = 2;
+const KVM_EXIT_MMIO: u32 = 6;
+
+use super::slow;
 use crate::state::{
     bump, conf, count_detail, current, field, now_ns, open_epoch, record_latency, thread_state,
     traced,
@@ -99,6 +104,9 @@ fn try_userspace_exit(args: impl FnOnce() -> (u32, i32)) {
     }
     state.uexit_ts = ts;
     state.uexit_reason = a;
+    if slow::enabled() {
+        state.uexit_off_ns = state.off_user_ns();
+    }
 }
 
 /// kvm_fpu load opens a KVM_RUN (and closes the VMM round trip), unload closes it: the wall
@@ -156,7 +164,22 @@ pub fn close_round_trip(tgid: u32, tid: u32, state: &mut ThreadState, ts: u64, s
         reason: state.uexit_reason,
         kind: LatencyKind::VmmRoundTrip as u32,
     };
-    record_latency(&key, ts.saturating_sub(state.uexit_ts), seq);
+    let span = ts.saturating_sub(state.uexit_ts);
+    record_latency(&key, span, seq);
+    if slow::enabled() {
+        let detail = state.last_detail;
+        let matches = matches!(
+            (state.uexit_reason, DetailKind::from_u32(detail.kind)),
+            (KVM_EXIT_IO, Some(DetailKind::Pio)) | (KVM_EXIT_MMIO, Some(DetailKind::Mmio))
+        );
+        let detail = if matches {
+            detail
+        } else {
+            SlowDetail::default()
+        };
+        slow::round_trip_ended(tgid, tid, state, span, detail);
+        state.last_detail.kind = 0;
+    }
     add_vmm_part(state, ts);
     state.uexit_ts = 0;
 }

@@ -67,6 +67,7 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     let mut live = LiveLines::new(args.quiet, watch.then_some(storm_cfg));
 
     let mut agg = Aggregate::default();
+    agg.slow.threshold_ns = tracer.slow_threshold_ns();
     let mut ticker = tokio::time::interval(args.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await; // the first tick is immediate

@@ -34,6 +34,8 @@ pub struct Interval {
     pub threads: Vec<ThreadCpu>,
     /// Host stack samples (`--stacks`; empty otherwise).
     pub stacks: super::stacks::StackBatch,
+    /// Slow exits (`--than`; empty otherwise).
+    pub slow: super::slow::SlowBatch,
 }
 
 /// Where a vCPU thread's time went since it was first seen (cumulative ns). The kernel's view

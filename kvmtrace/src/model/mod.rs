@@ -9,6 +9,7 @@ mod in_flight;
 mod interval;
 mod latency;
 pub mod series;
+pub mod slow;
 pub mod stacks;
 
 use std::{collections::BTreeMap, time::Duration};
@@ -47,6 +48,8 @@ pub struct Aggregate {
     pub threads: BTreeMap<u32, ThreadCpu>,
     /// Host stack samples (`--stacks`).
     pub stacks: stacks::StackProfile,
+    /// Slow exits (`--than`).
+    pub slow: slow::SlowProfile,
 }
 
 impl Aggregate {
@@ -65,6 +68,7 @@ impl Aggregate {
             self.threads.insert(t.tid, *t);
         }
         self.stacks.apply(&iv.stacks);
+        self.slow.apply(&iv.slow);
     }
 
     pub fn counter(&self, c: Counter) -> u64 {
@@ -115,6 +119,7 @@ mod tests {
                 counters,
                 threads: vec![],
                 stacks: Default::default(),
+                slow: Default::default(),
             });
         }
         assert_eq!(agg.elapsed, Duration::from_secs(3));

@@ -412,6 +412,7 @@ mod tests {
                 })
                 .collect(),
             stacks: Default::default(),
+            slow: Default::default(),
         }
     }
 

@@ -7,6 +7,7 @@
 //!   kind: u8 | length: u32 LE | crc32 of payload: u32 LE | payload
 //!   kind 1 VM (JSON), 2 INTERVAL (binary, see codec.rs), 3 END (JSON),
 //!   4 STACKS (JSON, version 3 on: the host stack samples of the INTERVAL just before it)
+//!   5 SLOW (JSON, version 4 on: the slow exits of the INTERVAL before it, after its STACKS)
 //! ```
 //! The file is written as the recording goes, so a recorder killed with SIGKILL (or stopped by a
 //! full disk) leaves every interval that was flushed; a file without END is reported as cut
@@ -28,7 +29,8 @@
 //! | 1, not bumped | c04e879 (CPU attribution) to 5beba80 | + per-thread CPU records after the counters (a count, then per thread: tgid, tid, six cumulative ns, procfs ns + 1 or 0 for none) |
 //! | 1, not bumped | 5beba80 (kernel state with a lifecycle) to this change | the same bytes; min and max of the interval, "other keys" detail rows, VMM-in-exit latency keys; END fields added (serde default). Golden: `v1-threads.kvmtrace` |
 //! | 2 | fc2867f (issue #10, recording format discipline) | the same bytes as the last version 1; the per-thread records are always there. Golden: `v2.kvmtrace` |
-//! | 3 | this change (issue #11, `record --stacks`) | INTERVAL unchanged; a STACKS record may follow an INTERVAL (a reader of version 2 would stop at its unknown kind). Golden: `v3.kvmtrace` |
+//! | 3 | 9fea71e (issue #11, `record --stacks`) | INTERVAL unchanged; a STACKS record may follow an INTERVAL (a reader of version 2 would stop at its unknown kind). Golden: `v3.kvmtrace` |
+//! | 4 | this change (issue #11, `record --than`) | INTERVAL unchanged; a SLOW record may follow an INTERVAL and its STACKS; the header may say `slow_threshold_ns`. Golden: `v4.kvmtrace` |
 //!
 //! Every file written before version 2 says version 1, in three shapes. The reader tells them
 //! apart where the bytes do: a version 1 interval that ends after its counters has no per-thread
@@ -55,7 +57,7 @@ pub use writer::Writer;
 
 pub const MAGIC: &[u8; 8] = b"KVMTRACE";
 /// The version this build writes (and the newest it reads); see the table above.
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 /// The oldest version this build reads.
 pub const OLDEST_VERSION: u32 = 1;
 
@@ -63,6 +65,7 @@ const KIND_VM: u8 = 1;
 const KIND_INTERVAL: u8 = 2;
 const KIND_END: u8 = 3;
 const KIND_STACKS: u8 = 4;
+const KIND_SLOW: u8 = 5;
 
 /// What the recording is: host, kernel, tracepoints, VMs, timing.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -79,6 +82,9 @@ pub struct Header {
     /// Wall clock at the start, seconds since the Unix epoch.
     pub start_unix_secs: f64,
     pub command_line: Vec<String>,
+    /// `record --than`: the slow-exit threshold (absent: slow exits were not captured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow_threshold_ns: Option<u64>,
 }
 
 impl Header {

@@ -19,7 +19,8 @@ use std::{
 };
 
 use super::{
-    End, Header, KIND_END, KIND_INTERVAL, KIND_STACKS, KIND_VM, MAGIC, VERSION, codec::Encoder,
+    End, Header, KIND_END, KIND_INTERVAL, KIND_SLOW, KIND_STACKS, KIND_VM, MAGIC, VERSION,
+    codec::Encoder,
 };
 use crate::{
     error::Error,
@@ -124,6 +125,13 @@ impl<W: Write> Writer<W> {
         for part in stack_records(&iv.stacks) {
             let json = serde_json::to_vec(&part).map_err(|e| self.err(io::Error::other(e)))?;
             if !self.record(KIND_STACKS, &json) {
+                return Ok(());
+            }
+        }
+        if !iv.slow.is_empty() {
+            // At most the kernel's ring buffer of them (~9 000, ~2 MiB of JSON) per interval.
+            let json = serde_json::to_vec(&iv.slow).map_err(|e| self.err(io::Error::other(e)))?;
+            if !self.record(KIND_SLOW, &json) {
                 return Ok(());
             }
         }

@@ -8,6 +8,7 @@ pub mod host_paths;
 pub mod json;
 pub mod list;
 pub mod live;
+mod slow_exits;
 pub mod table;
 pub mod text;
 

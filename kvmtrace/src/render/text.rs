@@ -41,6 +41,9 @@ pub fn render(report: &Report, out: &mut impl io::Write) -> io::Result<()> {
     if let Some(hs) = &report.host_stacks {
         super::host_paths::render(hs, out)?;
     }
+    if let Some(slow) = &report.slow_exits {
+        super::slow_exits::render(slow, out)?;
+    }
     writeln!(out)?;
     render_counters(&report.counters, out)?;
     if let Some(cost) = &report.tracer_cost {
@@ -423,6 +426,7 @@ mod tests {
         };
         Report {
             host_stacks: None,
+            slow_exits: None,
             tracer_cost: Some(crate::model::cost::TracerCost {
                 secs: 2.0,
                 programs: vec![crate::model::cost::ProgramCost {

@@ -37,6 +37,7 @@ pub fn build(agg: &Aggregate, ctx: &Context) -> Report {
             .map_or_else(|| format!("pid {pid}"), |v| v.name.clone())
     };
     let host_stacks = super::stacks::build(agg, &vm_name, &label);
+    let slow_exits = super::slow::build(agg, &vm_name, &label);
     Report {
         duration_secs: secs,
         kvm_module: ctx.kvm_module.clone(),
@@ -49,6 +50,7 @@ pub fn build(agg: &Aggregate, ctx: &Context) -> Report {
         counters,
         tracer_cost: None,
         host_stacks,
+        slow_exits,
     }
 }
 

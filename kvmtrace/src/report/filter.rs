@@ -48,6 +48,13 @@ pub fn filter(report: &mut Report, f: &Filter) {
             keep_vm(f, &r.vm, r.pid) && keep_vcpu(f, &Some(r.vcpu)) && keep_reason(f, &r.reason)
         });
     }
+    if let Some(slow) = &mut report.slow_exits {
+        slow.by_reason
+            .retain(|r| keep_vm(f, &r.vm, r.pid) && keep_reason(f, &r.reason));
+        slow.slowest.retain(|r| {
+            keep_vm(f, &r.vm, r.pid) && keep_vcpu(f, &Some(r.vcpu)) && keep_reason(f, &r.reason)
+        });
+    }
     for vm in &mut report.vms {
         vm.exits
             .retain(|r| keep_vcpu(f, &r.vcpu) && keep_reason(f, &r.reason));

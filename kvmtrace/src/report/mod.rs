@@ -8,6 +8,7 @@ mod details;
 pub mod diff;
 mod exits;
 pub mod filter;
+pub mod slow;
 pub mod stacks;
 
 use std::collections::BTreeMap;
@@ -51,6 +52,9 @@ pub struct Report {
     /// Host stack samples by state and exit reason (recordings made with `--stacks`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host_stacks: Option<stacks::HostStacks>,
+    /// Slow exits one by one (recordings made with `--than`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slow_exits: Option<slow::SlowExits>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]

@@ -92,6 +92,7 @@ fn sample() -> Aggregate {
         counters,
         threads: vec![],
         stacks: Default::default(),
+        slow: Default::default(),
     });
     agg
 }

@@ -74,6 +74,7 @@ pub fn from_recording(rec: Recording, window: Window) -> Loaded {
         *c = c.saturating_sub(b);
     }
     agg.elapsed = agg.elapsed.saturating_sub(window_start);
+    agg.slow.threshold_ns = rec.header.slow_threshold_ns;
     for (tid, t) in agg.threads.iter_mut() {
         if let Some(b) = threads_before.get(tid) {
             *t = t.since(b);

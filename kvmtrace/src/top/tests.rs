@@ -82,6 +82,7 @@ fn one_second_report() -> Report {
         counters: [0; Counter::COUNT as usize],
         threads: Vec::new(),
         stacks: Default::default(),
+        slow: Default::default(),
     });
     let storm = StormConfig::default();
     let in_flight = InFlight::default();

@@ -38,6 +38,27 @@ const WANTS: &[Want] = &[
         set: |c, o| c.exit_vcpu_id = o,
     },
     Want {
+        event: "kvm_exit",
+        field: "guest_rip",
+        size: 8,
+        required: false,
+        set: |c, o| c.exit_rip = o,
+    },
+    Want {
+        event: "kvm_exit",
+        field: "info1",
+        size: 8,
+        required: false,
+        set: |c, o| c.exit_info1 = o,
+    },
+    Want {
+        event: "kvm_exit",
+        field: "info2",
+        size: 8,
+        required: false,
+        set: |c, o| c.exit_info2 = o,
+    },
+    Want {
         event: "kvm_entry",
         field: "vcpu_id",
         size: 4,

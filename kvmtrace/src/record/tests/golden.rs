@@ -43,7 +43,7 @@ fn golden(name: &str) -> Recording {
 
 /// The input the current writer is given for its golden.
 fn current_input() -> Input {
-    golden_input::v3()
+    golden_input::v4()
 }
 
 /// `input` as the current writer writes it, in memory.
@@ -71,6 +71,7 @@ fn assert_holds(rec: &Recording, version: u32, expected: &Input) {
         assert_eq!(got.counters, want.counters, "interval {i}");
         assert_eq!(got.threads, want.threads, "interval {i}");
         assert_eq!(got.stacks, want.stacks, "interval {i}");
+        assert_eq!(got.slow, want.slow, "interval {i}");
     }
     assert_eq!(rec.end.as_ref(), Some(&expected.end));
 }
@@ -221,6 +222,28 @@ fn v3_reads_back_exactly() {
     assert_eq!(
         profile.stacks[0].frames().next_back(),
         Some("kvm_arch_vcpu_ioctl_run")
+    );
+}
+
+#[test]
+fn v4_reads_back_exactly() {
+    let rec = golden("v4.kvmtrace");
+    assert_holds(&rec, 4, &golden_input::v4());
+    assert_eq!(rec.header.slow_threshold_ns, Some(1_000_000));
+    let mut agg = crate::model::Aggregate::default();
+    for iv in &rec.intervals {
+        agg.apply(iv);
+    }
+    assert_eq!(agg.slow.captured(), 3);
+    assert_eq!(agg.slow.lost, 7);
+    assert_eq!(agg.slow.slowest[0].total_ns, 25_000_000);
+    assert_eq!(
+        agg.slow.slowest[1].detail(),
+        Some(Detail::Port {
+            port: 0x70,
+            dir: PortDir::Out,
+            size: 1
+        })
     );
 }
 

@@ -112,6 +112,7 @@ pub fn header() -> Header {
             "-o".into(),
             "golden.kvmtrace".into(),
         ],
+        slow_threshold_ns: None,
     }
 }
 
@@ -199,6 +200,7 @@ pub fn v1() -> Input {
             counters: [1520, 1519, 4101, 1, 0, 2, 0, 0, 0, 1],
             threads: vec![],
             stacks: Default::default(),
+            slow: Default::default(),
         },
         Interval {
             at: Duration::new(2, 250_000),
@@ -210,6 +212,7 @@ pub fn v1() -> Input {
             counters: [2120, 2119, 5247, 1, 0, 3, 0, 0, 0, 1],
             threads: vec![],
             stacks: Default::default(),
+            slow: Default::default(),
         },
         Interval {
             at: Duration::from_millis(3500),
@@ -218,6 +221,7 @@ pub fn v1() -> Input {
             counters: [2122, 2122, 5257, 1, 0, 3, 0, 0, 0, 1],
             threads: vec![],
             stacks: Default::default(),
+            slow: Default::default(),
         },
     ];
     Input {
@@ -411,6 +415,72 @@ pub fn v3() -> Input {
             (sample(4244, SampleState::Vmm, NO_REASON, 2), 1),
         ],
         lost: 3,
+    };
+    input
+}
+
+/// Version 4: version 3's input, slow exits (`--than 1ms`) in intervals 1 and 3.
+pub fn v4() -> Input {
+    use crate::model::slow::{SlowBatch, SlowExit, SlowKind};
+    let mut input = v3();
+    input.header.slow_threshold_ns = Some(1_000_000);
+    let slow = |at_ms, kind, reason, detail, total_ns, vmm_ns, off_cpu_ns, rip| SlowExit {
+        at: Duration::from_millis(at_ms),
+        tgid: 4242,
+        tid: 4243,
+        vcpu_id: 0,
+        kind,
+        isa: if kind == SlowKind::Exit { 2 } else { 0 },
+        reason,
+        detail,
+        total_ns,
+        vmm_ns,
+        off_cpu_ns,
+        guest_rip: rip,
+        info1: if reason == 0x7b { 0x0070_0210 } else { 0 },
+        info2: if reason == 0x7b {
+            0xffff_ffff_8100_0abc
+        } else {
+            0
+        },
+    };
+    input.intervals[0].slow = SlowBatch {
+        exits: vec![
+            slow(
+                250,
+                SlowKind::Exit,
+                0x7b,
+                Some((1, 0x70, 1 | 1 << 8)),
+                1_200_000,
+                1_100_000,
+                0,
+                0xffff_ffff_8100_0abc,
+            ),
+            slow(
+                251,
+                SlowKind::VmmRoundTrip,
+                2,
+                Some((1, 0x70, 1 | 1 << 8)),
+                1_100_000,
+                1_100_000,
+                40_000,
+                0,
+            ),
+        ],
+        lost: 0,
+    };
+    input.intervals[2].slow = SlowBatch {
+        exits: vec![slow(
+            2_900,
+            SlowKind::Exit,
+            0x78,
+            None,
+            25_000_000,
+            0,
+            24_990_000,
+            0xffff_ffff_8100_1234,
+        )],
+        lost: 7,
     };
     input
 }

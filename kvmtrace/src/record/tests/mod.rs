@@ -26,6 +26,7 @@ pub fn header() -> Header {
         interval_ms: 1000,
         start_unix_secs: 1.5e9,
         command_line: vec!["kvmtrace".into()],
+        slow_threshold_ns: None,
     }
 }
 
@@ -77,6 +78,7 @@ pub fn interval(i: u64) -> Interval {
         counters,
         threads: vec![],
         stacks: Default::default(),
+        slow: Default::default(),
     }
 }
 

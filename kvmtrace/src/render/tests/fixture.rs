@@ -130,6 +130,8 @@ pub fn web01(per_vcpu: bool) -> Report {
         ],
     );
     agg.stacks.apply(&host_stacks(pid, v1));
+    agg.slow.threshold_ns = Some(500_000);
+    agg.slow.apply(&slow_exits(pid, v1));
     let mut report = Setup {
         agg,
         vms: [vm(pid, "web01", "qemu-system-x86")].into(),
@@ -170,6 +172,59 @@ pub fn web01(per_vcpu: bool) -> Report {
         unavailable: None,
     });
     report
+}
+
+/// `record --than 500us` on one vCPU thread (SVM): an io exit to port 0x70 whose VMM part took
+/// 900 us, the VMM round trip inside it, a halt of 25 ms, 2 not captured.
+fn slow_exits(pid: u32, tid: u32) -> crate::model::slow::SlowBatch {
+    use crate::model::slow::{SlowBatch, SlowExit, SlowKind};
+    use std::time::Duration;
+    let base = SlowExit {
+        at: Duration::from_millis(1500),
+        tgid: pid,
+        tid,
+        vcpu_id: 1,
+        kind: SlowKind::Exit,
+        isa: 2,
+        reason: IO,
+        detail: Some((1, 0x70, 1 | 1 << 8)),
+        total_ns: 1_000_000,
+        vmm_ns: 900_000,
+        off_cpu_ns: 0,
+        guest_rip: 0xffff_ffff_8103_3f1d,
+        info1: 0x0070_0010,
+        info2: 0xffff_ffff_8103_3f1f,
+    };
+    SlowBatch {
+        exits: vec![
+            base.clone(),
+            SlowExit {
+                kind: SlowKind::VmmRoundTrip,
+                isa: 0,
+                reason: 2,
+                total_ns: 900_000,
+                vmm_ns: 900_000,
+                off_cpu_ns: 100_000,
+                guest_rip: 0,
+                info1: 0,
+                info2: 0,
+                ..base.clone()
+            },
+            SlowExit {
+                at: Duration::from_millis(2750),
+                reason: HLT,
+                detail: None,
+                total_ns: 25_000_000,
+                vmm_ns: 0,
+                off_cpu_ns: 24_990_000,
+                guest_rip: 0xffff_ffff_81a0_11c2,
+                info1: 0,
+                info2: 0,
+                ..base
+            },
+        ],
+        lost: 2,
+    }
 }
 
 /// `record --stacks` samples of one vCPU thread (SVM, isa 2): its io exits in the kernel on two

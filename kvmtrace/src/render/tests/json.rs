@@ -237,6 +237,44 @@ const REPORT: T = Obj(&[
     ("counters", COUNTERS),
     ("tracer_cost", Omitted(&TRACER_COST)),
     ("host_stacks", Omitted(&HOST_STACKS)),
+    ("slow_exits", Omitted(&SLOW_EXITS)),
+]);
+
+const SLOW_EXITS: T = Obj(&[
+    ("threshold_ns", U64),
+    ("captured", U64),
+    ("lost", U64),
+    (
+        "by_reason",
+        List(&Obj(&[
+            ("vm", Str),
+            ("pid", U64),
+            ("kind", Str),
+            ("reason", Str),
+            ("count", U64),
+        ])),
+    ),
+    (
+        "slowest",
+        List(&Obj(&[
+            ("at_secs", F64),
+            ("vm", Str),
+            ("pid", U64),
+            ("vcpu", Str),
+            ("tid", U64),
+            ("kind", Str),
+            ("reason", Str),
+            ("total_ns", U64),
+            ("in_kernel_ns", U64),
+            ("off_cpu_ns", U64),
+            ("vmm_ns", U64),
+            ("detail", Opt(&Str)),
+            ("guest_rip", Opt(&Str)),
+            ("exit_info", Opt(&Str)),
+            ("info1", U64),
+            ("info2", U64),
+        ])),
+    ),
 ]);
 
 const HOST_STACKS: T = Obj(&[

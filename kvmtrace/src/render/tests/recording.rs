@@ -175,6 +175,7 @@ impl Recording {
                     })
                     .collect(),
                 stacks: Default::default(),
+                slow: Default::default(),
             });
         }
         agg

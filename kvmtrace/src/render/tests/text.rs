@@ -70,6 +70,13 @@ Hottest host paths per exit reason (1000 samples, 3 more not counted: the kernel
   web01 halted hlt: 40 samples, 4.0 %
     100.0 %  kvm_vcpu_check_block <- kvm_vcpu_halt <- kvm_arch_vcpu_ioctl_run <- kvm_vcpu_ioctl <- entry_SYSCALL_64 <- ioctl <- ...
 
+Slowest exits (at least 500.00us: 3 captured, 2 more not captured: the kernel's ring buffer was full)
+  per VM and reason: web01 KVM_EXIT_IO 1, web01 hlt 1, web01 io 1
+      at  VM     vCPU  exit            total  in kernel   off CPU       VMM  detail
+  2.750s  web01  1     hlt           25.00ms    10.00us   24.99ms       0ns  rip 0xffffffff81a011c2
+  1.500s  web01  1     io             1.00ms   100.00us       0ns  900.00us  port 0x0070 (RTC index) out, rip 0xffffffff81033f1d
+  1.500s  web01  1     KVM_EXIT_IO  900.00us        0ns  100.00us  900.00us  port 0x0070 (RTC index) out
+
 Lost/unpaired: SOME DATA WAS LOST. unpaired exits 3, unpaired entries 0, VMM round trips without a re-entry marker 1, map full (latency/detail/thread) 2/0/0; in flight at stop: 1 exits, 1 VMM round trips; exits whose thread ended first 0; events: 51127 kvm_exit, 51125 kvm_entry, 96654 detail
 Kernel maps after the last drain: 2 threads, 0 latency and 0 detail entries.
 Tracer cost over 4.0 s: 100000 BPF program runs (25000/s), 80 ns each, 0.20 % of one CPU; collector 0.50 % of one CPU.

@@ -27,6 +27,7 @@ impl Tracer {
             command_line: std::env::args_os()
                 .map(|a| crate::untrusted::escape(&a.to_string_lossy()))
                 .collect(),
+            slow_threshold_ns: self.slow_threshold_ns(),
         }
     }
 }

@@ -19,6 +19,7 @@ mod floor;
 mod header;
 mod kernel;
 mod queries;
+mod slow;
 mod stacks;
 
 pub use floor::attach_floor;
@@ -68,6 +69,8 @@ pub struct TraceOptions {
     pub follow: bool,
     /// Sample host stacks at this rate per CPU (`--stacks`); None: no sampling.
     pub stacks_hz: Option<u64>,
+    /// Stream every exit and VMM round trip at least this long (`--than`); None: off.
+    pub slow_ns: Option<u64>,
 }
 
 impl Default for TraceOptions {
@@ -81,6 +84,7 @@ impl Default for TraceOptions {
             raw_tracepoints: std::env::var("KVMTRACE_ATTACH").as_deref() != Ok("classic"),
             follow: false,
             stacks_hz: None,
+            slow_ns: None,
         }
     }
 }
@@ -118,6 +122,10 @@ pub struct Tracer {
     thread_buffers: batch::BatchBuffers<u32, ThreadState>,
     /// Host stack sampling, when asked for.
     stacks: Option<stacks::StackSampler>,
+    /// Slow exits, when asked for.
+    slow: Option<slow::SlowReader>,
+    /// CLOCK_MONOTONIC at `started`: the kernel's timestamps are on that clock.
+    started_ktime: u64,
 }
 
 pub fn check_root() -> Result<(), Error> {
@@ -155,6 +163,7 @@ impl Tracer {
             self_tgid: std::process::id(),
             filter_tgids: opts.pids.is_some() as u32,
             detail_keys_per_thread: opts.detail_keys_per_thread,
+            slow_ns: opts.slow_ns.unwrap_or(0),
             ..Config::UNSET
         };
         if let Some(pids) = opts
@@ -179,6 +188,9 @@ impl Tracer {
                     .map_max_entries(maps::STACK_COUNTS[parity], stacks::STACK_COUNTS_ENTRIES)
                     .map_max_entries(maps::STACK_FRAMES[parity], stacks::STACK_FRAMES_ENTRIES);
             }
+        }
+        if opts.slow_ns.is_some() {
+            loader.map_max_entries(maps::SLOW_EXITS, slow::SLOW_EXITS_BYTES);
         }
         let mut ebpf = loader
             .load(EBPF_OBJECT)
@@ -220,6 +232,10 @@ impl Tracer {
             .stacks_hz
             .map(|hz| stacks::StackSampler::attach(&mut ebpf, hz))
             .transpose()?;
+        let slow = opts
+            .slow_ns
+            .map(|ns| slow::SlowReader::open(&mut ebpf, ns))
+            .transpose()?;
         log::info!("attached to {}", attached.join(", "));
         Ok(Tracer {
             ebpf,
@@ -241,6 +257,8 @@ impl Tracer {
             detail_buffers: Default::default(),
             thread_buffers: Default::default(),
             stacks,
+            slow,
+            started_ktime: kernel::ktime_ns(),
         })
     }
 
@@ -255,6 +273,7 @@ impl Tracer {
     ) -> Result<(), Error> {
         self.switch_epoch(1)?;
         self.started = Instant::now();
+        self.started_ktime = kernel::ktime_ns();
         let running = running();
         let now = ktime_ns();
         // Marks first: a seeded thread's context switches count from its first one.

@@ -15,6 +15,11 @@ use crate::{
 use super::*;
 
 impl Tracer {
+    /// `--than`'s threshold, when slow exits are captured.
+    pub fn slow_threshold_ns(&self) -> Option<u64> {
+        self.slow.as_ref().map(|s| s.threshold_ns)
+    }
+
     /// The programs' runs and run time so far (cumulative), with this process's CPU time.
     pub fn cost(&self) -> crate::model::cost::TracerCost {
         let programs = if self.stats.unavailable.is_some() {

@@ -1,0 +1,99 @@
+//! The text report's "Slowest exits" section (recordings made with `--than`).
+
+use std::io;
+
+use super::table::ns;
+use crate::report::slow::{SlowExits, TEXT_ROWS};
+
+pub fn render(slow: &SlowExits, out: &mut impl io::Write) -> io::Result<()> {
+    let lost = if slow.lost == 0 {
+        String::new()
+    } else {
+        format!(
+            ", {} more not captured: the kernel's ring buffer was full",
+            slow.lost
+        )
+    };
+    writeln!(
+        out,
+        "\nSlowest exits (at least {}: {} captured{lost})",
+        ns(slow.threshold_ns),
+        slow.captured
+    )?;
+    if slow.captured == 0 {
+        return Ok(());
+    }
+    let counts: Vec<String> = slow
+        .by_reason
+        .iter()
+        .map(|c| format!("{} {} {}", c.vm, c.reason, c.count))
+        .collect();
+    writeln!(out, "  per VM and reason: {}", counts.join(", "))?;
+    // Numbers right-aligned, the detail (free text, last) left-aligned.
+    let rows: Vec<[String; 9]> = slow
+        .slowest
+        .iter()
+        .take(TEXT_ROWS)
+        .map(|r| {
+            let mut what = Vec::new();
+            if let Some(d) = r.detail.as_ref().or(r.exit_info.as_ref()) {
+                what.push(d.clone());
+            }
+            if let Some(rip) = &r.guest_rip {
+                what.push(format!("rip {rip}"));
+            }
+            [
+                format!("{:.3}s", r.at_secs),
+                r.vm.clone(),
+                r.vcpu.to_string(),
+                r.reason.clone(),
+                ns(r.total_ns),
+                ns(r.in_kernel_ns),
+                ns(r.off_cpu_ns),
+                ns(r.vmm_ns),
+                what.join(", "),
+            ]
+        })
+        .collect();
+    let header = [
+        "at",
+        "VM",
+        "vCPU",
+        "exit",
+        "total",
+        "in kernel",
+        "off CPU",
+        "VMM",
+        "detail",
+    ]
+    .map(String::from);
+    let width: Vec<usize> = (0..9)
+        .map(|c| {
+            rows.iter()
+                .chain([&header])
+                .map(|r| r[c].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for r in std::iter::once(&header).chain(&rows) {
+        let mut line = String::new();
+        for (c, cell) in r.iter().enumerate() {
+            let w = width[c];
+            if (4..8).contains(&c) || c == 0 {
+                line.push_str(&format!("  {cell:>w$}"));
+            } else {
+                line.push_str(&format!("  {cell:<w$}"));
+            }
+        }
+        writeln!(out, "{}", line.trim_end())?;
+    }
+    if slow.slowest.len() > TEXT_ROWS {
+        writeln!(
+            out,
+            "  ({} more in report --json, the slowest first)",
+            slow.slowest.len() - TEXT_ROWS
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,104 @@
+//! `record --than`: slow exits one by one, on this host's KVM (kvm_pvm: kvm_exit does not fire,
+//! so what is captured is the VMM round trips; the nested SVM tests capture exits).
+
+use serde_json::Value;
+
+use super::harness::*;
+
+/// Round trips this long or longer are captured.
+const THAN_MS: u64 = 1;
+
+/// A guest, running before the recorder attaches, makes 20 000 fast port writes to 0x80, then 7
+/// to 0x71 that its VMM takes 3 ms each to handle, then 20 000 more fast ones: exactly the 7 are
+/// captured, each with its port, a VMM part of at least 3 ms on CPU, and none lost. A fast one
+/// may show up only if the thread was off CPU for the threshold's worth of it (preempted), and
+/// then it says so.
+#[test]
+fn exactly_the_slow_round_trips_are_captured_with_their_port() {
+    require_kvm_and_root();
+    let file = temp("slow.kvmtrace");
+    let file_arg = file.to_str().unwrap();
+    let mut guest = Guest::start(
+        "it-slow",
+        &[
+            "--vcpus",
+            "1",
+            "--run",
+            "pio_out,port=0x80,count=20000;pio_out,port=0x71,count=7,vmm_us=3000;pio_out,port=0x80,count=20000",
+        ],
+    );
+    let recorder = Recorder::start(&[
+        "-d",
+        "it-slow",
+        "--than",
+        &format!("{THAN_MS}ms"),
+        "--interval",
+        "200ms",
+        "--json",
+        "-o",
+        file_arg,
+    ]);
+    guest.go();
+    guest.wait_finished();
+    let out = recorder.stop(libc::SIGINT);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let live = parse_json(&out.stdout);
+    check(&live["slow_exits"], guest.pid);
+    // The recording says the same.
+    let offline = parse_json(&kvmtrace_ok(&["report", "-i", file_arg, "--format", "json"]));
+    assert_eq!(offline["slow_exits"], live["slow_exits"]);
+    let text = String::from_utf8(kvmtrace_ok(&["report", "-i", file_arg])).unwrap();
+    assert!(
+        text.contains("\nSlowest exits (at least 1.00ms: "),
+        "{text}"
+    );
+    let _ = std::fs::remove_file(&file);
+}
+
+fn check(slow: &Value, pid: u32) {
+    assert_eq!(slow["threshold_ns"], THAN_MS * 1_000_000, "{slow:#}");
+    assert_eq!(slow["lost"], 0, "{slow:#}");
+    let rows = slow["slowest"].as_array().unwrap();
+    let at_71: Vec<&Value> = rows
+        .iter()
+        .filter(|r| r["detail"].as_str().unwrap_or("").starts_with("port 0x0071 "))
+        .collect();
+    assert_eq!(at_71.len(), 7, "{slow:#}");
+    for r in &at_71 {
+        assert_eq!(r["pid"], pid);
+        assert_eq!(r["kind"], "vmm_round_trip");
+        assert_eq!(r["reason"], "KVM_EXIT_IO");
+        assert_eq!(r["detail"], "port 0x0071 (RTC data) out", "{r:#}");
+        let total = r["total_ns"].as_u64().unwrap();
+        let off = r["off_cpu_ns"].as_u64().unwrap();
+        assert_eq!(r["vmm_ns"], total, "a round trip is all VMM: {r:#}");
+        assert!(total - off >= 3_000_000, "3 ms of VMM work on CPU: {r:#}");
+        // kvm_exit does not fire here: nothing to read a RIP from.
+        assert_eq!(r["guest_rip"], Value::Null);
+    }
+    for r in rows.iter().filter(|r| !at_71.contains(r)) {
+        let total = r["total_ns"].as_u64().unwrap();
+        let off = r["off_cpu_ns"].as_u64().unwrap();
+        assert!(
+            total - off < THAN_MS * 1_000_000,
+            "only the writes to 0x71 take the VMM long; this one was slow only if preempted: {r:#}"
+        );
+    }
+    assert_eq!(
+        slow["captured"].as_u64().unwrap(),
+        rows.len() as u64,
+        "{slow:#}"
+    );
+    let exits: u64 = slow["by_reason"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["kind"] == "exit")
+        .map(|c| c["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(exits, 0, "kvm_exit never fires on kvm_pvm: {slow:#}");
+}
