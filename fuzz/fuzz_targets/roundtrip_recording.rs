@@ -57,6 +57,7 @@ fn header(u: &mut Unstructured) -> Result<Header> {
         interval_ms: u.arbitrary()?,
         start_unix_secs: finite(u)?,
         command_line: u.arbitrary()?,
+        slow_threshold_ns: u.arbitrary()?,
     })
 }
 

@@ -49,7 +49,9 @@ fn exactly_the_slow_round_trips_are_captured_with_their_port() {
     let live = parse_json(&out.stdout);
     check(&live["slow_exits"], guest.pid);
     // The recording says the same.
-    let offline = parse_json(&kvmtrace_ok(&["report", "-i", file_arg, "--format", "json"]));
+    let offline = parse_json(&kvmtrace_ok(&[
+        "report", "-i", file_arg, "--format", "json",
+    ]));
     assert_eq!(offline["slow_exits"], live["slow_exits"]);
     let text = String::from_utf8(kvmtrace_ok(&["report", "-i", file_arg])).unwrap();
     assert!(
@@ -65,7 +67,12 @@ fn check(slow: &Value, pid: u32) {
     let rows = slow["slowest"].as_array().unwrap();
     let at_71: Vec<&Value> = rows
         .iter()
-        .filter(|r| r["detail"].as_str().unwrap_or("").starts_with("port 0x0071 "))
+        .filter(|r| {
+            r["detail"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("port 0x0071 ")
+        })
         .collect();
     assert_eq!(at_71.len(), 7, "{slow:#}");
     for r in &at_71 {
