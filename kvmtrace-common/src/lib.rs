@@ -286,8 +286,9 @@ pub struct ThreadState {
     /// userspace exit.
     pub exit_off_ns: u64,
     pub uexit_off_ns: u64,
-    /// The thread's last detail event (port, MMIO address, MSR) since its last kvm_exit, or
-    /// since its last VMM round trip closed; kind 0: none.
+    /// The thread's last detail event (port, MMIO address, MSR) since its last kvm_exit; kind
+    /// 0: none. (Where kvm_exit does not fire, a round trip uses it only when its kind is the
+    /// userspace exit's: a KVM_EXIT_IO always follows its kvm_pio, a KVM_EXIT_MMIO its kvm_mmio.)
     pub last_detail: slow::SlowDetail,
 }
 

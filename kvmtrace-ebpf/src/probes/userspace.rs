@@ -177,8 +177,8 @@ pub fn close_round_trip(tgid: u32, tid: u32, state: &mut ThreadState, ts: u64, s
         } else {
             SlowDetail::default()
         };
+        // Not cleared: an exit that left for the VMM still ends later, at kvm_entry, with it.
         slow::round_trip_ended(tgid, tid, state, span, detail);
-        state.last_detail.kind = 0;
     }
     add_vmm_part(state, ts);
     state.uexit_ts = 0;
