@@ -58,6 +58,7 @@ fn header(u: &mut Unstructured) -> Result<Header> {
         start_unix_secs: finite(u)?,
         command_line: u.arbitrary()?,
         slow_threshold_ns: u.arbitrary()?,
+        guest_rips: u.arbitrary()?,
     })
 }
 

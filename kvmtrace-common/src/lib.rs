@@ -51,6 +51,11 @@ pub mod maps {
     pub const STACK_FRAMES: [&str; 2] = ["STACK_FRAMES_EVEN", "STACK_FRAMES_ODD"];
     /// Per-CPU [`crate::stacks::StackFrames`]: the sampler's scratch for walking a stack.
     pub const STACK_SCRATCH: &str = "STACK_SCRATCH";
+    /// [`crate::RipKey`] -> exits (u64), one map per epoch parity like LATENCY
+    /// (`record --guest-rips`).
+    pub const GUEST_RIPS: [&str; 2] = ["GUEST_RIPS_EVEN", "GUEST_RIPS_ODD"];
+    /// Per-CPU u64: exits whose RIP found GUEST_RIPS full (counted per reason, not per RIP).
+    pub const RIPS_LOST: &str = "RIPS_LOST";
     /// Ring buffer of [`crate::slow::SlowExit`] records (`record --than`).
     pub const SLOW_EXITS: &str = "SLOW_EXITS";
     /// Per-CPU u64: slow exits not captured (SLOW_EXITS full).
@@ -157,7 +162,9 @@ pub struct Config {
     pub exit_rip: u32,
     pub exit_info1: u32,
     pub exit_info2: u32,
-    pub pad: u32,
+    /// `record --guest-rips`: 1 counts kvm_exit's guest RIP per (thread, exit reason) in
+    /// GUEST_RIPS.
+    pub guest_rips: u32,
     /// `record --than`: exits (exit->entry) and VMM round trips that take at least this long
     /// are streamed to SLOW_EXITS, one record each; 0: off.
     pub slow_ns: u64,
@@ -225,7 +232,7 @@ impl Config {
         exit_rip: FIELD_ABSENT,
         exit_info1: FIELD_ABSENT,
         exit_info2: FIELD_ABSENT,
-        pad: 0,
+        guest_rips: 0,
         slow_ns: 0,
     };
 }
@@ -290,6 +297,18 @@ pub struct ThreadState {
     /// 0: none. (Where kvm_exit does not fire, a round trip uses it only when its kind is the
     /// userspace exit's: a KVM_EXIT_IO always follows its kvm_pio, a KVM_EXIT_MMIO its kvm_mmio.)
     pub last_detail: slow::SlowDetail,
+}
+
+/// Where in the guest exits come from (`record --guest-rips`): kvm_exit's guest RIP, per
+/// thread and exit reason.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RipKey {
+    pub tgid: u32,
+    pub tid: u32,
+    pub isa: u32,
+    pub reason: u32,
+    pub rip: u64,
 }
 
 /// Keys per thread and epoch parity kept in [`ThreadState::pending`]: two, so a guest alternating

@@ -11,3 +11,4 @@ unsafe impl aya::Pod for crate::DetailKey {}
 unsafe impl aya::Pod for crate::stacks::StackKey {}
 unsafe impl aya::Pod for crate::stacks::StackFrames {}
 unsafe impl aya::Pod for crate::slow::SlowExit {}
+unsafe impl aya::Pod for crate::RipKey {}

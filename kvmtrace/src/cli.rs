@@ -117,6 +117,14 @@ pub struct RecordArgs {
     /// CPU, in the VMM). The report's "Slowest exits". Off by default.
     #[arg(long, value_name = "DURATION", value_parser = parse_than)]
     pub than: Option<Duration>,
+    /// Count exits per guest RIP (kvm_exit's `guest_rip`) and exit reason: which guest code
+    /// makes them. The report's "Guest code per exit reason". Off by default.
+    #[arg(long)]
+    pub guest_rips: bool,
+    /// Names for VM NAME's guest RIPs: the guest kernel's System.map or /proc/kallsyms (copied
+    /// out of the guest), or an ELF with symbols. Implies --guest-rips. Repeatable.
+    #[arg(long = "guest-symbols", value_name = "NAME=FILE", value_parser = crate::guest_symbols::parse)]
+    pub guest_symbols: Vec<crate::guest_symbols::GuestSymbols>,
 }
 
 /// Storm detection thresholds (see the report's "Storms" section).
@@ -196,6 +204,10 @@ pub struct ReportArgs {
     /// rest summed in an "other keys" row; CSV, folded and flamegraph always have every row).
     #[arg(long)]
     pub all_keys: bool,
+    /// Names for VM NAME's guest RIPs (recordings made with --guest-rips): the guest kernel's
+    /// System.map or /proc/kallsyms, or an ELF with symbols. Repeatable.
+    #[arg(long = "guest-symbols", value_name = "NAME=FILE", value_parser = crate::guest_symbols::parse)]
+    pub guest_symbols: Vec<crate::guest_symbols::GuestSymbols>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

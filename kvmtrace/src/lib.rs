@@ -18,6 +18,7 @@ pub mod analyze;
 pub mod app;
 pub mod cli;
 pub mod error;
+pub mod guest_symbols;
 pub mod host;
 pub mod model;
 pub mod names;

@@ -2,14 +2,7 @@
 
 use std::process::{Command, Output};
 
-use crate::harness::{Guest, kvmtrace_bin, require_kvm_and_root};
-
-fn kvmtrace(args: &[&str]) -> Output {
-    Command::new(kvmtrace_bin())
-        .args(args)
-        .output()
-        .expect("running kvmtrace")
-}
+use crate::harness::{Guest, kvmtrace, kvmtrace_bin, require_kvm_and_root};
 
 fn assert_fails_with(out: &Output, needle: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);

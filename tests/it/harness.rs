@@ -352,11 +352,16 @@ pub fn parse_json(bytes: &[u8]) -> Value {
 }
 
 /// `kvmtrace ARGS`, which must succeed; returns stdout.
-pub fn kvmtrace_ok(args: &[&str]) -> Vec<u8> {
-    let out = Command::new(kvmtrace_bin())
+/// `kvmtrace ARGS`, run to completion.
+pub fn kvmtrace(args: &[&str]) -> Output {
+    Command::new(kvmtrace_bin())
         .args(args)
         .output()
-        .expect("running kvmtrace");
+        .expect("running kvmtrace")
+}
+
+pub fn kvmtrace_ok(args: &[&str]) -> Vec<u8> {
+    let out = kvmtrace(args);
     assert!(
         out.status.success(),
         "kvmtrace {args:?} failed: {}",

@@ -9,6 +9,7 @@ mod cost;
 mod counts;
 mod errors;
 mod files;
+mod guest_code;
 mod lifecycle;
 mod names;
 mod nested_l1;

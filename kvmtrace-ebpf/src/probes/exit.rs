@@ -24,9 +24,9 @@
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use kvmtrace_common::USUAL_OFFSETS;
-use kvmtrace_common::{Counter, LatencyKey, LatencyKind, THREAD_SEEN_ENTRY};
+use kvmtrace_common::{Counter, LatencyKey, LatencyKind, RipKey, THREAD_SEEN_ENTRY};
 
-use super::{slow, userspace::close_round_trip};
+use super::{rips, slow, userspace::close_round_trip};
 use crate::state::{
     bump, conf, current, field, now_ns, open_epoch, record_latency, thread_state, traced,
 };
@@ -49,9 +49,9 @@ fn try_exit(ctx: &TracePointContext) {
     if !traced(tgid) {
         return;
     }
-    if open_epoch().is_none() {
+    let Some(seq) = open_epoch() else {
         return;
-    }
+    };
     let ts = now_ns();
     bump(Counter::ExitsSeen);
     let Some(state) = thread_state(tgid, tid) else {
@@ -73,8 +73,20 @@ fn try_exit(ctx: &TracePointContext) {
     if conf!(exit_vcpu_id) != kvmtrace_common::FIELD_ABSENT {
         state.vcpu_id = field::<u32>(ctx, conf!(exit_vcpu_id), USUAL_OFFSETS.exit_vcpu_id);
     }
-    if slow::enabled() {
+    if rips::enabled() || slow::enabled() {
         state.exit_rip = field::<u64>(ctx, conf!(exit_rip), USUAL_OFFSETS.exit_rip);
+    }
+    if rips::enabled() {
+        let key = RipKey {
+            tgid,
+            tid,
+            isa: state.exit_isa,
+            reason: state.exit_reason,
+            rip: state.exit_rip,
+        };
+        rips::count(seq, &key);
+    }
+    if slow::enabled() {
         state.exit_info1 = field::<u64>(ctx, conf!(exit_info1), USUAL_OFFSETS.exit_info1);
         state.exit_info2 = field::<u64>(ctx, conf!(exit_info2), USUAL_OFFSETS.exit_info2);
         state.exit_off_ns = state.off_run_ns();

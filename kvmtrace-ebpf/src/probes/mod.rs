@@ -2,6 +2,7 @@
 mod detail;
 mod exit;
 mod floor;
+pub mod rips;
 mod sched;
 pub mod slow;
 mod stacks;

@@ -18,6 +18,7 @@ pub fn trace_options(args: &RecordArgs, pids: Option<Vec<u32>>) -> TraceOptions 
         detail_keys_per_thread: args.max_keys_per_vcpu,
         follow: false,
         stacks_hz: args.stacks,
+        guest_rips: args.guest_rips || !args.guest_symbols.is_empty(),
         slow_ns: args.than.map(|d| d.as_nanos().min(u64::MAX as u128) as u64),
         ..TraceOptions::default()
     }

@@ -36,6 +36,7 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     check_root()?;
     // Fail on an unwritable output before any tracing starts.
     let file = args.output.as_deref().map(Writer::create).transpose()?;
+    crate::guest_symbols::check_readable(&args.guest_symbols)?;
     let host = Host::default();
     let selected = host.select(&args.names, &args.pids)?;
     let filtered = !(args.names.is_empty() && args.pids.is_empty());
@@ -68,6 +69,7 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
 
     let mut agg = Aggregate::default();
     agg.slow.threshold_ns = tracer.slow_threshold_ns();
+    agg.rips.enabled = tracer.counts_guest_rips();
     let mut ticker = tokio::time::interval(args.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await; // the first tick is immediate
@@ -114,6 +116,8 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
         };
         output::finish_recording(w, &end, path)?;
     }
+    // After the file is complete: a VM name that matches nothing loses no recording.
+    crate::guest_symbols::name_rips(&mut report, &args.guest_symbols, "this recording")?;
     let format = if args.json {
         Format::Json
     } else {

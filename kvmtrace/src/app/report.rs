@@ -35,6 +35,11 @@ pub fn report(args: &ReportArgs) -> anyhow::Result<()> {
         ))
         .into());
     }
+    crate::guest_symbols::name_rips(
+        &mut report,
+        &args.guest_symbols,
+        &untrusted::escape(&args.input.display().to_string()),
+    )?;
     filter::filter(&mut report, &settings.filter);
     if args.sort != SortKey::Count {
         filter::sort(&mut report, args.sort);

@@ -36,6 +36,8 @@ pub struct Interval {
     pub stacks: super::stacks::StackBatch,
     /// Slow exits (`--than`; empty otherwise).
     pub slow: super::slow::SlowBatch,
+    /// Guest RIPs per exit reason (`--guest-rips`; empty otherwise).
+    pub guest_rips: super::rips::RipBatch,
 }
 
 /// Where a vCPU thread's time went since it was first seen (cumulative ns). The kernel's view

@@ -8,6 +8,7 @@ pub mod identity;
 mod in_flight;
 mod interval;
 mod latency;
+pub mod rips;
 pub mod series;
 pub mod slow;
 pub mod stacks;
@@ -50,6 +51,8 @@ pub struct Aggregate {
     pub stacks: stacks::StackProfile,
     /// Slow exits (`--than`).
     pub slow: slow::SlowProfile,
+    /// Guest RIPs per exit reason (`--guest-rips`).
+    pub rips: rips::GuestRips,
 }
 
 impl Aggregate {
@@ -69,6 +72,7 @@ impl Aggregate {
         }
         self.stacks.apply(&iv.stacks);
         self.slow.apply(&iv.slow);
+        self.rips.apply(&iv.guest_rips);
     }
 
     pub fn counter(&self, c: Counter) -> u64 {
@@ -120,6 +124,7 @@ mod tests {
                 threads: vec![],
                 stacks: Default::default(),
                 slow: Default::default(),
+                guest_rips: Default::default(),
             });
         }
         assert_eq!(agg.elapsed, Duration::from_secs(3));

@@ -413,6 +413,7 @@ mod tests {
                 .collect(),
             stacks: Default::default(),
             slow: Default::default(),
+            guest_rips: Default::default(),
         }
     }
 

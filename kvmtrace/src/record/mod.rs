@@ -7,7 +7,8 @@
 //!   kind: u8 | length: u32 LE | crc32 of payload: u32 LE | payload
 //!   kind 1 VM (JSON), 2 INTERVAL (binary, see codec.rs), 3 END (JSON),
 //!   4 STACKS (JSON, version 3 on: the host stack samples of the INTERVAL just before it)
-//!   5 SLOW (JSON, version 4 on: the slow exits of the INTERVAL before it, after its STACKS)
+//!   5 DEEP (JSON, version 4 on: the slow exits and guest RIPs of the INTERVAL before it, after
+//!     its STACKS)
 //! ```
 //! The file is written as the recording goes, so a recorder killed with SIGKILL (or stopped by a
 //! full disk) leaves every interval that was flushed; a file without END is reported as cut
@@ -30,7 +31,7 @@
 //! | 1, not bumped | 5beba80 (kernel state with a lifecycle) to this change | the same bytes; min and max of the interval, "other keys" detail rows, VMM-in-exit latency keys; END fields added (serde default). Golden: `v1-threads.kvmtrace` |
 //! | 2 | fc2867f (issue #10, recording format discipline) | the same bytes as the last version 1; the per-thread records are always there. Golden: `v2.kvmtrace` |
 //! | 3 | 9fea71e (issue #11, `record --stacks`) | INTERVAL unchanged; a STACKS record may follow an INTERVAL (a reader of version 2 would stop at its unknown kind). Golden: `v3.kvmtrace` |
-//! | 4 | this change (issue #11, `record --than`) | INTERVAL unchanged; a SLOW record may follow an INTERVAL and its STACKS; the header may say `slow_threshold_ns`. Golden: `v4.kvmtrace` |
+//! | 4 | this change (issue #11, `record --than`, `--guest-rips`) | INTERVAL unchanged; a DEEP record may follow an INTERVAL and its STACKS; the header may say `slow_threshold_ns` and `guest_rips`. Golden: `v4.kvmtrace` |
 //!
 //! Every file written before version 2 says version 1, in three shapes. The reader tells them
 //! apart where the bytes do: a version 1 interval that ends after its counters has no per-thread
@@ -65,7 +66,17 @@ const KIND_VM: u8 = 1;
 const KIND_INTERVAL: u8 = 2;
 const KIND_END: u8 = 3;
 const KIND_STACKS: u8 = 4;
-const KIND_SLOW: u8 = 5;
+const KIND_DEEP: u8 = 5;
+
+/// A DEEP record: what `--than` and `--guest-rips` add to an interval. A field added later
+/// (with serde's default) needs no new version.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct Deep {
+    #[serde(default)]
+    slow: crate::model::slow::SlowBatch,
+    #[serde(default)]
+    guest_rips: crate::model::rips::RipBatch,
+}
 
 /// What the recording is: host, kernel, tracepoints, VMs, timing.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -85,6 +96,9 @@ pub struct Header {
     /// `record --than`: the slow-exit threshold (absent: slow exits were not captured).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slow_threshold_ns: Option<u64>,
+    /// `record --guest-rips`: exits were counted per guest RIP.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub guest_rips: bool,
 }
 
 impl Header {

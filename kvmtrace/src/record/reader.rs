@@ -16,14 +16,14 @@ use std::{
 };
 
 use super::{
-    End, FormatError, Header, KIND_END, KIND_INTERVAL, KIND_SLOW, KIND_STACKS, KIND_VM, MAGIC,
-    OLDEST_VERSION, VERSION,
+    Deep, End, FormatError, Header, KIND_DEEP, KIND_END, KIND_INTERVAL, KIND_STACKS, KIND_VM,
+    MAGIC, OLDEST_VERSION, VERSION,
     codec::Decoder,
     limits::{Budget, MAX_HEADER, MAX_INTERVAL_RECORD, MAX_JSON_RECORD, ZSTD_WINDOW_LOG_MAX},
 };
 use crate::{
     error::Error,
-    model::{Interval, identity::Vm, slow::SlowBatch, stacks::StackBatch},
+    model::{Interval, identity::Vm, stacks::StackBatch},
 };
 
 #[derive(Clone, Debug, Default)]
@@ -213,7 +213,7 @@ fn read_records(
         let max = match kind {
             KIND_INTERVAL => MAX_INTERVAL_RECORD,
             KIND_STACKS if rec.version >= 3 => MAX_JSON_RECORD,
-            KIND_SLOW if rec.version >= 4 => MAX_JSON_RECORD,
+            KIND_DEEP if rec.version >= 4 => MAX_JSON_RECORD,
             KIND_VM | KIND_END => MAX_JSON_RECORD,
             other => {
                 return Err(FormatError::Corrupted(format!(
@@ -262,22 +262,23 @@ fn read_records(
                 budget.charge(payload.len(), 2)?;
                 read_stacks(&payload, rec, &mut stacks_declared, &mut budget)?;
             }
-            KIND_SLOW => {
+            KIND_DEEP => {
                 if !matches!(previous_kind, Some(KIND_INTERVAL | KIND_STACKS)) {
                     return Err(FormatError::Corrupted(
-                        "a SLOW record that does not follow an interval".into(),
+                        "a DEEP record that does not follow an interval".into(),
                     ));
                 }
                 // Numbers only: the parsed records take about what their JSON does.
                 budget.charge(payload.len(), 2)?;
-                let batch: SlowBatch = serde_json::from_slice(&payload)
-                    .map_err(|e| FormatError::Corrupted(format!("SLOW record: {e}")))?;
+                let deep: Deep = serde_json::from_slice(&payload)
+                    .map_err(|e| FormatError::Corrupted(format!("DEEP record: {e}")))?;
                 let Some(iv) = rec.intervals.last_mut() else {
                     return Err(FormatError::Corrupted(
-                        "a SLOW record before any interval".into(),
+                        "a DEEP record before any interval".into(),
                     ));
                 };
-                iv.slow = batch;
+                iv.slow = deep.slow;
+                iv.guest_rips = deep.guest_rips;
             }
             _ => {
                 budget.charge(payload.len(), 4)?;

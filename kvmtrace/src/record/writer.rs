@@ -19,7 +19,7 @@ use std::{
 };
 
 use super::{
-    End, Header, KIND_END, KIND_INTERVAL, KIND_SLOW, KIND_STACKS, KIND_VM, MAGIC, VERSION,
+    Deep, End, Header, KIND_DEEP, KIND_END, KIND_INTERVAL, KIND_STACKS, KIND_VM, MAGIC, VERSION,
     codec::Encoder,
 };
 use crate::{
@@ -128,10 +128,15 @@ impl<W: Write> Writer<W> {
                 return Ok(());
             }
         }
-        if !iv.slow.is_empty() {
-            // At most the kernel's ring buffer of them (~9 000, ~2 MiB of JSON) per interval.
-            let json = serde_json::to_vec(&iv.slow).map_err(|e| self.err(io::Error::other(e)))?;
-            if !self.record(KIND_SLOW, &json) {
+        if !iv.slow.is_empty() || !iv.guest_rips.is_empty() {
+            // At most the kernel's ring buffer of slow exits (~9 000, ~2 MiB of JSON) and its
+            // map of RIPs (16 384, ~1.5 MiB) per interval.
+            let deep = Deep {
+                slow: iv.slow.clone(),
+                guest_rips: iv.guest_rips.clone(),
+            };
+            let json = serde_json::to_vec(&deep).map_err(|e| self.err(io::Error::other(e)))?;
+            if !self.record(KIND_DEEP, &json) {
                 return Ok(());
             }
         }

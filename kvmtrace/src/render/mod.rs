@@ -4,6 +4,7 @@ pub mod csv;
 pub mod diff;
 pub mod flamegraph;
 pub mod folded;
+mod guest_code;
 pub mod host_paths;
 pub mod json;
 pub mod list;

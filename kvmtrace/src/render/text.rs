@@ -41,6 +41,9 @@ pub fn render(report: &Report, out: &mut impl io::Write) -> io::Result<()> {
     if let Some(hs) = &report.host_stacks {
         super::host_paths::render(hs, out)?;
     }
+    if let Some(gc) = &report.guest_code {
+        super::guest_code::render(gc, out)?;
+    }
     if let Some(slow) = &report.slow_exits {
         super::slow_exits::render(slow, out)?;
     }
@@ -427,6 +430,7 @@ mod tests {
         Report {
             host_stacks: None,
             slow_exits: None,
+            guest_code: None,
             tracer_cost: Some(crate::model::cost::TracerCost {
                 secs: 2.0,
                 programs: vec![crate::model::cost::ProgramCost {

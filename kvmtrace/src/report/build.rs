@@ -38,6 +38,7 @@ pub fn build(agg: &Aggregate, ctx: &Context) -> Report {
     };
     let host_stacks = super::stacks::build(agg, &vm_name, &label);
     let slow_exits = super::slow::build(agg, &vm_name, &label);
+    let guest_code = super::guest_code::build(agg, &vm_name);
     Report {
         duration_secs: secs,
         kvm_module: ctx.kvm_module.clone(),
@@ -51,6 +52,7 @@ pub fn build(agg: &Aggregate, ctx: &Context) -> Report {
         tracer_cost: None,
         host_stacks,
         slow_exits,
+        guest_code,
     }
 }
 

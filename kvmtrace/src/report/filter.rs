@@ -48,6 +48,10 @@ pub fn filter(report: &mut Report, f: &Filter) {
             keep_vm(f, &r.vm, r.pid) && keep_vcpu(f, &Some(r.vcpu)) && keep_reason(f, &r.reason)
         });
     }
+    if let Some(gc) = &mut report.guest_code {
+        gc.groups
+            .retain(|g| keep_vm(f, &g.vm, g.pid) && keep_reason(f, &g.reason));
+    }
     if let Some(slow) = &mut report.slow_exits {
         slow.by_reason
             .retain(|r| keep_vm(f, &r.vm, r.pid) && keep_reason(f, &r.reason));

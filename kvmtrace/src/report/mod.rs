@@ -8,6 +8,7 @@ mod details;
 pub mod diff;
 mod exits;
 pub mod filter;
+pub mod guest_code;
 pub mod slow;
 pub mod stacks;
 
@@ -55,6 +56,9 @@ pub struct Report {
     /// Slow exits one by one (recordings made with `--than`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub slow_exits: Option<slow::SlowExits>,
+    /// Guest RIPs per exit reason (recordings made with `--guest-rips`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guest_code: Option<guest_code::GuestCode>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]

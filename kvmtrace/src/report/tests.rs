@@ -93,6 +93,7 @@ fn sample() -> Aggregate {
         threads: vec![],
         stacks: Default::default(),
         slow: Default::default(),
+        guest_rips: Default::default(),
     });
     agg
 }

@@ -75,6 +75,7 @@ pub fn from_recording(rec: Recording, window: Window) -> Loaded {
     }
     agg.elapsed = agg.elapsed.saturating_sub(window_start);
     agg.slow.threshold_ns = rec.header.slow_threshold_ns;
+    agg.rips.enabled = rec.header.guest_rips;
     for (tid, t) in agg.threads.iter_mut() {
         if let Some(b) = threads_before.get(tid) {
             *t = t.since(b);

@@ -83,6 +83,7 @@ fn one_second_report() -> Report {
         threads: Vec::new(),
         stacks: Default::default(),
         slow: Default::default(),
+        guest_rips: Default::default(),
     });
     let storm = StormConfig::default();
     let in_flight = InFlight::default();

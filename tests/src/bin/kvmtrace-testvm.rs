@@ -2,8 +2,9 @@
 //!
 //! ```text
 //! kvmtrace-testvm -name guest=NAME [-uuid UUID] [--vcpus N] [--run [V:]STEPS]... [--loop]
-//!                 [--start-on-stdin] [--timeout SECS] [--irqchip]
+//!                 [--start-on-stdin] [--timeout SECS] [--irqchip] [--system-map FILE]
 //! ```
+//! `--system-map FILE` writes the guest code's symbols (System.map format) to FILE.
 //! STEPS is `KIND[,key=value]...;...` (see `testvm::plan`). `--run STEPS` applies to every vCPU
 //! without its own `--run V:STEPS`. `--start-on-stdin` sets everything up (vCPU threads named
 //! `CPU N/KVM` as in QEMU, warm-up done), prints `ready pid=PID`, waits for a line on stdin, runs,
@@ -82,9 +83,15 @@ fn parse_args() -> anyhow::Result<Options> {
             "--irqchip" => o.irqchip = true,
             "--start-on-stdin" => o.start_on_stdin = true,
             "--timeout" => o.timeout_secs = value(&mut args, "--timeout")?.parse()?,
+            // The guest code's symbols, for `kvmtrace report --guest-symbols NAME=FILE`.
+            "--system-map" => {
+                let file = value(&mut args, "--system-map")?;
+                std::fs::write(&file, guest::system_map())
+                    .with_context(|| format!("writing {file}"))?;
+            }
             "-h" | "--help" => {
                 println!(
-                    "usage: kvmtrace-testvm -name guest=NAME [-uuid UUID] [--vcpus N] [--run [V:]STEPS]... [--loop] [--start-on-stdin] [--timeout SECS]"
+                    "usage: kvmtrace-testvm -name guest=NAME [-uuid UUID] [--vcpus N] [--run [V:]STEPS]... [--loop] [--start-on-stdin] [--timeout SECS] [--irqchip] [--system-map FILE]"
                 );
                 std::process::exit(0);
             }

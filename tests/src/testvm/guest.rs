@@ -68,13 +68,14 @@ core::arch::global_asm!(
     .globl kvmtrace_g_hlt, kvmtrace_g_cpuid, kvmtrace_g_pvcpuid, kvmtrace_g_rdmsr, kvmtrace_g_wrmsr
     .globl kvmtrace_g_pf, kvmtrace_g_pf_handler, kvmtrace_g_bad_vector
     .globl kvmtrace_g_hlt_timer, kvmtrace_g_timer_handler, kvmtrace_g_spurious_handler
+    .globl kvmtrace_g_done
 kvmtrace_guest_start:
 kvmtrace_g_pio_out:
     mov %r14d, %edx
 2:  out %al, %dx
     dec %r15
     jnz 2b
-    jmp kvmtrace_g_done
+    jmp .Lkvmtrace_done
 kvmtrace_g_pio_span:
     xor %ecx, %ecx
 2:  lea (%r14, %rcx), %edx
@@ -85,48 +86,48 @@ kvmtrace_g_pio_span:
     xor %ecx, %ecx
 3:  dec %r15
     jnz 2b
-    jmp kvmtrace_g_done
+    jmp .Lkvmtrace_done
 kvmtrace_g_pio_in:
     mov %r14d, %edx
 2:  in %dx, %al
     dec %r15
     jnz 2b
-    jmp kvmtrace_g_done
+    jmp .Lkvmtrace_done
 kvmtrace_g_mmio_w:
 2:  movl %eax, (%rsi)
     dec %r15
     jnz 2b
-    jmp kvmtrace_g_done
+    jmp .Lkvmtrace_done
 kvmtrace_g_mmio_r:
 2:  movl (%rsi), %eax
     dec %r15
     jnz 2b
-    jmp kvmtrace_g_done
+    jmp .Lkvmtrace_done
 kvmtrace_g_hlt:
 2:  hlt
     dec %r15
     jnz 2b
-    jmp kvmtrace_g_done
+    jmp .Lkvmtrace_done
 kvmtrace_g_cpuid:
 2:  mov %r14d, %eax
     xor %ecx, %ecx
     cpuid
     dec %r15
     jnz 2b
-    jmp kvmtrace_g_done
+    jmp .Lkvmtrace_done
 kvmtrace_g_pvcpuid:
 2:  mov %r14d, %eax
     xor %ecx, %ecx
     int $0x1a
     dec %r15
     jnz 2b
-    jmp kvmtrace_g_done
+    jmp .Lkvmtrace_done
 kvmtrace_g_rdmsr:
 2:  mov %r14d, %ecx
     rdmsr
     dec %r15
     jnz 2b
-    jmp kvmtrace_g_done
+    jmp .Lkvmtrace_done
 kvmtrace_g_wrmsr:
 2:  mov %r14d, %ecx
     mov %r13d, %eax
@@ -134,12 +135,12 @@ kvmtrace_g_wrmsr:
     wrmsr
     dec %r15
     jnz 2b
-    jmp kvmtrace_g_done
+    jmp .Lkvmtrace_done
 kvmtrace_g_pf:
 2:  movl (%rdi), %eax
     dec %r15
     jnz 2b
-    jmp kvmtrace_g_done
+    jmp .Lkvmtrace_done
 kvmtrace_g_hlt_timer:
     mov $0x80f, %ecx
     mov $0x1ff, %eax
@@ -164,7 +165,7 @@ kvmtrace_g_hlt_timer:
     mov $0x10000, %eax
     xor %edx, %edx
     wrmsr
-    jmp kvmtrace_g_done
+    jmp .Lkvmtrace_done
 kvmtrace_g_timer_handler:
     push %rax
     push %rcx
@@ -188,8 +189,9 @@ kvmtrace_g_bad_vector:
     out %al, %dx
     jmp kvmtrace_g_bad_vector
 kvmtrace_g_done:
+.Lkvmtrace_done:
     out %al, $0xf0
-    jmp kvmtrace_g_done
+    jmp .Lkvmtrace_done
 kvmtrace_guest_end:
     .popsection
 "#,
@@ -215,6 +217,46 @@ unsafe extern "C" {
     static kvmtrace_g_timer_handler: u8;
     static kvmtrace_g_spurious_handler: u8;
     static kvmtrace_g_bad_vector: u8;
+    static kvmtrace_g_done: u8;
+}
+
+/// The guest's routines in System.map format (`ADDRESS T NAME` lines, by address): what a user
+/// copies out of a real guest for `kvmtrace report --guest-symbols VM=FILE`.
+pub fn system_map() -> String {
+    let routines = [
+        ("kvmtrace_g_pio_out", &raw const kvmtrace_g_pio_out),
+        ("kvmtrace_g_pio_span", &raw const kvmtrace_g_pio_span),
+        ("kvmtrace_g_pio_in", &raw const kvmtrace_g_pio_in),
+        ("kvmtrace_g_mmio_w", &raw const kvmtrace_g_mmio_w),
+        ("kvmtrace_g_mmio_r", &raw const kvmtrace_g_mmio_r),
+        ("kvmtrace_g_hlt", &raw const kvmtrace_g_hlt),
+        ("kvmtrace_g_cpuid", &raw const kvmtrace_g_cpuid),
+        ("kvmtrace_g_pvcpuid", &raw const kvmtrace_g_pvcpuid),
+        ("kvmtrace_g_rdmsr", &raw const kvmtrace_g_rdmsr),
+        ("kvmtrace_g_wrmsr", &raw const kvmtrace_g_wrmsr),
+        ("kvmtrace_g_pf", &raw const kvmtrace_g_pf),
+        ("kvmtrace_g_hlt_timer", &raw const kvmtrace_g_hlt_timer),
+        (
+            "kvmtrace_g_timer_handler",
+            &raw const kvmtrace_g_timer_handler,
+        ),
+        (
+            "kvmtrace_g_spurious_handler",
+            &raw const kvmtrace_g_spurious_handler,
+        ),
+        ("kvmtrace_g_pf_handler", &raw const kvmtrace_g_pf_handler),
+        ("kvmtrace_g_bad_vector", &raw const kvmtrace_g_bad_vector),
+        ("kvmtrace_g_done", &raw const kvmtrace_g_done),
+    ];
+    let mut lines: Vec<(u64, &str)> = routines
+        .iter()
+        .map(|&(name, sym)| (code_va(sym), name))
+        .collect();
+    lines.sort();
+    lines
+        .iter()
+        .map(|(va, name)| format!("{va:016x} T {name}\n"))
+        .collect()
 }
 
 /// Guest-virtual address of a routine.

@@ -72,6 +72,7 @@ fn assert_holds(rec: &Recording, version: u32, expected: &Input) {
         assert_eq!(got.threads, want.threads, "interval {i}");
         assert_eq!(got.stacks, want.stacks, "interval {i}");
         assert_eq!(got.slow, want.slow, "interval {i}");
+        assert_eq!(got.guest_rips, want.guest_rips, "interval {i}");
     }
     assert_eq!(rec.end.as_ref(), Some(&expected.end));
 }
@@ -237,6 +238,12 @@ fn v4_reads_back_exactly() {
     assert_eq!(agg.slow.captured(), 3);
     assert_eq!(agg.slow.lost, 7);
     assert_eq!(agg.slow.slowest[0].total_ns, 25_000_000);
+    assert!(rec.header.guest_rips);
+    assert_eq!(
+        agg.rips.counts[&(4242, 2, 0x7b, 0xffff_ffff_8103_3f1d)],
+        9040
+    );
+    assert_eq!(agg.rips.lost, 5);
     assert_eq!(
         agg.slow.slowest[1].detail(),
         Some(Detail::Port {

@@ -113,6 +113,7 @@ pub fn header() -> Header {
             "golden.kvmtrace".into(),
         ],
         slow_threshold_ns: None,
+        guest_rips: false,
     }
 }
 
@@ -201,6 +202,7 @@ pub fn v1() -> Input {
             threads: vec![],
             stacks: Default::default(),
             slow: Default::default(),
+            guest_rips: Default::default(),
         },
         Interval {
             at: Duration::new(2, 250_000),
@@ -213,6 +215,7 @@ pub fn v1() -> Input {
             threads: vec![],
             stacks: Default::default(),
             slow: Default::default(),
+            guest_rips: Default::default(),
         },
         Interval {
             at: Duration::from_millis(3500),
@@ -222,6 +225,7 @@ pub fn v1() -> Input {
             threads: vec![],
             stacks: Default::default(),
             slow: Default::default(),
+            guest_rips: Default::default(),
         },
     ];
     Input {
@@ -419,11 +423,32 @@ pub fn v3() -> Input {
     input
 }
 
-/// Version 4: version 3's input, slow exits (`--than 1ms`) in intervals 1 and 3.
+/// Version 4: version 3's input, slow exits (`--than 1ms`) in intervals 1 and 3, guest RIPs
+/// (`--guest-rips`) in interval 2.
 pub fn v4() -> Input {
-    use crate::model::slow::{SlowBatch, SlowExit, SlowKind};
+    use crate::model::{
+        rips::{RipBatch, RipCount},
+        slow::{SlowBatch, SlowExit, SlowKind},
+    };
     let mut input = v3();
     input.header.slow_threshold_ns = Some(1_000_000);
+    input.header.guest_rips = true;
+    let rip = |tid, reason, rip, exits| RipCount {
+        tgid: 4242,
+        tid,
+        isa: 2,
+        reason,
+        rip,
+        exits,
+    };
+    input.intervals[1].guest_rips = RipBatch {
+        counts: vec![
+            rip(4243, 0x7b, 0xffff_ffff_8103_3f1d, 9000),
+            rip(4243, 0x78, 0xffff_ffff_81a0_11c2, 12),
+            rip(4244, 0x7b, 0xffff_ffff_8103_3f1d, 40),
+        ],
+        lost: 5,
+    };
     let slow = |at_ms, kind, reason, detail, total_ns, vmm_ns, off_cpu_ns, rip| SlowExit {
         at: Duration::from_millis(at_ms),
         tgid: 4242,

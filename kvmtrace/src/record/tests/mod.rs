@@ -27,6 +27,7 @@ pub fn header() -> Header {
         start_unix_secs: 1.5e9,
         command_line: vec!["kvmtrace".into()],
         slow_threshold_ns: None,
+        guest_rips: false,
     }
 }
 
@@ -79,6 +80,7 @@ pub fn interval(i: u64) -> Interval {
         threads: vec![],
         stacks: Default::default(),
         slow: Default::default(),
+        guest_rips: Default::default(),
     }
 }
 

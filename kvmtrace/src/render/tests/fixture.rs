@@ -132,6 +132,8 @@ pub fn web01(per_vcpu: bool) -> Report {
     agg.stacks.apply(&host_stacks(pid, v1));
     agg.slow.threshold_ns = Some(500_000);
     agg.slow.apply(&slow_exits(pid, v1));
+    agg.rips.enabled = true;
+    agg.rips.apply(&guest_rips(pid, v0, v1));
     let mut report = Setup {
         agg,
         vms: [vm(pid, "web01", "qemu-system-x86")].into(),
@@ -154,6 +156,10 @@ pub fn web01(per_vcpu: bool) -> Report {
     .build();
     // As `record` sets it: 100 000 BPF program runs, 8 ms of BPF and 20 ms of collector
     // CPU over 4 s.
+    // As `--guest-symbols web01=System.map` names it.
+    if let Some(gc) = &mut report.guest_code {
+        gc.groups[0].top[0].symbol = Some("rtc_cmos_read+0x1d".into());
+    }
     report.tracer_cost = Some(TracerCost {
         secs: 4.0,
         programs: vec![
@@ -172,6 +178,29 @@ pub fn web01(per_vcpu: bool) -> Report {
         unavailable: None,
     });
     report
+}
+
+/// `record --guest-rips`: vCPU 0's io exits from two places (the RTC driver, mostly), vCPU 1's
+/// from one of them and its halts from the idle loop; 4 exits without their RIP.
+fn guest_rips(pid: u32, v0: u32, v1: u32) -> crate::model::rips::RipBatch {
+    use crate::model::rips::{RipBatch, RipCount};
+    let c = |tid, reason, rip, exits| RipCount {
+        tgid: pid,
+        tid,
+        isa: 2,
+        reason,
+        rip,
+        exits,
+    };
+    RipBatch {
+        counts: vec![
+            c(v0, IO, 0xffff_ffff_8103_3f1d, 45_000),
+            c(v0, IO, 0xffff_ffff_8103_3f40, 1_000),
+            c(v1, IO, 0xffff_ffff_8103_3f1d, 450),
+            c(v1, HLT, 0xffff_ffff_81a0_11c2, 1_002),
+        ],
+        lost: 4,
+    }
 }
 
 /// `record --than 500us` on one vCPU thread (SVM): an io exit to port 0x70 whose VMM part took
@@ -300,7 +329,9 @@ pub fn guest7_pvm(per_vcpu: bool) -> Report {
     for tid in [v0, v1] {
         r.detail(pid, tid, msr(0x10, MsrDir::Read, false), &[0, 6000, 6000]);
     }
-    let agg = r.aggregate(&[(Counter::DetailsSeen, 27_240)], &[]);
+    let mut agg = r.aggregate(&[(Counter::DetailsSeen, 27_240)], &[]);
+    // `--guest-rips` where kvm_exit never fires.
+    agg.rips.enabled = true;
     Setup {
         agg,
         vms: [vm(pid, "guest7", "qemu-system-x86")].into(),

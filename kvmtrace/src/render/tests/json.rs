@@ -238,6 +238,32 @@ const REPORT: T = Obj(&[
     ("tracer_cost", Omitted(&TRACER_COST)),
     ("host_stacks", Omitted(&HOST_STACKS)),
     ("slow_exits", Omitted(&SLOW_EXITS)),
+    ("guest_code", Omitted(&GUEST_CODE)),
+]);
+
+const GUEST_CODE: T = Obj(&[
+    ("exits", U64),
+    ("lost", U64),
+    ("unavailable", Opt(&Str)),
+    (
+        "groups",
+        List(&Obj(&[
+            ("vm", Str),
+            ("pid", U64),
+            ("reason", Str),
+            ("exits", U64),
+            ("other", U64),
+            (
+                "top",
+                List(&Obj(&[
+                    ("rip", Str),
+                    ("symbol", Opt(&Str)),
+                    ("exits", U64),
+                    ("share_pct", F64),
+                ])),
+            ),
+        ])),
+    ),
 ]);
 
 const SLOW_EXITS: T = Obj(&[

@@ -176,6 +176,7 @@ impl Recording {
                     .collect(),
                 stacks: Default::default(),
                 slow: Default::default(),
+                guest_rips: Default::default(),
             });
         }
         agg

@@ -70,6 +70,13 @@ Hottest host paths per exit reason (1000 samples, 3 more not counted: the kernel
   web01 halted hlt: 40 samples, 4.0 %
     100.0 %  kvm_vcpu_check_block <- kvm_vcpu_halt <- kvm_arch_vcpu_ioctl_run <- kvm_vcpu_ioctl <- entry_SYSCALL_64 <- ioctl <- ...
 
+Guest code per exit reason (kvm_exit's guest RIP, 47452 exits, 4 more without their RIP: the kernel's RIP map was full; names: report --guest-symbols VM=System.map)
+  web01 io: 46450 exits
+     97.8 %  0xffffffff81033f1d  rtc_cmos_read+0x1d
+      2.2 %  0xffffffff81033f40
+  web01 hlt: 1002 exits
+    100.0 %  0xffffffff81a011c2
+
 Slowest exits (at least 500.00us: 3 captured, 2 more not captured: the kernel's ring buffer was full)
   per VM and reason: web01 KVM_EXIT_IO 1, web01 hlt 1, web01 io 1
       at  VM     vCPU  exit            total  in kernel   off CPU       VMM  detail
@@ -243,6 +250,9 @@ VM guest7 (pid 200): 0 exits (0.0/s), 1590 to the VMM (530.0/s), 27240 detail ev
   CPUID (kvm_cpuid)
   Function  Count    /s
   0x1          60  20.0
+
+Guest code per exit reason (kvm_exit's guest RIP, 0 exits; names: report --guest-symbols VM=System.map)
+  no kvm_exit event fired: this host's KVM does not emit it (kvm_pvm), so there are no guest RIPs to show
 
 Lost/unpaired: none. unpaired exits 0, unpaired entries 0, VMM round trips without a re-entry marker 0, map full (latency/detail/thread) 0/0/0; in flight at stop: 0 exits, 0 VMM round trips; exits whose thread ended first 0; events: 0 kvm_exit, 0 kvm_entry, 27240 detail
 ";

@@ -50,6 +50,9 @@ impl Tracer {
         if let Some(sampler) = &mut self.stacks {
             iv.stacks = sampler.take(&mut self.ebpf, parity)?;
         }
+        if let Some(rips) = &mut self.rips {
+            iv.guest_rips = rips.take(&mut self.ebpf, parity)?;
+        }
         if let Some(slow) = &mut self.slow {
             iv.slow = slow.take(&self.ebpf, self.started_ktime)?;
         }

@@ -28,6 +28,7 @@ impl Tracer {
                 .map(|a| crate::untrusted::escape(&a.to_string_lossy()))
                 .collect(),
             slow_threshold_ns: self.slow_threshold_ns(),
+            guest_rips: self.counts_guest_rips(),
         }
     }
 }

@@ -19,6 +19,7 @@ mod floor;
 mod header;
 mod kernel;
 mod queries;
+mod rips;
 mod slow;
 mod stacks;
 
@@ -71,6 +72,8 @@ pub struct TraceOptions {
     pub stacks_hz: Option<u64>,
     /// Stream every exit and VMM round trip at least this long (`--than`); None: off.
     pub slow_ns: Option<u64>,
+    /// Count exits per guest RIP (`--guest-rips`).
+    pub guest_rips: bool,
 }
 
 impl Default for TraceOptions {
@@ -85,6 +88,7 @@ impl Default for TraceOptions {
             follow: false,
             stacks_hz: None,
             slow_ns: None,
+            guest_rips: false,
         }
     }
 }
@@ -126,6 +130,8 @@ pub struct Tracer {
     slow: Option<slow::SlowReader>,
     /// CLOCK_MONOTONIC at `started`: the kernel's timestamps are on that clock.
     started_ktime: u64,
+    /// Guest RIPs, when asked for.
+    rips: Option<rips::RipCounter>,
 }
 
 pub fn check_root() -> Result<(), Error> {
@@ -164,6 +170,7 @@ impl Tracer {
             filter_tgids: opts.pids.is_some() as u32,
             detail_keys_per_thread: opts.detail_keys_per_thread,
             slow_ns: opts.slow_ns.unwrap_or(0),
+            guest_rips: opts.guest_rips as u32,
             ..Config::UNSET
         };
         if let Some(pids) = opts
@@ -191,6 +198,11 @@ impl Tracer {
         }
         if opts.slow_ns.is_some() {
             loader.map_max_entries(maps::SLOW_EXITS, slow::SLOW_EXITS_BYTES);
+        }
+        if opts.guest_rips {
+            for name in maps::GUEST_RIPS {
+                loader.map_max_entries(name, rips::GUEST_RIPS_ENTRIES);
+            }
         }
         let mut ebpf = loader
             .load(EBPF_OBJECT)
@@ -259,6 +271,7 @@ impl Tracer {
             stacks,
             slow,
             started_ktime: kernel::ktime_ns(),
+            rips: opts.guest_rips.then(rips::RipCounter::default),
         })
     }
 

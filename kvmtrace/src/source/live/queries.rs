@@ -15,6 +15,11 @@ use crate::{
 use super::*;
 
 impl Tracer {
+    /// Whether exits are counted per guest RIP (`--guest-rips`).
+    pub fn counts_guest_rips(&self) -> bool {
+        self.rips.is_some()
+    }
+
     /// `--than`'s threshold, when slow exits are captured.
     pub fn slow_threshold_ns(&self) -> Option<u64> {
         self.slow.as_ref().map(|s| s.threshold_ns)
