@@ -58,6 +58,8 @@ pub mod maps {
     pub const RIPS_LOST: &str = "RIPS_LOST";
     /// Ring buffer of [`crate::slow::SlowExit`] records (`record --than`).
     pub const SLOW_EXITS: &str = "SLOW_EXITS";
+    /// tid -> [`crate::slow::FlightRing`] (LRU: a thread gone is forgotten), `record --flight`.
+    pub const FLIGHT: &str = "FLIGHT";
     /// Per-CPU u64: slow exits not captured (SLOW_EXITS full).
     pub const SLOW_LOST: &str = "SLOW_LOST";
     /// Per-CPU u64: samples of traced threads not counted (STACK_COUNTS full).
@@ -165,6 +167,10 @@ pub struct Config {
     /// `record --guest-rips`: 1 counts kvm_exit's guest RIP per (thread, exit reason) in
     /// GUEST_RIPS.
     pub guest_rips: u32,
+    /// `record --flight N`: each thread's last exits and round trips are kept in FLIGHT and sent
+    /// after each slow one; 0: off.
+    pub flight: u32,
+    pub pad: u32,
     /// `record --than`: exits (exit->entry) and VMM round trips that take at least this long
     /// are streamed to SLOW_EXITS, one record each; 0: off.
     pub slow_ns: u64,
@@ -233,6 +239,8 @@ impl Config {
         exit_info1: FIELD_ABSENT,
         exit_info2: FIELD_ABSENT,
         guest_rips: 0,
+        flight: 0,
+        pad: 0,
         slow_ns: 0,
     };
 }

@@ -11,4 +11,5 @@ unsafe impl aya::Pod for crate::DetailKey {}
 unsafe impl aya::Pod for crate::stacks::StackKey {}
 unsafe impl aya::Pod for crate::stacks::StackFrames {}
 unsafe impl aya::Pod for crate::slow::SlowExit {}
+unsafe impl aya::Pod for crate::slow::FlightRing {}
 unsafe impl aya::Pod for crate::RipKey {}

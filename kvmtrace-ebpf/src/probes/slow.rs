@@ -5,20 +5,27 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{PerCpuArray, RingBuf},
+    maps::{LruHashMap, PerCpuArray, RingBuf},
 };
 use kvmtrace_common::{
     LatencyKind, ThreadState,
-    slow::{SlowDetail, SlowExit},
+    slow::{FLIGHT_MAX, FlightEntry, FlightRing, SlowDetail, SlowExit},
 };
 
-use crate::state::conf;
+use crate::state::{BPF_NOEXIST, conf};
 
 /// Sized by the collector (bytes, a power of two): one page when slow exits are off.
 #[map]
 pub static SLOW_EXITS: RingBuf = RingBuf::with_byte_size(4096, 0);
 #[map]
 pub static SLOW_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+/// Sized by the collector (as THREADS) with `--flight`, else 1 entry.
+#[map]
+pub static FLIGHT: LruHashMap<u32, FlightRing> = LruHashMap::with_max_entries(1, 0);
+/// An all-zero ring, never written: the value a thread's first FLIGHT entry is created from (a
+/// ring does not fit the 512-byte BPF stack).
+#[map]
+pub static FLIGHT_EMPTY: PerCpuArray<FlightRing> = PerCpuArray::with_max_entries(1, 0);
 
 /// Whether slow exits are captured (`--than`).
 #[inline(always)]
@@ -30,10 +37,7 @@ pub fn enabled() -> bool {
 /// VMM, if it is slow.
 #[inline(always)]
 pub fn exit_ended(tgid: u32, tid: u32, state: &ThreadState, span: u64, vmm: u64) {
-    if span < conf!(slow_ns) {
-        return;
-    }
-    send(&SlowExit {
+    finish(&SlowExit {
         tgid,
         tid,
         vcpu_id: state.vcpu_id,
@@ -56,10 +60,7 @@ pub fn exit_ended(tgid: u32, tid: u32, state: &ThreadState, span: u64, vmm: u64)
 /// matches the userspace exit (KVM_EXIT_IO: a port, KVM_EXIT_MMIO: an address).
 #[inline(always)]
 pub fn round_trip_ended(tgid: u32, tid: u32, state: &ThreadState, span: u64, detail: SlowDetail) {
-    if span < conf!(slow_ns) {
-        return;
-    }
-    send(&SlowExit {
+    finish(&SlowExit {
         tgid,
         tid,
         vcpu_id: state.vcpu_id,
@@ -77,13 +78,67 @@ pub fn round_trip_ended(tgid: u32, tid: u32, state: &ThreadState, span: u64, det
     });
 }
 
+/// Remembers the exit or round trip that ended (`--flight`), and sends it if it is slow, with
+/// its thread's flight recorder after it.
 #[inline(always)]
-fn send(rec: &SlowExit) {
-    if SLOW_EXITS.output::<SlowExit>(rec, 0).is_ok() {
+fn finish(rec: &SlowExit) {
+    let ring = if conf!(flight) != 0 {
+        remember(rec)
+    } else {
+        None
+    };
+    if rec.total_ns < conf!(slow_ns) {
         return;
     }
+    if SLOW_EXITS.output::<SlowExit>(rec, 0).is_err() {
+        lost();
+        return;
+    }
+    if let Some(ring) = ring {
+        // SAFETY: a FLIGHT value; only this thread's events write it.
+        let ring: &FlightRing = unsafe { &*ring };
+        if SLOW_EXITS.output::<FlightRing>(ring, 0).is_err() {
+            lost();
+        }
+    }
+}
+
+#[inline(always)]
+fn lost() {
     if let Some(lost) = SLOW_LOST.get_ptr_mut(0) {
         // SAFETY: this CPU's slot.
         unsafe { *lost += 1 };
     }
+}
+
+/// Appends `rec` to its thread's ring; the ring, or None when FLIGHT has no room for it.
+#[inline(always)]
+fn remember(rec: &SlowExit) -> Option<*mut FlightRing> {
+    let ring = match FLIGHT.get_ptr_mut(rec.tid) {
+        Some(r) => r,
+        None => {
+            let empty = FLIGHT_EMPTY.get_ptr(0)?;
+            // SAFETY: the per-CPU all-zero template, read only.
+            let empty: &FlightRing = unsafe { &*empty };
+            let _ = FLIGHT.insert(rec.tid, empty, BPF_NOEXIST);
+            FLIGHT.get_ptr_mut(rec.tid)?
+        }
+    };
+    // SAFETY: a FLIGHT value; the key is the tid, and a thread's events are serialized.
+    let r = unsafe { &mut *ring };
+    r.tid = rec.tid;
+    let slot = (r.head as usize) & (FLIGHT_MAX - 1);
+    if let Some(e) = r.entries.get_mut(slot) {
+        *e = FlightEntry {
+            start_ns: rec.start_ns,
+            total_ns: rec.total_ns,
+            kind: rec.kind,
+            isa: rec.isa,
+            reason: rec.reason,
+            pad: 0,
+            detail: rec.detail,
+        };
+    }
+    r.head += 1;
+    Some(ring)
 }

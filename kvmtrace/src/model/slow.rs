@@ -38,6 +38,21 @@ pub struct SlowExit {
     pub guest_rip: u64,
     pub info1: u64,
     pub info2: u64,
+    /// `--flight N`: the thread's last N exits and round trips, oldest first, this one last.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<FlightExit>,
+}
+
+/// An exit or round trip of a slow one's history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlightExit {
+    /// Since the recording started.
+    pub at: Duration,
+    pub kind: SlowKind,
+    pub isa: u32,
+    pub reason: u32,
+    pub detail: Option<(u32, u32, u64)>,
+    pub total_ns: u64,
 }
 
 impl SlowExit {
@@ -146,6 +161,7 @@ mod tests {
             guest_rip: 0x1000,
             info1: 0,
             info2: 0,
+            history: Vec::new(),
         }
     }
 

@@ -88,12 +88,56 @@ pub fn render(slow: &SlowExits, out: &mut impl io::Write) -> io::Result<()> {
         }
         writeln!(out, "{}", line.trim_end())?;
     }
+    render_histories(slow, out)?;
     if slow.slowest.len() > TEXT_ROWS {
         writeln!(
             out,
             "  ({} more in report --json, the slowest first)",
             slow.slowest.len() - TEXT_ROWS
         )?;
+    }
+    Ok(())
+}
+
+/// Slow exits whose history (`--flight`) the text shows, the slowest first.
+const HISTORIES_SHOWN: usize = 3;
+
+/// What led to the slowest exits: each one's vCPU timeline up to it.
+fn render_histories(slow: &SlowExits, out: &mut impl io::Write) -> io::Result<()> {
+    let with: Vec<_> = slow
+        .slowest
+        .iter()
+        .filter(|r| !r.history.is_empty())
+        .take(HISTORIES_SHOWN)
+        .collect();
+    if with.is_empty() {
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "\n  What led to them (--flight: the vCPU's last exits, oldest first, start relative to the slow one's)"
+    )?;
+    for r in with {
+        writeln!(
+            out,
+            "  {:.3}s {} vCPU {} {} {}:",
+            r.at_secs,
+            r.vm,
+            r.vcpu,
+            r.reason,
+            ns(r.total_ns)
+        )?;
+        let width = r.history.iter().map(|h| h.reason.len()).max().unwrap_or(0);
+        for h in &r.history {
+            let line = format!(
+                "    {:>12}  {:<width$}  {:>9}  {}",
+                format!("{:+.1}us", h.offset_us),
+                h.reason,
+                ns(h.total_ns),
+                h.detail.as_deref().unwrap_or("")
+            );
+            writeln!(out, "{}", line.trim_end())?;
+        }
     }
     Ok(())
 }

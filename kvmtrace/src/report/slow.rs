@@ -2,6 +2,7 @@
 //! the threshold per (VM, reason), and the slowest ones one by one, with their time split, detail
 //! event, guest RIP and decoded exit information.
 
+use kvmtrace_common::DetailKey;
 use serde::Serialize;
 
 use crate::{
@@ -67,6 +68,18 @@ pub struct SlowRow {
     pub exit_info: Option<String>,
     pub info1: u64,
     pub info2: u64,
+    /// `--flight N`: the vCPU's exits and round trips up to this one (it last), oldest first.
+    pub history: Vec<HistoryRow>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct HistoryRow {
+    /// Its start relative to the slow one's start (0 or less; the slow exit itself is 0).
+    pub offset_us: f64,
+    pub kind: SlowKind,
+    pub reason: String,
+    pub total_ns: u64,
+    pub detail: Option<String>,
 }
 
 /// None when the recording was made without `--than`.
@@ -131,6 +144,27 @@ fn row(
         },
         info1: e.info1,
         info2: e.info2,
+        history: e
+            .history
+            .iter()
+            .map(|h| HistoryRow {
+                offset_us: (h.at.as_nanos() as f64 - e.at.as_nanos() as f64) / 1e3,
+                kind: h.kind,
+                reason: reason_name(h.kind, h.isa, h.reason),
+                total_ns: h.total_ns,
+                detail: h.detail.and_then(|(kind, a, b)| {
+                    DetailKey {
+                        tgid: e.tgid,
+                        tid: e.tid,
+                        kind,
+                        a,
+                        b,
+                    }
+                    .decode()
+                    .map(|d| detail_phrase(&d))
+                }),
+            })
+            .collect(),
     }
 }
 

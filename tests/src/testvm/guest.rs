@@ -3,12 +3,12 @@
 //! paging at a lower-half virtual address, a GDT and an IDT whose #PF handler skips the faulting
 //! load so that page faults can be made in a loop).
 //!
-//! `hlt_timer` (needs the in-kernel irqchip) enables the x2APIC, starts its timer periodic
-//! (vector 0x20, every r14 ticks, ns) and halts r15 times, each halt woken by the next tick: one
-//! HLT exit per halt, whatever happens to a tick. (It was one-shot, re-armed before each halt:
-//! exactly one interrupt per halt, but a tick lost in the nested TCG rig then left the guest
-//! halted for good, a hang seen in CI a few times. The periodic timer's last tick may still be
-//! pending after masking; the next `sti; hlt` then wakes at once, still one HLT exit.)
+//! `hlt_timer` (needs the in-kernel irqchip) enables the x2APIC and halts r15 times, each time
+//! after arming its timer (vector 0x20, LVT value r13: one-shot, or periodic with
+//! `periodic=1`) for r14 ticks (ns). One-shot: exactly one interrupt, and one EOI, per halt; but
+//! a tick lost (seen in the nested TCG rig) leaves the guest halted for good. Periodic: a lost
+//! tick is made up one period later, so one HLT exit per halt always; but a tick may land
+//! between a wake-up and the next `cli`, an interrupt (and EOI) more than halts.
 //!
 //! Registers the VMM sets per batch: r15 = iterations (>= 1), r14 = port / MSR / CPUID function,
 //! r13 = wrmsr value, rsi = MMIO virtual address, rdi = a not-present virtual address.
@@ -150,13 +150,13 @@ kvmtrace_g_hlt_timer:
     mov $0xb, %eax
     wrmsr
     mov $0x832, %ecx
-    mov $0x20020, %eax
+    mov %r13d, %eax
     wrmsr
-    mov $0x838, %ecx
+2:  mov $0x838, %ecx
     mov %r14d, %eax
     xor %edx, %edx
     wrmsr
-2:  sti
+    sti
     hlt
     cli
     dec %r15

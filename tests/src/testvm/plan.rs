@@ -36,6 +36,8 @@ pub enum Action {
     /// in the kernel.
     HltTimer {
         period_us: u32,
+        /// The LAPIC timer periodic rather than one-shot (see `guest`).
+        periodic: bool,
     },
     Cpuid {
         function: u32,
@@ -118,6 +120,7 @@ fn parse_step(text: &str) -> anyhow::Result<Step> {
         "hlt" => Action::Hlt,
         "hlt_timer" => Action::HltTimer {
             period_us: u32::try_from(take("us").unwrap_or(1000))?,
+            periodic: take("periodic").unwrap_or(0) != 0,
         },
         "cpuid" => Action::Cpuid {
             function: u32::try_from(take("fn").unwrap_or(0))?,

@@ -152,7 +152,15 @@ impl Vcpu {
             Action::Rdmsr { msr } => (msr as u64, 0, 0),
             Action::Wrmsr { msr, value } => (msr as u64, value as u64, 0),
             // The LAPIC timer counts ns (KVM's APIC bus runs at 1 GHz) with divide-by-1.
-            Action::HltTimer { period_us } => (period_us as u64 * 1000, 0, 0),
+            Action::HltTimer {
+                period_us,
+                periodic,
+            } => (
+                period_us as u64 * 1000,
+                // LVT timer: vector 0x20, bit 17 periodic.
+                0x20 | (periodic as u64) << 17,
+                0,
+            ),
             Action::Hlt | Action::PageFault | Action::Idle => (0, 0, 0),
         };
         let regs = kvm_regs {
@@ -247,7 +255,7 @@ pub fn step_name(step: &Step) -> String {
         Action::MmioWrite { gpa } => format!("mmio_w gpa={gpa:#x}"),
         Action::MmioRead { gpa } => format!("mmio_r gpa={gpa:#x}"),
         Action::Hlt => "hlt".into(),
-        Action::HltTimer { period_us } => format!("hlt_timer us={period_us}"),
+        Action::HltTimer { period_us, .. } => format!("hlt_timer us={period_us}"),
         Action::Cpuid { function } => format!("cpuid fn={function:#x}"),
         Action::Rdmsr { msr } => format!("rdmsr msr={msr:#x}"),
         Action::Wrmsr { msr, .. } => format!("wrmsr msr={msr:#x}"),

@@ -428,7 +428,7 @@ pub fn v3() -> Input {
 pub fn v4() -> Input {
     use crate::model::{
         rips::{RipBatch, RipCount},
-        slow::{SlowBatch, SlowExit, SlowKind},
+        slow::{FlightExit, SlowBatch, SlowExit, SlowKind},
     };
     let mut input = v3();
     input.header.slow_threshold_ns = Some(1_000_000);
@@ -468,6 +468,7 @@ pub fn v4() -> Input {
         } else {
             0
         },
+        history: Vec::new(),
     };
     input.intervals[0].slow = SlowBatch {
         exits: vec![
@@ -507,5 +508,24 @@ pub fn v4() -> Input {
         )],
         lost: 7,
     };
+    // `--flight 2`: the round trip before the halt, and the halt.
+    input.intervals[2].slow.exits[0].history = vec![
+        FlightExit {
+            at: Duration::from_micros(2_899_990),
+            kind: SlowKind::VmmRoundTrip,
+            isa: 0,
+            reason: 2,
+            detail: Some((1, 0x70, 1 | 1 << 8)),
+            total_ns: 9_000,
+        },
+        FlightExit {
+            at: Duration::from_millis(2_900),
+            kind: SlowKind::Exit,
+            isa: 2,
+            reason: 0x78,
+            detail: None,
+            total_ns: 25_000_000,
+        },
+    ];
     input
 }

@@ -206,7 +206,7 @@ fn guest_rips(pid: u32, v0: u32, v1: u32) -> crate::model::rips::RipBatch {
 /// `record --than 500us` on one vCPU thread (SVM): an io exit to port 0x70 whose VMM part took
 /// 900 us, the VMM round trip inside it, a halt of 25 ms, 2 not captured.
 fn slow_exits(pid: u32, tid: u32) -> crate::model::slow::SlowBatch {
-    use crate::model::slow::{SlowBatch, SlowExit, SlowKind};
+    use crate::model::slow::{FlightExit, SlowBatch, SlowExit, SlowKind};
     use std::time::Duration;
     let base = SlowExit {
         at: Duration::from_millis(1500),
@@ -223,6 +223,7 @@ fn slow_exits(pid: u32, tid: u32) -> crate::model::slow::SlowBatch {
         guest_rip: 0xffff_ffff_8103_3f1d,
         info1: 0x0070_0010,
         info2: 0xffff_ffff_8103_3f1f,
+        history: Vec::new(),
     };
     SlowBatch {
         exits: vec![
@@ -242,6 +243,33 @@ fn slow_exits(pid: u32, tid: u32) -> crate::model::slow::SlowBatch {
             SlowExit {
                 at: Duration::from_millis(2750),
                 reason: HLT,
+                // `--flight 3`: an MSR write and an io exit, then the halt itself.
+                history: vec![
+                    FlightExit {
+                        at: Duration::from_micros(2_749_950),
+                        kind: SlowKind::Exit,
+                        isa: 2,
+                        reason: MSR,
+                        detail: Some((3, 0x6e0, 1)),
+                        total_ns: 2_000,
+                    },
+                    FlightExit {
+                        at: Duration::from_micros(2_749_990),
+                        kind: SlowKind::Exit,
+                        isa: 2,
+                        reason: IO,
+                        detail: Some((1, 0x70, 1 | 1 << 8)),
+                        total_ns: 1_500,
+                    },
+                    FlightExit {
+                        at: Duration::from_millis(2750),
+                        kind: SlowKind::Exit,
+                        isa: 2,
+                        reason: HLT,
+                        detail: None,
+                        total_ns: 25_000_000,
+                    },
+                ],
                 detail: None,
                 total_ns: 25_000_000,
                 vmm_ns: 0,

@@ -299,6 +299,16 @@ const SLOW_EXITS: T = Obj(&[
             ("exit_info", Opt(&Str)),
             ("info1", U64),
             ("info2", U64),
+            (
+                "history",
+                List(&Obj(&[
+                    ("offset_us", F64),
+                    ("kind", Str),
+                    ("reason", Str),
+                    ("total_ns", U64),
+                    ("detail", Opt(&Str)),
+                ])),
+            ),
         ])),
     ),
 ]);

@@ -72,6 +72,8 @@ pub struct TraceOptions {
     pub stacks_hz: Option<u64>,
     /// Stream every exit and VMM round trip at least this long (`--than`); None: off.
     pub slow_ns: Option<u64>,
+    /// Keep each thread's last N exits and send them with each slow one (`--flight N`); 0: off.
+    pub flight: u32,
     /// Count exits per guest RIP (`--guest-rips`).
     pub guest_rips: bool,
 }
@@ -88,6 +90,7 @@ impl Default for TraceOptions {
             follow: false,
             stacks_hz: None,
             slow_ns: None,
+            flight: 0,
             guest_rips: false,
         }
     }
@@ -170,6 +173,7 @@ impl Tracer {
             filter_tgids: opts.pids.is_some() as u32,
             detail_keys_per_thread: opts.detail_keys_per_thread,
             slow_ns: opts.slow_ns.unwrap_or(0),
+            flight: opts.flight,
             guest_rips: opts.guest_rips as u32,
             ..Config::UNSET
         };
@@ -198,6 +202,10 @@ impl Tracer {
         }
         if opts.slow_ns.is_some() {
             loader.map_max_entries(maps::SLOW_EXITS, slow::SLOW_EXITS_BYTES);
+        }
+        if opts.flight != 0 {
+            // One ring per vCPU thread, as many as THREADS holds.
+            loader.map_max_entries(maps::FLIGHT, slow::FLIGHT_THREADS);
         }
         if opts.guest_rips {
             for name in maps::GUEST_RIPS {
@@ -246,7 +254,7 @@ impl Tracer {
             .transpose()?;
         let slow = opts
             .slow_ns
-            .map(|ns| slow::SlowReader::open(&mut ebpf, ns))
+            .map(|ns| slow::SlowReader::open(&mut ebpf, ns, opts.flight))
             .transpose()?;
         log::info!("attached to {}", attached.join(", "));
         Ok(Tracer {

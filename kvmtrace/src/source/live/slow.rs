@@ -6,25 +6,32 @@ use aya::{
     Ebpf,
     maps::{MapData, PerCpuArray, RingBuf},
 };
-use kvmtrace_common::{LatencyKind, maps, slow::SlowExit as RawSlowExit};
+use kvmtrace_common::{
+    LatencyKind, maps,
+    slow::{FlightRing, SlowDetail, SlowExit as RawSlowExit},
+};
 
 use super::map_ref;
 use crate::{
     error::Error,
-    model::slow::{SlowBatch, SlowExit, SlowKind},
+    model::slow::{FlightExit, SlowBatch, SlowExit, SlowKind},
 };
 
 /// SLOW_EXITS' size with `--than` (bytes, a power of two): ~9 000 records per interval.
 pub const SLOW_EXITS_BYTES: u32 = 1 << 20;
+/// FLIGHT's entries with `--flight` (~1.5 KiB each): THREADS' capacity.
+pub const FLIGHT_THREADS: u32 = 8192;
 
 pub struct SlowReader {
     pub threshold_ns: u64,
+    /// `--flight N`: history entries kept per slow exit (0: none).
+    pub flight: usize,
     ring: RingBuf<MapData>,
     lost_so_far: u64,
 }
 
 impl SlowReader {
-    pub fn open(ebpf: &mut Ebpf, threshold_ns: u64) -> Result<SlowReader, Error> {
+    pub fn open(ebpf: &mut Ebpf, threshold_ns: u64, flight: u32) -> Result<SlowReader, Error> {
         let map = ebpf.take_map(maps::SLOW_EXITS).ok_or_else(|| {
             Error::bpf(maps::SLOW_EXITS, std::io::Error::other("map not in object"))
         })?;
@@ -32,6 +39,7 @@ impl SlowReader {
             .map_err(|e| Error::bpf(format!("opening {}", maps::SLOW_EXITS), e))?;
         Ok(SlowReader {
             threshold_ns,
+            flight: flight as usize,
             ring,
             lost_so_far: 0,
         })
@@ -42,13 +50,25 @@ impl SlowReader {
     pub fn take(&mut self, ebpf: &Ebpf, ktime_at_start: u64) -> Result<SlowBatch, Error> {
         let mut batch = SlowBatch::default();
         while let Some(item) = self.ring.next() {
-            if item.len() < size_of::<RawSlowExit>() {
-                continue;
+            // Two kinds of record, told apart by their size: a slow exit, and (`--flight`) the
+            // flight recorder of its thread, sent just after it.
+            if item.len() == size_of::<FlightRing>() {
+                // SAFETY: the kernel wrote a whole FlightRing (checked length), plain data;
+                // read_unaligned makes no assumption about the record's alignment.
+                let ring: FlightRing = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+                let exit = batch
+                    .exits
+                    .iter_mut()
+                    .rev()
+                    .find(|e| e.tid == ring.tid && e.history.is_empty());
+                if let Some(exit) = exit {
+                    exit.history = history(&ring, self.flight, ktime_at_start);
+                }
+            } else if item.len() == size_of::<RawSlowExit>() {
+                // SAFETY: as above, a whole SlowExit.
+                let raw: RawSlowExit = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+                batch.exits.push(convert(&raw, ktime_at_start));
             }
-            // SAFETY: the kernel wrote a whole SlowExit (checked length), a plain-data type;
-            // read_unaligned makes no assumption about the record's alignment.
-            let raw: RawSlowExit = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-            batch.exits.push(convert(&raw, ktime_at_start));
         }
         let lost: PerCpuArray<&MapData, u64> = map_ref(ebpf, maps::SLOW_LOST)?;
         let lost: u64 = lost
@@ -62,26 +82,50 @@ impl SlowReader {
     }
 }
 
-fn convert(r: &RawSlowExit, ktime_at_start: u64) -> SlowExit {
-    let kind = if r.kind == LatencyKind::VmmRoundTrip as u32 {
+/// The last `keep` entries of a thread's ring, oldest first.
+fn history(ring: &FlightRing, keep: usize, ktime_at_start: u64) -> Vec<FlightExit> {
+    let all: Vec<_> = ring.in_order().collect();
+    all[all.len().saturating_sub(keep)..]
+        .iter()
+        .map(|e| FlightExit {
+            at: std::time::Duration::from_nanos(e.start_ns.saturating_sub(ktime_at_start)),
+            kind: kind(e.kind),
+            isa: e.isa,
+            reason: e.reason,
+            detail: detail(&e.detail),
+            total_ns: e.total_ns,
+        })
+        .collect()
+}
+
+fn kind(k: u32) -> SlowKind {
+    if k == LatencyKind::VmmRoundTrip as u32 {
         SlowKind::VmmRoundTrip
     } else {
         SlowKind::Exit
-    };
+    }
+}
+
+fn detail(d: &SlowDetail) -> Option<(u32, u32, u64)> {
+    (d.kind != 0).then_some((d.kind, d.a, d.b))
+}
+
+fn convert(r: &RawSlowExit, ktime_at_start: u64) -> SlowExit {
     SlowExit {
         at: std::time::Duration::from_nanos(r.start_ns.saturating_sub(ktime_at_start)),
         tgid: r.tgid,
         tid: r.tid,
         vcpu_id: r.vcpu_id,
-        kind,
+        kind: kind(r.kind),
         isa: r.isa,
         reason: r.reason,
-        detail: (r.detail.kind != 0).then_some((r.detail.kind, r.detail.a, r.detail.b)),
+        detail: detail(&r.detail),
         total_ns: r.total_ns,
         vmm_ns: r.vmm_ns,
         off_cpu_ns: r.off_cpu_ns,
         guest_rip: r.guest_rip,
         info1: r.info1,
         info2: r.info2,
+        history: Vec::new(),
     }
 }
