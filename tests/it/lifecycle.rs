@@ -19,7 +19,7 @@ fn assert_accounted_from_attach(report: &Value, row: &Value) {
         (wall - duration).abs() < 0.05,
         "wall {wall:.3} s vs recording {duration:.3} s: {row:#}"
     );
-    assert_cpu_matches_procfs(row);
+    assert_cpu_matches_procfs(report, row);
 }
 
 /// Issue 8.1: a vCPU halting on its LAPIC timer for seconds before the recorder starts is

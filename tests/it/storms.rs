@@ -164,7 +164,7 @@ fn cpu_attribution_matches_procfs() {
     let rows = vm["cpu"].as_array().unwrap();
     assert_eq!(rows.len(), 2, "{rows:#?}");
     for r in rows {
-        assert_cpu_matches_procfs(r);
+        assert_cpu_matches_procfs(&report, r);
         let cpu = r["cpu_pct"].as_f64().unwrap();
         let parts = r["in_kvm_run_pct"].as_f64().unwrap() + r["vmm_pct"].as_f64().unwrap();
         assert!((parts - cpu).abs() < 1e-6, "KVM_RUN + VMM = CPU: {r:#}");

@@ -15,7 +15,10 @@ use super::{
 };
 use crate::{
     cli::RecordArgs,
-    host::{Host, identities::running_vcpu_threads, kernel::kvm_module, procfs_cpu::ProcfsCpu},
+    host::{
+        Host, identities::running_vcpu_threads, kernel::kvm_module, procfs_cpu::ProcfsCpu,
+        steal::StealClock,
+    },
     model::{Aggregate, identity::Vm},
     record::Writer,
     render::{
@@ -47,6 +50,7 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     // Everything is attached: establish the state of the vCPU threads already running, then
     // start counting.
     tracer.open(|| running_vcpu_threads(&host, &directory))?;
+    let steal = StealClock::start(&host.proc_root);
     let kvm = kvm_module();
     let mut writer = match (file, &args.output) {
         (Some(file), Some(path)) => {
@@ -108,10 +112,12 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     };
     let mut report = report::build(&agg, &ctx);
     report.tracer_cost = Some(cost.clone());
+    report.host_steal_pct = steal.pct(&host.proc_root);
     drop(tracer); // detach before printing: nothing of ours stays attached
     if let (Some(w), Some(path)) = (writer, &args.output) {
         let end = crate::record::End {
             tracer_cost: Some(cost),
+            host_steal_pct: report.host_steal_pct,
             ..end_of(&in_flight)
         };
         output::finish_recording(w, &end, path)?;

@@ -4,6 +4,7 @@
 pub mod identities;
 pub mod kernel;
 pub mod procfs_cpu;
+pub mod steal;
 pub mod thread_probe;
 pub mod vm;
 

@@ -139,6 +139,9 @@ pub struct End {
     /// The tracer's cost over the recording (absent in recordings made before it existed).
     #[serde(default)]
     pub tracer_cost: Option<crate::model::cost::TracerCost>,
+    /// CPU time the host lost to its own hypervisor while recording, % of all its CPUs' time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_steal_pct: Option<f64>,
 }
 
 /// Why a recording cannot be read.

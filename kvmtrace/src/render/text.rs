@@ -52,6 +52,12 @@ pub fn render(report: &Report, out: &mut impl io::Write) -> io::Result<()> {
     if let Some(cost) = &report.tracer_cost {
         render_cost(cost, out)?;
     }
+    if let Some(steal) = report.host_steal_pct.filter(|&s| s >= 0.5) {
+        writeln!(
+            out,
+            "Host steal: this host lost {steal:.1} % of its CPUs' time to its own hypervisor while recording; the on-CPU times above include what was stolen from a running vCPU thread, procfs's do not."
+        )?;
+    }
     Ok(())
 }
 
@@ -431,6 +437,7 @@ mod tests {
             host_stacks: None,
             slow_exits: None,
             guest_code: None,
+            host_steal_pct: None,
             tracer_cost: Some(crate::model::cost::TracerCost {
                 secs: 2.0,
                 programs: vec![crate::model::cost::ProgramCost {

@@ -50,6 +50,7 @@ pub fn build(agg: &Aggregate, ctx: &Context) -> Report {
         vms,
         counters,
         tracer_cost: None,
+        host_steal_pct: None,
         host_stacks,
         slow_exits,
         guest_code,

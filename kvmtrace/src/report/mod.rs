@@ -50,6 +50,11 @@ pub struct Report {
     /// read back from recordings that have it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tracer_cost: Option<TracerCost>,
+    /// CPU time this host (itself a VM) lost to its hypervisor while recording, % of all its
+    /// CPUs' time: kvmtrace's on-CPU times include what was stolen from a running thread,
+    /// procfs's do not. Set by the recorder, and read back from recordings that have it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_steal_pct: Option<f64>,
     /// Host stack samples by state and exit reason (recordings made with `--stacks`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host_stacks: Option<stacks::HostStacks>,

@@ -24,6 +24,7 @@ pub struct Loaded {
     pub last_interval_at: Duration,
     /// What the recording cost, from its end record.
     pub tracer_cost: Option<crate::model::cost::TracerCost>,
+    pub host_steal_pct: Option<f64>,
 }
 
 /// A time window over the recording, from its start.
@@ -92,6 +93,7 @@ pub fn from_recording(rec: Recording, window: Window) -> Loaded {
     }
     Loaded {
         tracer_cost: rec.end.as_ref().and_then(|e| e.tracer_cost.clone()),
+        host_steal_pct: rec.end.as_ref().and_then(|e| e.host_steal_pct),
         header: rec.header,
         agg,
         vms,
@@ -133,6 +135,7 @@ pub fn end_of(in_flight: &InFlight) -> End {
             .collect(),
         map_entries_at_stop: in_flight.map_entries,
         tracer_cost: None,
+        host_steal_pct: None,
     }
 }
 
@@ -158,6 +161,7 @@ pub fn build_report(
     // The cost covers the whole recording: shown only for a report on all of it.
     if loaded.agg.elapsed >= loaded.last_interval_at {
         report.tracer_cost = loaded.tracer_cost.clone();
+        report.host_steal_pct = loaded.host_steal_pct;
     }
     if loaded.cut_short {
         report.notes.push(format!(

@@ -370,6 +370,7 @@ pub fn v2() -> Input {
             collector_cpu_ns: 12_345_678,
             unavailable: None,
         }),
+        host_steal_pct: None,
     };
     input
 }
@@ -431,6 +432,7 @@ pub fn v4() -> Input {
         slow::{FlightExit, SlowBatch, SlowExit, SlowKind},
     };
     let mut input = v3();
+    input.end.host_steal_pct = Some(0.4);
     input.header.slow_threshold_ns = Some(1_000_000);
     input.header.guest_rips = true;
     let rip = |tid, reason, rip, exits| RipCount {

@@ -236,6 +236,7 @@ const REPORT: T = Obj(&[
     ("vms", List(&VM_REPORT)),
     ("counters", COUNTERS),
     ("tracer_cost", Omitted(&TRACER_COST)),
+    ("host_steal_pct", Omitted(&F64)),
     ("host_stacks", Omitted(&HOST_STACKS)),
     ("slow_exits", Omitted(&SLOW_EXITS)),
     ("guest_code", Omitted(&GUEST_CODE)),

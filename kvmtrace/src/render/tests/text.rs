@@ -93,6 +93,7 @@ Slowest exits (at least 500.00us: 3 captured, 2 more not captured: the kernel's 
 Lost/unpaired: SOME DATA WAS LOST. unpaired exits 3, unpaired entries 0, VMM round trips without a re-entry marker 1, map full (latency/detail/thread) 2/0/0; in flight at stop: 1 exits, 1 VMM round trips; exits whose thread ended first 0; events: 51127 kvm_exit, 51125 kvm_entry, 96654 detail
 Kernel maps after the last drain: 2 threads, 0 latency and 0 detail entries.
 Tracer cost over 4.0 s: 100000 BPF program runs (25000/s), 80 ns each, 0.20 % of one CPU; collector 0.50 % of one CPU.
+Host steal: this host lost 2.5 % of its CPUs' time to its own hypervisor while recording; the on-CPU times above include what was stolen from a running vCPU thread, procfs's do not.
 ";
 
 #[test]
