@@ -190,6 +190,7 @@ fn end(u: &mut Unstructured) -> Result<End> {
         exits_ended_with_thread: u.arbitrary()?,
         map_entries_at_stop,
         tracer_cost,
+        host_steal_pct: u.arbitrary::<Option<u16>>()?.map(|v| f64::from(v) / 100.0),
     })
 }
 

@@ -168,9 +168,10 @@ pub struct Config {
     /// GUEST_RIPS.
     pub guest_rips: u32,
     /// `record --flight N`: each thread's last exits and round trips are kept in FLIGHT and sent
-    /// after each slow one; 0: off.
+    /// after each slow one, and when a storm starts; 0: off.
     pub flight: u32,
-    pub pad: u32,
+    /// Exits/s of one thread that make a storm (`--storm-rate`), for the flight recorder.
+    pub storm_rate: u32,
     /// `record --than`: exits (exit->entry) and VMM round trips that take at least this long
     /// are streamed to SLOW_EXITS, one record each; 0: off.
     pub slow_ns: u64,
@@ -240,7 +241,7 @@ impl Config {
         exit_info2: FIELD_ABSENT,
         guest_rips: 0,
         flight: 0,
-        pad: 0,
+        storm_rate: 10_000,
         slow_ns: 0,
     };
 }

@@ -5,7 +5,9 @@
 //!
 //! With `--flight N` each thread also keeps its last [`FLIGHT_MAX`] exits and round trips
 //! ([`FlightRing`]), and a slow one is followed in the ring buffer by its thread's ring: the
-//! exits that led to it, it included.
+//! exits that led to it, it included. The ring is also sent when the thread's exits start coming
+//! at the storm rate ([`STORM_START_EXITS`] of them at that rate or faster, after a time below
+//! it): the exits that led into the storm and its first ones.
 
 /// A detail event's key: [`crate::DetailKind`] (0: none) and its two values, as in
 /// [`crate::DetailKey`].
@@ -66,13 +68,40 @@ pub struct FlightEntry {
     pub detail: SlowDetail,
 }
 
+/// Exits at the storm rate that make a storm start (half a ring: the history sent then holds
+/// as many exits from before). A power of two: the kernel indexes its times with a mask.
+pub const STORM_START_EXITS: usize = FLIGHT_MAX / 2;
+const _: () = assert!(STORM_START_EXITS.is_power_of_two());
+/// A storm is over once its exits have not come at the storm rate for this long: a vCPU thread
+/// preempted for a few ms in the middle of one does not start it again.
+pub const STORM_END_NS: u64 = 100_000_000;
+
+/// [`FlightRing::why`] of a ring sent after a slow exit.
+pub const FLIGHT_SLOW: u32 = 1;
+/// ... of a ring sent as a storm starts.
+pub const FLIGHT_STORM: u32 = 2;
+
 /// A thread's last [`FLIGHT_MAX`] exits and round trips: entry `head % FLIGHT_MAX` is the next
 /// to be written, so the newest is just before it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct FlightRing {
+    pub tgid: u32,
     pub tid: u32,
-    pub pad: u32,
+    /// Why it was sent ([`FLIGHT_SLOW`], [`FLIGHT_STORM`]).
+    pub why: u32,
+    /// 1 while the thread's exits come at the storm rate.
+    pub in_storm: u32,
+    /// Start times (ktime) of the thread's last [`STORM_START_EXITS`] exits, the next to write
+    /// at `counted % STORM_START_EXITS`: the guest's exit rate over the last ones, at each exit.
+    pub recent_ns: [u64; STORM_START_EXITS],
+    /// Exits counted toward the rate so far.
+    pub counted: u64,
+    /// The last time (ktime) the exits came at the storm rate.
+    pub last_at_rate_ns: u64,
+    /// The start time of the first exit of the storm that started last (sent with
+    /// [`FLIGHT_STORM`]).
+    pub storm_first_ns: u64,
     /// Entries written so far.
     pub head: u64,
     pub entries: [FlightEntry; FLIGHT_MAX],

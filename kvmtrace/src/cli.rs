@@ -117,9 +117,10 @@ pub struct RecordArgs {
     /// CPU, in the VMM). The report's "Slowest exits". Off by default.
     #[arg(long, value_name = "DURATION", value_parser = parse_than)]
     pub than: Option<Duration>,
-    /// With --than: keep each vCPU's last N exits and VMM round trips (at most 32) in the kernel,
-    /// and save them with each slow one: what led to it, as a timeline in the report.
-    #[arg(long, value_name = "N", requires = "than",
+    /// Keep each vCPU's last N exits and VMM round trips (at most 32) in the kernel, and save
+    /// them with each slow one (--than) and when a vCPU's exits start coming at --storm-rate:
+    /// what led to it, as a timeline in the report.
+    #[arg(long, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=kvmtrace_common::slow::FLIGHT_MAX as i64))]
     pub flight: Option<u32>,
     /// Count exits per guest RIP (kvm_exit's `guest_rip`) and exit reason: which guest code

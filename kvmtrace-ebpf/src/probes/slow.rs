@@ -9,7 +9,10 @@ use aya_ebpf::{
 };
 use kvmtrace_common::{
     LatencyKind, ThreadState,
-    slow::{FLIGHT_MAX, FlightEntry, FlightRing, SlowDetail, SlowExit},
+    slow::{
+        FLIGHT_MAX, FLIGHT_SLOW, FLIGHT_STORM, FlightEntry, FlightRing, STORM_END_NS,
+        STORM_START_EXITS, SlowDetail, SlowExit,
+    },
 };
 
 use crate::state::{BPF_NOEXIST, conf};
@@ -27,67 +30,76 @@ pub static FLIGHT: LruHashMap<u32, FlightRing> = LruHashMap::with_max_entries(1,
 #[map]
 pub static FLIGHT_EMPTY: PerCpuArray<FlightRing> = PerCpuArray::with_max_entries(1, 0);
 
-/// Whether slow exits are captured (`--than`).
+/// Whether slow exits are captured (`--than`) or exits remembered (`--flight`).
 #[inline(always)]
 pub fn enabled() -> bool {
-    conf!(slow_ns) != 0
+    conf!(slow_ns) != 0 || conf!(flight) != 0
 }
 
-/// Streams the exit that `state` holds open, ending now after `span` ns of which `vmm` in the
-/// VMM, if it is slow.
+/// Ends the exit that `state` holds open, now, after `span` ns of which `vmm` in the VMM:
+/// remembered for `--flight`, streamed if slow.
 #[inline(always)]
 pub fn exit_ended(tgid: u32, tid: u32, state: &ThreadState, span: u64, vmm: u64) {
-    finish(&SlowExit {
-        tgid,
-        tid,
-        vcpu_id: state.vcpu_id,
-        kind: LatencyKind::Exit as u32,
-        isa: state.exit_isa,
-        reason: state.exit_reason,
-        detail: state.last_detail,
-        start_ns: state.exit_ts,
-        total_ns: span,
-        vmm_ns: vmm,
-        off_cpu_ns: state.off_run_ns().saturating_sub(state.exit_off_ns),
-        guest_rip: state.exit_rip,
-        info1: state.exit_info1,
-        info2: state.exit_info2,
-    });
+    finish(
+        &SlowExit {
+            tgid,
+            tid,
+            vcpu_id: state.vcpu_id,
+            kind: LatencyKind::Exit as u32,
+            isa: state.exit_isa,
+            reason: state.exit_reason,
+            detail: state.last_detail,
+            start_ns: state.exit_ts,
+            total_ns: span,
+            vmm_ns: vmm,
+            off_cpu_ns: state.off_run_ns().saturating_sub(state.exit_off_ns),
+            guest_rip: state.exit_rip,
+            info1: state.exit_info1,
+            info2: state.exit_info2,
+        },
+        true,
+    );
 }
 
-/// Streams the VMM round trip that `state` holds open, ending now after `span` ns, if it is
-/// slow. The thread's last detail event is the exit's that left for the VMM when its kind
-/// matches the userspace exit (KVM_EXIT_IO: a port, KVM_EXIT_MMIO: an address).
+/// Ends the VMM round trip that `state` holds open, now, after `span` ns: remembered for
+/// `--flight`, streamed if slow. `detail`: the exit's that left for the VMM (the caller matches
+/// the thread's last detail event to the userspace exit: KVM_EXIT_IO a port, KVM_EXIT_MMIO an
+/// address).
 #[inline(always)]
 pub fn round_trip_ended(tgid: u32, tid: u32, state: &ThreadState, span: u64, detail: SlowDetail) {
-    finish(&SlowExit {
-        tgid,
-        tid,
-        vcpu_id: state.vcpu_id,
-        kind: LatencyKind::VmmRoundTrip as u32,
-        isa: 0,
-        reason: state.uexit_reason,
-        detail,
-        start_ns: state.uexit_ts,
-        total_ns: span,
-        vmm_ns: span,
-        off_cpu_ns: state.off_user_ns().saturating_sub(state.uexit_off_ns),
-        guest_rip: 0,
-        info1: 0,
-        info2: 0,
-    });
+    finish(
+        &SlowExit {
+            tgid,
+            tid,
+            vcpu_id: state.vcpu_id,
+            kind: LatencyKind::VmmRoundTrip as u32,
+            isa: 0,
+            reason: state.uexit_reason,
+            detail,
+            start_ns: state.uexit_ts,
+            total_ns: span,
+            vmm_ns: span,
+            off_cpu_ns: state.off_user_ns().saturating_sub(state.uexit_off_ns),
+            guest_rip: 0,
+            info1: 0,
+            info2: 0,
+        },
+        // A round trip inside an exit (VMX/SVM) is part of that exit: only one where exits
+        // are not traced (kvm_pvm) counts toward the storm rate.
+        state.exit_ts == 0,
+    );
 }
 
 /// Remembers the exit or round trip that ended (`--flight`), and sends it if it is slow, with
-/// its thread's flight recorder after it.
+/// its thread's flight recorder after it. `counts_for_rate`: it counts toward the storm rate.
 #[inline(always)]
-fn finish(rec: &SlowExit) {
+fn finish(rec: &SlowExit, counts_for_rate: bool) {
     let ring = if conf!(flight) != 0 {
-        remember(rec)
+        remember(rec, counts_for_rate)
     } else {
         None
     };
-    if rec.total_ns < conf!(slow_ns) {
+    if conf!(slow_ns) == 0 || rec.total_ns < conf!(slow_ns) {
         return;
     }
     if SLOW_EXITS.output::<SlowExit>(rec, 0).is_err() {
@@ -95,11 +107,18 @@ fn finish(rec: &SlowExit) {
         return;
     }
     if let Some(ring) = ring {
-        // SAFETY: a FLIGHT value; only this thread's events write it.
-        let ring: &FlightRing = unsafe { &*ring };
-        if SLOW_EXITS.output::<FlightRing>(ring, 0).is_err() {
-            lost();
-        }
+        send_ring(ring, FLIGHT_SLOW);
+    }
+}
+
+#[inline(always)]
+fn send_ring(ring: *mut FlightRing, why: u32) {
+    // SAFETY: a FLIGHT value; only this thread's events write it.
+    let ring = unsafe { &mut *ring };
+    ring.why = why;
+    let ring: &FlightRing = ring;
+    if SLOW_EXITS.output::<FlightRing>(ring, 0).is_err() {
+        lost();
     }
 }
 
@@ -113,7 +132,7 @@ fn lost() {
 
 /// Appends `rec` to its thread's ring; the ring, or None when FLIGHT has no room for it.
 #[inline(always)]
-fn remember(rec: &SlowExit) -> Option<*mut FlightRing> {
+fn remember(rec: &SlowExit, counts_for_rate: bool) -> Option<*mut FlightRing> {
     let ring = match FLIGHT.get_ptr_mut(rec.tid) {
         Some(r) => r,
         None => {
@@ -126,6 +145,7 @@ fn remember(rec: &SlowExit) -> Option<*mut FlightRing> {
     };
     // SAFETY: a FLIGHT value; the key is the tid, and a thread's events are serialized.
     let r = unsafe { &mut *ring };
+    r.tgid = rec.tgid;
     r.tid = rec.tid;
     let slot = (r.head as usize) & (FLIGHT_MAX - 1);
     if let Some(e) = r.entries.get_mut(slot) {
@@ -140,5 +160,46 @@ fn remember(rec: &SlowExit) -> Option<*mut FlightRing> {
         };
     }
     r.head += 1;
+    if counts_for_rate && storm_starts(r, rec.start_ns) {
+        send_ring(ring, FLIGHT_STORM);
+    }
     Some(ring)
+}
+
+/// Counts an exit that started at `now` (it just ended: exits end in the order they start):
+/// true when it makes a storm start, that is when the last
+/// [`STORM_START_EXITS`] intervals between exits (this one the newest) came at the storm rate or
+/// faster and no storm is under way; the storm's first exit is the oldest of them. A storm is
+/// over once they have not come at the rate for [`STORM_END_NS`].
+#[inline(always)]
+fn storm_starts(r: &mut FlightRing, now: u64) -> bool {
+    const N: u64 = STORM_START_EXITS as u64;
+    let slot = (r.counted as usize) & (STORM_START_EXITS - 1);
+    // The oldest of the last N, which this one replaces (N exits span from it to now).
+    let oldest = r.recent_ns.get(slot).copied().unwrap_or(0);
+    if let Some(t) = r.recent_ns.get_mut(slot) {
+        *t = now;
+    }
+    r.counted += 1;
+    if r.counted <= N {
+        return false;
+    }
+    // N exits in `span` ns: at the rate when N * 1e9 >= rate * span.
+    let span = now.saturating_sub(oldest);
+    let at_rate = N * 1_000_000_000 >= conf!(storm_rate) as u64 * span;
+    if at_rate {
+        r.last_at_rate_ns = now;
+    }
+    if r.in_storm != 0 {
+        if now.saturating_sub(r.last_at_rate_ns) > STORM_END_NS {
+            r.in_storm = 0;
+        }
+        return false;
+    }
+    if at_rate {
+        r.in_storm = 1;
+        r.storm_first_ns = oldest;
+        return true;
+    }
+    false
 }

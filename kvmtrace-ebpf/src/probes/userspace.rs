@@ -24,15 +24,15 @@ use kvmtrace_common::{
     detail::pack_userspace_exit, slow::SlowDetail,
 };
 
-/// The userspace exit reasons whose detail event is the exit's (uapi linux/kvm.h).
-const KVM_EXIT_IO: u32 = 2;
-const KVM_EXIT_MMIO: u32 = 6;
-
 use super::slow;
 use crate::state::{
     bump, conf, count_detail, current, field, now_ns, open_epoch, record_latency, thread_state,
     traced,
 };
+
+/// The userspace exit reasons whose detail event is the exit's (uapi linux/kvm.h).
+const KVM_EXIT_IO: u32 = 2;
+const KVM_EXIT_MMIO: u32 = 6;
 
 #[tracepoint]
 pub fn kvmtrace_uexit(ctx: TracePointContext) -> u32 {

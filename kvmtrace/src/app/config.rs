@@ -20,6 +20,7 @@ pub fn trace_options(args: &RecordArgs, pids: Option<Vec<u32>>) -> TraceOptions 
         stacks_hz: args.stacks,
         guest_rips: args.guest_rips || !args.guest_symbols.is_empty(),
         flight: args.flight.unwrap_or(0),
+        storm_rate: args.storms.storm_rate.clamp(1.0, u32::MAX as f64) as u32,
         slow_ns: args.than.map(|d| d.as_nanos().min(u64::MAX as u128) as u64),
         ..TraceOptions::default()
     }

@@ -88,17 +88,32 @@ impl SlowExit {
     }
 }
 
+/// A vCPU's exits starting to come at the storm rate (`--flight`): the exits that led into it
+/// and its first ones.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StormStart {
+    /// The storm's first exit, since the recording started.
+    pub at: Duration,
+    pub tgid: u32,
+    pub tid: u32,
+    /// Oldest first; the storm's exits are those at or after `at`.
+    pub history: Vec<FlightExit>,
+}
+
 /// The slow exits of one interval, and how many the kernel could not send (its ring buffer was
 /// full).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SlowBatch {
     pub exits: Vec<SlowExit>,
     pub lost: u64,
+    /// `--flight`: storms that started in the interval.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub storm_starts: Vec<StormStart>,
 }
 
 impl SlowBatch {
     pub fn is_empty(&self) -> bool {
-        self.exits.is_empty() && self.lost == 0
+        self.exits.is_empty() && self.lost == 0 && self.storm_starts.is_empty()
     }
 }
 
@@ -113,13 +128,19 @@ pub struct SlowProfile {
     /// The slowest ones, slowest first.
     pub slowest: Vec<SlowExit>,
     pub lost: u64,
+    /// `--flight`: the first [`SlowProfile::KEEP_STORMS`] storm starts, in time order.
+    pub storm_starts: Vec<StormStart>,
 }
 
 impl SlowProfile {
     pub const KEEP: usize = 1000;
+    pub const KEEP_STORMS: usize = 100;
 
     pub fn apply(&mut self, batch: &SlowBatch) {
         self.lost += batch.lost;
+        let room = Self::KEEP_STORMS.saturating_sub(self.storm_starts.len());
+        self.storm_starts
+            .extend(batch.storm_starts.iter().take(room).cloned());
         if batch.exits.is_empty() {
             return;
         }
@@ -172,10 +193,12 @@ mod tests {
         p.apply(&SlowBatch {
             exits: many,
             lost: 3,
+            storm_starts: Vec::new(),
         });
         p.apply(&SlowBatch {
             exits: vec![exit(5000, 2000)],
             lost: 1,
+            storm_starts: Vec::new(),
         });
         assert_eq!(p.captured(), 1501);
         assert_eq!(p.lost, 4);

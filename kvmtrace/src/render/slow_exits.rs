@@ -3,7 +3,7 @@
 use std::io;
 
 use super::table::ns;
-use crate::report::slow::{SlowExits, TEXT_ROWS};
+use crate::report::slow::{HistoryRow, SlowExits, StormStartRow, TEXT_ROWS};
 
 pub fn render(slow: &SlowExits, out: &mut impl io::Write) -> io::Result<()> {
     let lost = if slow.lost == 0 {
@@ -127,17 +127,50 @@ fn render_histories(slow: &SlowExits, out: &mut impl io::Write) -> io::Result<()
             r.reason,
             ns(r.total_ns)
         )?;
-        let width = r.history.iter().map(|h| h.reason.len()).max().unwrap_or(0);
-        for h in &r.history {
-            let line = format!(
-                "    {:>12}  {:<width$}  {:>9}  {}",
-                format!("{:+.1}us", h.offset_us),
-                h.reason,
-                ns(h.total_ns),
-                h.detail.as_deref().unwrap_or("")
-            );
-            writeln!(out, "{}", line.trim_end())?;
-        }
+        timeline(&r.history, out)?;
+    }
+    Ok(())
+}
+
+/// One line per exit of a flight recorder's history.
+fn timeline(history: &[HistoryRow], out: &mut impl io::Write) -> io::Result<()> {
+    let width = history.iter().map(|h| h.reason.len()).max().unwrap_or(0);
+    for h in history {
+        let line = format!(
+            "    {:>12}  {:<width$}  {:>9}  {}",
+            format!("{:+.1}us", h.offset_us),
+            h.reason,
+            ns(h.total_ns),
+            h.detail.as_deref().unwrap_or("")
+        );
+        writeln!(out, "{}", line.trim_end())?;
+    }
+    Ok(())
+}
+
+/// Storm starts shown with their history in the text (all of them in JSON).
+const STORM_STARTS_SHOWN: usize = 3;
+
+/// `--flight`: each storm's start, with the exits that led into it.
+pub fn render_storm_starts(starts: &[StormStartRow], out: &mut impl io::Write) -> io::Result<()> {
+    if starts.is_empty() {
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "\nStorm starts (--flight: {} seen; the exits that led into each, oldest first, start relative to the storm's first exit)",
+        starts.len()
+    )?;
+    for s in starts.iter().take(STORM_STARTS_SHOWN) {
+        writeln!(out, "  {:.3}s {} vCPU {}:", s.at_secs, s.vm, s.vcpu)?;
+        timeline(&s.history, out)?;
+    }
+    if starts.len() > STORM_STARTS_SHOWN {
+        writeln!(
+            out,
+            "  ({} more in report --json)",
+            starts.len() - STORM_STARTS_SHOWN
+        )?;
     }
     Ok(())
 }

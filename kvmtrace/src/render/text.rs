@@ -47,6 +47,7 @@ pub fn render(report: &Report, out: &mut impl io::Write) -> io::Result<()> {
     if let Some(slow) = &report.slow_exits {
         super::slow_exits::render(slow, out)?;
     }
+    super::slow_exits::render_storm_starts(&report.storm_starts, out)?;
     writeln!(out)?;
     render_counters(&report.counters, out)?;
     if let Some(cost) = &report.tracer_cost {
@@ -437,6 +438,7 @@ mod tests {
             host_stacks: None,
             slow_exits: None,
             guest_code: None,
+            storm_starts: Vec::new(),
             host_steal_pct: None,
             tracer_cost: Some(crate::model::cost::TracerCost {
                 secs: 2.0,

@@ -39,6 +39,7 @@ pub fn build(agg: &Aggregate, ctx: &Context) -> Report {
     let host_stacks = super::stacks::build(agg, &vm_name, &label);
     let slow_exits = super::slow::build(agg, &vm_name, &label);
     let guest_code = super::guest_code::build(agg, &vm_name);
+    let storm_starts = super::slow::storm_starts(agg, &vm_name, &label);
     Report {
         duration_secs: secs,
         kvm_module: ctx.kvm_module.clone(),
@@ -53,6 +54,7 @@ pub fn build(agg: &Aggregate, ctx: &Context) -> Report {
         host_steal_pct: None,
         host_stacks,
         slow_exits,
+        storm_starts,
         guest_code,
     }
 }

@@ -48,6 +48,9 @@ pub fn filter(report: &mut Report, f: &Filter) {
             keep_vm(f, &r.vm, r.pid) && keep_vcpu(f, &Some(r.vcpu)) && keep_reason(f, &r.reason)
         });
     }
+    report
+        .storm_starts
+        .retain(|s| keep_vm(f, &s.vm, s.pid) && keep_vcpu(f, &Some(s.vcpu)));
     if let Some(gc) = &mut report.guest_code {
         gc.groups
             .retain(|g| keep_vm(f, &g.vm, g.pid) && keep_reason(f, &g.reason));

@@ -61,6 +61,9 @@ pub struct Report {
     /// Slow exits one by one (recordings made with `--than`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub slow_exits: Option<slow::SlowExits>,
+    /// Storm starts with the exits that led into them (recordings made with `--flight`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub storm_starts: Vec<slow::StormStartRow>,
     /// Guest RIPs per exit reason (recordings made with `--guest-rips`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub guest_code: Option<guest_code::GuestCode>,

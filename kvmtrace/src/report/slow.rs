@@ -2,6 +2,8 @@
 //! the threshold per (VM, reason), and the slowest ones one by one, with their time split, detail
 //! event, guest RIP and decoded exit information.
 
+use std::time::Duration;
+
 use kvmtrace_common::DetailKey;
 use serde::Serialize;
 
@@ -9,7 +11,7 @@ use crate::{
     model::{
         Aggregate,
         identity::VcpuLabel,
-        slow::{SlowExit, SlowKind},
+        slow::{FlightExit, SlowExit, SlowKind},
     },
     names::detail_phrase,
     tp::{
@@ -144,28 +146,65 @@ fn row(
         },
         info1: e.info1,
         info2: e.info2,
-        history: e
-            .history
-            .iter()
-            .map(|h| HistoryRow {
-                offset_us: (h.at.as_nanos() as f64 - e.at.as_nanos() as f64) / 1e3,
-                kind: h.kind,
-                reason: reason_name(h.kind, h.isa, h.reason),
-                total_ns: h.total_ns,
-                detail: h.detail.and_then(|(kind, a, b)| {
-                    DetailKey {
-                        tgid: e.tgid,
-                        tid: e.tid,
-                        kind,
-                        a,
-                        b,
-                    }
-                    .decode()
-                    .map(|d| detail_phrase(&d))
-                }),
-            })
-            .collect(),
+        history: history_rows(&e.history, e.at, e.tgid, e.tid),
     }
+}
+
+/// A flight recorder's exits, each start relative to `at`.
+fn history_rows(history: &[FlightExit], at: Duration, tgid: u32, tid: u32) -> Vec<HistoryRow> {
+    history
+        .iter()
+        .map(|h| HistoryRow {
+            offset_us: (h.at.as_nanos() as f64 - at.as_nanos() as f64) / 1e3,
+            kind: h.kind,
+            reason: reason_name(h.kind, h.isa, h.reason),
+            total_ns: h.total_ns,
+            detail: h.detail.and_then(|(kind, a, b)| {
+                DetailKey {
+                    tgid,
+                    tid,
+                    kind,
+                    a,
+                    b,
+                }
+                .decode()
+                .map(|d| detail_phrase(&d))
+            }),
+        })
+        .collect()
+}
+
+/// A vCPU's exits starting to come at the storm rate (`--flight`), with what led into it.
+#[derive(Clone, Debug, Serialize)]
+pub struct StormStartRow {
+    /// The storm's first exit, seconds since the recording started.
+    pub at_secs: f64,
+    pub vm: String,
+    pub pid: u32,
+    pub vcpu: VcpuLabel,
+    pub tid: u32,
+    /// Oldest first, each start relative to the storm's first exit (before it: below 0).
+    pub history: Vec<HistoryRow>,
+}
+
+/// The storm starts the flight recorder saw, in time order.
+pub fn storm_starts(
+    agg: &Aggregate,
+    vm_name: &dyn Fn(u32) -> String,
+    vcpu: &dyn Fn(u32, u32) -> VcpuLabel,
+) -> Vec<StormStartRow> {
+    agg.slow
+        .storm_starts
+        .iter()
+        .map(|s| StormStartRow {
+            at_secs: s.at.as_secs_f64(),
+            vm: vm_name(s.tgid),
+            pid: s.tgid,
+            vcpu: vcpu(s.tgid, s.tid),
+            tid: s.tid,
+            history: history_rows(&s.history, s.at, s.tgid, s.tid),
+        })
+        .collect()
 }
 
 /// An exit's reason as the exit tables name it ("hlt", "EPT_VIOLATION"); a round trip's

@@ -239,6 +239,8 @@ fn v4_reads_back_exactly() {
     assert_eq!(agg.slow.lost, 7);
     assert_eq!(agg.slow.slowest[0].total_ns, 25_000_000);
     assert!(rec.header.guest_rips);
+    assert_eq!(agg.slow.storm_starts.len(), 1);
+    assert_eq!(agg.slow.storm_starts[0].history[1].reason, 0x7b);
     assert_eq!(
         agg.rips.counts[&(4242, 2, 0x7b, 0xffff_ffff_8103_3f1d)],
         9040

@@ -429,7 +429,7 @@ pub fn v3() -> Input {
 pub fn v4() -> Input {
     use crate::model::{
         rips::{RipBatch, RipCount},
-        slow::{FlightExit, SlowBatch, SlowExit, SlowKind},
+        slow::{FlightExit, SlowBatch, SlowExit, SlowKind, StormStart},
     };
     let mut input = v3();
     input.end.host_steal_pct = Some(0.4);
@@ -496,6 +496,7 @@ pub fn v4() -> Input {
             ),
         ],
         lost: 0,
+        storm_starts: Vec::new(),
     };
     input.intervals[2].slow = SlowBatch {
         exits: vec![slow(
@@ -509,6 +510,30 @@ pub fn v4() -> Input {
             0xffff_ffff_8100_1234,
         )],
         lost: 7,
+        // `--flight 2`: a storm of port writes starting after a halt.
+        storm_starts: vec![StormStart {
+            at: Duration::from_millis(2_500),
+            tgid: 4242,
+            tid: 4244,
+            history: vec![
+                FlightExit {
+                    at: Duration::from_micros(2_499_000),
+                    kind: SlowKind::Exit,
+                    isa: 2,
+                    reason: 0x78,
+                    detail: None,
+                    total_ns: 900_000,
+                },
+                FlightExit {
+                    at: Duration::from_millis(2_500),
+                    kind: SlowKind::Exit,
+                    isa: 2,
+                    reason: 0x7b,
+                    detail: Some((1, 0x70, 1 | 1 << 8)),
+                    total_ns: 2_000,
+                },
+            ],
+        }],
     };
     // `--flight 2`: the round trip before the halt, and the halt.
     input.intervals[2].slow.exits[0].history = vec![

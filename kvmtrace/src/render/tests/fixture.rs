@@ -208,7 +208,7 @@ fn guest_rips(pid: u32, v0: u32, v1: u32) -> crate::model::rips::RipBatch {
 /// `record --than 500us` on one vCPU thread (SVM): an io exit to port 0x70 whose VMM part took
 /// 900 us, the VMM round trip inside it, a halt of 25 ms, 2 not captured.
 fn slow_exits(pid: u32, tid: u32) -> crate::model::slow::SlowBatch {
-    use crate::model::slow::{FlightExit, SlowBatch, SlowExit, SlowKind};
+    use crate::model::slow::{FlightExit, SlowBatch, SlowExit, SlowKind, StormStart};
     use std::time::Duration;
     let base = SlowExit {
         at: Duration::from_millis(1500),
@@ -283,6 +283,24 @@ fn slow_exits(pid: u32, tid: u32) -> crate::model::slow::SlowBatch {
             },
         ],
         lost: 2,
+        // `--flight`: vCPU 1's port-0x70 writes turning into a storm after two quiet exits.
+        storm_starts: vec![StormStart {
+            at: Duration::from_millis(1000),
+            tgid: pid,
+            tid,
+            history: [(-3000i64, MSR, Some((3, 0x6e0, 1))), (-1000, HLT, None)]
+                .into_iter()
+                .chain((0..3).map(|i| (i * 10, IO, Some((1, 0x70, 1 | 1 << 8)))))
+                .map(|(offset_us, reason, detail)| FlightExit {
+                    at: Duration::from_micros((1_000_000 + offset_us) as u64),
+                    kind: SlowKind::Exit,
+                    isa: 2,
+                    reason,
+                    detail,
+                    total_ns: 1_500,
+                })
+                .collect(),
+        }],
     }
 }
 

@@ -239,7 +239,25 @@ const REPORT: T = Obj(&[
     ("host_steal_pct", Omitted(&F64)),
     ("host_stacks", Omitted(&HOST_STACKS)),
     ("slow_exits", Omitted(&SLOW_EXITS)),
+    ("storm_starts", Omitted(&List(&STORM_START))),
     ("guest_code", Omitted(&GUEST_CODE)),
+]);
+
+const HISTORY_ROW: T = Obj(&[
+    ("offset_us", F64),
+    ("kind", Str),
+    ("reason", Str),
+    ("total_ns", U64),
+    ("detail", Opt(&Str)),
+]);
+
+const STORM_START: T = Obj(&[
+    ("at_secs", F64),
+    ("vm", Str),
+    ("pid", U64),
+    ("vcpu", Str),
+    ("tid", U64),
+    ("history", List(&HISTORY_ROW)),
 ]);
 
 const GUEST_CODE: T = Obj(&[
@@ -300,16 +318,7 @@ const SLOW_EXITS: T = Obj(&[
             ("exit_info", Opt(&Str)),
             ("info1", U64),
             ("info2", U64),
-            (
-                "history",
-                List(&Obj(&[
-                    ("offset_us", F64),
-                    ("kind", Str),
-                    ("reason", Str),
-                    ("total_ns", U64),
-                    ("detail", Opt(&Str)),
-                ])),
-            ),
+            ("history", List(&HISTORY_ROW)),
         ])),
     ),
 ]);

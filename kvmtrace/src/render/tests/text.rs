@@ -90,6 +90,14 @@ Slowest exits (at least 500.00us: 3 captured, 2 more not captured: the kernel's 
          -10.0us  io      1.50us  port 0x0070 (RTC index) out
           +0.0us  hlt    25.00ms
 
+Storm starts (--flight: 1 seen; the exits that led into each, oldest first, start relative to the storm's first exit)
+  1.000s web01 vCPU 1:
+       -3000.0us  msr     1.50us  MSR 0x6e0 (IA32_TSC_DEADLINE) write
+       -1000.0us  hlt     1.50us
+          +0.0us  io      1.50us  port 0x0070 (RTC index) out
+         +10.0us  io      1.50us  port 0x0070 (RTC index) out
+         +20.0us  io      1.50us  port 0x0070 (RTC index) out
+
 Lost/unpaired: SOME DATA WAS LOST. unpaired exits 3, unpaired entries 0, VMM round trips without a re-entry marker 1, map full (latency/detail/thread) 2/0/0; in flight at stop: 1 exits, 1 VMM round trips; exits whose thread ended first 0; events: 51127 kvm_exit, 51125 kvm_entry, 96654 detail
 Kernel maps after the last drain: 2 threads, 0 latency and 0 detail entries.
 Tracer cost over 4.0 s: 100000 BPF program runs (25000/s), 80 ns each, 0.20 % of one CPU; collector 0.50 % of one CPU.

@@ -74,6 +74,8 @@ pub struct TraceOptions {
     pub slow_ns: Option<u64>,
     /// Keep each thread's last N exits and send them with each slow one (`--flight N`); 0: off.
     pub flight: u32,
+    /// Exits/s of one vCPU that make a storm (`--storm-rate`), for the flight recorder.
+    pub storm_rate: u32,
     /// Count exits per guest RIP (`--guest-rips`).
     pub guest_rips: bool,
 }
@@ -91,6 +93,7 @@ impl Default for TraceOptions {
             stacks_hz: None,
             slow_ns: None,
             flight: 0,
+            storm_rate: Config::UNSET.storm_rate,
             guest_rips: false,
         }
     }
@@ -174,6 +177,7 @@ impl Tracer {
             detail_keys_per_thread: opts.detail_keys_per_thread,
             slow_ns: opts.slow_ns.unwrap_or(0),
             flight: opts.flight,
+            storm_rate: opts.storm_rate,
             guest_rips: opts.guest_rips as u32,
             ..Config::UNSET
         };
@@ -200,7 +204,7 @@ impl Tracer {
                     .map_max_entries(maps::STACK_FRAMES[parity], stacks::STACK_FRAMES_ENTRIES);
             }
         }
-        if opts.slow_ns.is_some() {
+        if opts.slow_ns.is_some() || opts.flight != 0 {
             loader.map_max_entries(maps::SLOW_EXITS, slow::SLOW_EXITS_BYTES);
         }
         if opts.flight != 0 {
@@ -252,9 +256,8 @@ impl Tracer {
             .stacks_hz
             .map(|hz| stacks::StackSampler::attach(&mut ebpf, hz))
             .transpose()?;
-        let slow = opts
-            .slow_ns
-            .map(|ns| slow::SlowReader::open(&mut ebpf, ns, opts.flight))
+        let slow = (opts.slow_ns.is_some() || opts.flight != 0)
+            .then(|| slow::SlowReader::open(&mut ebpf, opts.slow_ns, opts.flight))
             .transpose()?;
         log::info!("attached to {}", attached.join(", "));
         Ok(Tracer {

@@ -22,7 +22,7 @@ impl Tracer {
 
     /// `--than`'s threshold, when slow exits are captured.
     pub fn slow_threshold_ns(&self) -> Option<u64> {
-        self.slow.as_ref().map(|s| s.threshold_ns)
+        self.slow.as_ref().and_then(|s| s.threshold_ns)
     }
 
     /// The programs' runs and run time so far (cumulative), with this process's CPU time.

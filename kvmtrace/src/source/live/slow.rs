@@ -8,13 +8,13 @@ use aya::{
 };
 use kvmtrace_common::{
     LatencyKind, maps,
-    slow::{FlightRing, SlowDetail, SlowExit as RawSlowExit},
+    slow::{FLIGHT_STORM, FlightRing, SlowDetail, SlowExit as RawSlowExit},
 };
 
 use super::map_ref;
 use crate::{
     error::Error,
-    model::slow::{FlightExit, SlowBatch, SlowExit, SlowKind},
+    model::slow::{FlightExit, SlowBatch, SlowExit, SlowKind, StormStart},
 };
 
 /// SLOW_EXITS' size with `--than` (bytes, a power of two): ~9 000 records per interval.
@@ -23,7 +23,8 @@ pub const SLOW_EXITS_BYTES: u32 = 1 << 20;
 pub const FLIGHT_THREADS: u32 = 8192;
 
 pub struct SlowReader {
-    pub threshold_ns: u64,
+    /// `--than`, when given.
+    pub threshold_ns: Option<u64>,
     /// `--flight N`: history entries kept per slow exit (0: none).
     pub flight: usize,
     ring: RingBuf<MapData>,
@@ -31,7 +32,11 @@ pub struct SlowReader {
 }
 
 impl SlowReader {
-    pub fn open(ebpf: &mut Ebpf, threshold_ns: u64, flight: u32) -> Result<SlowReader, Error> {
+    pub fn open(
+        ebpf: &mut Ebpf,
+        threshold_ns: Option<u64>,
+        flight: u32,
+    ) -> Result<SlowReader, Error> {
         let map = ebpf.take_map(maps::SLOW_EXITS).ok_or_else(|| {
             Error::bpf(maps::SLOW_EXITS, std::io::Error::other("map not in object"))
         })?;
@@ -56,6 +61,12 @@ impl SlowReader {
                 // SAFETY: the kernel wrote a whole FlightRing (checked length), plain data;
                 // read_unaligned makes no assumption about the record's alignment.
                 let ring: FlightRing = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+                if ring.why == FLIGHT_STORM {
+                    batch
+                        .storm_starts
+                        .push(storm_start(&ring, self.flight, ktime_at_start));
+                    continue;
+                }
                 let exit = batch
                     .exits
                     .iter_mut()
@@ -79,6 +90,21 @@ impl SlowReader {
         batch.lost = lost - self.lost_so_far;
         self.lost_so_far = lost;
         Ok(batch)
+    }
+}
+
+/// A storm start from the ring sent then: its first exit is the one that started at
+/// `storm_first_ns`.
+fn storm_start(ring: &FlightRing, keep: usize, ktime_at_start: u64) -> StormStart {
+    let first = ring
+        .in_order()
+        .find(|e| e.start_ns >= ring.storm_first_ns)
+        .map_or(ring.storm_first_ns, |e| e.start_ns);
+    StormStart {
+        at: std::time::Duration::from_nanos(first.saturating_sub(ktime_at_start)),
+        tgid: ring.tgid,
+        tid: ring.tid,
+        history: history(ring, keep, ktime_at_start),
     }
 }
 
