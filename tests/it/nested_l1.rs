@@ -428,17 +428,30 @@ fn host_stacks_split_by_exit_reason() {
             .filter(|l| l.starts_with(&format!("l1-stacks;vCPU 0;{state_reason};")))
             .collect()
     };
-    let any_with = |lines: &[&str], frame: &str| {
-        lines
-            .iter()
-            .any(|l| l.contains(&format!(";{frame};")) || l.contains(&format!(";{frame} ")))
+    let any_with = |lines: &[&str], frames: &[&str]| {
+        lines.iter().any(|l| {
+            frames
+                .iter()
+                .any(|f| l.contains(&format!(";{f};")) || l.contains(&format!(";{f} ")))
+        })
     };
+    // The port I/O path's own functions, and the instruction emulator's. A run samples only a
+    // few dozen io exits in the kernel: which of the port I/O functions shows up varies (5.10
+    // once had complete_fast_pio_out and io_interception, no kvm_fast_pio).
+    let pio = [
+        "kvm_fast_pio",
+        "complete_fast_pio_out",
+        "io_interception",
+        "emulator_pio_in_out",
+        "kernel_pio",
+    ];
+    let emulator = ["x86_emulate_instruction"];
     let io = lines("io;in-kernel");
     let npf = lines("npf;in-kernel");
-    assert!(any_with(&io, "kvm_fast_pio"), "{folded}");
-    assert!(any_with(&npf, "x86_emulate_instruction"), "{folded}");
-    assert!(!any_with(&io, "x86_emulate_instruction"), "{folded}");
-    assert!(!any_with(&npf, "kvm_fast_pio"), "{folded}");
+    assert!(any_with(&io, &pio), "{folded}");
+    assert!(any_with(&npf, &emulator), "{folded}");
+    assert!(!any_with(&io, &emulator), "{folded}");
+    assert!(!any_with(&npf, &pio), "{folded}");
     let vmm = lines("IO;vmm");
     assert!(vmm.iter().any(|l| l.contains("Vcpu::batch")), "{folded}");
     let groups = hs["groups"].as_array().unwrap();

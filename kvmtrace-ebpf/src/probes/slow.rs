@@ -10,8 +10,8 @@ use aya_ebpf::{
 use kvmtrace_common::{
     LatencyKind, ThreadState,
     slow::{
-        FLIGHT_MAX, FLIGHT_SLOW, FLIGHT_STORM, FlightEntry, FlightRing, STORM_END_NS,
-        STORM_START_EXITS, SlowDetail, SlowExit,
+        FLIGHT_MAX, FLIGHT_SLOW, FLIGHT_STORM, FlightRing, STORM_END_NS, STORM_START_EXITS,
+        SlowDetail, SlowExit,
     },
 };
 
@@ -29,6 +29,8 @@ pub static FLIGHT: LruHashMap<u32, FlightRing> = LruHashMap::with_max_entries(1,
 /// ring does not fit the 512-byte BPF stack).
 #[map]
 pub static FLIGHT_EMPTY: PerCpuArray<FlightRing> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static SLOW_SCRATCH: PerCpuArray<SlowExit> = PerCpuArray::with_max_entries(1, 0);
 
 /// Whether slow exits are captured (`--than`) or exits remembered (`--flight`).
 #[inline(always)]
@@ -40,25 +42,26 @@ pub fn enabled() -> bool {
 /// remembered for `--flight`, streamed if slow.
 #[inline(always)]
 pub fn exit_ended(tgid: u32, tid: u32, state: &ThreadState, span: u64, vmm: u64) {
-    finish(
-        &SlowExit {
-            tgid,
-            tid,
-            vcpu_id: state.vcpu_id,
-            kind: LatencyKind::Exit as u32,
-            isa: state.exit_isa,
-            reason: state.exit_reason,
-            detail: state.last_detail,
-            start_ns: state.exit_ts,
-            total_ns: span,
-            vmm_ns: vmm,
-            off_cpu_ns: state.off_run_ns().saturating_sub(state.exit_off_ns),
-            guest_rip: state.exit_rip,
-            info1: state.exit_info1,
-            info2: state.exit_info2,
-        },
-        true,
-    );
+    let Some(rec) = scratch() else {
+        return;
+    };
+    rec.tgid = tgid;
+    rec.tid = tid;
+    rec.vcpu_id = state.vcpu_id;
+    rec.kind = LatencyKind::Exit as u32;
+    rec.isa = state.exit_isa;
+    rec.reason = state.exit_reason;
+    rec.detail.kind = state.last_detail.kind;
+    rec.detail.a = state.last_detail.a;
+    rec.detail.b = state.last_detail.b;
+    rec.start_ns = state.exit_ts;
+    rec.total_ns = span;
+    rec.vmm_ns = vmm;
+    rec.off_cpu_ns = state.off_run_ns().saturating_sub(state.exit_off_ns);
+    rec.guest_rip = state.exit_rip;
+    rec.info1 = state.exit_info1;
+    rec.info2 = state.exit_info2;
+    finish(rec, true);
 }
 
 /// Ends the VMM round trip that `state` holds open, now, after `span` ns: remembered for
@@ -67,27 +70,37 @@ pub fn exit_ended(tgid: u32, tid: u32, state: &ThreadState, span: u64, vmm: u64)
 /// address).
 #[inline(always)]
 pub fn round_trip_ended(tgid: u32, tid: u32, state: &ThreadState, span: u64, detail: SlowDetail) {
-    finish(
-        &SlowExit {
-            tgid,
-            tid,
-            vcpu_id: state.vcpu_id,
-            kind: LatencyKind::VmmRoundTrip as u32,
-            isa: 0,
-            reason: state.uexit_reason,
-            detail,
-            start_ns: state.uexit_ts,
-            total_ns: span,
-            vmm_ns: span,
-            off_cpu_ns: state.off_user_ns().saturating_sub(state.uexit_off_ns),
-            guest_rip: 0,
-            info1: 0,
-            info2: 0,
-        },
-        // A round trip inside an exit (VMX/SVM) is part of that exit: only one where exits
-        // are not traced (kvm_pvm) counts toward the storm rate.
-        state.exit_ts == 0,
-    );
+    let Some(rec) = scratch() else {
+        return;
+    };
+    rec.tgid = tgid;
+    rec.tid = tid;
+    rec.vcpu_id = state.vcpu_id;
+    rec.kind = LatencyKind::VmmRoundTrip as u32;
+    rec.isa = 0;
+    rec.reason = state.uexit_reason;
+    rec.detail.kind = detail.kind;
+    rec.detail.a = detail.a;
+    rec.detail.b = detail.b;
+    rec.start_ns = state.uexit_ts;
+    rec.total_ns = span;
+    rec.vmm_ns = span;
+    rec.off_cpu_ns = state.off_user_ns().saturating_sub(state.uexit_off_ns);
+    rec.guest_rip = 0;
+    rec.info1 = 0;
+    rec.info2 = 0;
+    // A round trip inside an exit (VMX/SVM) is part of that exit: only one where exits are not
+    // traced (kvm_pvm) counts toward the storm rate.
+    finish(rec, state.exit_ts == 0);
+}
+
+/// This CPU's record being built: on the BPF stack, a record and its callers' locals passed the
+/// 512-byte limit of 5.10's and 6.1's verifiers (kvm_entry's programs).
+#[inline(always)]
+fn scratch() -> Option<&'static mut SlowExit> {
+    let rec = SLOW_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot; tracepoint programs on one CPU do not nest.
+    Some(unsafe { &mut *rec })
 }
 
 /// Remembers the exit or round trip that ended (`--flight`), and sends it if it is slow, with
@@ -149,15 +162,15 @@ fn remember(rec: &SlowExit, counts_for_rate: bool) -> Option<*mut FlightRing> {
     r.tid = rec.tid;
     let slot = (r.head as usize) & (FLIGHT_MAX - 1);
     if let Some(e) = r.entries.get_mut(slot) {
-        *e = FlightEntry {
-            start_ns: rec.start_ns,
-            total_ns: rec.total_ns,
-            kind: rec.kind,
-            isa: rec.isa,
-            reason: rec.reason,
-            pad: 0,
-            detail: rec.detail,
-        };
+        // Field by field: a whole FlightEntry would be built on the stack first.
+        e.start_ns = rec.start_ns;
+        e.total_ns = rec.total_ns;
+        e.kind = rec.kind;
+        e.isa = rec.isa;
+        e.reason = rec.reason;
+        e.detail.kind = rec.detail.kind;
+        e.detail.a = rec.detail.a;
+        e.detail.b = rec.detail.b;
     }
     r.head += 1;
     if counts_for_rate && storm_starts(r, rec.start_ns) {
