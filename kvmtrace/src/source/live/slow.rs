@@ -1,6 +1,7 @@
-//! `record --than`: the kernel streams each slow exit through the SLOW_EXITS ring buffer; each
-//! drain reads what is there (the buffer holds an interval's worth: past that, the kernel counts
-//! them in SLOW_LOST).
+//! `record --than` and `--flight`: the kernel streams each slow exit, and (`--flight`) a
+//! thread's flight recorder after a slow exit or as a storm starts, through the SLOW_EXITS ring
+//! buffer; each drain reads what is there (the buffer holds an interval's worth: past that, the
+//! kernel counts them in SLOW_LOST).
 
 use aya::{
     Ebpf,
@@ -17,7 +18,8 @@ use crate::{
     model::slow::{FlightExit, SlowBatch, SlowExit, SlowKind, StormStart},
 };
 
-/// SLOW_EXITS' size with `--than` (bytes, a power of two): ~9 000 records per interval.
+/// SLOW_EXITS' size with `--than` or `--flight` (bytes, a power of two): ~9 000 slow exits, or
+/// ~600 with their flight recorders, per interval.
 pub const SLOW_EXITS_BYTES: u32 = 1 << 20;
 /// FLIGHT's entries with `--flight` (~1.5 KiB each): THREADS' capacity.
 pub const FLIGHT_THREADS: u32 = 8192;
@@ -55,8 +57,8 @@ impl SlowReader {
     pub fn take(&mut self, ebpf: &Ebpf, ktime_at_start: u64) -> Result<SlowBatch, Error> {
         let mut batch = SlowBatch::default();
         while let Some(item) = self.ring.next() {
-            // Two kinds of record, told apart by their size: a slow exit, and (`--flight`) the
-            // flight recorder of its thread, sent just after it.
+            // Two kinds of record, told apart by their size: a slow exit, and (`--flight`) a
+            // flight recorder, sent just after its thread's slow exit or as a storm starts.
             if item.len() == size_of::<FlightRing>() {
                 // SAFETY: the kernel wrote a whole FlightRing (checked length), plain data;
                 // read_unaligned makes no assumption about the record's alignment.
