@@ -502,7 +502,7 @@ fn slow_exits_are_captured_with_rip_and_exit_info() {
         assert!(r["vmm_ns"].as_u64().unwrap() >= 20_000_000, "{r:#}");
         // --flight 4: the vCPU's last 4 exits and round trips, ending with this exit, after
         // its own round trip to the VMM (which ends first, at the re-entry into KVM_RUN), after
-        // the previous write's exit.
+        // an earlier exit (the previous write's, or a host timer's `interrupt` exit between).
         let h = r["history"].as_array().unwrap();
         assert_eq!(h.len(), 4, "{r:#}");
         assert_eq!(h[3]["kind"], "exit", "{r:#}");
@@ -512,7 +512,6 @@ fn slow_exits_are_captured_with_rip_and_exit_info() {
         assert_eq!(h[2]["detail"], "port 0x0071 (RTC data) out", "{r:#}");
         assert!(h[2]["total_ns"].as_u64().unwrap() >= 20_000_000, "{r:#}");
         assert_eq!(h[1]["kind"], "exit", "{r:#}");
-        assert_eq!(h[1]["reason"], "io", "{r:#}");
         assert!(h[1]["offset_us"].as_f64().unwrap() < 0.0, "{r:#}");
     }
     assert_eq!(at_71("vmm_round_trip").len(), 5, "{slow:#}");
