@@ -41,12 +41,15 @@ fn check_rtc_storm(report: &Value, vcpu: &str) {
         s["start_secs"].as_f64().unwrap(),
         s["end_secs"].as_f64().unwrap(),
     );
+    // Interval ends are the drains' instants: up to one interval after the truth, plus the few
+    // ms from recording start to `go` and the drain's own delay (CI saw an end at 5.503 s).
+    let slack = 0.5 + 0.05;
     assert!(
-        (start - 2.0).abs() <= 0.5,
+        (start - 2.0).abs() <= slack,
         "start {start} within one 0.5 s interval of 2 s"
     );
     assert!(
-        (end - 5.0).abs() <= 0.5,
+        (end - 5.0).abs() <= slack,
         "end {end} within one 0.5 s interval of 5 s"
     );
     let mean = s["mean_rate"].as_f64().unwrap();
