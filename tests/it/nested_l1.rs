@@ -249,9 +249,16 @@ fn io_storm_shows_as_ioio_with_its_port() {
     );
     let (report, _) = record_guest(&mut guest, &["--storm-rate", "2000"]);
     let storms = report["storms"].as_array().unwrap();
-    assert_eq!(storms.len(), 1, "{storms:#?}");
+    // One storm, or (CI saw it on 5.10) the same one cut in two where TCG's pacing fell under
+    // the rate for one 200 ms interval: every piece is the RTC port's, and the first is checked.
+    assert!(
+        (1..=2).contains(&storms.len())
+            && storms
+                .iter()
+                .all(|s| s["what"] == "port 0x0070 (RTC index) out"),
+        "{storms:#?}"
+    );
     let s = &storms[0];
-    assert_eq!(s["what"], "port 0x0070 (RTC index) out");
     let related: Vec<&str> = s["related"]
         .as_array()
         .unwrap()
