@@ -279,6 +279,20 @@ pub(super) fn init_template(ebpf: &mut Ebpf) -> Result<(), Error> {
         .map_err(|e| Error::bpf("setting LATENCY_TEMPLATE", e))
 }
 
+/// How much the per-CPU u64 counter `name` (index 0, summed over CPUs) grew since `so_far`,
+/// which it then holds: a loss counter read at each drain.
+pub(super) fn per_cpu_growth(ebpf: &Ebpf, name: &str, so_far: &mut u64) -> Result<u64, Error> {
+    let counter: PerCpuArray<&MapData, u64> = map_ref(ebpf, name)?;
+    let now: u64 = counter
+        .get(&0, 0)
+        .map_err(|e| Error::bpf(format!("reading {name}"), e))?
+        .iter()
+        .sum();
+    let grown = now - *so_far;
+    *so_far = now;
+    Ok(grown)
+}
+
 /// CLOCK_MONOTONIC in ns: the clock bpf_ktime_get_ns reads.
 pub fn ktime_ns() -> u64 {
     let mut ts = libc::timespec {

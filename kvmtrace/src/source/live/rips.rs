@@ -1,12 +1,9 @@
 //! `record --guest-rips`: at each drain the closed epoch's GUEST_RIPS map is read and emptied.
 
-use aya::{
-    Ebpf,
-    maps::{MapData, PerCpuArray},
-};
+use aya::Ebpf;
 use kvmtrace_common::{RipKey, maps};
 
-use super::{batch::BatchBuffers, map_ref, take_map};
+use super::{batch::BatchBuffers, per_cpu_growth, take_map};
 use crate::{
     error::Error,
     model::rips::{RipBatch, RipCount},
@@ -40,14 +37,7 @@ impl RipCounter {
                 })
             },
         )?;
-        let lost: PerCpuArray<&MapData, u64> = map_ref(ebpf, maps::RIPS_LOST)?;
-        let lost: u64 = lost
-            .get(&0, 0)
-            .map_err(|e| Error::bpf("reading RIPS_LOST", e))?
-            .iter()
-            .sum();
-        batch.lost = lost - self.lost_so_far;
-        self.lost_so_far = lost;
+        batch.lost = per_cpu_growth(ebpf, maps::RIPS_LOST, &mut self.lost_so_far)?;
         Ok(batch)
     }
 }

@@ -5,14 +5,14 @@
 
 use aya::{
     Ebpf,
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{MapData, RingBuf},
 };
 use kvmtrace_common::{
     LatencyKind, maps,
     slow::{FLIGHT_STORM, FlightRing, SlowDetail, SlowExit as RawSlowExit},
 };
 
-use super::map_ref;
+use super::per_cpu_growth;
 use crate::{
     error::Error,
     model::slow::{FlightExit, SlowBatch, SlowExit, SlowKind, StormStart},
@@ -83,14 +83,7 @@ impl SlowReader {
                 batch.exits.push(convert(&raw, ktime_at_start));
             }
         }
-        let lost: PerCpuArray<&MapData, u64> = map_ref(ebpf, maps::SLOW_LOST)?;
-        let lost: u64 = lost
-            .get(&0, 0)
-            .map_err(|e| Error::bpf("reading SLOW_LOST", e))?
-            .iter()
-            .sum();
-        batch.lost = lost - self.lost_so_far;
-        self.lost_so_far = lost;
+        batch.lost = per_cpu_growth(ebpf, maps::SLOW_LOST, &mut self.lost_so_far)?;
         Ok(batch)
     }
 }

@@ -10,7 +10,6 @@ use std::collections::HashMap;
 
 use aya::{
     Ebpf,
-    maps::{MapData, PerCpuArray},
     programs::perf_event::{
         PerfEvent, PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent,
     },
@@ -28,7 +27,7 @@ use kvmtrace_common::{
     stacks::{MAX_STACK_DEPTH, NO_STACK, StackFrames, StackKey},
 };
 
-use super::{batch::BatchBuffers, map_ref, program, take_map};
+use super::{batch::BatchBuffers, per_cpu_growth, program, take_map};
 use crate::{
     error::Error,
     model::stacks::{HostStack, LOST_FRAME, SampleKey, StackBatch, UNKNOWN_FRAME},
@@ -130,14 +129,7 @@ impl StackSampler {
             };
             batch.samples.push((key, n));
         }
-        let lost: PerCpuArray<&MapData, u64> = map_ref(ebpf, maps::STACK_LOST)?;
-        let lost: u64 = lost
-            .get(&0, 0)
-            .map_err(|e| Error::bpf("reading STACK_LOST", e))?
-            .iter()
-            .sum();
-        batch.lost = lost - self.lost_so_far;
-        self.lost_so_far = lost;
+        batch.lost = per_cpu_growth(ebpf, maps::STACK_LOST, &mut self.lost_so_far)?;
         Ok(batch)
     }
 
