@@ -355,6 +355,37 @@ pub fn assert_cpu_matches_procfs(report: &Value, row: &Value) {
     );
 }
 
+/// CPU time this host's own hypervisor stole from all its CPUs (the `steal` of /proc/stat) since
+/// [`HostSteal::start`]: read by the test itself, not by kvmtrace.
+pub struct HostSteal(u64);
+
+impl HostSteal {
+    /// How far [`HostSteal::stolen_ns`] can fall short of the truth: /proc/stat counts in
+    /// USER_HZ ticks (10 ms, rounded down at both ends), and the kernel accounts steal at its
+    /// own ticks (up to one per CPU not yet accounted at the end; 4 ms at HZ=250, 10 ms at 100).
+    pub const SLACK_NS: u64 = 10_000_000 + 2 * 10_000_000;
+
+    pub fn start() -> HostSteal {
+        HostSteal(Self::ticks())
+    }
+
+    pub fn stolen_ns(&self) -> u64 {
+        // SAFETY: sysconf has no preconditions.
+        let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        Self::ticks().saturating_sub(self.0) * 1_000_000_000 / per_sec
+    }
+
+    fn ticks() -> u64 {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap();
+        // cpu  user nice system idle iowait irq softirq steal ...
+        stat.lines()
+            .next()
+            .and_then(|l| l.split_whitespace().nth(8))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
 pub fn parse_json(bytes: &[u8]) -> Value {
     serde_json::from_slice(bytes)
         .unwrap_or_else(|e| panic!("bad JSON ({e}): {}", String::from_utf8_lossy(bytes)))

@@ -6,14 +6,19 @@ use serde_json::Value;
 use super::harness::*;
 
 /// Round trips this long or longer are captured: far above a fast one's few µs, and above the
-/// odd VMM hiccup (CI saw a port-0x80 write take 2.9 ms on CPU once, its first after `go`).
-const THAN_MS: u64 = 10;
+/// odd hiccup (CI saw a port-0x80 write take 2.9 ms on CPU once, its first after `go`, and
+/// another 17 ms with no context switch: time this host's own hypervisor stole).
+const THAN_MS: u64 = 30;
+
+/// How long the VMM takes for each write to 0x71.
+const VMM_MS: u64 = 50;
 
 /// A guest, running before the recorder attaches, makes 20 000 fast port writes to 0x80, then 7
-/// to 0x71 that its VMM takes 20 ms each to handle, then 20 000 more fast ones: exactly the 7
-/// are captured, each with its port, a VMM part of at least 20 ms, and none lost. A fast one
+/// to 0x71 that its VMM takes 50 ms each to handle, then 20 000 more fast ones: exactly the 7
+/// are captured, each with its port, a VMM part of at least 50 ms, and none lost. A fast one
 /// may show up only if the thread was off CPU for the threshold's worth of it (preempted), and
-/// then it says so.
+/// then it says so, or if this host's hypervisor stole that much CPU meanwhile (a host that is
+/// a VM: the vCPU thread stays on CPU for its kernel, which cannot tell).
 #[test]
 fn exactly_the_slow_round_trips_are_captured_with_their_port() {
     require_kvm_and_root();
@@ -25,9 +30,13 @@ fn exactly_the_slow_round_trips_are_captured_with_their_port() {
             "--vcpus",
             "1",
             "--run",
-            "pio_out,port=0x80,count=20000;pio_out,port=0x71,count=7,vmm_us=20000;pio_out,port=0x80,count=20000",
+            &format!(
+                "pio_out,port=0x80,count=20000;pio_out,port=0x71,count=7,vmm_us={};pio_out,port=0x80,count=20000",
+                VMM_MS * 1000
+            ),
         ],
     );
+    let steal = HostSteal::start();
     let recorder = Recorder::start(&[
         "-d",
         "it-slow",
@@ -48,7 +57,7 @@ fn exactly_the_slow_round_trips_are_captured_with_their_port() {
         String::from_utf8_lossy(&out.stderr)
     );
     let live = parse_json(&out.stdout);
-    check(&live["slow_exits"], guest.pid);
+    check(&live["slow_exits"], guest.pid, &steal);
     // The recording says the same.
     let offline = parse_json(&kvmtrace_ok(&[
         "report", "-i", file_arg, "--format", "json",
@@ -56,13 +65,13 @@ fn exactly_the_slow_round_trips_are_captured_with_their_port() {
     assert_eq!(offline["slow_exits"], live["slow_exits"]);
     let text = String::from_utf8(kvmtrace_ok(&["report", "-i", file_arg])).unwrap();
     assert!(
-        text.contains("\nSlowest exits (at least 10.00ms: "),
+        text.contains("\nSlowest exits (at least 30.00ms: "),
         "{text}"
     );
     let _ = std::fs::remove_file(&file);
 }
 
-fn check(slow: &Value, pid: u32) {
+fn check(slow: &Value, pid: u32, steal: &HostSteal) {
     assert_eq!(slow["threshold_ns"], THAN_MS * 1_000_000, "{slow:#}");
     assert_eq!(slow["lost"], 0, "{slow:#}");
     let rows = slow["slowest"].as_array().unwrap();
@@ -84,18 +93,25 @@ fn check(slow: &Value, pid: u32) {
         let total = r["total_ns"].as_u64().unwrap();
         let off = r["off_cpu_ns"].as_u64().unwrap();
         assert_eq!(r["vmm_ns"], total, "a round trip is all VMM: {r:#}");
-        // The VMM spins 20 ms by the clock (less on CPU if it was preempted meanwhile).
-        assert!(total >= 20_000_000, "20 ms of VMM work: {r:#}");
+        // The VMM spins 50 ms by the clock (less on CPU if it was preempted meanwhile).
+        assert!(
+            total >= VMM_MS * 1_000_000,
+            "{VMM_MS} ms of VMM work: {r:#}"
+        );
         assert!(off < total, "{r:#}");
         // kvm_exit does not fire here: nothing to read a RIP from.
         assert_eq!(r["guest_rip"], Value::Null);
     }
+    let stolen_ns = steal.stolen_ns();
     for r in rows.iter().filter(|r| !at_71.contains(r)) {
         let total = r["total_ns"].as_u64().unwrap();
         let off = r["off_cpu_ns"].as_u64().unwrap();
+        let on_cpu = total - off;
         assert!(
-            total - off < THAN_MS * 1_000_000,
-            "only the writes to 0x71 take the VMM long; this one was slow only if preempted: {r:#}"
+            on_cpu < THAN_MS * 1_000_000
+                || (stolen_ns > 0 && stolen_ns + HostSteal::SLACK_NS >= on_cpu),
+            "only the writes to 0x71 take the VMM long; this one was slow only if preempted or \
+             if the host stole the time ({stolen_ns} ns stolen while recording): {r:#}"
         );
     }
     assert_eq!(

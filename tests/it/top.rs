@@ -163,7 +163,7 @@ const TITLE: &str = "(? help, q quit)";
 fn top_in_tmux(name: &str, guest: &Guest) -> Tmux {
     let t = Tmux::start(name);
     let cmd = format!(
-        "{} top -d {}; echo EXIT\"\"ED=$?; stty -a | tr ' ;' '\\n\\n' | grep -x -e icanon -e -icanon -e echo -e -echo",
+        "{} top -d {}; echo EXIT\"\"ED=$?; stty -a | tr ' ;' '\\n\\n' | grep -x -e icanon -e -icanon -e echo -e -echo; echo MODES\"\"DONE",
         kvmtrace_bin().display(),
         guest.name
     );
@@ -181,10 +181,8 @@ fn assert_restored(t: &Tmux) {
     let s = t.wait("top to exit", |s| s.contains("EXITED="));
     assert!(s.contains("EXITED=0"), "{s}");
     assert!(!s.contains(TITLE), "the alternate screen is gone: {s}");
-    let s = t.wait("stty's modes", |s| {
-        s.lines()
-            .any(|l| l.trim() == "icanon" || l.trim() == "-icanon")
-    });
+    // tmux may show stty's lines before all have arrived: wait for the marker after them.
+    let s = t.wait("stty's modes", |s| s.contains("MODESDONE"));
     let modes: Vec<&str> = s
         .lines()
         .map(str::trim)
