@@ -305,11 +305,22 @@ pub struct ThreadState {
     /// The thread's last detail event (port, MMIO address, MSR) since its last kvm_exit; kind
     /// 0: none. (Where kvm_exit does not fire, a round trip uses it only when its kind is the
     /// userspace exit's: a KVM_EXIT_IO always follows its kvm_pio, a KVM_EXIT_MMIO its kvm_mmio.)
-    pub last_detail: slow::SlowDetail,
+    pub last_detail: ExitDetail,
+}
+
+/// A detail event's key: [`DetailKind`] (0: none) and its two values, as in [`DetailKey`]: what
+/// an exit was about (its port, MMIO address, MSR, CPUID function).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ExitDetail {
+    pub kind: u32,
+    pub a: u32,
+    pub b: u64,
 }
 
 /// Where in the guest exits come from (`record --guest-rips`): kvm_exit's guest RIP, per
-/// thread and exit reason.
+/// thread, exit reason and the exit's detail event, counted when the exit ends (kvm_entry), as
+/// exits are.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RipKey {
@@ -318,6 +329,7 @@ pub struct RipKey {
     pub isa: u32,
     pub reason: u32,
     pub rip: u64,
+    pub detail: ExitDetail,
 }
 
 /// Keys per thread and epoch parity kept in [`ThreadState::pending`]: two, so a guest alternating

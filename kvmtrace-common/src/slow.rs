@@ -9,15 +9,7 @@
 //! at the storm rate ([`STORM_START_EXITS`] of them at that rate or faster, after a time below
 //! it): the exits that led into the storm and its first ones.
 
-/// A detail event's key: [`crate::DetailKind`] (0: none) and its two values, as in
-/// [`crate::DetailKey`].
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SlowDetail {
-    pub kind: u32,
-    pub a: u32,
-    pub b: u64,
-}
+use crate::ExitDetail;
 
 /// One slow exit or VMM round trip.
 #[repr(C)]
@@ -33,7 +25,7 @@ pub struct SlowExit {
     pub isa: u32,
     pub reason: u32,
     /// The detail event of this exit (for a round trip, of the exit that left for the VMM).
-    pub detail: SlowDetail,
+    pub detail: ExitDetail,
     /// ktime (CLOCK_MONOTONIC ns) of the exit.
     pub start_ns: u64,
     pub total_ns: u64,
@@ -65,7 +57,7 @@ pub struct FlightEntry {
     pub isa: u32,
     pub reason: u32,
     pub pad: u32,
-    pub detail: SlowDetail,
+    pub detail: ExitDetail,
 }
 
 /// Exits at the storm rate that make a storm start (half a ring: the history sent then holds

@@ -10,8 +10,8 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use kvmtrace_common::{
-    Config, Counter, DetailKey, DetailKind, FIELD_ABSENT, INLINE_TGIDS, LatencyKey, LatencyStats,
-    PendingDetail, THREAD_UNRESOLVED, ThreadState, slow::SlowDetail,
+    Config, Counter, DetailKey, DetailKind, ExitDetail, FIELD_ABSENT, INLINE_TGIDS, LatencyKey,
+    LatencyStats, PendingDetail, THREAD_UNRESOLVED, ThreadState,
 };
 
 /// Set by the collector with `override_global` before load.
@@ -252,8 +252,10 @@ fn record_latency_in(map: &HashMap<LatencyKey, LatencyStats>, key: &LatencyKey, 
 /// keys first (no map lookup when the guest repeats itself), else DETAILS.
 #[inline(always)]
 pub fn count_detail(seq: u32, state: &mut ThreadState, key: &DetailKey, kind: DetailKind) {
-    if crate::probes::slow::enabled() && kind != DetailKind::UserspaceExit {
-        state.last_detail = SlowDetail {
+    if (crate::probes::slow::enabled() || crate::probes::rips::enabled())
+        && kind != DetailKind::UserspaceExit
+    {
+        state.last_detail = ExitDetail {
             kind: key.kind,
             a: key.a,
             b: key.b,

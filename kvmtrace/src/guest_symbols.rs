@@ -2,7 +2,10 @@
 //! the guest: its kernel's System.map or /proc/kallsyms ("address type name" lines), or an ELF
 //! binary with symbols (a vmlinux, a firmware or unikernel image). Read with blazesym.
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
 
 use blazesym::symbolize::{
     Input, Symbolized, Symbolizer,
@@ -79,28 +82,66 @@ pub fn apply(code: &mut GuestCode, all: &[GuestSymbols]) -> Result<(), Error> {
                 }
             )));
         }
-        for i in groups {
-            let addrs: Vec<u64> = code.groups[i].top.iter().map(|r| r.address).collect();
-            let input = match source {
-                Source::Elf(_) => Input::VirtOffset(addrs.as_slice()),
-                _ => Input::AbsAddr(addrs.as_slice()),
-            };
-            let syms = symbolizer.symbolize(&source, input).map_err(|e| {
-                Error::Usage(format!(
-                    "--guest-symbols {}: cannot read symbols from {}: {e}",
-                    gs.vm,
-                    gs.file.display()
-                ))
-            })?;
-            for (row, sym) in code.groups[i].top.iter_mut().zip(syms) {
-                if let Symbolized::Sym(s) = sym {
+        let pids: Vec<u32> = groups.iter().map(|&i| code.groups[i].pid).collect();
+        let of_vm = |pid: u32| pids.contains(&pid);
+        let mut addrs: Vec<u64> = code
+            .groups
+            .iter()
+            .filter(|g| of_vm(g.pid))
+            .flat_map(|g| &g.top)
+            .chain(
+                code.by_vcpu
+                    .iter()
+                    .filter(|g| of_vm(g.pid))
+                    .flat_map(|g| &g.top),
+            )
+            .map(|r| r.address)
+            .collect();
+        addrs.sort_unstable();
+        addrs.dedup();
+        let input = match source {
+            Source::Elf(_) => Input::VirtOffset(addrs.as_slice()),
+            _ => Input::AbsAddr(addrs.as_slice()),
+        };
+        let syms = symbolizer.symbolize(&source, input).map_err(|e| {
+            Error::Usage(format!(
+                "--guest-symbols {}: cannot read symbols from {}: {e}",
+                gs.vm,
+                gs.file.display()
+            ))
+        })?;
+        let names: HashMap<u64, String> = addrs
+            .iter()
+            .zip(syms)
+            .filter_map(|(&addr, sym)| match sym {
+                Symbolized::Sym(s) => {
                     let name = crate::untrusted::escape(&s.name);
-                    row.symbol = Some(if s.offset == 0 {
-                        name
-                    } else {
-                        format!("{name}+{:#x}", s.offset)
-                    });
+                    Some((
+                        addr,
+                        if s.offset == 0 {
+                            name
+                        } else {
+                            format!("{name}+{:#x}", s.offset)
+                        },
+                    ))
                 }
+                _ => None,
+            })
+            .collect();
+        let rows = code
+            .groups
+            .iter_mut()
+            .filter(|g| of_vm(g.pid))
+            .flat_map(|g| &mut g.top)
+            .chain(
+                code.by_vcpu
+                    .iter_mut()
+                    .filter(|g| of_vm(g.pid))
+                    .flat_map(|g| &mut g.top),
+            );
+        for row in rows {
+            if let Some(name) = names.get(&row.address) {
+                row.symbol = Some(name.clone());
             }
         }
     }
@@ -155,6 +196,7 @@ mod tests {
                 vm: "vm01".into(),
                 pid: 42,
                 reason: "io".into(),
+                detail: None,
                 exits: 0,
                 top: rips
                     .iter()
@@ -168,6 +210,9 @@ mod tests {
                     .collect(),
                 other: 0,
             }],
+            more_groups: 0,
+            more_groups_exits: 0,
+            by_vcpu: Vec::new(),
         }
     }
 

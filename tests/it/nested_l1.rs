@@ -570,16 +570,21 @@ fn guest_rips_name_the_exiting_instructions() {
     let gc = &report["guest_code"];
     assert_eq!(gc["lost"], 0, "{gc:#}");
     assert_eq!(gc["unavailable"], Value::Null, "{gc:#}");
-    let group = |reason: &str| -> &Value {
+    // One group per (reason, detail): the port, the CPUID function, the MSR.
+    let group = |reason: &str, detail: &str| -> &Value {
         gc["groups"]
             .as_array()
             .unwrap()
             .iter()
-            .find(|g| g["reason"] == reason)
-            .unwrap_or_else(|| panic!("no {reason} group: {gc:#}"))
+            .find(|g| {
+                g["reason"] == reason && g["detail"].as_str().unwrap_or("").starts_with(detail)
+            })
+            .unwrap_or_else(|| panic!("no {reason} group with {detail:?}: {gc:#}"))
     };
-    let top = |reason: &str| -> Vec<(String, u64)> {
-        group(reason)["top"]
+    let top = |reason: &str, detail: &str| -> Vec<(String, u64)> {
+        let g = group(reason, detail);
+        assert_eq!(g["other"], 0, "{g:#}");
+        g["top"]
             .as_array()
             .unwrap()
             .iter()
@@ -593,19 +598,44 @@ fn guest_rips_name_the_exiting_instructions() {
     };
     let named = |s: &str, n: u64| (s.to_string(), n);
     assert_eq!(
-        top("io"),
-        [
-            named("kvmtrace_g_pio_out+0x3", 3000),
-            named("kvmtrace_g_done", 3)
-        ],
+        top("io", "port 0x0070 "),
+        [named("kvmtrace_g_pio_out+0x3", 3000)],
+        "{gc:#}"
+    );
+    // The end of each of the 3 steps: an `out` to the VMM's port 0xf0.
+    assert_eq!(
+        top("io", "port 0x00f0 "),
+        [named("kvmtrace_g_done", 3)],
         "{gc:#}"
     );
     assert_eq!(
-        top("cpuid"),
+        top("cpuid", "CPUID "),
         [named("kvmtrace_g_cpuid+0x5", 1000)],
         "{gc:#}"
     );
-    assert_eq!(top("msr"), [named("kvmtrace_g_rdmsr+0x3", 500)], "{gc:#}");
+    assert_eq!(
+        top("msr", "MSR 0x1b "),
+        [named("kvmtrace_g_rdmsr+0x3", 500)],
+        "{gc:#}"
+    );
+    // The flamegraph's frames below the port: the guest code, with its exits exactly.
+    let folded = String::from_utf8(crate::harness::kvmtrace_ok(&[
+        "report",
+        "-i",
+        file,
+        "--format",
+        "folded",
+        "--weight",
+        "count",
+        "--guest-symbols",
+        &symbols,
+    ]))
+    .unwrap();
+    let line = folded
+        .lines()
+        .find(|l| l.contains(";io;port 0x0070 ") && l.contains(";guest kvmtrace_g_pio_out+0x3 "))
+        .unwrap_or_else(|| panic!("no guest code frame under port 0x70: {folded}"));
+    assert!(line.ends_with(" 3000"), "{line}");
     let text = String::from_utf8(crate::harness::kvmtrace_ok(&[
         "report",
         "-i",

@@ -27,7 +27,7 @@ use crate::{
 };
 
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum Config {
+pub(crate) enum Config {
     Nothing,
     EmptyProgram,
     EmptyRaw,
@@ -64,7 +64,7 @@ fn bpftrace_script() -> String {
     .join(" ")
 }
 
-fn lines(stream: impl std::io::Read + Send + 'static) -> Receiver<String> {
+pub(crate) fn lines(stream: impl std::io::Read + Send + 'static) -> Receiver<String> {
     let (tx, rx) = channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stream).lines().map_while(Result::ok) {
@@ -76,7 +76,11 @@ fn lines(stream: impl std::io::Read + Send + 'static) -> Receiver<String> {
     rx
 }
 
-fn wait_for(rx: &Receiver<String>, what: &str, pred: impl Fn(&str) -> bool) -> anyhow::Result<()> {
+pub(crate) fn wait_for(
+    rx: &Receiver<String>,
+    what: &str,
+    pred: impl Fn(&str) -> bool,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         if let Ok(l) = rx.recv_timeout(Duration::from_secs(1))
@@ -89,7 +93,7 @@ fn wait_for(rx: &Receiver<String>, what: &str, pred: impl Fn(&str) -> bool) -> a
 }
 
 /// Starts a tracer for `config` and returns once it is attached.
-fn start(config: Config, guest_pid: Option<u32>) -> anyhow::Result<Option<Child>> {
+pub(crate) fn start(config: Config, guest_pid: Option<u32>) -> anyhow::Result<Option<Child>> {
     let (mut child, ready_on_stderr) = match config {
         Config::Nothing => return Ok(None),
         // kvmtrace's own empty programs (bpftrace 0.17 cannot attach raw tracepoints).
@@ -150,7 +154,7 @@ fn start(config: Config, guest_pid: Option<u32>) -> anyhow::Result<Option<Child>
     Ok(Some(child))
 }
 
-fn stop(child: Option<Child>) {
+pub(crate) fn stop(child: Option<Child>) {
     if let Some(mut c) = child {
         // SAFETY: kill with a valid pid and signal.
         unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
@@ -423,13 +427,40 @@ fn getpid_ns(n: u32) -> f64 {
     t.elapsed().as_nanos() as f64 / n as f64
 }
 
-pub fn run_bench(rounds: usize, samples: usize) -> anyhow::Result<()> {
+/// `--stacks` beside `kvmtrace record` in pairs: the exit loop's slowdown with its interval.
+fn stacks_side_by_side(
+    guest_pid: u32,
+    rates: &Receiver<String>,
+    pairs: usize,
+    samples: usize,
+) -> anyhow::Result<()> {
+    println!(
+        "\n--stacks (999 Hz) beside kvmtrace record, {pairs} pairs of {samples} s back to back:"
+    );
+    let c = crate::bench_stacks::stacks_cost(guest_pid, rates, pairs, samples)?;
+    println!(
+        "  --stacks slows the exit loop by {:.2} % ± {:.2} (95 %, {} pairs): {} the bar of 1 % of the vCPU's throughput",
+        c.mean_pct,
+        c.ci95_pct,
+        c.pairs,
+        if c.upper_pct() < 1.0 {
+            "under"
+        } else {
+            "NOT shown under"
+        }
+    );
+    Ok(())
+}
+
+pub fn run_bench(rounds: usize, samples: usize, stacks_only: bool) -> anyhow::Result<()> {
     setup::run_setup()?;
     run(cargo().args(["build", "--release", "--bins"]))?;
-    // Recordings: size per VM-hour and offline report time (synthetic one-hour recording).
-    run(cargo().args(["bench", "-p", "kvmtrace", "--bench", "recording"]))?;
-    // The collector at scale: one drain of 50 000 keys (needs root: it loads the programs).
-    run(cargo().args(["bench", "-p", "kvmtrace", "--bench", "drain"]))?;
+    if !stacks_only {
+        // Recordings: size per VM-hour and offline report time (synthetic one-hour recording).
+        run(cargo().args(["bench", "-p", "kvmtrace", "--bench", "recording"]))?;
+        // The collector at scale: one drain of 50 000 keys (needs root: it loads the programs).
+        run(cargo().args(["bench", "-p", "kvmtrace", "--bench", "drain"]))?;
+    }
     let kernel = output(cmd("uname").arg("-r")).unwrap_or_default();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -464,6 +495,9 @@ pub fn run_bench(rounds: usize, samples: usize) -> anyhow::Result<()> {
     let guest_pid = guest.id();
     let rates = lines(guest.stdout.take().context("stdout")?);
     let result = (|| -> anyhow::Result<()> {
+        if stacks_only {
+            return stacks_side_by_side(guest_pid, &rates, rounds * 3, samples);
+        }
         let configs = [
             Config::Nothing,
             Config::EmptyProgram,
@@ -518,10 +552,7 @@ pub fn run_bench(rounds: usize, samples: usize) -> anyhow::Result<()> {
             "  kvmtrace slowdown {ours:.1}% = classic floor {floor:.1}% + {:.1} pp (raw floor {raw:.1}%); bpftrace keyed count {bpft:.1}%",
             ours - floor
         );
-        println!(
-            "  --stacks (999 Hz): {:+.1} pp on kvmtrace record's slowdown (bar: under 1 % of the vCPU's throughput)",
-            slow(medians[5]) - ours
-        );
+        stacks_side_by_side(guest_pid, &rates, rounds * 3, samples)?;
 
         // Per-event cost of each tracer's programs, from the kernel's own BPF run-time statistics
         // (immune to the run-to-run noise above; the statistics add the same ~100 ns to both).

@@ -1,6 +1,7 @@
 //! kvmtrace's developer tasks, one module per subcommand.
 mod bench;
 mod bench_scale;
+mod bench_stacks;
 mod codegen;
 mod deb_l1;
 mod demo;
@@ -47,6 +48,9 @@ enum Task {
         /// One-second samples per configuration per round.
         #[arg(long, default_value_t = 5)]
         samples: usize,
+        /// Only `--stacks` beside `kvmtrace record` (3 x ROUNDS pairs of SAMPLES seconds).
+        #[arg(long)]
+        stacks_only: bool,
     },
     /// Boot the nested SVM L1 (QEMU TCG + kvm_amd) and run the tests that need real kvm_exit.
     Nested {
@@ -83,7 +87,11 @@ fn main() -> anyhow::Result<()> {
         Task::Setup => setup::run_setup(),
         Task::Test => test::run_tests(),
         Task::Demo { seconds } => demo::run_demo(seconds),
-        Task::Bench { rounds, samples } => bench::run_bench(rounds, samples),
+        Task::Bench {
+            rounds,
+            samples,
+            stacks_only,
+        } => bench::run_bench(rounds, samples, stacks_only),
         Task::Nested {
             timeout,
             smp,

@@ -24,7 +24,7 @@
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use kvmtrace_common::USUAL_OFFSETS;
-use kvmtrace_common::{Counter, LatencyKey, LatencyKind, RipKey, THREAD_SEEN_ENTRY};
+use kvmtrace_common::{Counter, LatencyKey, LatencyKind, THREAD_SEEN_ENTRY};
 
 use super::{rips, slow, userspace::close_round_trip};
 use crate::state::{
@@ -49,9 +49,9 @@ fn try_exit(ctx: &TracePointContext) {
     if !traced(tgid) {
         return;
     }
-    let Some(seq) = open_epoch() else {
+    if open_epoch().is_none() {
         return;
-    };
+    }
     let ts = now_ns();
     bump(Counter::ExitsSeen);
     let Some(state) = thread_state(tgid, tid) else {
@@ -76,21 +76,13 @@ fn try_exit(ctx: &TracePointContext) {
     if rips::enabled() || slow::enabled() {
         state.exit_rip = field::<u64>(ctx, conf!(exit_rip), USUAL_OFFSETS.exit_rip);
     }
-    if rips::enabled() {
-        let key = RipKey {
-            tgid,
-            tid,
-            isa: state.exit_isa,
-            reason: state.exit_reason,
-            rip: state.exit_rip,
-        };
-        rips::count(seq, &key);
+    if rips::enabled() || slow::enabled() {
+        state.last_detail.kind = 0;
     }
     if slow::enabled() {
         state.exit_info1 = field::<u64>(ctx, conf!(exit_info1), USUAL_OFFSETS.exit_info1);
         state.exit_info2 = field::<u64>(ctx, conf!(exit_info2), USUAL_OFFSETS.exit_info2);
         state.exit_off_ns = state.off_run_ns();
-        state.last_detail.kind = 0;
     }
 }
 
@@ -145,6 +137,9 @@ fn try_entry(ctx: &TracePointContext) {
     if vmm != 0 {
         key.kind = LatencyKind::ExitVmm as u32;
         record_latency(&key, vmm, seq);
+    }
+    if rips::enabled() {
+        rips::count_exit(seq, tgid, tid, state);
     }
     if slow::enabled() {
         slow::exit_ended(tgid, tid, state, span, vmm);

@@ -8,10 +8,10 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray, RingBuf},
 };
 use kvmtrace_common::{
-    LatencyKind, ThreadState,
+    ExitDetail, LatencyKind, ThreadState,
     slow::{
         FLIGHT_MAX, FLIGHT_SLOW, FLIGHT_STORM, FlightRing, STORM_END_NS, STORM_START_EXITS,
-        SlowDetail, SlowExit,
+        SlowExit,
     },
 };
 
@@ -69,7 +69,7 @@ pub fn exit_ended(tgid: u32, tid: u32, state: &ThreadState, span: u64, vmm: u64)
 /// the thread's last detail event to the userspace exit: KVM_EXIT_IO a port, KVM_EXIT_MMIO an
 /// address).
 #[inline(always)]
-pub fn round_trip_ended(tgid: u32, tid: u32, state: &ThreadState, span: u64, detail: SlowDetail) {
+pub fn round_trip_ended(tgid: u32, tid: u32, state: &ThreadState, span: u64, detail: ExitDetail) {
     let Some(rec) = scratch() else {
         return;
     };

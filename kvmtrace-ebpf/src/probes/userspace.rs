@@ -20,8 +20,8 @@ use aya_ebpf::{
 };
 use kvmtrace_common::USUAL_OFFSETS;
 use kvmtrace_common::{
-    Counter, DetailKey, DetailKind, LatencyKey, LatencyKind, THREAD_UNRESOLVED, ThreadState,
-    detail::pack_userspace_exit, slow::SlowDetail,
+    Counter, DetailKey, DetailKind, ExitDetail, LatencyKey, LatencyKind, THREAD_UNRESOLVED,
+    ThreadState, detail::pack_userspace_exit,
 };
 
 use super::slow;
@@ -175,7 +175,7 @@ pub fn close_round_trip(tgid: u32, tid: u32, state: &mut ThreadState, ts: u64, s
         let detail = if matches {
             detail
         } else {
-            SlowDetail::default()
+            ExitDetail::default()
         };
         // Not cleared: an exit that left for the VMM still ends later, at kvm_entry, with it.
         slow::round_trip_ended(tgid, tid, state, span, detail);

@@ -26,6 +26,24 @@ pub fn rate(count: u64, secs: f64) -> f64 {
     if secs > 0.0 { count as f64 / secs } else { 0.0 }
 }
 
+/// A detail key's (kind, a, b), as kept with slow exits and guest RIPs, decoded; None for none
+/// or a kind this build does not know.
+pub fn decode_detail(
+    tgid: u32,
+    tid: u32,
+    detail: Option<(u32, u32, u64)>,
+) -> Option<kvmtrace_common::detail::Detail> {
+    let (kind, a, b) = detail?;
+    DetailKey {
+        tgid,
+        tid,
+        kind,
+        a,
+        b,
+    }
+    .decode()
+}
+
 /// `part` in % of `whole` (0 when `whole` is 0).
 pub fn pct(part: u64, whole: u64) -> f64 {
     if whole == 0 {

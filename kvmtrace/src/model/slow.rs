@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use kvmtrace_common::{DetailKey, LatencyKind, detail::Detail};
+use kvmtrace_common::{LatencyKind, detail::Detail};
 use serde::{Deserialize, Serialize};
 
 /// What was slow: an exit (kvm_exit -> kvm_entry) or a VMM round trip (KVM_RUN returned to
@@ -27,7 +27,7 @@ pub struct SlowExit {
     /// The exit's isa and reason; a round trip's userspace exit reason (isa 0).
     pub isa: u32,
     pub reason: u32,
-    /// Its detail event: (kind, a, b) as in a [`DetailKey`]; None when it had none.
+    /// Its detail event: (kind, a, b) as in a [`kvmtrace_common::DetailKey`]; None when it had none.
     pub detail: Option<(u32, u32, u64)>,
     pub total_ns: u64,
     /// Of `total_ns`: the VMM's part.
@@ -58,15 +58,7 @@ pub struct FlightExit {
 impl SlowExit {
     /// The detail event, decoded.
     pub fn detail(&self) -> Option<Detail> {
-        let (kind, a, b) = self.detail?;
-        DetailKey {
-            tgid: self.tgid,
-            tid: self.tid,
-            kind,
-            a,
-            b,
-        }
-        .decode()
+        super::decode_detail(self.tgid, self.tid, self.detail)
     }
 
     /// The time on CPU outside the VMM: the in-kernel handling of an exit (0 for a round trip).

@@ -5,6 +5,12 @@
 //! CPUID functions in proportion to their counts. Without it (kvm_pvm), userspace exits are
 //! weighted by their VMM round trip, and in-kernel detail events (MSR, CPUID) by count only
 //! (under --weight time they are left out, since their time is not measured).
+//!
+//! With `record --guest-rips`, each (vCPU, reason, detail) frame is split once more over the
+//! guest code its exits came from (`guest rtc_cmos_read+0x1d`), in proportion to its exits
+//! there: exact for --weight count; for time, each exit of the frame is taken to cost the same.
+
+use std::collections::BTreeMap;
 
 use kvmtrace_common::{Detail, MmioAccess, MsrDir};
 
@@ -12,7 +18,7 @@ use super::Weight;
 use crate::{
     model::identity::VcpuLabel,
     names::detail_frame,
-    report::{Report, VmReport},
+    report::{ExitRow, Report, VmReport},
     tp::class::{ExitClass, exit_msr_dir},
 };
 
@@ -82,6 +88,48 @@ fn split(weight: u64, events: u64, parts: &[(String, u64)]) -> (Vec<(String, u64
     (shares, weight - used)
 }
 
+/// (frame, exits) of the guest code that exits of `e`'s vCPU and reason, with the detail whose
+/// frame is `detail` (None: without one), came from: empty without `--guest-rips`.
+fn guest_code(report: &Report, pid: u32, e: &ExitRow, detail: Option<&str>) -> Vec<(String, u64)> {
+    let Some(gc) = &report.guest_code else {
+        return Vec::new();
+    };
+    let mut out: BTreeMap<String, u64> = BTreeMap::new();
+    let of_row = gc.by_vcpu.iter().filter(|g| {
+        g.pid == pid
+            && g.isa == e.isa_code
+            && g.reason_code == e.reason_code
+            && e.vcpu.is_none_or(|v| v == g.vcpu)
+            && g.detail.as_ref().map(detail_frame).as_deref() == detail
+    });
+    for g in of_row {
+        for r in &g.top {
+            *out.entry(r.frame()).or_default() += r.exits;
+        }
+        if g.other != 0 {
+            *out.entry("guest, other RIPs".into()).or_default() += g.other;
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// `stack` with weight `w`, split over the guest code frames `code` below it.
+fn with_guest_code<'a>(
+    stack: &[&'a str],
+    w: u64,
+    code: &'a [(String, u64)],
+) -> Vec<(Vec<&'a str>, u64)> {
+    let events = code.iter().map(|(_, n)| n).sum();
+    let (parts, own) = split(w, events, code);
+    let mut out = vec![(stack.to_vec(), own)];
+    for ((_, pw), (label, _)) in parts.into_iter().zip(code) {
+        let mut s = stack.to_vec();
+        s.push(label);
+        out.push((s, pw));
+    }
+    out
+}
+
 /// `lines` with each weight multiplied by `factor` (rounded to the nearest unit).
 pub fn scaled(lines: &[String], factor: f64) -> Vec<String> {
     lines
@@ -129,9 +177,15 @@ pub fn lines(report: &Report, weight: Weight) -> Vec<String> {
                 let vcpu = vcpu_frame(&e.vcpu);
                 let msr_dir = exit_msr_dir(e.isa_code, e.reason_code);
                 let (parts, own) = split(w, e.count, &details(vm, e.class, &e.vcpu, msr_dir));
-                emit(&[&vcpu, &e.reason], own);
+                let code = guest_code(report, vm.pid, e, None);
+                for (stack, w) in with_guest_code(&[&vcpu, &e.reason], own, &code) {
+                    emit(&stack, w);
+                }
                 for (label, pw) in parts {
-                    emit(&[&vcpu, &e.reason, &label], pw);
+                    let code = guest_code(report, vm.pid, e, Some(&label));
+                    for (stack, w) in with_guest_code(&[&vcpu, &e.reason, &label], pw, &code) {
+                        emit(&stack, w);
+                    }
                 }
             }
             continue;

@@ -3,7 +3,7 @@
 
 use std::io;
 
-use crate::report::guest_code::GuestCode;
+use crate::report::guest_code::{GuestCode, TEXT_GROUPS};
 
 pub fn render(gc: &GuestCode, out: &mut impl io::Write) -> io::Result<()> {
     let lost = if gc.lost == 0 {
@@ -23,8 +23,11 @@ pub fn render(gc: &GuestCode, out: &mut impl io::Write) -> io::Result<()> {
         writeln!(out, "  {why}")?;
         return Ok(());
     }
-    for g in &gc.groups {
-        writeln!(out, "  {} {}: {} exits", g.vm, g.reason, g.exits)?;
+    for g in gc.groups.iter().take(TEXT_GROUPS) {
+        match &g.detail {
+            Some(d) => writeln!(out, "  {} {}, {d}: {} exits", g.vm, g.reason, g.exits)?,
+            None => writeln!(out, "  {} {}: {} exits", g.vm, g.reason, g.exits)?,
+        }
         for r in &g.top {
             let name = match (&r.symbol, r.address) {
                 (Some(s), _) => s.as_str(),
@@ -41,6 +44,18 @@ pub fn render(gc: &GuestCode, out: &mut impl io::Write) -> io::Result<()> {
                 crate::model::pct(g.other, g.exits)
             )?;
         }
+    }
+    let hidden = &gc.groups[gc.groups.len().min(TEXT_GROUPS)..];
+    let (more, more_exits) = (
+        hidden.len() as u64 + gc.more_groups,
+        hidden.iter().map(|g| g.exits).sum::<u64>() + gc.more_groups_exits,
+    );
+    if more != 0 {
+        writeln!(
+            out,
+            "  {more} more (reason, detail) groups with {more_exits} exits (JSON has the first {})",
+            gc.groups.len()
+        )?;
     }
     Ok(())
 }

@@ -38,7 +38,7 @@ pub fn build(agg: &Aggregate, ctx: &Context) -> Report {
     };
     let host_stacks = super::stacks::build(agg, &vm_name, &label);
     let slow_exits = super::slow::build(agg, &vm_name, &label);
-    let guest_code = super::guest_code::build(agg, &vm_name);
+    let guest_code = super::guest_code::build(agg, &vm_name, &label);
     let storm_starts = super::slow::storm_starts(agg, &vm_name, &label);
     Report {
         duration_secs: secs,

@@ -54,6 +54,11 @@ pub fn filter(report: &mut Report, f: &Filter) {
     if let Some(gc) = &mut report.guest_code {
         gc.groups
             .retain(|g| keep_vm(f, &g.vm, g.pid) && keep_reason(f, &g.reason));
+        // The VMs kept above.
+        let kept: Vec<u32> = report.vms.iter().map(|v| v.pid).collect();
+        gc.by_vcpu.retain(|g| {
+            kept.contains(&g.pid) && keep_vcpu(f, &Some(g.vcpu)) && keep_reason(f, &g.reason)
+        });
     }
     if let Some(slow) = &mut report.slow_exits {
         slow.by_reason

@@ -4,12 +4,11 @@
 
 use std::time::Duration;
 
-use kvmtrace_common::DetailKey;
 use serde::Serialize;
 
 use crate::{
     model::{
-        Aggregate,
+        Aggregate, decode_detail,
         identity::VcpuLabel,
         slow::{FlightExit, SlowExit, SlowKind},
     },
@@ -159,17 +158,7 @@ fn history_rows(history: &[FlightExit], at: Duration, tgid: u32, tid: u32) -> Ve
             kind: h.kind,
             reason: reason_name(h.kind, h.isa, h.reason),
             total_ns: h.total_ns,
-            detail: h.detail.and_then(|(kind, a, b)| {
-                DetailKey {
-                    tgid,
-                    tid,
-                    kind,
-                    a,
-                    b,
-                }
-                .decode()
-                .map(|d| detail_phrase(&d))
-            }),
+            detail: decode_detail(tgid, tid, h.detail).map(|d| detail_phrase(&d)),
         })
         .collect()
 }

@@ -442,6 +442,8 @@ pub fn v4() -> Input {
         reason,
         rip,
         exits,
+        // v4 files written before the exits' detail was kept have none.
+        detail: None,
     };
     input.intervals[1].guest_rips = RipBatch {
         counts: vec![

@@ -28,7 +28,9 @@
 
 use std::collections::BTreeMap;
 
-use kvmtrace_common::{Counter, Detail, DetailKind, MmioAccess, MsrDir, PortDir, UserspaceExit};
+use kvmtrace_common::{
+    Counter, Detail, DetailKey, DetailKind, MmioAccess, MsrDir, PortDir, UserspaceExit,
+};
 
 use super::recording::{
     CPUID, HLT, IO, KVM_EXIT_IO, KVM_EXIT_MMIO, MSR, NPF, Recording, Setup, cpu, exit, exit_vmm,
@@ -160,7 +162,14 @@ pub fn web01(per_vcpu: bool) -> Report {
     report.host_steal_pct = Some(2.5);
     // As `--guest-symbols web01=System.map` names it.
     if let Some(gc) = &mut report.guest_code {
-        gc.groups[0].top[0].symbol = Some("rtc_cmos_read+0x1d".into());
+        let rows = gc
+            .groups
+            .iter_mut()
+            .flat_map(|g| &mut g.top)
+            .chain(gc.by_vcpu.iter_mut().flat_map(|g| &mut g.top));
+        for row in rows.filter(|r| r.address == 0xffff_ffff_8103_3f1d) {
+            row.symbol = Some("rtc_cmos_read+0x1d".into());
+        }
     }
     report.tracer_cost = Some(TracerCost {
         secs: 4.0,
@@ -182,24 +191,43 @@ pub fn web01(per_vcpu: bool) -> Report {
     report
 }
 
-/// `record --guest-rips`: vCPU 0's io exits from two places (the RTC driver, mostly), vCPU 1's
-/// from one of them and its halts from the idle loop; 4 exits without their RIP.
+/// `record --guest-rips`: vCPU 0's port-0x70 writes from two places (the RTC driver, mostly),
+/// its port-0x71 reads from a third; vCPU 1's 80 reads of port 0xcfc from the first place, its
+/// halts from the idle loop; 4 exits without their RIP.
 fn guest_rips(pid: u32, v0: u32, v1: u32) -> crate::model::rips::RipBatch {
     use crate::model::rips::{RipBatch, RipCount};
-    let c = |tid, reason, rip, exits| RipCount {
+    let c = |tid, reason, detail: Option<Detail>, rip, exits| RipCount {
         tgid: pid,
         tid,
         isa: 2,
         reason,
         rip,
         exits,
+        detail: detail.map(|d| {
+            let k = DetailKey::encode(pid, tid, &d);
+            (k.kind, k.a, k.b)
+        }),
     };
+    let out70 = Some(port(0x70, PortDir::Out, 1));
     RipBatch {
         counts: vec![
-            c(v0, IO, 0xffff_ffff_8103_3f1d, 45_000),
-            c(v0, IO, 0xffff_ffff_8103_3f40, 1_000),
-            c(v1, IO, 0xffff_ffff_8103_3f1d, 450),
-            c(v1, HLT, 0xffff_ffff_81a0_11c2, 1_002),
+            c(v0, IO, out70, 0xffff_ffff_8103_3f1d, 41_000),
+            c(v0, IO, out70, 0xffff_ffff_8103_3f40, 1_000),
+            c(
+                v0,
+                IO,
+                Some(port(0x71, PortDir::In, 1)),
+                0xffff_ffff_8103_3f2a,
+                4_000,
+            ),
+            c(
+                v1,
+                IO,
+                Some(port(0xcfc, PortDir::In, 4)),
+                0xffff_ffff_8103_3f1d,
+                80,
+            ),
+            c(v1, HLT, None, 0xffff_ffff_81a0_11c2, 1_002),
         ],
         lost: 4,
     }

@@ -103,7 +103,19 @@ fn web01_frames_weigh_their_exits() {
         ("web01;vCPU 0", 48_000),
         ("web01;vCPU 0;io", 46_000),
         ("web01;vCPU 0;io;port 0x0070 RTC index out", 42_000),
+        (
+            "web01;vCPU 0;io;port 0x0070 RTC index out;guest 0xffffffff81033f40",
+            1000,
+        ),
+        (
+            "web01;vCPU 0;io;port 0x0070 RTC index out;guest rtc_cmos_read+0x1d",
+            41_000,
+        ),
         ("web01;vCPU 0;io;port 0x0071 RTC data in", 4000),
+        (
+            "web01;vCPU 0;io;port 0x0071 RTC data in;guest 0xffffffff81033f2a",
+            4000,
+        ),
         ("web01;vCPU 0;msr", 2000),
         ("web01;vCPU 0;msr;msr 0x6e0 IA32_TSC_DEADLINE write", 2000),
         ("web01;vCPU 1", 3122),
@@ -112,6 +124,7 @@ fn web01_frames_weigh_their_exits() {
         ("web01;vCPU 1;cpuid;cpuid 0x40000000", 400),
         ("web01;vCPU 1;cpuid;cpuid 0xd", 200),
         ("web01;vCPU 1;hlt", 1002),
+        ("web01;vCPU 1;hlt;guest 0xffffffff81a011c2", 1002),
         ("web01;vCPU 1;io", 450),
         ("web01;vCPU 1;io;other ports", 18),
         ("web01;vCPU 1;io;port 0x0040 PIT (i8254) in", 24),
@@ -123,6 +136,10 @@ fn web01_frames_weigh_their_exits() {
         ("web01;vCPU 1;io;port 0x0608 ACPI PM timer in", 64),
         ("web01;vCPU 1;io;port 0x0cf8 PCI config address out", 72),
         ("web01;vCPU 1;io;port 0x0cfc PCI config data in", 80),
+        (
+            "web01;vCPU 1;io;port 0x0cfc PCI config data in;guest rtc_cmos_read+0x1d",
+            80,
+        ),
         ("web01;vCPU 1;msr", 70),
         ("web01;vCPU 1;msr;msr 0x1b IA32_APIC_BASE read", 60),
         ("web01;vCPU 1;msr;other MSRs", 6),
@@ -149,7 +166,19 @@ fn web01_frames_weigh_their_time() {
         ("web01;vCPU 0", 55_000_000),
         ("web01;vCPU 0;io", 51_000_000),
         ("web01;vCPU 0;io;port 0x0070 RTC index out", 46_565_217),
+        (
+            "web01;vCPU 0;io;port 0x0070 RTC index out;guest 0xffffffff81033f40",
+            1_108_695,
+        ),
+        (
+            "web01;vCPU 0;io;port 0x0070 RTC index out;guest rtc_cmos_read+0x1d",
+            45_456_521,
+        ),
         ("web01;vCPU 0;io;port 0x0071 RTC data in", 4_434_782),
+        (
+            "web01;vCPU 0;io;port 0x0071 RTC data in;guest 0xffffffff81033f2a",
+            4_434_782,
+        ),
         ("web01;vCPU 0;msr", 4_000_000),
         (
             "web01;vCPU 0;msr;msr 0x6e0 IA32_TSC_DEADLINE write",
@@ -160,12 +189,17 @@ fn web01_frames_weigh_their_time() {
         ("web01;vCPU 1;cpuid;cpuid 0x1", 300_000),
         ("web01;vCPU 1;cpuid;cpuid 0x40000000", 200_000),
         ("web01;vCPU 1;hlt", 1_001_000_000),
+        ("web01;vCPU 1;hlt;guest 0xffffffff81a011c2", 1_001_000_000),
         ("web01;vCPU 1;io", 675_000),
         (
             "web01;vCPU 1;io;port 0x0cf8 PCI config address out",
             108_000,
         ),
         ("web01;vCPU 1;io;port 0x0cfc PCI config data in", 120_000),
+        (
+            "web01;vCPU 1;io;port 0x0cfc PCI config data in;guest rtc_cmos_read+0x1d",
+            120_000,
+        ),
         ("web01;vCPU 1;msr", 140_000),
         ("web01;vCPU 1;msr;msr 0x1b IA32_APIC_BASE read", 120_000),
         ("web01;vCPU 1;npf", 1_200_000),

@@ -3,7 +3,8 @@
 //!
 //! web01's npf exits are 400, of which kvm_mmio explains 200 (the rest are plain nested page
 //! faults): their lines are checked by [`npf_frames_weigh_only_what_mmio_explains`] and left out
-//! of the other tests.
+//! of the other tests. The detail tests read web01 as recorded without `--guest-rips`; the
+//! guest code frames below the details have tests of their own.
 
 use super::fixture;
 use crate::render::{Weight, folded};
@@ -14,6 +15,77 @@ fn folded(report: &crate::report::Report, weight: Weight) -> String {
         .filter(|l| !l.contains(";npf"))
         .map(|l| format!("{l}\n"))
         .collect()
+}
+
+/// web01 as recorded without `--guest-rips`.
+fn web01_no_rips(per_vcpu: bool) -> crate::report::Report {
+    let mut r = fixture::web01(per_vcpu);
+    r.guest_code = None;
+    r
+}
+
+/// The lines of the frames with guest RIPs, and of their parents.
+fn with_guest_code(report: &crate::report::Report, weight: Weight) -> String {
+    let lines = folded::lines(report, weight);
+    let parents: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.split_once(";guest ").map(|(p, _)| p))
+        .collect();
+    lines
+        .iter()
+        .filter(|l| {
+            let stack = l.rsplit_once(' ').map_or(l.as_str(), |(s, _)| s);
+            l.contains(";guest ") || parents.contains(&stack)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+/// `--guest-rips`: below each (vCPU, reason, port) the guest code its exits came from, split
+/// by those exits. By count, exactly the RIP counts: port 0x70's 42 000 writes came 41 000 from
+/// rtc_cmos_read+0x1d (named by `--guest-symbols`) and 1 000 from an unnamed RIP, none left on
+/// the port itself; hlt's 1 002 from the idle loop.
+#[test]
+fn guest_code_below_the_details_by_count() {
+    let expected = "\
+web01;vCPU 0;io;port 0x0070 RTC index out;guest 0xffffffff81033f40 1000
+web01;vCPU 0;io;port 0x0070 RTC index out;guest rtc_cmos_read+0x1d 41000
+web01;vCPU 0;io;port 0x0071 RTC data in;guest 0xffffffff81033f2a 4000
+web01;vCPU 1;hlt;guest 0xffffffff81a011c2 1002
+web01;vCPU 1;io;port 0x0cfc PCI config data in;guest rtc_cmos_read+0x1d 80
+";
+    assert_eq!(
+        with_guest_code(&fixture::web01(true), Weight::Count),
+        expected
+    );
+}
+
+/// By time, each port's time is split by its exits' RIPs: 46 565 217 ns x 41 000 / 42 000 =
+/// 45 456 521.4 and x 1 000 / 42 000 = 1 108 695.6; the 1 ns the floors leave stays on the port.
+/// VM-wide the same split of the VM's port time (46 724 434 ns: 45 611 947.5 and 1 112 486.5).
+#[test]
+fn guest_code_below_the_details_by_time() {
+    let expected = "\
+web01;vCPU 0;io;port 0x0070 RTC index out 1
+web01;vCPU 0;io;port 0x0070 RTC index out;guest 0xffffffff81033f40 1108695
+web01;vCPU 0;io;port 0x0070 RTC index out;guest rtc_cmos_read+0x1d 45456521
+web01;vCPU 0;io;port 0x0071 RTC data in;guest 0xffffffff81033f2a 4434782
+web01;vCPU 1;hlt;guest 0xffffffff81a011c2 1001000000
+web01;vCPU 1;io;port 0x0cfc PCI config data in;guest rtc_cmos_read+0x1d 120000
+";
+    assert_eq!(
+        with_guest_code(&fixture::web01(true), Weight::Time),
+        expected
+    );
+    let vm_wide = with_guest_code(&fixture::web01(false), Weight::Time);
+    assert!(
+        vm_wide.contains(
+            "web01;all vCPUs;io;port 0x0070 RTC index out 1\n\
+             web01;all vCPUs;io;port 0x0070 RTC index out;guest 0xffffffff81033f40 1112486\n\
+             web01;all vCPUs;io;port 0x0070 RTC index out;guest rtc_cmos_read+0x1d 45611947\n"
+        ),
+        "{vm_wide}"
+    );
 }
 
 /// Each exit reason weighs its paired exits' time, split over its keys by their counts, the
@@ -46,7 +118,7 @@ web01;vCPU 1;msr;msr 0x1b IA32_APIC_BASE read 120000
 web01;vCPU 1;msr;msr 0x3a IA32_FEATURE_CONTROL read 8000
 web01;vCPU 1;msr;other MSRs 12000
 ";
-    assert_eq!(folded(&fixture::web01(true), Weight::Time), expected);
+    assert_eq!(folded(&web01_no_rips(true), Weight::Time), expected);
 }
 
 /// By count, each key weighs its events and hlt its 1 002 exits (the one open at stop included).
@@ -74,7 +146,7 @@ web01;vCPU 1;msr;msr 0x1b IA32_APIC_BASE read 60
 web01;vCPU 1;msr;msr 0x3a IA32_FEATURE_CONTROL read 4
 web01;vCPU 1;msr;other MSRs 6
 ";
-    assert_eq!(folded(&fixture::web01(true), Weight::Count), expected);
+    assert_eq!(folded(&web01_no_rips(true), Weight::Count), expected);
 }
 
 /// VM-wide, io's 51.675 ms is split over all 46 450 port events: 51 675 000 x 42 000 / 46 450 =
@@ -105,7 +177,7 @@ web01;all vCPUs;cpuid;cpuid 0x40000000 200000
 web01;all vCPUs;cpuid;cpuid 0xd 100000
 web01;all vCPUs;hlt 1001000000
 ";
-    assert_eq!(folded(&fixture::web01(false), Weight::Time), expected);
+    assert_eq!(folded(&web01_no_rips(false), Weight::Time), expected);
 }
 
 #[test]
@@ -132,7 +204,7 @@ web01;all vCPUs;cpuid;cpuid 0x40000000 400
 web01;all vCPUs;cpuid;cpuid 0xd 200
 web01;all vCPUs;hlt 1002
 ";
-    assert_eq!(folded(&fixture::web01(false), Weight::Count), expected);
+    assert_eq!(folded(&web01_no_rips(false), Weight::Count), expected);
 }
 
 /// Without kvm_exit, userspace exits weigh their VMM round trips (IO: 1 500 x 12 us = 18 ms,

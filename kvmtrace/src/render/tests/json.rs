@@ -264,12 +264,15 @@ const GUEST_CODE: T = Obj(&[
     ("exits", U64),
     ("lost", U64),
     ("unavailable", Opt(&Str)),
+    ("more_groups", U64),
+    ("more_groups_exits", U64),
     (
         "groups",
         List(&Obj(&[
             ("vm", Str),
             ("pid", U64),
             ("reason", Str),
+            ("detail", Opt(&Str)),
             ("exits", U64),
             ("other", U64),
             (

@@ -70,12 +70,16 @@ Hottest host paths per exit reason (1000 samples, 3 more not counted: the kernel
   web01 halted hlt: 40 samples, 4.0 %
     100.0 %  kvm_vcpu_check_block <- kvm_vcpu_halt <- kvm_arch_vcpu_ioctl_run <- kvm_vcpu_ioctl <- entry_SYSCALL_64 <- ioctl <- ...
 
-Guest code per exit reason (kvm_exit's guest RIP, 47452 exits, 4 more without their RIP: the kernel's RIP map was full; names: report --guest-symbols VM=System.map)
-  web01 io: 46450 exits
-     97.8 %  0xffffffff81033f1d  rtc_cmos_read+0x1d
-      2.2 %  0xffffffff81033f40
+Guest code per exit reason (kvm_exit's guest RIP, 47082 exits, 4 more without their RIP: the kernel's RIP map was full; names: report --guest-symbols VM=System.map)
+  web01 io, port 0x0070 (RTC index) out: 42000 exits
+     97.6 %  0xffffffff81033f1d  rtc_cmos_read+0x1d
+      2.4 %  0xffffffff81033f40
+  web01 io, port 0x0071 (RTC data) in: 4000 exits
+    100.0 %  0xffffffff81033f2a
   web01 hlt: 1002 exits
     100.0 %  0xffffffff81a011c2
+  web01 io, port 0x0cfc (PCI config data) in: 80 exits
+    100.0 %  0xffffffff81033f1d  rtc_cmos_read+0x1d
 
 Slowest exits (at least 500.00us: 3 captured, 2 more not captured: the kernel's ring buffer was full)
   per VM and reason: web01 KVM_EXIT_IO 1, web01 hlt 1, web01 io 1

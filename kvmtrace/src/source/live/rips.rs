@@ -9,7 +9,7 @@ use crate::{
     model::rips::{RipBatch, RipCount},
 };
 
-/// Distinct (thread, reason, RIP) keys per interval: a guest kernel exits from a few hundred
+/// Distinct (thread, reason, detail, RIP) keys per interval: a guest kernel exits from a few hundred
 /// places; past this, exits count in RIPS_LOST.
 pub const GUEST_RIPS_ENTRIES: u32 = 16384;
 
@@ -34,6 +34,7 @@ impl RipCounter {
                     reason: k.reason,
                     rip: k.rip,
                     exits,
+                    detail: (k.detail.kind != 0).then_some((k.detail.kind, k.detail.a, k.detail.b)),
                 })
             },
         )?;

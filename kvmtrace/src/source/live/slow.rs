@@ -8,8 +8,8 @@ use aya::{
     maps::{MapData, RingBuf},
 };
 use kvmtrace_common::{
-    LatencyKind, maps,
-    slow::{FLIGHT_STORM, FlightRing, SlowDetail, SlowExit as RawSlowExit},
+    ExitDetail, LatencyKind, maps,
+    slow::{FLIGHT_STORM, FlightRing, SlowExit as RawSlowExit},
 };
 
 use super::per_cpu_growth;
@@ -127,7 +127,7 @@ fn kind(k: u32) -> SlowKind {
     }
 }
 
-fn detail(d: &SlowDetail) -> Option<(u32, u32, u64)> {
+fn detail(d: &ExitDetail) -> Option<(u32, u32, u64)> {
     (d.kind != 0).then_some((d.kind, d.a, d.b))
 }
 
