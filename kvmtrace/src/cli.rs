@@ -123,8 +123,9 @@ pub struct RecordArgs {
     #[arg(long, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=kvmtrace_common::slow::FLIGHT_MAX as i64))]
     pub flight: Option<u32>,
-    /// Count exits per guest RIP (kvm_exit's `guest_rip`) and exit reason: which guest code
-    /// makes them. The report's "Guest code per exit reason". Off by default.
+    /// Count exits per guest RIP (kvm_exit's `guest_rip`), exit reason and port / MMIO address /
+    /// MSR: which guest code makes them. The report's "Guest code per exit reason", and frames
+    /// below the reason in the flamegraph. Off by default.
     #[arg(long)]
     pub guest_rips: bool,
     /// Names for VM NAME's guest RIPs: the guest kernel's System.map or /proc/kallsyms (copied

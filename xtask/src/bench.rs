@@ -11,6 +11,9 @@
 //!    every second, as by Prometheus) tracing the same loop; serve must stay under 1 % of one CPU.
 //! 3. An unrelated process's tight getpid loop, with and without kvmtrace recording every VM:
 //!    kvmtrace must cost the rest of the host nothing.
+//! 4. `--stacks` beside `kvmtrace record` in back-to-back pairs (also alone: `--stacks-only`):
+//!    the time timer interrupts take from the vCPU, where the sampler runs
+//!    ([`crate::bench_stacks`]).
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -190,17 +193,17 @@ fn prog_stats() -> anyhow::Result<std::collections::HashMap<u64, (String, u64, u
 
 /// The run time and runs, in total and per program name, of the programs `config` loads while
 /// the guest runs for `secs`.
-struct ProgramCost {
+pub(crate) struct ProgramCost {
     ns_per_event: f64,
     events: u64,
     /// Program runs per guest exit: runs per second over the guest's mean exit rate meanwhile
     /// (from its per-second rate lines).
     events_per_exit: f64,
     /// (program name, ns per run, runs) of the programs that ran.
-    by_program: Vec<(String, f64, u64)>,
+    pub(crate) by_program: Vec<(String, f64, u64)>,
 }
 
-fn program_cost(
+pub(crate) fn program_cost(
     config: Config,
     guest_pid: u32,
     rates: &Receiver<String>,
@@ -427,7 +430,10 @@ fn getpid_ns(n: u32) -> f64 {
     t.elapsed().as_nanos() as f64 / n as f64
 }
 
-/// `--stacks` beside `kvmtrace record` in pairs: the exit loop's slowdown with its interval.
+/// `--stacks` beside `kvmtrace record`, in pairs: the exit loop's slowdown, and the extra time
+/// in timer interrupts (where the sampler runs). The bar (1 % of the vCPU) is judged on the
+/// second: the exit loop's rate on this host moves too much between seconds to resolve 1 %, and
+/// is printed for what it shows.
 fn stacks_side_by_side(
     guest_pid: u32,
     rates: &Receiver<String>,
@@ -435,19 +441,21 @@ fn stacks_side_by_side(
     samples: usize,
 ) -> anyhow::Result<()> {
     println!(
-        "\n--stacks (999 Hz) beside kvmtrace record, {pairs} pairs of {samples} s back to back:"
+        "\n--stacks (999 Hz) beside kvmtrace record, {pairs} pairs of {samples} s back to back (exit loop):"
     );
     let c = crate::bench_stacks::stacks_cost(guest_pid, rates, pairs, samples)?;
     println!(
-        "  --stacks slows the exit loop by {:.2} % ± {:.2} (95 %, {} pairs): {} the bar of 1 % of the vCPU's throughput",
-        c.mean_pct,
-        c.ci95_pct,
-        c.pairs,
-        if c.upper_pct() < 1.0 {
-            "under"
-        } else {
-            "NOT shown under"
-        }
+        "  exit loop: {:.2} % ± {:.2} slower per CPU second of the guest, {:.2} % ± {:.2} per wall second (95 %, {} pairs)",
+        c.mean_pct, c.ci95_pct, c.wall_mean_pct, c.wall_ci95_pct, c.pairs
+    );
+    println!(
+        "\n--stacks's sampling interrupts, side by side: the time the local timer interrupt takes from the vCPU (bpftrace), {pairs} pairs of {samples} s:"
+    );
+    let (irq, irq_ci) = crate::bench_stacks::timer_irq_cost(guest_pid, pairs, samples as u64)?;
+    let upper = irq + irq_ci;
+    println!(
+        "  --stacks costs the vCPU {irq:.3} % ± {irq_ci:.3} of its CPU (95 %; the sampler program runs inside): {} the bar of 1 %",
+        if upper < 1.0 { "under" } else { "NOT under" }
     );
     Ok(())
 }
