@@ -413,10 +413,12 @@ fn host_stacks_split_by_exit_reason() {
     let mut guest = Guest::start(
         "l1-stacks",
         // Plain HLT (to user space): the LAPIC-timer halts of `hlt_timer` under --stacks hung
-        // L1 once in CI (a guest that never finished its step).
+        // L1 once in CI (a guest that never finished its step). 15 000 port writes: with 3 000,
+        // CI once sampled only 14 io exits in the kernel, none of them in the port I/O path
+        // (most in kvmtrace's own programs, whose clock reads are slow under TCG).
         &[
             "--run",
-            "pio_out,port=0x80,count=3000;mmio_w,count=3000;hlt,count=300",
+            "pio_out,port=0x80,count=15000;mmio_w,count=3000;hlt,count=300",
         ],
     );
     let file = crate::harness::temp("l1-stacks.kvmtrace");
