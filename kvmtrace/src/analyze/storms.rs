@@ -278,7 +278,16 @@ pub fn detect(series: &Series, cfg: &Config, label: &dyn Fn(u32, u32) -> VcpuLab
         }
     }
     // Most specific first: a port storm absorbs the io / IO storms of its vCPU that overlap it.
-    found.sort_by_key(|(k, s, _)| (std::cmp::Reverse(specificity(&k.what)), k.pid, k.tid, *s));
+    // The key last: the series come in no particular order, and the result must not depend on it.
+    found.sort_by_key(|(k, s, _)| {
+        (
+            std::cmp::Reverse(specificity(&k.what)),
+            k.pid,
+            k.tid,
+            *s,
+            k.what,
+        )
+    });
     let mut groups: Vec<(Key, usize, usize, Vec<Key>)> = Vec::new();
     for (key, s, e) in found {
         let fam = family(&key.what);

@@ -4,6 +4,7 @@
 
 use std::{
     collections::{HashMap, hash_map::Entry},
+    hash::BuildHasher,
     hash::Hash,
 };
 
@@ -73,8 +74,8 @@ impl<'a> Input<'a> {
 /// Encoder state: the keys already sent.
 #[derive(Default)]
 pub struct Encoder {
-    latency_ids: HashMap<LatencyKey, u64>,
-    detail_ids: HashMap<DetailKey, u64>,
+    latency_ids: foldhash::HashMap<LatencyKey, u64>,
+    detail_ids: foldhash::HashMap<DetailKey, u64>,
 }
 
 /// Decoder state: the file's format version and the keys received so far, by id.
@@ -152,8 +153,8 @@ impl Encoder {
 }
 
 /// The keys of `keys` not sent yet, in order and each once, given their ids.
-fn declare<'k, K: Copy + Eq + Hash + 'k>(
-    ids: &mut HashMap<K, u64>,
+fn declare<'k, K: Copy + Eq + Hash + 'k, S: BuildHasher>(
+    ids: &mut HashMap<K, u64, S>,
     keys: impl Iterator<Item = &'k K>,
 ) -> Vec<K> {
     let mut new = Vec::new();

@@ -1,7 +1,7 @@
 //! Each interval: switch the epoch, wait out the programs still writing the old one, read and
 //! delete it, and settle the threads that ended.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray};
 use kvmtrace_common::{Counter, DetailKey, DetailKind, LatencyKey, ThreadState, detail_slot, maps};
@@ -110,7 +110,7 @@ impl Tracer {
         let entries = read_map(&self.ebpf, maps::THREADS, &mut self.thread_buffers)?;
         add_pending(&entries, closed, &mut iv.details);
         let now = ktime_ns();
-        let mut keyed: HashMap<(u32, u32, u32), u64> = HashMap::new();
+        let mut keyed: foldhash::HashMap<(u32, u32, u32), u64> = Default::default();
         for (k, n) in &iv.details {
             *keyed.entry((k.tgid, k.tid, k.kind)).or_default() += n;
         }

@@ -79,7 +79,7 @@ pub(super) fn add_pending(
     closed: u32,
     details: &mut Vec<(DetailKey, u64)>,
 ) {
-    let mut pending: HashMap<DetailKey, u64> = HashMap::new();
+    let mut pending: foldhash::HashMap<DetailKey, u64> = Default::default();
     for (tid, st) in threads {
         for p in &st.pending[(closed & 1) as usize] {
             if p.seq == closed && p.count > 0 {

@@ -26,11 +26,7 @@ mod stacks;
 pub use floor::attach_floor;
 use kernel::*;
 
-use std::{
-    collections::{HashMap, HashSet},
-    path::PathBuf,
-    time::Instant,
-};
+use std::{collections::HashSet, path::PathBuf, time::Instant};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -111,7 +107,7 @@ pub struct Tracer {
     /// The open epoch's sequence number; 0 before [`Tracer::open`] and after [`Tracer::close`].
     seq: u32,
     /// Each live thread's per-(parity, kind) detail totals as last read.
-    prev_totals: HashMap<(u32, u32), [u64; 2 * DETAIL_KINDS]>,
+    prev_totals: foldhash::HashMap<(u32, u32), [u64; 2 * DETAIL_KINDS]>,
     /// Threads found gone at the previous drain: read once more (events of the epoch they died
     /// in), then deleted. Their CPU accounting was frozen when they were found gone.
     exited: HashSet<(u32, u32)>,
@@ -268,7 +264,7 @@ impl Tracer {
             tracefs,
             started: Instant::now(),
             seq: 0,
-            prev_totals: HashMap::new(),
+            prev_totals: Default::default(),
             exited: HashSet::new(),
             proc_root: PathBuf::from("/proc"),
             warned: HashSet::new(),
