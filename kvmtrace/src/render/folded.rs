@@ -18,7 +18,7 @@ use super::Weight;
 use crate::{
     model::identity::VcpuLabel,
     names::detail_frame,
-    report::{ExitRow, Report, VmReport},
+    report::{Report, VmReport},
     tp::class::{ExitClass, exit_msr_dir},
 };
 
@@ -88,29 +88,30 @@ fn split(weight: u64, events: u64, parts: &[(String, u64)]) -> (Vec<(String, u64
     (shares, weight - used)
 }
 
-/// (frame, exits) of the guest code that exits of `e`'s vCPU and reason, with the detail whose
-/// frame is `detail` (None: without one), came from: empty without `--guest-rips`.
-fn guest_code(report: &Report, pid: u32, e: &ExitRow, detail: Option<&str>) -> Vec<(String, u64)> {
-    let Some(gc) = &report.guest_code else {
-        return Vec::new();
-    };
-    let mut out: BTreeMap<String, u64> = BTreeMap::new();
-    let of_row = gc.by_vcpu.iter().filter(|g| {
-        g.pid == pid
-            && g.isa == e.isa_code
-            && g.reason_code == e.reason_code
-            && e.vcpu.is_none_or(|v| v == g.vcpu)
-            && g.detail.as_ref().map(detail_frame).as_deref() == detail
-    });
-    for g in of_row {
-        for r in &g.top {
-            *out.entry(r.frame()).or_default() += r.exits;
-        }
-        if g.other != 0 {
-            *out.entry("guest, other RIPs".into()).or_default() += g.other;
+/// (VM, vCPU or None for all, isa, reason, detail frame or None).
+type GuestCodeAt = (u32, Option<VcpuLabel>, u32, u32, Option<String>);
+
+/// The guest code frames of every (VM, vCPU, reason, detail) with `--guest-rips`, and of every
+/// (VM, reason, detail) over all vCPUs: (frame, exits), built once per report.
+fn guest_code_frames(report: &Report) -> BTreeMap<GuestCodeAt, Vec<(String, u64)>> {
+    let mut by: BTreeMap<GuestCodeAt, BTreeMap<String, u64>> = BTreeMap::new();
+    for g in report.guest_code.iter().flat_map(|gc| &gc.by_vcpu) {
+        let detail = g.detail.as_ref().map(detail_frame);
+        for vcpu in [Some(g.vcpu), None] {
+            let at = by
+                .entry((g.pid, vcpu, g.isa, g.reason_code, detail.clone()))
+                .or_default();
+            for r in &g.top {
+                *at.entry(r.frame()).or_default() += r.exits;
+            }
+            if g.other != 0 {
+                *at.entry("guest, other RIPs".into()).or_default() += g.other;
+            }
         }
     }
-    out.into_iter().collect()
+    by.into_iter()
+        .map(|(k, v)| (k, v.into_iter().collect()))
+        .collect()
 }
 
 /// `stack` with weight `w`, split over the guest code frames `code` below it.
@@ -150,6 +151,7 @@ pub fn lines(report: &Report, weight: Weight) -> Vec<String> {
             .map(|hs| super::host_paths::folded(hs, frame))
             .unwrap_or_default();
     }
+    let guest_code = guest_code_frames(report);
     let mut out = Vec::new();
     for vm in &report.vms {
         // The VM frame is its name, so recordings of the same VM compare (diff) even when its pid
@@ -177,13 +179,16 @@ pub fn lines(report: &Report, weight: Weight) -> Vec<String> {
                 let vcpu = vcpu_frame(&e.vcpu);
                 let msr_dir = exit_msr_dir(e.isa_code, e.reason_code);
                 let (parts, own) = split(w, e.count, &details(vm, e.class, &e.vcpu, msr_dir));
-                let code = guest_code(report, vm.pid, e, None);
-                for (stack, w) in with_guest_code(&[&vcpu, &e.reason], own, &code) {
+                let code = |detail: Option<&String>| {
+                    let at = (vm.pid, e.vcpu, e.isa_code, e.reason_code, detail.cloned());
+                    guest_code.get(&at).map_or(&[][..], Vec::as_slice)
+                };
+                for (stack, w) in with_guest_code(&[&vcpu, &e.reason], own, code(None)) {
                     emit(&stack, w);
                 }
-                for (label, pw) in parts {
-                    let code = guest_code(report, vm.pid, e, Some(&label));
-                    for (stack, w) in with_guest_code(&[&vcpu, &e.reason, &label], pw, &code) {
+                for (label, pw) in &parts {
+                    let stack = [vcpu.as_str(), &e.reason, label];
+                    for (stack, w) in with_guest_code(&stack, *pw, code(Some(label))) {
                         emit(&stack, w);
                     }
                 }
