@@ -440,6 +440,11 @@ fn stacks_side_by_side(
     pairs: usize,
     samples: usize,
 ) -> anyhow::Result<()> {
+    // A guest that has not made its VM yet is no VM to `record -p` (with --stacks-only this
+    // runs right after the guest is started).
+    wait_for(rates, "the guest's first second", |l| {
+        l.starts_with("result")
+    })?;
     println!(
         "\n--stacks (999 Hz) beside kvmtrace record, {pairs} pairs of {samples} s back to back (exit loop):"
     );
