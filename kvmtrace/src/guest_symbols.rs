@@ -61,13 +61,13 @@ pub fn apply(code: &mut GuestCode, all: &[GuestSymbols]) -> Result<(), Error> {
     let symbolizer = Symbolizer::new();
     for gs in all {
         let source = source(&gs.file)?;
-        let groups: Vec<usize> = (0..code.groups.len())
-            .filter(|&i| {
-                let g = &code.groups[i];
-                g.vm == gs.vm || g.pid.to_string() == gs.vm
-            })
+        let pids: Vec<u32> = code
+            .groups
+            .iter()
+            .filter(|g| g.vm == gs.vm || g.pid.to_string() == gs.vm)
+            .map(|g| g.pid)
             .collect();
-        if groups.is_empty() {
+        if pids.is_empty() {
             let mut found: Vec<String> = code.groups.iter().map(|g| g.vm.clone()).collect();
             found.sort();
             found.dedup();
@@ -82,7 +82,6 @@ pub fn apply(code: &mut GuestCode, all: &[GuestSymbols]) -> Result<(), Error> {
                 }
             )));
         }
-        let pids: Vec<u32> = groups.iter().map(|&i| code.groups[i].pid).collect();
         let of_vm = |pid: u32| pids.contains(&pid);
         let mut addrs: Vec<u64> = code
             .groups

@@ -93,8 +93,10 @@ impl GuestRipRow {
     }
 }
 
-/// The top RIPs by exits as rows, and the exits of the rest.
-fn top_rows(at: BTreeMap<u64, u64>, exits: u64) -> (Vec<GuestRipRow>, u64) {
+/// A group's RIP -> exits and its exits under no RIP: its exits, the top RIPs by exits as rows,
+/// and the exits of the rest.
+fn top_rows(at: BTreeMap<u64, u64>, unkeyed: u64) -> (u64, Vec<GuestRipRow>, u64) {
+    let exits = at.values().sum::<u64>() + unkeyed;
     let mut at: Vec<(u64, u64)> = at.into_iter().collect();
     at.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     let top: Vec<GuestRipRow> = at
@@ -109,7 +111,7 @@ fn top_rows(at: BTreeMap<u64, u64>, exits: u64) -> (Vec<GuestRipRow>, u64) {
         })
         .collect();
     let shown: u64 = top.iter().map(|r| r.exits).sum();
-    (top, exits - shown)
+    (exits, top, exits - shown)
 }
 
 /// RIP -> exits per key of `by`, with the exits counted under no RIP (the model's bound).
@@ -136,17 +138,15 @@ pub fn build(
     if !rips.enabled {
         return None;
     }
-    let detail_of = |g: &RipGroup| decode_detail(g.0, g.1, g.4);
     let mut groups: Vec<GuestCodeGroup> = grouped(rips, |g| (g.0, g.2, g.3, g.4))
         .into_iter()
         .map(|((pid, isa, reason, detail), (at, unkeyed))| {
-            let exits = at.values().sum::<u64>() + unkeyed;
-            let (top, other) = top_rows(at, exits);
+            let (exits, top, other) = top_rows(at, unkeyed);
             GuestCodeGroup {
                 vm: vm_name(pid),
                 pid,
                 reason: exit_reason_name(isa, reason),
-                detail: detail_of(&(pid, 0, isa, reason, detail)).map(|d| detail_phrase(&d)),
+                detail: decode_detail(pid, 0, detail).map(|d| detail_phrase(&d)),
                 exits,
                 top,
                 other,
@@ -163,17 +163,15 @@ pub fn build(
     let rest = groups.split_off(groups.len().min(GROUPS));
     let by_vcpu = grouped(rips, |g| *g)
         .into_iter()
-        .map(|(g, (at, unkeyed))| {
-            let (pid, tid, isa, reason, _) = g;
-            let exits = at.values().sum::<u64>() + unkeyed;
-            let (top, other) = top_rows(at, exits);
+        .map(|((pid, tid, isa, reason, detail), (at, unkeyed))| {
+            let (_, top, other) = top_rows(at, unkeyed);
             VcpuGuestCode {
                 pid,
                 vcpu: vcpu_label(pid, tid),
                 isa,
                 reason_code: reason,
                 reason: exit_reason_name(isa, reason),
-                detail: detail_of(&g),
+                detail: decode_detail(pid, tid, detail),
                 top,
                 other,
             }
