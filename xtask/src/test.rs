@@ -7,12 +7,20 @@
 //! the recording reader. xtask's own unit tests (the requirements scan among them) run with
 //! `--lib --bins`: xtask is a binary crate in the default members.
 
+use anyhow::Context as _;
+
 use crate::{
     dist, fuzz, nested, setup,
     sh::{cargo, cmd, run, run_counting},
 };
 
+/// What a full run from a fresh clone writes (target/, fuzz/target, the nested rig's kernels and
+/// apt cache), measured, with room to spare. A full disk once failed CI 15 minutes in, inside a
+/// build script, with an error that named neither the disk nor the need.
+const DISK_NEEDED_GIB: u64 = 12;
+
 pub fn run_tests() -> anyhow::Result<()> {
+    check_free_space()?;
     setup::run_setup()?;
     run(cargo().args(["fmt", "--all", "--check"]))?;
     run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
@@ -68,4 +76,60 @@ pub fn run_tests() -> anyhow::Result<()> {
     // The plain closing line: every test that ran (unit, integration, nested L1), none failed.
     println!("tests: {passed} passed, 0 failed");
     Ok(())
+}
+
+/// Fails at once, and says what to free, when the checkout's file system cannot hold a full run.
+/// What this checkout already built counts as available: a warm run rewrites little of it.
+fn check_free_space() -> anyhow::Result<()> {
+    let root = crate::sh::root();
+    let free = free_bytes(&root)?;
+    let reusable = dir_size(&root.join("target")) + dir_size(&root.join("fuzz/target"));
+    let gib = |bytes: u64| bytes as f64 / (1u64 << 30) as f64;
+    eprintln!(
+        "xtask test: {:.1} GiB free on {}, {:.1} GiB already built",
+        gib(free),
+        root.display(),
+        gib(reusable)
+    );
+    if free + reusable < DISK_NEEDED_GIB << 30 {
+        anyhow::bail!(
+            "a full test run needs about {DISK_NEEDED_GIB} GiB on {} (target/, fuzz/target, the \
+             nested rig's kernels); only {:.1} GiB are free. Free space there (old checkouts' \
+             target directories, `cargo clean`) and run again",
+            root.display(),
+            gib(free)
+        );
+    }
+    Ok(())
+}
+
+/// Bytes free to an unprivileged writer on the file system holding `path`.
+fn free_bytes(path: &std::path::Path) -> anyhow::Result<u64> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: c_path is a NUL-terminated path and stat points to writable memory of the right
+    // type; statvfs fills it completely when it returns 0.
+    if unsafe { libc::statvfs(c_path.as_ptr(), stat.as_mut_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("statvfs {}", path.display()));
+    }
+    // SAFETY: statvfs returned 0, so it initialised the struct.
+    let stat = unsafe { stat.assume_init() };
+    Ok(stat.f_bavail * stat.f_frsize)
+}
+
+/// Apparent size of the files under `dir` (0 when it does not exist).
+fn dir_size(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| match entry.file_type() {
+            Ok(kind) if kind.is_dir() => dir_size(&entry.path()),
+            Ok(kind) if kind.is_file() => entry.metadata().map_or(0, |meta| meta.len()),
+            _ => 0,
+        })
+        .sum()
 }
