@@ -21,8 +21,13 @@ pub mod maps {
     /// tgid -> 1 for the VMs being traced; consulted only when `Config::filter_tgids` is 1 and
     /// more VMs are traced than `Config::tgids` holds.
     pub const TRACED_TGIDS: &str = "TRACED_TGIDS";
-    /// tid -> [`crate::ThreadState`]: the open exit and the open userspace round trip of a vCPU thread.
+    /// tid -> its slot in THREAD_SLOTS (u32): the registry of traced threads.
     pub const THREADS: &str = "THREADS";
+    /// Array of [`crate::ThreadState`] ([`crate::THREAD_SLOTS_LEN`], memory-mappable; slot 0
+    /// unused): each vCPU thread's open exit, open userspace round trip and CPU accounting.
+    pub const THREAD_SLOTS: &str = "THREAD_SLOTS";
+    /// Stack of the free slots of THREAD_SLOTS (u32), filled by the collector at start.
+    pub const FREE_SLOTS: &str = "FREE_SLOTS";
     /// [`crate::LatencyKey`] -> [`crate::LatencyStats`], one map per epoch parity (index
     /// `seq & 1`): the programs write the open epoch's map; the collector, after switching to the
     /// next epoch, reads and deletes the whole closed one in one pass
@@ -39,8 +44,9 @@ pub mod maps {
     /// counted before everything is attached and the threads' states are established, nor after
     /// stop); otherwise its parity selects the LATENCY and DETAILS maps the programs write.
     pub const CONTROL: &str = "CONTROL";
-    /// tid -> 1: a byte per tid marking vCPU threads (see kvmtrace-ebpf's state.rs).
-    pub const TID_MARKS: &str = "TID_MARKS";
+    /// tid -> its slot (u16, 0: none), for tids below 2^20: the programs' fast path to a
+    /// thread's state (see kvmtrace-ebpf's state.rs).
+    pub const TID_SLOTS: &str = "TID_SLOTS";
     /// Per-CPU array of u64 indexed by [`crate::Counter`].
     pub const COUNTERS: &str = "COUNTERS";
     /// [`crate::stacks::StackKey`] -> samples (u64), one map per epoch parity like LATENCY.
@@ -246,6 +252,14 @@ impl Config {
     };
 }
 
+/// How many vCPU threads can be traced at once (THREAD_SLOTS' entries, slot 0 unused).
+pub const THREAD_SLOTS_LEN: u32 = 8192;
+
+// The collector maps THREAD_SLOTS: its elements must be exactly ThreadState-sized (the kernel
+// rounds an array's value size up to 8 bytes), and TID_SLOTS holds slots as u16.
+const _: () = assert!(core::mem::size_of::<ThreadState>().is_multiple_of(8));
+const _: () = assert!(THREAD_SLOTS_LEN <= u16::MAX as u32 + 1);
+
 /// Per-thread pairing state. A timestamp of 0 means "nothing open".
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -263,6 +277,9 @@ pub struct ThreadState {
     pub flags: u32,
     /// The thread's process (the VM), so that open exits can be attributed at stop.
     pub tgid: u32,
+    /// The thread whose slot this is (0: a free slot).
+    pub tid: u32,
+    pub pad: u32,
     // CPU accounting (cumulative ns since `first_ts`), from kvm_fpu and sched_switch.
     /// ktime of the thread's first event after attach.
     pub first_ts: u64,
@@ -579,7 +596,7 @@ pub enum Counter {
     /// DETAILS had no room for a new key: the event is counted only in its thread's totals
     /// (the "other keys" row).
     DetailMapFull = 7,
-    /// THREADS had no room for a new thread: its exits cannot be paired.
+    /// Every thread slot was taken: a new thread's exits cannot be paired.
     ThreadMapFull = 8,
     /// kvm_userspace_exit while one was already open: KVM_RUN returned to user space again with no
     /// kvm_fpu load or kvm_entry in between (seen on kvm_pvm); the earlier round trip has no end

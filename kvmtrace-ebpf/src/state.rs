@@ -6,12 +6,12 @@ use aya_ebpf::{
     EbpfContext as _,
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::map,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray, Stack},
     programs::TracePointContext,
 };
 use kvmtrace_common::{
     Config, Counter, DetailKey, DetailKind, ExitDetail, FIELD_ABSENT, INLINE_TGIDS, LatencyKey,
-    LatencyStats, PendingDetail, THREAD_UNRESOLVED, ThreadState,
+    LatencyStats, PendingDetail, THREAD_SLOTS_LEN, THREAD_UNRESOLVED, ThreadState,
 };
 
 /// Set by the collector with `override_global` before load.
@@ -20,16 +20,28 @@ pub(crate) static CONFIG: Config = Config::UNSET;
 
 #[map]
 pub static TRACED_TGIDS: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
+/// Per-thread state lives in THREAD_SLOTS, an array, so the hot path is two array loads the
+/// verifier inlines (TID_SLOTS[tid], then the slot) instead of a hash lookup (about half of a
+/// detail event's cost). THREADS (tid -> slot) is the registry: a thread's first event, or the
+/// collector's seed, claims a slot by inserting it there (BPF_NOEXIST: whichever comes second
+/// takes the first's slot), and the collector lists the traced threads from it. Free slots wait
+/// in FREE_SLOTS, a stack, so the slots in use stay at the low end.
 #[map]
-pub static THREADS: HashMap<u32, ThreadState> = HashMap::with_max_entries(8192, 0);
-/// One byte per tid below [`TID_MARKS`]: 1 when the tid has a THREADS entry. sched_switch
-/// checks it (an array load the verifier inlines) before the hash lookups, so the context
-/// switches of the host's other threads cost almost nothing. Only the thread itself writes its
-/// byte (or the collector, for threads it seeds or retires), so no atomics are needed; a stale 1
-/// after tid reuse only costs a failed lookup.
+pub static THREADS: HashMap<u32, u32> = HashMap::with_max_entries(THREAD_SLOTS_LEN, 0);
+/// Slot 0 is never handed out: TID_SLOTS holds 0 for "no slot". Memory-mappable, so the
+/// collector reads and seeds the states without a syscall per thread.
 #[map]
-pub static TID_MARKS: Array<u8> = Array::with_max_entries(TID_MARKS_LEN, 0);
-pub const TID_MARKS_LEN: u32 = 1 << 20;
+pub static THREAD_SLOTS: Array<ThreadState> =
+    Array::with_max_entries(THREAD_SLOTS_LEN, BPF_F_MMAPABLE);
+#[map]
+pub static FREE_SLOTS: Stack<u32> = Stack::with_max_entries(THREAD_SLOTS_LEN, 0);
+/// tid -> its slot, for tids below [`TID_SLOTS_LEN`] (above, every event asks THREADS). Only the
+/// thread itself writes its entry, so no atomics are needed; a stale entry (the tid reused, the
+/// slot retired) fails the slot's own tid/tgid check and the event takes the THREADS path.
+#[map]
+pub static TID_SLOTS: Array<u16> = Array::with_max_entries(TID_SLOTS_LEN, 0);
+pub const TID_SLOTS_LEN: u32 = 1 << 20;
+const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 #[map]
 pub static CONTROL: Array<u32> = Array::with_max_entries(1, 0);
@@ -104,13 +116,19 @@ pub fn bump(counter: Counter) {
     }
 }
 
-/// Could `tid` be a traced vCPU thread? Exact for tids below TID_MARKS_LEN, "maybe" above.
+/// The state of traced thread `tid` if it has one, for the programs that only read or update
+/// states (sched_switch, the stack sampler): the host's other threads cost one array load.
 #[inline(always)]
-pub fn maybe_traced_tid(tid: u32) -> bool {
-    if tid >= TID_MARKS_LEN {
-        return true;
-    }
-    TID_MARKS.get(tid).is_some_and(|m| *m != 0)
+pub fn slot_of(tid: u32) -> Option<*mut ThreadState> {
+    let slot = if tid < TID_SLOTS_LEN {
+        u32::from(*TID_SLOTS.get(tid)?)
+    } else {
+        // SAFETY: a THREADS value is a plain u32.
+        unsafe { *THREADS.get_ptr(tid)? }
+    };
+    let state = THREAD_SLOTS.get_ptr_mut(slot)?;
+    // SAFETY: a THREAD_SLOTS element; only its tid field is read here.
+    (slot != 0 && unsafe { (*state).tid } == tid).then_some(state)
 }
 
 /// Reads a tracepoint field of type T at `offset`, or 0 when this kernel lacks the field.
@@ -140,46 +158,70 @@ pub fn field<T: Default + Copy>(ctx: &TracePointContext, offset: u32, usual: u32
 }
 
 /// The thread's state, created on its first event after attach (threads already running when
-/// tracing started were created by the collector). A tid reused by another process starts
-/// fresh. None only when THREADS is full.
+/// tracing started were seeded by the collector). A tid reused by another process starts fresh.
+/// None only when every slot is taken.
 #[inline(always)]
 pub fn thread_state(tgid: u32, tid: u32) -> Option<*mut ThreadState> {
-    if let Some(p) = THREADS.get_ptr_mut(tid) {
-        // SAFETY: p points at this thread's THREADS value; only this thread's events write it.
-        let state = unsafe { &mut *p };
-        if state.tgid != tgid {
-            *state = fresh_state(tgid);
-            mark_tid(tid);
+    if tid < TID_SLOTS_LEN
+        && let Some(&slot) = TID_SLOTS.get(tid)
+        && slot != 0
+        && let Some(p) = THREAD_SLOTS.get_ptr_mut(u32::from(slot))
+    {
+        // SAFETY: a THREAD_SLOTS element; only its own thread's events write a claimed slot.
+        let state = unsafe { &*p };
+        if state.tid == tid && state.tgid == tgid {
+            return Some(p);
         }
-        return Some(p);
     }
-    mark_tid(tid);
-    let fresh = fresh_state(tgid);
-    if THREADS.insert(tid, fresh, BPF_NOEXIST).is_err() && THREADS.get_ptr_mut(tid).is_none() {
-        bump(Counter::ThreadMapFull);
-        return None;
-    }
-    THREADS.get_ptr_mut(tid)
+    claim_state(tgid, tid)
 }
 
-/// Marks `tid` as a vCPU thread for sched_switch.
+/// The slow path of [`thread_state`]: the thread's first event, a seeded thread's first event
+/// (its slot is in THREADS, not yet in TID_SLOTS), or a tid reused since its slot was set.
 #[inline(always)]
-fn mark_tid(tid: u32) {
-    if let Some(mark) = TID_MARKS.get_ptr_mut(tid) {
-        // SAFETY: an element of a map value array; only this thread writes its byte (the
-        // collector clears it only after deleting a gone thread's entry).
-        unsafe { *mark = 1 };
+fn claim_state(tgid: u32, tid: u32) -> Option<*mut ThreadState> {
+    // SAFETY (both THREADS reads below): a THREADS value is a plain u32.
+    let slot = match THREADS.get_ptr(tid) {
+        Some(slot) => unsafe { *slot },
+        None => {
+            let Ok(Some(free)) = FREE_SLOTS.pop() else {
+                bump(Counter::ThreadMapFull);
+                return None;
+            };
+            let p = THREAD_SLOTS.get_ptr_mut(free)?;
+            // SAFETY: a free slot: nobody else holds it until THREADS says whose it is.
+            unsafe { *p = fresh_state(tgid, tid) };
+            if THREADS.insert(tid, free, BPF_NOEXIST).is_err() {
+                // The collector seeded this thread a moment ago: its slot wins.
+                let _ = FREE_SLOTS.push(free, 0);
+                unsafe { *THREADS.get_ptr(tid)? }
+            } else {
+                free
+            }
+        }
+    };
+    let p = THREAD_SLOTS.get_ptr_mut(slot)?;
+    // SAFETY: the slot THREADS gives this tid; only this thread's events write it.
+    let state = unsafe { &mut *p };
+    if state.tid != tid || state.tgid != tgid {
+        *state = fresh_state(tgid, tid);
     }
+    if let Some(entry) = TID_SLOTS.get_ptr_mut(tid) {
+        // SAFETY: an element of a map value array; only this thread writes its own entry.
+        unsafe { *entry = slot as u16 };
+    }
+    Some(p)
 }
 
 /// A thread seen for the first time: inside KVM_RUN until its first kvm_fpu event says
 /// otherwise (every event but a kvm_fpu load happens inside KVM_RUN).
 #[inline(always)]
-fn fresh_state(tgid: u32) -> ThreadState {
+fn fresh_state(tgid: u32, tid: u32) -> ThreadState {
     let now = now_ns();
     ThreadState {
         vcpu_id: kvmtrace_common::VCPU_UNKNOWN,
         tgid,
+        tid,
         first_ts: now,
         run_ts: now,
         flags: THREAD_UNRESOLVED,

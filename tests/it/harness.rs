@@ -182,9 +182,15 @@ impl Recorder {
 
     /// [`Recorder::start`] with arguments that need not be UTF-8.
     pub fn start_os(args: &[&std::ffi::OsStr]) -> Recorder {
+        Recorder::start_with_env(args, &[])
+    }
+
+    /// [`Recorder::start_os`] with extra environment variables.
+    pub fn start_with_env(args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> Recorder {
         let mut child = Command::new(kvmtrace_bin())
             .arg("record")
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

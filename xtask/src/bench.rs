@@ -684,7 +684,7 @@ pub fn run_bench(rounds: usize, samples: usize, stacks_only: bool) -> anyhow::Re
         );
 
         // Context switches of an unrelated process: each one runs the sched_switch programs of
-        // kvmtrace (two failed THREADS lookups for threads that are not vCPUs), of the empty
+        // kvmtrace (two TID_SLOTS loads for threads that are not vCPUs), of the empty
         // floor and of bpftrace.
         let mut pp: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
         for round in 0..rounds {

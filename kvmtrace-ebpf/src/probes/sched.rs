@@ -1,6 +1,6 @@
 //! sched:sched_switch, for vCPU threads only: off-CPU time, split into blocked and
-//! runnable-but-waiting, inside and outside KVM_RUN. The filter is TID_MARKS (a byte per tid) in
-//! front of the THREADS map: every other switch on the host costs two array loads.
+//! runnable-but-waiting, inside and outside KVM_RUN. The filter is TID_SLOTS (a slot per tid):
+//! every other switch on the host costs two array loads.
 //!
 //! ```text
 //! name: sched_switch
@@ -18,7 +18,7 @@ use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use kvmtrace_common::USUAL_OFFSETS;
 use kvmtrace_common::{THREAD_OFF_IN_RUN, THREAD_OFF_RUNNABLE};
 
-use crate::state::{THREADS, conf, field, maybe_traced_tid, now_ns, open_epoch};
+use crate::state::{conf, field, now_ns, open_epoch, slot_of};
 
 #[tracepoint]
 pub fn kvmtrace_switch(ctx: TracePointContext) -> u32 {
@@ -30,16 +30,14 @@ pub fn kvmtrace_switch(ctx: TracePointContext) -> u32 {
 fn try_switch(ctx: &TracePointContext) {
     let prev = field::<u32>(ctx, conf!(sched_prev_pid), USUAL_OFFSETS.sched_prev_pid);
     let next = field::<u32>(ctx, conf!(sched_next_pid), USUAL_OFFSETS.sched_next_pid);
-    // The other threads of the host leave first; the gate is checked only for vCPU threads.
-    let (prev_traced, next_traced) = (maybe_traced_tid(prev), maybe_traced_tid(next));
-    if !(prev_traced || next_traced) || open_epoch().is_none() {
-        return;
-    }
     // Each side is looked up and handled on its own: combining the two lookups' results lets the
-    // compiler OR the pointers together, which the verifier rejects.
-    if prev_traced && let Some(p) = THREADS.get_ptr_mut(prev) {
+    // compiler OR the pointers together, which the verifier rejects. The host's other threads
+    // have no slot; the gate is checked only for vCPU threads.
+    if let Some(p) = slot_of(prev)
+        && open_epoch().is_some()
+    {
         let ts = now_ns();
-        // SAFETY: THREADS values are only written by their own thread's events, and this is the
+        // SAFETY: a thread's slot is only written by its own thread's events, and this is the
         // switch away from that thread.
         let p = unsafe { &mut *p };
         let state = field::<u64>(ctx, conf!(sched_prev_state), USUAL_OFFSETS.sched_prev_state);
@@ -52,7 +50,9 @@ fn try_switch(ctx: &TracePointContext) {
             p.flags |= THREAD_OFF_RUNNABLE;
         }
     }
-    if next_traced && let Some(n) = THREADS.get_ptr_mut(next) {
+    if let Some(n) = slot_of(next)
+        && open_epoch().is_some()
+    {
         let ts = now_ns();
         // SAFETY: as above; this is the switch to that thread.
         let n = unsafe { &mut *n };

@@ -2,7 +2,7 @@
 //! what it was doing (its [`ThreadState`]: in the guest, in the kernel handling exit reason R,
 //! in the VMM handling userspace exit U) and its kernel and user stacks. The program only reads
 //! the thread's state; it never creates one (a thread gets its state from its own events or the
-//! collector's seeding), so samples of other threads cost a TID_MARKS load.
+//! collector's seeding), so samples of other threads cost a TID_SLOTS load.
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -19,7 +19,7 @@ use kvmtrace_common::{
     },
 };
 
-use crate::state::{BPF_NOEXIST, THREADS, current, maybe_traced_tid, open_epoch, traced};
+use crate::state::{BPF_NOEXIST, current, open_epoch, slot_of, traced};
 
 /// Sized by the collector: 1 entry when stacks are off. One per epoch parity, as the counts.
 #[map]
@@ -44,16 +44,16 @@ pub fn kvmtrace_stack_sample(ctx: PerfEventContext) -> u32 {
 #[inline(always)]
 fn try_sample(ctx: &PerfEventContext) {
     let (tgid, tid) = current();
-    if !maybe_traced_tid(tid) || !traced(tgid) {
+    let Some(state) = slot_of(tid) else {
+        return;
+    };
+    if !traced(tgid) {
         return;
     }
     let Some(seq) = open_epoch() else {
         return;
     };
-    let Some(state) = THREADS.get_ptr(tid) else {
-        return;
-    };
-    // SAFETY: a THREADS value; its own thread may be updating it (this sample may interrupt one
+    // SAFETY: a thread's slot; its own thread may be updating it (this sample may interrupt one
     // of its raw tracepoint programs), so a field may be a moment old: a sample is a sample.
     let state = unsafe { &*state };
     if state.tgid != tgid {

@@ -3,8 +3,8 @@
 
 use std::collections::HashSet;
 
-use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray};
-use kvmtrace_common::{Counter, DetailKey, DetailKind, LatencyKey, ThreadState, detail_slot, maps};
+use aya::maps::{Array, MapData, PerCpuArray};
+use kvmtrace_common::{Counter, DetailKey, DetailKind, LatencyKey, detail_slot, maps};
 
 use crate::{
     error::Error,
@@ -107,7 +107,7 @@ impl Tracer {
     /// deleted.
     pub(super) fn read_threads(&mut self, closed: u32, iv: &mut Interval) -> Result<(), Error> {
         let parity = closed & 1;
-        let entries = read_map(&self.ebpf, maps::THREADS, &mut self.thread_buffers)?;
+        let entries = self.slots.entries(&self.ebpf, &mut self.thread_buffers)?;
         add_pending(&entries, closed, &mut iv.details);
         let now = ktime_ns();
         let mut keyed: foldhash::HashMap<(u32, u32, u32), u64> = Default::default();
@@ -160,27 +160,15 @@ impl Tracer {
         self.forget(&gone)
     }
 
-    /// Deletes the THREADS entries (and TID_MARKS bytes) of threads that are gone.
+    /// Frees the slots of threads that are gone.
     pub(super) fn forget(&mut self, gone: &[(u32, u32)]) -> Result<(), Error> {
         if gone.is_empty() {
             return Ok(());
         }
-        let mut removed = Vec::new();
-        let mut threads: BpfHashMap<&mut MapData, u32, ThreadState> =
-            map_mut(&mut self.ebpf, maps::THREADS)?;
-        for &(tgid, tid) in gone {
-            // A tid reused by another process since is that process's entry now: keep it (and
-            // its mark).
-            if threads.get(&tid, 0).is_ok_and(|st| st.tgid == tgid) {
-                let _ = threads.remove(&tid);
-                removed.push(tid);
-            }
-            self.exited.remove(&(tgid, tid));
-            self.prev_totals.remove(&(tgid, tid));
-        }
-        let mut marks: Array<&mut MapData, u8> = map_mut(&mut self.ebpf, maps::TID_MARKS)?;
-        for tid in removed {
-            let _ = marks.set(tid, 0, 0);
+        self.slots.retire(&mut self.ebpf, gone)?;
+        for id in gone {
+            self.exited.remove(id);
+            self.prev_totals.remove(id);
         }
         Ok(())
     }

@@ -22,6 +22,7 @@ mod queries;
 mod rips;
 mod slow;
 mod stacks;
+mod threads;
 
 pub use floor::attach_floor;
 use kernel::*;
@@ -30,7 +31,7 @@ use std::{collections::HashSet, path::PathBuf, time::Instant};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap as BpfHashMap, MapData},
+    maps::{HashMap as BpfHashMap, MapData},
 };
 use kvmtrace_common::{
     CONFIG_GLOBAL, Config, Counter, DETAIL_KINDS, DetailKey, DetailKind, INLINE_TGIDS, LatencyKey,
@@ -125,7 +126,9 @@ pub struct Tracer {
     details_seen: u64,
     latency_buffers: batch::BatchBuffers<LatencyKey, LatencyStats>,
     detail_buffers: batch::BatchBuffers<DetailKey, u64>,
-    thread_buffers: batch::BatchBuffers<u32, ThreadState>,
+    thread_buffers: batch::BatchBuffers<u32, u32>,
+    /// The per-thread states (THREAD_SLOTS), mapped.
+    slots: threads::ThreadSlots,
     /// Host stack sampling, when asked for.
     stacks: Option<stacks::StackSampler>,
     /// Slow exits, when asked for.
@@ -203,6 +206,10 @@ impl Tracer {
         if opts.slow_ns.is_some() || opts.flight != 0 {
             loader.map_max_entries(maps::SLOW_EXITS, slow::SLOW_EXITS_BYTES);
         }
+        let thread_slots = threads::slots_wanted()?;
+        for name in [maps::THREADS, maps::THREAD_SLOTS, maps::FREE_SLOTS] {
+            loader.map_max_entries(name, thread_slots);
+        }
         if opts.flight != 0 {
             // One ring per vCPU thread, as many as THREADS holds.
             loader.map_max_entries(maps::FLIGHT, slow::FLIGHT_THREADS);
@@ -216,6 +223,7 @@ impl Tracer {
             .load(EBPF_OBJECT)
             .map_err(|e| Error::bpf("loading the eBPF object", e))?;
         init_template(&mut ebpf)?;
+        let slots = threads::ThreadSlots::open(&mut ebpf, thread_slots)?;
         if let Some(pids) = &opts.pids {
             let mut traced: BpfHashMap<&mut MapData, u32, u32> =
                 map_mut(&mut ebpf, maps::TRACED_TGIDS)?;
@@ -275,6 +283,7 @@ impl Tracer {
             latency_buffers: Default::default(),
             detail_buffers: Default::default(),
             thread_buffers: Default::default(),
+            slots,
             stacks,
             slow,
             started_ktime: kernel::ktime_ns(),
@@ -296,17 +305,16 @@ impl Tracer {
         self.started_ktime = kernel::ktime_ns();
         let running = running();
         let now = ktime_ns();
-        // Marks first: a seeded thread's context switches count from its first one.
-        let mut marks: Array<&mut MapData, u8> = map_mut(&mut self.ebpf, maps::TID_MARKS)?;
-        for &(_, tid, _) in &running {
-            // Tids beyond the array are "maybe traced" anyway.
-            let _ = marks.set(tid, 1, 0);
-        }
-        let mut threads: BpfHashMap<&mut MapData, u32, ThreadState> =
-            map_mut(&mut self.ebpf, maps::THREADS)?;
         for (tgid, tid, at) in running {
-            // EEXIST: the thread's own event created its entry already, from what it did.
-            let _ = threads.insert(tid, seed_state(tgid, now, at), BPF_NOEXIST);
+            // Where the thread's own event gave it a state already, that one stays.
+            if !self
+                .slots
+                .seed(&mut self.ebpf, tid, &seed_state(tgid, now, at))?
+            {
+                log::warn!(
+                    "no thread slot left for thread {tid} of pid {tgid}: its exits are not paired"
+                );
+            }
         }
         Ok(())
     }
@@ -323,17 +331,18 @@ impl Tracer {
         detail_keys: u32,
     ) -> Result<(), Error> {
         let parity = (self.seq & 1) as usize;
-        let mut threads: BpfHashMap<&mut MapData, u32, ThreadState> =
-            map_mut(&mut self.ebpf, maps::THREADS)?;
         for (v, &tid) in (0..).zip(tids) {
             let st = ThreadState {
                 tgid,
                 vcpu_id: v,
                 ..Default::default()
             };
-            threads
-                .insert(tid, st, 0)
-                .map_err(|e| Error::bpf("filling THREADS", e))?;
+            if !self.slots.seed(&mut self.ebpf, tid, &st)? {
+                return Err(Error::bpf(
+                    "filling THREADS",
+                    std::io::Error::other("no thread slot left"),
+                ));
+            }
         }
         let mut stats = LatencyStats::EMPTY;
         stats.count = 10;

@@ -3,7 +3,7 @@
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use kvmtrace_common::{
-    DetailKey, LatencyKey, LatencyStats, ThreadState, maps,
+    DetailKey, LatencyKey, LatencyStats, maps,
     stacks::{StackFrames, StackKey},
 };
 
@@ -93,7 +93,7 @@ impl Tracer {
     /// Entries in THREADS, LATENCY and DETAILS now: after the last drain, the live traced
     /// threads, 0 and 0 (nothing of a VM that came and went stays behind).
     pub fn occupancy(&self) -> Result<MapEntries, Error> {
-        let threads: BpfHashMap<&MapData, u32, ThreadState> = map_ref(&self.ebpf, maps::THREADS)?;
+        let threads: BpfHashMap<&MapData, u32, u32> = map_ref(&self.ebpf, maps::THREADS)?;
         let mut latency = 0;
         let mut details = 0;
         let mut stacks = 0;
@@ -123,15 +123,14 @@ impl Tracer {
     /// Exits and userspace round trips still open (no entry yet) right now, over the traced
     /// threads that are still alive (a thread that died inside KVM_RUN has nothing in flight).
     pub fn in_flight(&self) -> Result<InFlight, Error> {
-        let threads: BpfHashMap<&MapData, u32, ThreadState> = map_ref(&self.ebpf, maps::THREADS)?;
         let mut open = InFlight {
             ended_with_thread: self.ended_exits.clone(),
             map_entries: Some(self.occupancy()?),
             ..Default::default()
         };
         let mut live = LiveThreads::new(&self.proc_root);
-        for item in threads.iter() {
-            let (tid, st) = item.map_err(|e| Error::bpf("reading THREADS", e))?;
+        let mut buffers = Default::default();
+        for (tid, st) in self.slots.entries(&self.ebpf, &mut buffers)? {
             if st.exit_ts == 0 && st.uexit_ts == 0 {
                 continue;
             }

@@ -1,0 +1,189 @@
+//! The kernel's per-thread states as the collector sees them: THREADS (tid -> slot) says which
+//! threads are traced, THREAD_SLOTS (memory-mapped here) holds their states, FREE_SLOTS the
+//! slots nobody holds. The programs claim a slot on a thread's first event; the collector seeds
+//! the threads that were already running and retires the threads that are gone.
+
+use std::{os::fd::AsFd as _, os::fd::AsRawFd as _, ptr::NonNull};
+
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap as BpfHashMap, MapData, Stack},
+};
+use kvmtrace_common::{THREAD_SLOTS_LEN, ThreadState, maps};
+
+/// How many threads can be traced at once: [`THREAD_SLOTS_LEN`] minus the unused slot 0, or
+/// what `KVMTRACE_THREAD_SLOTS` says (a test knob: a handful of slots shows that the slots of
+/// threads that are gone are handed out again).
+pub(super) fn slots_wanted() -> Result<u32, Error> {
+    match std::env::var("KVMTRACE_THREAD_SLOTS") {
+        Err(_) => Ok(THREAD_SLOTS_LEN),
+        Ok(v) => match v.parse::<u32>() {
+            Ok(n) if (2..=THREAD_SLOTS_LEN).contains(&n) => Ok(n),
+            _ => Err(Error::Usage(format!(
+                "KVMTRACE_THREAD_SLOTS={v:?} is not a slot count from 2 to {THREAD_SLOTS_LEN}"
+            ))),
+        },
+    }
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_PAGESIZE) as usize }
+}
+
+use super::{
+    batch,
+    kernel::{BPF_NOEXIST, map_mut, read_map},
+};
+use crate::error::Error;
+
+/// THREAD_SLOTS mapped into this process: reading every traced thread's state costs no syscall.
+pub(super) struct ThreadSlots {
+    base: NonNull<ThreadState>,
+    /// Slots in THREAD_SLOTS (as loaded).
+    len: u32,
+    bytes: usize,
+}
+
+// SAFETY: the mapping is plain shared memory owned by this value; every access is a volatile
+// copy of one whole element.
+unsafe impl Send for ThreadSlots {}
+
+impl ThreadSlots {
+    /// Maps THREAD_SLOTS and puts every slot but 0 on FREE_SLOTS, slot 1 on top (the stack
+    /// hands out low slots first, so the slots in use stay together).
+    pub(super) fn open(ebpf: &mut Ebpf, len: u32) -> Result<Self, Error> {
+        let Some(aya::maps::Map::Array(data)) = ebpf.map(maps::THREAD_SLOTS) else {
+            return Err(Error::bpf(
+                maps::THREAD_SLOTS,
+                std::io::Error::other("map not in object"),
+            ));
+        };
+        let bytes = (len as usize * size_of::<ThreadState>()).next_multiple_of(page_size());
+        // SAFETY: a shared mapping of the map's memory (created BPF_F_MMAPABLE, its elements
+        // ThreadState-sized since the size is a multiple of 8), at an address the kernel picks.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                data.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(Error::bpf(
+                "mapping THREAD_SLOTS",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        let slots = ThreadSlots {
+            base: NonNull::new(base.cast()).expect("mmap returned a null mapping"),
+            len,
+            bytes,
+        };
+        let mut free: Stack<&mut MapData, u32> = map_mut(ebpf, maps::FREE_SLOTS)?;
+        for slot in (1..len).rev() {
+            free.push(slot, 0)
+                .map_err(|e| Error::bpf("filling FREE_SLOTS", e))?;
+        }
+        Ok(slots)
+    }
+
+    /// A copy of slot `slot`'s state (the thread may be changing it: each field is as current
+    /// as a map lookup's copy would be).
+    pub(super) fn get(&self, slot: u32) -> Option<ThreadState> {
+        (slot < self.len).then(|| {
+            // SAFETY: slot is within the mapping; ThreadState is plain old data.
+            unsafe { self.base.as_ptr().add(slot as usize).read_volatile() }
+        })
+    }
+
+    fn set(&self, slot: u32, state: &ThreadState) {
+        assert!(slot < self.len, "slot {slot} out of THREAD_SLOTS");
+        // SAFETY: slot is within the mapping; only slots no thread holds yet (or any more) are
+        // written here.
+        unsafe { self.base.as_ptr().add(slot as usize).write_volatile(*state) }
+    }
+
+    /// Every traced thread's (tid, slot, state), from THREADS and the mapped slots.
+    pub(super) fn entries(
+        &self,
+        ebpf: &Ebpf,
+        buffers: &mut batch::BatchBuffers<u32, u32>,
+    ) -> Result<Vec<(u32, ThreadState)>, Error> {
+        Ok(read_map(ebpf, maps::THREADS, buffers)?
+            .into_iter()
+            .filter_map(|(tid, slot)| Some((tid, self.get(slot)?)))
+            .filter(|(tid, st)| st.tid == *tid)
+            .collect())
+    }
+
+    /// Gives thread `tid` the state `state` unless its own event gave it one first (then that
+    /// one stays: it is newer). False when every slot is taken.
+    pub(super) fn seed(
+        &self,
+        ebpf: &mut Ebpf,
+        tid: u32,
+        state: &ThreadState,
+    ) -> Result<bool, Error> {
+        let mut free: Stack<&mut MapData, u32> = map_mut(ebpf, maps::FREE_SLOTS)?;
+        let Ok(slot) = free.pop(0) else {
+            return Ok(false);
+        };
+        self.set(slot, &ThreadState { tid, ..*state });
+        let mut threads: BpfHashMap<&mut MapData, u32, u32> = map_mut(ebpf, maps::THREADS)?;
+        if threads.insert(tid, slot, BPF_NOEXIST).is_err() {
+            // The thread's own event claimed a slot first.
+            self.set(slot, &ThreadState::default());
+            let mut free: Stack<&mut MapData, u32> = map_mut(ebpf, maps::FREE_SLOTS)?;
+            free.push(slot, 0)
+                .map_err(|e| Error::bpf("returning a slot to FREE_SLOTS", e))?;
+            return Ok(true);
+        }
+        // For sched_switch, which finds threads only through TID_SLOTS: a thread silent since
+        // before the attach has no event of its own to set it. Should the thread's first event
+        // race this, it writes the same slot (the one THREADS gives it).
+        let mut tid_slots: Array<&mut MapData, u16> = map_mut(ebpf, maps::TID_SLOTS)?;
+        if tid < tid_slots.len() {
+            tid_slots
+                .set(tid, slot as u16, 0)
+                .map_err(|e| Error::bpf("setting TID_SLOTS", e))?;
+        }
+        Ok(true)
+    }
+
+    /// Frees the slots of the threads `gone` (tgid, tid): out of THREADS, state cleared, back on
+    /// FREE_SLOTS. A tid that another process's thread holds by now is left to it.
+    pub(super) fn retire(&self, ebpf: &mut Ebpf, gone: &[(u32, u32)]) -> Result<(), Error> {
+        let mut freed = Vec::new();
+        let mut threads: BpfHashMap<&mut MapData, u32, u32> = map_mut(ebpf, maps::THREADS)?;
+        for &(tgid, tid) in gone {
+            let Ok(slot) = threads.get(&tid, 0) else {
+                continue;
+            };
+            if self
+                .get(slot)
+                .is_some_and(|st| st.tgid == tgid && st.tid == tid)
+            {
+                let _ = threads.remove(&tid);
+                self.set(slot, &ThreadState::default());
+                freed.push(slot);
+            }
+        }
+        let mut free: Stack<&mut MapData, u32> = map_mut(ebpf, maps::FREE_SLOTS)?;
+        for slot in freed {
+            free.push(slot, 0)
+                .map_err(|e| Error::bpf("returning a slot to FREE_SLOTS", e))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ThreadSlots {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `open`, unmapped once.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.bytes) };
+    }
+}
