@@ -243,18 +243,22 @@ fn vm_wide(series: &Series) -> BTreeMap<Key, Points> {
                 tid: ALL_VCPUS,
                 what: k.what,
             })
-            .or_insert_with(|| Points {
-                counts: vec![0; p.counts.len()],
-                ns: vec![0; p.ns.len()],
-            });
-        for (a, b) in sum.counts.iter_mut().zip(&p.counts) {
-            *a += b;
-        }
-        for (a, b) in sum.ns.iter_mut().zip(&p.ns) {
-            *a += b;
-        }
+            .or_default();
+        add_points(&mut sum.counts, &p.counts);
+        add_points(&mut sum.ns, &p.ns);
     }
     wide
+}
+
+/// Adds `points` into `sum` point by point; either may be the shorter (a key idle at the end
+/// has no trailing points: see [`Points`]).
+fn add_points(sum: &mut Vec<u64>, points: &[u64]) {
+    if sum.len() < points.len() {
+        sum.resize(points.len(), 0);
+    }
+    for (a, b) in sum.iter_mut().zip(points) {
+        *a += b;
+    }
 }
 
 /// Every storm in the recording, merged and diagnosed, biggest first. `label` names the vCPU
@@ -341,7 +345,8 @@ pub fn detect(series: &Series, cfg: &Config, label: &dyn Fn(u32, u32) -> VcpuLab
             let ns: u64 = std::iter::once(&key)
                 .chain(&related)
                 .filter_map(&points)
-                .map(|p| p.ns[s..e].iter().sum::<u64>())
+                // A related key idle before `e` has fewer points (see Points).
+                .map(|p| p.ns.iter().take(e).skip(s).sum::<u64>())
                 .max()
                 .unwrap_or(0);
             let mut whats = vec![key.what];
@@ -447,6 +452,35 @@ mod tests {
         assert_eq!(st.what, "port 0x0070 (RTC index) out");
         assert_eq!(st.diagnosis.as_ref().unwrap().rule, "rtc");
         assert!(!st.ongoing);
+    }
+
+    /// Keys absent from the later intervals (idle, so they have fewer points): a storm spread
+    /// over two vCPUs, one of which goes quiet a second before the other, is still summed point
+    /// by point and ends where the sum drops.
+    #[test]
+    fn keys_that_go_idle_early_are_summed_point_by_point() {
+        let What::Detail(port) = PORT70 else {
+            unreachable!()
+        };
+        let mut s = Series::default();
+        // tid 2: 6 000/s for 4 s; tid 3: 6 000/s for 3 s; then nothing from either for 3 s.
+        for sec in 1..=7u64 {
+            let mut iv = Interval {
+                at: Duration::from_secs(sec),
+                ..Default::default()
+            };
+            if sec <= 4 {
+                iv.details.push((DetailKey::encode(1, 2, &port), 6_000));
+            }
+            if sec <= 3 {
+                iv.details.push((DetailKey::encode(1, 3, &port), 6_000));
+            }
+            s.push(&iv);
+        }
+        let storms = detect(&s, &Config::default(), &by_tid);
+        assert_eq!(storms.len(), 1, "{storms:#?}");
+        assert_eq!((storms[0].start_secs, storms[0].end_secs), (0.0, 3.0));
+        assert_eq!(storms[0].count, 36_000);
     }
 
     #[test]

@@ -26,6 +26,10 @@ pub struct Key {
     pub what: What,
 }
 
+/// A key's points, aligned with [`Series::ends`]. A key idle since its last point has no
+/// points for the intervals after it (they are zeros): each interval touches only the keys that
+/// were active in it, not every key ever seen (with 10 000 keys, zero-filling every key at every
+/// interval was a measurable part of `record`). Readers take missing points as zeros.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Points {
     pub counts: Vec<u64>,
@@ -98,15 +102,12 @@ impl Series {
                 add(key, *count, 0);
             }
         }
-        for p in self.by_key.values_mut() {
-            p.counts.resize(n + 1, 0);
-            p.ns.resize(n + 1, 0);
-        }
     }
 
     /// Merges the oldest half of the points pairwise (sums, keeping the later end).
     fn downsample(&mut self) {
-        let half = self.ends.len() / 2;
+        let len = self.ends.len();
+        let half = len / 2;
         let merge = |v: &mut Vec<u64>| {
             let mut out: Vec<u64> = v[..half].chunks(2).map(|c| c.iter().sum()).collect();
             out.extend_from_slice(&v[half..]);
@@ -119,6 +120,9 @@ impl Series {
         ends.extend_from_slice(&self.ends[half..]);
         self.ends = ends;
         for p in self.by_key.values_mut() {
+            // Idle keys' missing points are zeros (see Points); the merge needs the whole timeline.
+            p.counts.resize(len, 0);
+            p.ns.resize(len, 0);
             merge(&mut p.counts);
             merge(&mut p.ns);
         }
@@ -198,5 +202,26 @@ mod tests {
         s.push(&iv(2, 5));
         let p = s.by_key.values().next().unwrap();
         assert_eq!(p.counts, vec![0, 5]);
+    }
+
+    /// An idle key is not touched (its missing points are zeros), and downsampling lines it up
+    /// with the timeline again without losing or moving its counts.
+    #[test]
+    fn idle_keys_stay_short_until_downsampled() {
+        let mut s = Series::default();
+        s.push(&iv(1, 3));
+        for sec in 2..=(MAX_POINTS as u64) {
+            s.push(&Interval {
+                at: Duration::from_secs(sec),
+                ..Default::default()
+            });
+        }
+        assert_eq!(s.by_key.values().next().unwrap().counts, vec![3]);
+        s.push(&iv(MAX_POINTS as u64 + 1, 4));
+        let p = s.by_key.values().next().unwrap();
+        assert_eq!(p.counts.len(), s.ends.len());
+        assert_eq!(p.counts[0], 3);
+        assert_eq!(*p.counts.last().unwrap(), 4);
+        assert_eq!(p.counts.iter().sum::<u64>(), 7);
     }
 }
