@@ -189,9 +189,9 @@ fn a_guest_with_thousands_of_ports_does_not_blind_the_others() {
 }
 
 /// Issue 8.3: 300 VMs start, work and end during one recording, with a latency map of 32
-/// entries and 63 thread slots (KVMTRACE_THREAD_SLOTS): every VM's counts are exact, nothing is
+/// entries and 127 thread slots (KVMTRACE_THREAD_SLOTS): every VM's counts are exact, nothing is
 /// dropped (so the slots of the threads that ended were handed out again, 300 vCPU threads
-/// through 63 slots), nothing is left in flight, and the kernel maps are back to empty at the end.
+/// through 127 slots), nothing is left in flight, and the kernel maps are back to empty at the end.
 #[test]
 fn three_hundred_vm_lifetimes_in_one_recording() {
     require_kvm_and_root();
@@ -206,7 +206,7 @@ fn three_hundred_vm_lifetimes_in_one_recording() {
     ];
     let recorder = Recorder::start_with_env(
         &args.map(std::ffi::OsStr::new),
-        &[("KVMTRACE_THREAD_SLOTS", "64")],
+        &[("KVMTRACE_THREAD_SLOTS", "128")],
     );
     let mut pids = Vec::new();
     for i in 0..300 {

@@ -160,11 +160,8 @@ impl Tracer {
         self.forget(&gone)
     }
 
-    /// Frees the slots of threads that are gone.
+    /// Retires the slots of threads that are gone (and frees those retired at the last drain).
     pub(super) fn forget(&mut self, gone: &[(u32, u32)]) -> Result<(), Error> {
-        if gone.is_empty() {
-            return Ok(());
-        }
         self.slots.retire(&mut self.ebpf, gone)?;
         for id in gone {
             self.exited.remove(id);

@@ -82,7 +82,8 @@ impl Tracer {
             _ => 0,
         };
         MapEntries {
-            threads: max(maps::THREADS),
+            // Slot 0 is never handed out.
+            threads: max(maps::THREADS).saturating_sub(1),
             latency: max(maps::LATENCY[0]) + max(maps::LATENCY[1]),
             details: max(maps::DETAILS[0]) + max(maps::DETAILS[1]),
             // Its one reader, `serve`, does not sample stacks.

@@ -43,6 +43,10 @@ pub(super) struct ThreadSlots {
     /// Slots in THREAD_SLOTS (as loaded).
     len: u32,
     bytes: usize,
+    /// Slots retired at the last drain, back on FREE_SLOTS at the next one: after that drain's
+    /// epoch switch has waited out every program that could have found them before they were
+    /// retired, so no late write lands in a slot another thread has claimed since.
+    retired: Vec<u32>,
 }
 
 // SAFETY: the mapping is plain shared memory owned by this value; every access is a volatile
@@ -82,6 +86,7 @@ impl ThreadSlots {
             base: NonNull::new(base.cast()).expect("mmap returned a null mapping"),
             len,
             bytes,
+            retired: Vec::new(),
         };
         let mut free: Stack<&mut MapData, u32> = map_mut(ebpf, maps::FREE_SLOTS)?;
         for slot in (1..len).rev() {
@@ -154,28 +159,28 @@ impl ThreadSlots {
         Ok(true)
     }
 
-    /// Frees the slots of the threads `gone` (tgid, tid): out of THREADS, state cleared, back on
-    /// FREE_SLOTS. A tid that another process's thread holds by now is left to it.
-    pub(super) fn retire(&self, ebpf: &mut Ebpf, gone: &[(u32, u32)]) -> Result<(), Error> {
-        let mut freed = Vec::new();
+    /// Retires the slots of the threads `gone` (tgid, tid): out of THREADS and cleared now,
+    /// back on FREE_SLOTS at the next call (see `retired`), which every drain makes. A tid that
+    /// another process's thread holds by now is left to it.
+    pub(super) fn retire(&mut self, ebpf: &mut Ebpf, gone: &[(u32, u32)]) -> Result<(), Error> {
+        let mut free: Stack<&mut MapData, u32> = map_mut(ebpf, maps::FREE_SLOTS)?;
+        for slot in self.retired.drain(..) {
+            free.push(slot, 0)
+                .map_err(|e| Error::bpf("returning a slot to FREE_SLOTS", e))?;
+        }
         let mut threads: BpfHashMap<&mut MapData, u32, u32> = map_mut(ebpf, maps::THREADS)?;
         for &(tgid, tid) in gone {
             let Ok(slot) = threads.get(&tid, 0) else {
                 continue;
             };
-            if self
+            let held = self
                 .get(slot)
-                .is_some_and(|st| st.tgid == tgid && st.tid == tid)
-            {
-                let _ = threads.remove(&tid);
+                .is_some_and(|st| st.tgid == tgid && st.tid == tid);
+            // A slot still registered must not be handed out again.
+            if held && threads.remove(&tid).is_ok() {
                 self.set(slot, &ThreadState::default());
-                freed.push(slot);
+                self.retired.push(slot);
             }
-        }
-        let mut free: Stack<&mut MapData, u32> = map_mut(ebpf, maps::FREE_SLOTS)?;
-        for slot in freed {
-            free.push(slot, 0)
-                .map_err(|e| Error::bpf("returning a slot to FREE_SLOTS", e))?;
         }
         Ok(())
     }
