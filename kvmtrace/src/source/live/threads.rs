@@ -11,9 +11,15 @@ use aya::{
 };
 use kvmtrace_common::{THREAD_SLOTS_LEN, ThreadState, maps};
 
-/// How many threads can be traced at once: [`THREAD_SLOTS_LEN`] minus the unused slot 0, or
-/// what `KVMTRACE_THREAD_SLOTS` says (a test knob: a handful of slots shows that the slots of
-/// threads that are gone are handed out again).
+use super::{
+    batch,
+    kernel::{BPF_NOEXIST, map_mut, read_map},
+};
+use crate::error::Error;
+
+/// How many slots THREAD_SLOTS gets (slot 0 is never handed out): [`THREAD_SLOTS_LEN`], or
+/// what `KVMTRACE_THREAD_SLOTS` says (a test knob: a few slots show that the slots of threads
+/// that are gone are handed out again).
 pub(super) fn slots_wanted() -> Result<u32, Error> {
     match std::env::var("KVMTRACE_THREAD_SLOTS") {
         Err(_) => Ok(THREAD_SLOTS_LEN),
@@ -30,12 +36,6 @@ fn page_size() -> usize {
     // SAFETY: sysconf has no preconditions.
     unsafe { libc::sysconf(libc::_SC_PAGESIZE) as usize }
 }
-
-use super::{
-    batch,
-    kernel::{BPF_NOEXIST, map_mut, read_map},
-};
-use crate::error::Error;
 
 /// THREAD_SLOTS mapped into this process: reading every traced thread's state costs no syscall.
 pub(super) struct ThreadSlots {
