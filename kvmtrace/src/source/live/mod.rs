@@ -305,16 +305,21 @@ impl Tracer {
         self.started_ktime = kernel::ktime_ns();
         let running = running();
         let now = ktime_ns();
+        let mut unseeded = 0;
         for (tgid, tid, at) in running {
             // Where the thread's own event gave it a state already, that one stays.
             if !self
                 .slots
                 .seed(&mut self.ebpf, tid, &seed_state(tgid, now, at))?
             {
-                log::warn!(
-                    "no thread slot left for thread {tid} of pid {tgid}: its exits are not paired"
-                );
+                unseeded += 1;
             }
+        }
+        // Once, not once per thread: a host with more vCPU threads than slots has thousands.
+        if unseeded > 0 {
+            log::warn!(
+                "no thread slot left for {unseeded} running vCPU threads: their exits are not paired"
+            );
         }
         Ok(())
     }
