@@ -8,6 +8,8 @@
 /// log2 of the number of sub-buckets per power of two.
 const SUB_BITS: u32 = 4;
 const SUBS: usize = 1 << SUB_BITS;
+/// Buckets per row (one power of two, or the 16 one-ns buckets below 16 ns).
+pub const HIST_ROW: usize = SUBS;
 /// Highest power of two with its own row (2^35 ns .. 2^36 ns).
 const MAX_EXP: u32 = 35;
 pub const HIST_BUCKETS: usize = (MAX_EXP - SUB_BITS + 2) as usize * SUBS;

@@ -14,7 +14,7 @@ pub mod stacks;
 mod user;
 
 pub use detail::{Detail, MmioAccess, MsrDir, PortDir, UserspaceExit};
-pub use hist::{HIST_BUCKETS, bucket_index, bucket_low, bucket_width};
+pub use hist::{HIST_BUCKETS, HIST_ROW, bucket_index, bucket_low, bucket_width};
 
 /// Map names (the `#[map]` statics in kvmtrace-ebpf carry exactly these names).
 pub mod maps {
@@ -28,18 +28,29 @@ pub mod maps {
     pub const THREAD_SLOTS: &str = "THREAD_SLOTS";
     /// Stack of the free slots of THREAD_SLOTS (u32), filled by the collector at start.
     pub const FREE_SLOTS: &str = "FREE_SLOTS";
-    /// [`crate::LatencyKey`] -> [`crate::LatencyStats`], one map per epoch parity (index
-    /// `seq & 1`): the programs write the open epoch's map; the collector, after switching to the
-    /// next epoch, reads and deletes the whole closed one in one pass
-    /// (BPF_MAP_LOOKUP_AND_DELETE_BATCH) without looking at its keys.
+    /// The latency keys' pool (see [`Pool`]): [`crate::LatencyKey`] -> its index (u32).
+    pub const LATENCY_INDEX: &str = "LATENCY_INDEX";
+    /// Index -> [`crate::LatencyKey`] (memory-mappable): which key an index holds.
+    pub const LATENCY_KEYS: &str = "LATENCY_KEYS";
+    /// Index -> [`crate::LatencyStats`] (memory-mappable), one array per epoch parity (index
+    /// `seq & 1`): the programs write the open epoch's; the collector, after switching to the
+    /// next epoch, reads the closed one's entries in place and zeroes them.
     pub const LATENCY: [&str; 2] = ["LATENCY_EVEN", "LATENCY_ODD"];
-    /// Per-CPU single [`crate::LatencyStats`] that new LATENCY entries are copied from (too big to
-    /// build on the 512-byte BPF stack). The collector fills it with [`crate::LatencyStats::EMPTY`].
-    pub const LATENCY_TEMPLATE: &str = "LATENCY_TEMPLATE";
-    /// [`crate::DetailKey`] -> event count (u64), one map per epoch parity like LATENCY.
-    /// Each thread may add at most `Config::detail_keys_per_thread` keys per epoch; its other
-    /// events are only counted in [`crate::ThreadState::detail_events`] ("other keys").
+    /// Stack of the free indexes of the latency pool (u32), filled by the collector at start.
+    pub const LATENCY_FREE: &str = "LATENCY_FREE";
+    /// The detail keys' pool, as the latency one: [`crate::DetailKey`] -> index (u32).
+    /// Each thread may add at most `Config::detail_keys_per_thread` new keys per epoch; its
+    /// other events are only counted in [`crate::ThreadState::detail_events`] ("other keys").
+    pub const DETAIL_INDEX: &str = "DETAIL_INDEX";
+    /// Index -> [`crate::DetailKey`] (memory-mappable).
+    pub const DETAIL_KEYS: &str = "DETAIL_KEYS";
+    /// Index -> event count (u64, memory-mappable), one array per epoch parity like LATENCY.
     pub const DETAILS: [&str; 2] = ["DETAILS_EVEN", "DETAILS_ODD"];
+    /// Stack of the free indexes of the detail pool (u32).
+    pub const DETAIL_FREE: &str = "DETAIL_FREE";
+    /// Per-CPU u32 per [`crate::Pool`]: one more than the highest index this CPU has taken, so
+    /// the collector reads only the pool's used part.
+    pub const POOL_HIGH: &str = "POOL_HIGH";
     /// One u32: the epoch sequence number. 0 = closed (every program returns at once: nothing is
     /// counted before everything is attached and the threads' states are established, nor after
     /// stop); otherwise its parity selects the LATENCY and DETAILS maps the programs write.
@@ -115,6 +126,18 @@ pub mod programs {
     pub const FLOOR_RAW: &str = "kvmtrace_floor_raw";
     /// The perf_event program of `record --stacks` (attached only then).
     pub const STACK_SAMPLE: &str = "kvmtrace_stack_sample";
+}
+
+/// The keyed pools: a key's statistics live at a fixed index of memory-mappable arrays (one per
+/// epoch parity) for as long as the key is in use, so the collector reads an epoch in place, with
+/// no syscall and no copy per key; a hash map gives each key its index, a stack holds the free
+/// ones. A program takes an index for a new key (the key is written to the KEYS array first);
+/// the collector gives back the indexes of keys idle for a whole epoch.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pool {
+    Latency = 0,
+    Details = 1,
 }
 
 /// How many selected VMs the configuration holds inline.
@@ -483,29 +506,56 @@ impl LatencyKey {
     }
 }
 
-/// Latency statistics of one key over one epoch (the kernel creates the entry on the epoch's
-/// first sample; the collector deletes it after reading).
+/// Latency statistics of one key over one epoch, at the key's index of the epoch's LATENCY
+/// array: all zero until the epoch's first sample; the collector zeroes it again after reading.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LatencyStats {
     pub count: u64,
     pub total_ns: u64,
-    /// Smallest sample of the epoch (u64::MAX before the first one).
+    /// Smallest sample of the epoch (0 while `count` is 0).
     pub min_ns: u64,
     pub max_ns: u64,
+    /// Bit r set: a bucket of row r (buckets `r * HIST_ROW .. (r + 1) * HIST_ROW`) has samples.
+    /// The collector reads and zeroes only those rows: a key's samples fill a few of the 33.
+    pub rows: u64,
     pub buckets: [u32; HIST_BUCKETS],
 }
 
 impl LatencyStats {
-    /// No samples yet: min starts at u64::MAX so the first sample always lowers it.
     pub const EMPTY: LatencyStats = LatencyStats {
         count: 0,
         total_ns: 0,
-        min_ns: u64::MAX,
+        min_ns: 0,
         max_ns: 0,
+        rows: 0,
         buckets: [0; HIST_BUCKETS],
     };
+
+    /// Adds one sample of `ns` in bucket `bucket` (< [`HIST_BUCKETS`]).
+    #[inline(always)]
+    pub fn add(&mut self, ns: u64, bucket: usize) {
+        self.min_ns = if self.count == 0 {
+            ns
+        } else {
+            self.min_ns.min(ns)
+        };
+        self.count += 1;
+        self.total_ns += ns;
+        self.max_ns = self.max_ns.max(ns);
+        self.rows |= 1 << (bucket / HIST_ROW);
+        if let Some(slot) = self.buckets.get_mut(bucket) {
+            *slot = slot.wrapping_add(1);
+        }
+    }
 }
+
+// The pools are memory-mapped: their elements must be exactly their types' size (the kernel
+// rounds an array's value size up to 8 bytes).
+const _: () = assert!(core::mem::size_of::<LatencyStats>().is_multiple_of(8));
+const _: () = assert!(core::mem::size_of::<LatencyKey>().is_multiple_of(8));
+const _: () = assert!(core::mem::size_of::<DetailKey>().is_multiple_of(8));
+const _: () = assert!(HIST_BUCKETS / HIST_ROW <= 64);
 
 /// Which detail tracepoint a [`DetailKey`] counts.
 #[repr(u32)]

@@ -11,7 +11,7 @@ use aya_ebpf::{
 };
 use kvmtrace_common::{
     Config, Counter, DetailKey, DetailKind, ExitDetail, FIELD_ABSENT, INLINE_TGIDS, LatencyKey,
-    LatencyStats, PendingDetail, THREAD_SLOTS_LEN, THREAD_UNRESOLVED, ThreadState,
+    LatencyStats, PendingDetail, Pool, THREAD_SLOTS_LEN, THREAD_UNRESOLVED, ThreadState,
 };
 
 /// Set by the collector with `override_global` before load.
@@ -45,19 +45,32 @@ const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 #[map]
 pub static CONTROL: Array<u32> = Array::with_max_entries(1, 0);
-/// LATENCY and DETAILS come in two: the even and the odd epochs' (kvmtrace_common::maps). Each
-/// event's code picks one by the open epoch's parity on its own branch, so every lookup call
-/// site sees a single map and the verifier still inlines it.
+/// The latency and detail pools (kvmtrace_common::Pool): INDEX gives a key its index, the
+/// value arrays come in two, the even and the odd epochs'. Each event's code picks one by the
+/// open epoch's parity on its own branch, so every lookup call site sees a single map and the
+/// verifier inlines the array lookups.
 #[map]
-pub static LATENCY_EVEN: HashMap<LatencyKey, LatencyStats> = HashMap::with_max_entries(4096, 0);
+pub static LATENCY_INDEX: HashMap<LatencyKey, u32> = HashMap::with_max_entries(4096, 0);
 #[map]
-pub static LATENCY_ODD: HashMap<LatencyKey, LatencyStats> = HashMap::with_max_entries(4096, 0);
+pub static LATENCY_KEYS: Array<LatencyKey> = Array::with_max_entries(4096, BPF_F_MMAPABLE);
 #[map]
-pub static LATENCY_TEMPLATE: PerCpuArray<LatencyStats> = PerCpuArray::with_max_entries(1, 0);
+pub static LATENCY_EVEN: Array<LatencyStats> = Array::with_max_entries(4096, BPF_F_MMAPABLE);
 #[map]
-pub static DETAILS_EVEN: HashMap<DetailKey, u64> = HashMap::with_max_entries(8192, 0);
+pub static LATENCY_ODD: Array<LatencyStats> = Array::with_max_entries(4096, BPF_F_MMAPABLE);
 #[map]
-pub static DETAILS_ODD: HashMap<DetailKey, u64> = HashMap::with_max_entries(8192, 0);
+pub static LATENCY_FREE: Stack<u32> = Stack::with_max_entries(4096, 0);
+#[map]
+pub static DETAIL_INDEX: HashMap<DetailKey, u32> = HashMap::with_max_entries(8192, 0);
+#[map]
+pub static DETAIL_KEYS: Array<DetailKey> = Array::with_max_entries(8192, BPF_F_MMAPABLE);
+#[map]
+pub static DETAILS_EVEN: Array<u64> = Array::with_max_entries(8192, BPF_F_MMAPABLE);
+#[map]
+pub static DETAILS_ODD: Array<u64> = Array::with_max_entries(8192, BPF_F_MMAPABLE);
+#[map]
+pub static DETAIL_FREE: Stack<u32> = Stack::with_max_entries(8192, 0);
+#[map]
+pub static POOL_HIGH: PerCpuArray<u32> = PerCpuArray::with_max_entries(2, 0);
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
@@ -238,55 +251,81 @@ pub fn open_epoch() -> Option<u32> {
 /// Adds one latency sample to `key`'s statistics in the epoch of `seq`.
 #[inline(always)]
 pub fn record_latency(key: &LatencyKey, ns: u64, seq: u32) {
-    if seq & 1 == 0 {
-        record_latency_in(&LATENCY_EVEN, key, ns);
-    } else {
-        record_latency_in(&LATENCY_ODD, key, ns);
-    }
-}
-
-#[inline(always)]
-fn record_latency_in(map: &HashMap<LatencyKey, LatencyStats>, key: &LatencyKey, ns: u64) {
-    let stats = match map.get_ptr_mut(key) {
-        Some(p) => p,
-        None => {
-            let Some(template) = LATENCY_TEMPLATE.get_ptr(0) else {
+    // SAFETY: an INDEX value is a plain u32.
+    let index = match LATENCY_INDEX.get_ptr(key) {
+        Some(i) => unsafe { *i },
+        None => match claim_index(
+            key,
+            &LATENCY_INDEX,
+            &LATENCY_KEYS,
+            &LATENCY_FREE,
+            Pool::Latency,
+        ) {
+            Some(i) => i,
+            None => {
+                bump(Counter::LatencyMapFull);
                 return;
-            };
-            // SAFETY: `template` points at a map value of the right type; insert copies from it.
-            // EEXIST cannot happen (the key contains the tid; only this thread writes it).
-            #[expect(
-                clippy::needless_borrows_for_generic_args,
-                reason = "passing the value would copy 2 KiB onto the 512-byte BPF stack"
-            )]
-            let _ = unsafe { map.insert(key, &*template, BPF_NOEXIST) };
-            match map.get_ptr_mut(key) {
-                Some(p) => p,
-                None => {
-                    bump(Counter::LatencyMapFull);
-                    return;
-                }
             }
-        }
+        },
     };
-    // The compiler proves bucket_index < HIST_BUCKETS and drops the bounds check below, but the
-    // verifier cannot follow the leading_zeros arithmetic; the volatile read makes the compiler
-    // forget the range so the check (which the verifier needs) stays.
+    let stats = if seq & 1 == 0 {
+        LATENCY_EVEN.get_ptr_mut(index)
+    } else {
+        LATENCY_ODD.get_ptr_mut(index)
+    };
+    let Some(stats) = stats else {
+        return;
+    };
+    // The compiler proves bucket_index < HIST_BUCKETS and drops the bounds check in `add`, but
+    // the verifier cannot follow the leading_zeros arithmetic; the volatile read makes the
+    // compiler forget the range so the check (which the verifier needs) stays.
     let bucket = kvmtrace_common::bucket_index(ns);
     // SAFETY: reading a local through a valid pointer.
     let bucket = unsafe { core::ptr::read_volatile(&bucket) };
-    // SAFETY: `stats` points into a LATENCY value. Every key contains the tid and only that
-    // thread's own events write it; a thread's events run one after another, never concurrently,
-    // so plain read-modify-writes are exact without atomics. The collector reads an epoch's
-    // entries only after every program that could still write them has finished.
-    let stats = unsafe { &mut *stats };
-    stats.count += 1;
-    stats.total_ns += ns;
-    stats.min_ns = stats.min_ns.min(ns);
-    stats.max_ns = stats.max_ns.max(ns);
-    if let Some(slot) = stats.buckets.get_mut(bucket) {
-        *slot = slot.wrapping_add(1);
+    // SAFETY: `stats` points into a LATENCY array at the key's index. Every key contains the
+    // tid and only that thread's own events write it; a thread's events run one after another,
+    // never concurrently, so plain read-modify-writes are exact without atomics. The collector
+    // reads an epoch's entries only after every program that could still write them has
+    // finished, and hands an index out again only after a further epoch.
+    unsafe { (*stats).add(ns, bucket) };
+}
+
+/// Takes a free index of pool `pool` for `key`, which INDEX lacks: writes the key to KEYS at the
+/// index (before INDEX says the index is taken), then registers it in INDEX. None when the pool
+/// is full.
+#[inline(always)]
+fn claim_index<K>(
+    key: &K,
+    index: &HashMap<K, u32>,
+    keys: &Array<K>,
+    free: &Stack<u32>,
+    pool: Pool,
+) -> Option<u32> {
+    let Ok(Some(i)) = free.pop() else {
+        return None;
+    };
+    let Some(slot) = keys.get_ptr_mut(i) else {
+        let _ = free.push(i, 0);
+        return None;
+    };
+    // SAFETY: a free index: nobody else writes it until INDEX says whose it is, and the collector
+    // reads KEYS only at indexes it has seen in use.
+    unsafe { core::ptr::copy_nonoverlapping(key, slot, 1) };
+    // Keys contain the tid and only the thread's own events insert them: NOEXIST cannot fail for
+    // an existing key, only for a full map.
+    if index.insert(key, i, BPF_NOEXIST).is_err() {
+        let _ = free.push(i, 0);
+        return None;
     }
+    if let Some(high) = POOL_HIGH.get_ptr_mut(pool as u32) {
+        // SAFETY: a per-CPU element; programs on one CPU do not preempt each other.
+        unsafe {
+            if *high <= i {
+                *high = i + 1;
+            }
+        }
+    }
+    Some(i)
 }
 
 /// Counts one detail event: always in the thread's per-kind total (the collector sums those for
@@ -346,41 +385,44 @@ pub fn count_detail(seq: u32, state: &mut ThreadState, key: &DetailKey, kind: De
     }
 }
 
-/// Adds `n` events to `key` in DETAILS (epoch `seq`), while the thread has key budget left in
-/// this epoch and the map has room; otherwise they stay only in the per-kind total ("other keys").
+/// Adds `n` events to `key` in DETAILS (epoch `seq`). A key new to the pool takes an index
+/// while the thread has key budget left in this epoch and the pool has room; otherwise its events
+/// stay only in the per-kind total ("other keys").
 #[inline(always)]
 fn add_detail(seq: u32, state: &mut ThreadState, key: &DetailKey, n: u64) {
-    if seq & 1 == 0 {
-        add_detail_in(&DETAILS_EVEN, seq, state, key, n);
+    // SAFETY: an INDEX value is a plain u32.
+    let index = match DETAIL_INDEX.get_ptr(key) {
+        Some(i) => unsafe { *i },
+        None => {
+            if state.keys_seq != seq {
+                state.keys_seq = seq;
+                state.keys_used = 0;
+            }
+            if state.keys_used >= conf!(detail_keys_per_thread) {
+                return;
+            }
+            let Some(i) = claim_index(
+                key,
+                &DETAIL_INDEX,
+                &DETAIL_KEYS,
+                &DETAIL_FREE,
+                Pool::Details,
+            ) else {
+                bump(Counter::DetailMapFull);
+                return;
+            };
+            state.keys_used += 1;
+            i
+        }
+    };
+    let count = if seq & 1 == 0 {
+        DETAILS_EVEN.get_ptr_mut(index)
     } else {
-        add_detail_in(&DETAILS_ODD, seq, state, key, n);
+        DETAILS_ODD.get_ptr_mut(index)
+    };
+    if let Some(count) = count {
+        // SAFETY: the key's count in the epoch's DETAILS array; the key contains the tid, so (as
+        // in record_latency) only this thread's serialized events write it.
+        unsafe { *count += n };
     }
-}
-
-#[inline(always)]
-fn add_detail_in(
-    map: &HashMap<DetailKey, u64>,
-    seq: u32,
-    state: &mut ThreadState,
-    key: &DetailKey,
-    n: u64,
-) {
-    if let Some(p) = map.get_ptr_mut(key) {
-        // SAFETY: p points at a DETAILS value; the key contains the tid, so (as in record_latency)
-        // only this thread's serialized events write it.
-        unsafe { *p += n };
-        return;
-    }
-    if state.keys_seq != seq {
-        state.keys_seq = seq;
-        state.keys_used = 0;
-    }
-    if state.keys_used >= conf!(detail_keys_per_thread) {
-        return;
-    }
-    if map.insert(key, n, BPF_NOEXIST).is_err() {
-        bump(Counter::DetailMapFull);
-        return;
-    }
-    state.keys_used += 1;
 }

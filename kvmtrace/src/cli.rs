@@ -89,15 +89,16 @@ pub struct RecordArgs {
     /// is cut short with a warning, and the live report is still printed.
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: Option<PathBuf>,
-    /// Capacity of the kernel's latency map (VMs x vCPUs x exit reasons).
+    /// Latency keys per interval (VMs x vCPUs x exit reasons); the kernel's pool holds twice
+    /// as many, 4.2 KiB each.
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
     pub max_keys: u32,
-    /// Capacity of the kernel's detail map (ports, MMIO addresses, MSRs, CPUID functions per vCPU
-    /// and interval). When full, events are still counted, in "other keys" rows.
+    /// Detail keys per interval (ports, MMIO addresses, MSRs, CPUID functions per vCPU); the
+    /// kernel's pool holds twice as many. When full, events are still counted, in "other keys" rows.
     #[arg(long, default_value_t = 16384, value_parser = clap::value_parser!(u32).range(16..=4_194_304))]
     pub max_detail_keys: u32,
-    /// Distinct ports / MMIO addresses / MSRs / CPUID functions one vCPU may add per interval;
-    /// the rest of its events are counted in its "other keys" rows, so one guest touching
+    /// New ports / MMIO addresses / MSRs / CPUID functions one vCPU may add per interval (a key
+    /// it keeps using keeps its place); the rest of its events are counted in its "other keys" rows, so one guest touching
     /// thousands of addresses cannot crowd out the others.
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
     pub max_keys_per_vcpu: u32,
@@ -276,14 +277,15 @@ pub struct ServeArgs {
     /// tracefs mount point (default: /sys/kernel/tracing, mounted if absent).
     #[arg(long, value_name = "DIR")]
     pub tracefs: Option<PathBuf>,
-    /// Capacity of the kernel's latency map (VMs x vCPUs x exit reasons).
+    /// Latency keys per interval (VMs x vCPUs x exit reasons); the kernel's pool holds twice
+    /// as many, 4.2 KiB each.
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
     pub max_keys: u32,
-    /// Capacity of the kernel's detail map (ports, MMIO addresses, MSRs, CPUID functions per vCPU
-    /// and interval).
+    /// Detail keys per interval (ports, MMIO addresses, MSRs, CPUID functions per vCPU); the
+    /// kernel's pool holds twice as many.
     #[arg(long, default_value_t = 16384, value_parser = clap::value_parser!(u32).range(16..=4_194_304))]
     pub max_detail_keys: u32,
-    /// Distinct ports / MMIO addresses / MSRs / CPUID functions one vCPU may add per interval.
+    /// New ports / MMIO addresses / MSRs / CPUID functions one vCPU may add per interval.
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
     pub max_keys_per_vcpu: u32,
     // Storms (kvmtrace_storm_active) are looked for in the last 30 intervals.

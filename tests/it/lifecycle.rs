@@ -188,8 +188,8 @@ fn a_guest_with_thousands_of_ports_does_not_blind_the_others() {
     assert!(stderr.lines().count() < 10, "{stderr}");
 }
 
-/// Issue 8.3: 300 VMs start, work and end during one recording, with a latency map of 32
-/// entries and 127 thread slots (KVMTRACE_THREAD_SLOTS): every VM's counts are exact, nothing is
+/// Issue 8.3: 300 VMs start, work and end during one recording, with `--max-keys 32` (a latency
+/// pool of 64 keys) and 127 thread slots (KVMTRACE_THREAD_SLOTS): every VM's counts are exact, nothing is
 /// dropped (so the slots of the threads that ended were handed out again, 300 vCPU threads
 /// through 127 slots), nothing is left in flight, and the kernel maps are back to empty at the end.
 #[test]

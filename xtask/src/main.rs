@@ -51,6 +51,10 @@ enum Task {
         /// Only `--stacks` beside `kvmtrace record` (3 x ROUNDS pairs of SAMPLES seconds).
         #[arg(long)]
         stacks_only: bool,
+        /// Only the collector at scale: the drain benchmark and `kvmtrace record` of 200 vCPU
+        /// threads over 60 s.
+        #[arg(long, conflicts_with = "stacks_only")]
+        scale_only: bool,
     },
     /// Boot the nested SVM L1 (QEMU TCG + kvm_amd) and run the tests that need real kvm_exit.
     Nested {
@@ -91,7 +95,8 @@ fn main() -> anyhow::Result<()> {
             rounds,
             samples,
             stacks_only,
-        } => bench::run_bench(rounds, samples, stacks_only),
+            scale_only,
+        } => bench::run_bench(rounds, samples, stacks_only, scale_only),
         Task::Nested {
             timeout,
             smp,

@@ -65,40 +65,39 @@ impl Tracer {
         }
         self.warn_losses(&iv.counters);
         self.read_threads(closed, &mut iv)?;
+        // The keys of threads found gone go now, not after an idle epoch.
+        let open_parity = self.seq & 1;
+        self.latency_pool
+            .retire(&mut self.ebpf, &self.exited, open_parity)?;
+        self.detail_pool
+            .retire(&mut self.ebpf, &self.exited, open_parity)?;
         // Detail events are counted per thread only (no per-event counter in the kernel).
         iv.counters[Counter::DetailsSeen as usize] = self.details_seen;
         Ok(iv)
     }
 
-    /// Reads and deletes the LATENCY map of epoch `parity`.
+    /// Reads and zeroes the latency pool's values of epoch `parity`.
     pub(super) fn take_latency(
         &mut self,
         parity: u32,
     ) -> Result<Vec<(LatencyKey, LatencyDelta)>, Error> {
         let mut out = Vec::new();
-        let name = maps::LATENCY[parity as usize];
-        take_map(
-            &mut self.ebpf,
-            name,
-            &mut self.latency_buffers,
-            |k, stats| {
+        let retire_all = self.seq == 0;
+        self.latency_pool
+            .take(&mut self.ebpf, parity, retire_all, |k, stats| {
                 if let Some(delta) = latency_delta(stats) {
-                    out.push((*k, delta));
+                    out.push((k, delta));
                 }
-            },
-        )?;
+            })?;
         Ok(out)
     }
 
-    /// Reads and deletes the DETAILS map of epoch `parity`.
+    /// Reads and zeroes the detail pool's counts of epoch `parity`.
     pub(super) fn take_details(&mut self, parity: u32) -> Result<Vec<(DetailKey, u64)>, Error> {
         let mut out = Vec::new();
-        let name = maps::DETAILS[parity as usize];
-        take_map(&mut self.ebpf, name, &mut self.detail_buffers, |k, &n| {
-            if n > 0 {
-                out.push((*k, n));
-            }
-        })?;
+        let retire_all = self.seq == 0;
+        self.detail_pool
+            .take(&mut self.ebpf, parity, retire_all, |k, &n| out.push((k, n)))?;
         Ok(out)
     }
 

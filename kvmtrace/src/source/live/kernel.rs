@@ -5,11 +5,11 @@ use std::{collections::HashMap, path::Path};
 
 use aya::{
     Ebpf,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues},
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
 };
 use kvmtrace_common::{
-    DetailKey, HIST_BUCKETS, LatencyKey, LatencyKind, LatencyStats, THREAD_OFF_IN_RUN,
-    THREAD_UNRESOLVED, ThreadState, maps,
+    DetailKey, LatencyKey, LatencyKind, LatencyStats, THREAD_OFF_IN_RUN, THREAD_UNRESOLVED,
+    ThreadState,
 };
 
 use crate::{
@@ -110,17 +110,13 @@ pub fn latency_delta(stats: &LatencyStats) -> Option<LatencyDelta> {
     if stats.count == 0 {
         return None;
     }
-    // Most of the 528 buckets are empty: skip them eight at a time (the drain reads thousands
-    // of keys per interval).
-    const STRIDE: usize = 8;
+    // Most of the 528 buckets are empty: only the rows the kernel marked are read (the drain
+    // reads thousands of keys per interval).
     let mut buckets = Vec::new();
-    for (c, chunk) in stats.buckets[..HIST_BUCKETS].chunks(STRIDE).enumerate() {
-        if chunk.iter().fold(0, |acc, &n| acc | n) == 0 {
-            continue;
-        }
-        for (j, &n) in chunk.iter().enumerate() {
-            if n != 0 {
-                buckets.push(((c * STRIDE + j) as u16, n));
+    for rows in super::pool::used_rows(stats.rows) {
+        for b in rows {
+            if stats.buckets[b] != 0 {
+                buckets.push((b as u16, stats.buckets[b]));
             }
         }
     }
@@ -259,24 +255,6 @@ where
         .map_mut(name)
         .ok_or_else(|| Error::bpf(name, std::io::Error::other("map not in object")))?;
     T::try_from(map).map_err(|e| Error::bpf(format!("map {name}"), e))
-}
-
-/// New LATENCY entries are copied from this per-CPU template (min_ns = u64::MAX).
-pub(super) fn init_template(ebpf: &mut Ebpf) -> Result<(), Error> {
-    let mut template: PerCpuArray<&mut MapData, LatencyStats> =
-        map_mut(ebpf, maps::LATENCY_TEMPLATE)?;
-    let ncpus = aya::util::nr_cpus().map_err(|(what, e)| Error::Io {
-        what: what.into(),
-        source: e,
-    })?;
-    let values =
-        PerCpuValues::try_from(vec![LatencyStats::EMPTY; ncpus]).map_err(|e| Error::Io {
-            what: "per-CPU template".into(),
-            source: e,
-        })?;
-    template
-        .set(0, values, 0)
-        .map_err(|e| Error::bpf("setting LATENCY_TEMPLATE", e))
 }
 
 /// How much the per-CPU u64 counter `name` (index 0, summed over CPUs) grew since `so_far`,

@@ -4,13 +4,14 @@
 //! the closed one into an [`Interval`]. Dropping the [`Tracer`] detaches and frees everything (no
 //! pinning, so the kernel also frees it all if the process is killed).
 //!
-//! Epochs: LATENCY and DETAILS are two maps each, one per epoch parity. The collector switches
-//! CONTROL to the next epoch, waits until every program that may still be writing the old one
-//! has returned (an RCU grace period: tracepoint programs run inside RCU read-side sections),
-//! then reads and deletes the old epoch's maps whole. So an interval is
-//! internally consistent (count = sum of buckets), min/max are per interval, and entries of
-//! threads that are gone vanish with their last epoch. THREADS entries of exited threads are
-//! read one last time and deleted.
+//! Epochs: the latency and detail pools keep one value array per epoch parity (a key keeps its
+//! index for as long as it is in use). The collector switches CONTROL to the next epoch, waits
+//! until every program that may still be writing the old one has returned (an RCU grace period:
+//! tracepoint programs run inside RCU read-side sections), then reads and zeroes the old epoch's
+//! arrays in place through memory mappings. So an interval is internally consistent (count = sum
+//! of buckets), min/max are per interval, and a key idle for a whole epoch gives its index back
+//! (a VM that came and went leaves nothing behind). THREADS entries of exited threads are read one
+//! last time and deleted.
 
 mod batch;
 pub mod cost;
@@ -18,6 +19,7 @@ mod drain;
 mod floor;
 mod header;
 mod kernel;
+mod pool;
 mod queries;
 mod rips;
 mod slow;
@@ -52,9 +54,11 @@ pub struct TraceOptions {
     pub pids: Option<Vec<u32>>,
     /// tracefs location; None finds or mounts it.
     pub tracefs: Option<PathBuf>,
-    /// Capacity of the latency map per interval (keys = VMs x vCPUs x reasons).
+    /// Latency keys per interval (VMs x vCPUs x reasons). The pool holds twice as many: the
+    /// keys of one interval stay in it while the next one's arrive (a key idle for a whole
+    /// interval gives its place back at the drain after, a gone thread's at once).
     pub max_latency_keys: u32,
-    /// Capacity of the detail map per interval.
+    /// Detail keys per interval; the detail pool holds twice as many, as the latency one.
     pub max_detail_keys: u32,
     /// Distinct detail keys one vCPU thread may add per interval (the rest: "other keys").
     pub detail_keys_per_thread: u32,
@@ -124,8 +128,9 @@ pub struct Tracer {
     stats: crate::source::live::cost::RunTimeStats,
     /// Detail events counted so far (the sum of the threads' per-kind totals).
     details_seen: u64,
-    latency_buffers: batch::BatchBuffers<LatencyKey, LatencyStats>,
-    detail_buffers: batch::BatchBuffers<DetailKey, u64>,
+    /// The latency and detail pools, mapped.
+    latency_pool: pool::KeyPool<LatencyKey, LatencyStats>,
+    detail_pool: pool::KeyPool<DetailKey, u64>,
     thread_buffers: batch::BatchBuffers<u32, u32>,
     /// The per-thread states (THREAD_SLOTS), mapped.
     slots: threads::ThreadSlots,
@@ -193,10 +198,21 @@ impl Tracer {
 
         let mut loader = EbpfLoader::new();
         loader.override_global(CONFIG_GLOBAL, &cfg, true);
+        for (pool, len) in [
+            (&pool::LATENCY, opts.max_latency_keys.saturating_mul(2)),
+            (&pool::DETAILS, opts.max_detail_keys.saturating_mul(2)),
+        ] {
+            for name in [
+                pool.index,
+                pool.keys,
+                pool.free,
+                pool.values[0],
+                pool.values[1],
+            ] {
+                loader.map_max_entries(name, len);
+            }
+        }
         for parity in 0..2 {
-            loader
-                .map_max_entries(maps::LATENCY[parity], opts.max_latency_keys)
-                .map_max_entries(maps::DETAILS[parity], opts.max_detail_keys);
             if opts.stacks_hz.is_some() {
                 loader
                     .map_max_entries(maps::STACK_COUNTS[parity], stacks::STACK_COUNTS_ENTRIES)
@@ -222,8 +238,9 @@ impl Tracer {
         let mut ebpf = loader
             .load(EBPF_OBJECT)
             .map_err(|e| Error::bpf("loading the eBPF object", e))?;
-        init_template(&mut ebpf)?;
-        let slots = threads::ThreadSlots::open(&mut ebpf, thread_slots)?;
+        let slots = threads::ThreadSlots::open(&mut ebpf)?;
+        let latency_pool = pool::KeyPool::open(&mut ebpf, &pool::LATENCY)?;
+        let detail_pool = pool::KeyPool::open(&mut ebpf, &pool::DETAILS)?;
         if let Some(pids) = &opts.pids {
             let mut traced: BpfHashMap<&mut MapData, u32, u32> =
                 map_mut(&mut ebpf, maps::TRACED_TGIDS)?;
@@ -280,8 +297,8 @@ impl Tracer {
             ended_exits: Default::default(),
             stats,
             details_seen: 0,
-            latency_buffers: Default::default(),
-            detail_buffers: Default::default(),
+            latency_pool,
+            detail_pool,
             thread_buffers: Default::default(),
             slots,
             stacks,
@@ -335,7 +352,7 @@ impl Tracer {
         latency_keys: u32,
         detail_keys: u32,
     ) -> Result<(), Error> {
-        let parity = (self.seq & 1) as usize;
+        let parity = self.seq & 1;
         for (v, &tid) in (0..).zip(tids) {
             let st = ThreadState {
                 tgid,
@@ -350,13 +367,7 @@ impl Tracer {
             }
         }
         let mut stats = LatencyStats::EMPTY;
-        stats.count = 10;
-        stats.total_ns = 10_000;
-        stats.min_ns = 1_000;
-        stats.max_ns = 1_000;
-        stats.buckets[kvmtrace_common::bucket_index(1_000)] = 10;
-        let mut latency: BpfHashMap<&mut MapData, LatencyKey, LatencyStats> =
-            map_mut(&mut self.ebpf, maps::LATENCY[parity])?;
+        stats.add(1_000, kvmtrace_common::bucket_index(1_000));
         for (v, &tid) in (0..).zip(tids) {
             for r in 0..latency_keys {
                 let key = LatencyKey {
@@ -367,13 +378,9 @@ impl Tracer {
                     reason: r,
                     kind: LatencyKind::Exit as u32,
                 };
-                latency
-                    .insert(key, stats, 0)
-                    .map_err(|e| Error::bpf("filling LATENCY", e))?;
+                self.latency_pool.put(&mut self.ebpf, parity, key, stats)?;
             }
         }
-        let mut details: BpfHashMap<&mut MapData, DetailKey, u64> =
-            map_mut(&mut self.ebpf, maps::DETAILS[parity])?;
         for &tid in tids {
             for port in 0..detail_keys {
                 let key = DetailKey {
@@ -383,9 +390,7 @@ impl Tracer {
                     a: port,
                     b: 1,
                 };
-                details
-                    .insert(key, 7, 0)
-                    .map_err(|e| Error::bpf("filling DETAILS", e))?;
+                self.detail_pool.put(&mut self.ebpf, parity, key, 7)?;
             }
         }
         Ok(())
@@ -409,15 +414,16 @@ mod tests {
     fn an_epoch_is_its_own_delta() {
         let mut stats = LatencyStats::EMPTY;
         assert!(latency_delta(&stats).is_none());
-        stats.count = 5;
-        stats.total_ns = 600;
-        stats.min_ns = 50;
-        stats.max_ns = 400;
-        stats.buckets[20] = 4;
-        stats.buckets[30] = 1;
+        for ns in [50, 50, 50, 50, 400] {
+            stats.add(ns, kvmtrace_common::bucket_index(ns));
+        }
+        let (b50, b400) = (
+            kvmtrace_common::bucket_index(50) as u16,
+            kvmtrace_common::bucket_index(400) as u16,
+        );
         let d = latency_delta(&stats).unwrap();
         assert_eq!((d.count, d.total_ns, d.min_ns, d.max_ns), (5, 600, 50, 400));
-        assert_eq!(d.buckets, vec![(20, 4), (30, 1)]);
+        assert_eq!(d.buckets, vec![(b50, 4), (b400, 1)]);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use kvmtrace_common::{
-    DetailKey, LatencyKey, LatencyStats, maps,
+    LatencyKey, maps,
     stacks::{StackFrames, StackKey},
 };
 
@@ -74,8 +74,8 @@ impl Tracer {
         std::mem::take(&mut self.ended_exits)
     }
 
-    /// The capacity (max_entries) of THREADS, LATENCY and DETAILS as the kernel loaded them
-    /// (LATENCY and DETAILS: both epochs' maps, as [`Tracer::occupancy`] counts them).
+    /// The capacity of THREADS and of the latency and detail pools (keys) as the kernel loaded
+    /// them.
     pub fn capacity(&self) -> MapEntries {
         let max = |name: &str| match self.ebpf.map(name) {
             Some(aya::maps::Map::HashMap(m)) => m.info().map_or(0, |i| i.max_entries() as u64),
@@ -84,27 +84,22 @@ impl Tracer {
         MapEntries {
             // Slot 0 is never handed out.
             threads: max(maps::THREADS).saturating_sub(1),
-            latency: max(maps::LATENCY[0]) + max(maps::LATENCY[1]),
-            details: max(maps::DETAILS[0]) + max(maps::DETAILS[1]),
+            latency: max(maps::LATENCY_INDEX),
+            details: max(maps::DETAIL_INDEX),
             // Its one reader, `serve`, does not sample stacks.
             stacks: 0,
         }
     }
 
-    /// Entries in THREADS, LATENCY and DETAILS now: after the last drain, the live traced
-    /// threads, 0 and 0 (nothing of a VM that came and went stays behind).
+    /// Entries in THREADS and keys in the latency and detail pools now: the live traced threads
+    /// and the keys in use (after the last drain, 0 and 0: nothing of a VM that came and went
+    /// stays behind).
     pub fn occupancy(&self) -> Result<MapEntries, Error> {
         let threads: BpfHashMap<&MapData, u32, u32> = map_ref(&self.ebpf, maps::THREADS)?;
-        let mut latency = 0;
-        let mut details = 0;
+        let latency = self.latency_pool.keys_held(&self.ebpf)?;
+        let details = self.detail_pool.keys_held(&self.ebpf)?;
         let mut stacks = 0;
         for parity in 0..2 {
-            let l: BpfHashMap<&MapData, LatencyKey, LatencyStats> =
-                map_ref(&self.ebpf, maps::LATENCY[parity])?;
-            let d: BpfHashMap<&MapData, DetailKey, u64> =
-                map_ref(&self.ebpf, maps::DETAILS[parity])?;
-            latency += l.keys().count() as u64;
-            details += d.keys().count() as u64;
             if self.stacks.is_some() {
                 let c: BpfHashMap<&MapData, StackKey, u64> =
                     map_ref(&self.ebpf, maps::STACK_COUNTS[parity])?;

@@ -3,8 +3,6 @@
 //! slots nobody holds. The programs claim a slot on a thread's first event; the collector seeds
 //! the threads that were already running and retires the threads that are gone.
 
-use std::{os::fd::AsFd as _, os::fd::AsRawFd as _, ptr::NonNull};
-
 use aya::{
     Ebpf,
     maps::{Array, HashMap as BpfHashMap, MapData, Stack},
@@ -14,6 +12,7 @@ use kvmtrace_common::{THREAD_SLOTS_LEN, ThreadState, maps};
 use super::{
     batch,
     kernel::{BPF_NOEXIST, map_mut, read_map},
+    pool::Mapped,
 };
 use crate::error::Error;
 
@@ -32,84 +31,40 @@ pub(super) fn slots_wanted() -> Result<u32, Error> {
     }
 }
 
-fn page_size() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    unsafe { libc::sysconf(libc::_SC_PAGESIZE) as usize }
-}
-
 /// THREAD_SLOTS mapped into this process: reading every traced thread's state costs no syscall.
 pub(super) struct ThreadSlots {
-    base: NonNull<ThreadState>,
-    /// Slots in THREAD_SLOTS (as loaded).
-    len: u32,
-    bytes: usize,
+    states: Mapped<ThreadState>,
     /// Slots retired at the last drain, back on FREE_SLOTS at the next one: after that drain's
     /// epoch switch has waited out every program that could have found them before they were
     /// retired, so no late write lands in a slot another thread has claimed since.
     retired: Vec<u32>,
 }
 
-// SAFETY: the mapping is plain shared memory owned by this value; every access is a volatile
-// copy of one whole element.
-unsafe impl Send for ThreadSlots {}
-
 impl ThreadSlots {
     /// Maps THREAD_SLOTS and puts every slot but 0 on FREE_SLOTS, slot 1 on top (the stack
     /// hands out low slots first, so the slots in use stay together).
-    pub(super) fn open(ebpf: &mut Ebpf, len: u32) -> Result<Self, Error> {
-        let Some(aya::maps::Map::Array(data)) = ebpf.map(maps::THREAD_SLOTS) else {
-            return Err(Error::bpf(
-                maps::THREAD_SLOTS,
-                std::io::Error::other("map not in object"),
-            ));
-        };
-        let bytes = (len as usize * size_of::<ThreadState>()).next_multiple_of(page_size());
-        // SAFETY: a shared mapping of the map's memory (created BPF_F_MMAPABLE, its elements
-        // ThreadState-sized since the size is a multiple of 8), at an address the kernel picks.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                data.fd().as_fd().as_raw_fd(),
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            return Err(Error::bpf(
-                "mapping THREAD_SLOTS",
-                std::io::Error::last_os_error(),
-            ));
-        }
-        let slots = ThreadSlots {
-            base: NonNull::new(base.cast()).expect("mmap returned a null mapping"),
-            len,
-            bytes,
-            retired: Vec::new(),
-        };
+    pub(super) fn open(ebpf: &mut Ebpf) -> Result<Self, Error> {
+        let states = Mapped::open(ebpf, maps::THREAD_SLOTS)?;
         let mut free: Stack<&mut MapData, u32> = map_mut(ebpf, maps::FREE_SLOTS)?;
-        for slot in (1..len).rev() {
+        for slot in (1..states.len()).rev() {
             free.push(slot, 0)
                 .map_err(|e| Error::bpf("filling FREE_SLOTS", e))?;
         }
-        Ok(slots)
+        Ok(ThreadSlots {
+            states,
+            retired: Vec::new(),
+        })
     }
 
     /// A copy of slot `slot`'s state (the thread may be changing it: each field is as current
     /// as a map lookup's copy would be).
     pub(super) fn get(&self, slot: u32) -> Option<ThreadState> {
-        (slot < self.len).then(|| {
-            // SAFETY: slot is within the mapping; ThreadState is plain old data.
-            unsafe { self.base.as_ptr().add(slot as usize).read_volatile() }
-        })
+        self.states.get(slot)
     }
 
     fn set(&self, slot: u32, state: &ThreadState) {
-        assert!(slot < self.len, "slot {slot} out of THREAD_SLOTS");
-        // SAFETY: slot is within the mapping; only slots no thread holds yet (or any more) are
-        // written here.
-        unsafe { self.base.as_ptr().add(slot as usize).write_volatile(*state) }
+        // Only slots no thread holds yet (or any more) are written here.
+        self.states.set(slot, state)
     }
 
     /// Every traced thread's (tid, slot, state), from THREADS and the mapped slots.
@@ -183,12 +138,5 @@ impl ThreadSlots {
             }
         }
         Ok(())
-    }
-}
-
-impl Drop for ThreadSlots {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `open`, unmapped once.
-        unsafe { libc::munmap(self.base.as_ptr().cast(), self.bytes) };
     }
 }
