@@ -201,6 +201,10 @@ pub struct Config {
     pub flight: u32,
     /// Exits/s of one thread that make a storm (`--storm-rate`), for the flight recorder.
     pub storm_rate: u32,
+    /// 1: each thread keeps its last detail event in [`ThreadState::last_detail`] (for slow
+    /// exits, the flight recorder and guest RIPs): one flag for the detail programs to test.
+    pub keep_last_detail: u32,
+    pub pad: u32,
     /// `record --than`: exits (exit->entry) and VMM round trips that take at least this long
     /// are streamed to SLOW_EXITS, one record each; 0: off.
     pub slow_ns: u64,
@@ -271,6 +275,8 @@ impl Config {
         guest_rips: 0,
         flight: 0,
         storm_rate: 10_000,
+        keep_last_detail: 0,
+        pad: 0,
         slow_ns: 0,
     };
 }

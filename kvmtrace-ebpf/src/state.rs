@@ -170,11 +170,15 @@ pub fn field<T: Default + Copy>(ctx: &TracePointContext, offset: u32, usual: u32
     unsafe { ctx.read_at::<T>(offset as usize) }.unwrap_or_default()
 }
 
-/// The thread's state, created on its first event after attach (threads already running when
-/// tracing started were seeded by the collector). A tid reused by another process starts fresh.
-/// None only when every slot is taken.
+/// The current thread's state if its VM is traced: `Some(Some(state))`, created on its first
+/// event after attach (threads already running when tracing started were seeded by the
+/// collector; a tid reused by another process starts fresh), `Some(None)` when every slot is
+/// taken, None when the VM is not traced. A thread holding a slot is traced by construction (a
+/// slot is claimed only after the VM filter said yes, or seeded for a traced VM), so the hot path
+/// is two array loads and the slot's own tid/tgid check; the filter is asked only when a thread
+/// has no slot (about 15 instructions fewer per event with `-p`).
 #[inline(always)]
-pub fn thread_state(tgid: u32, tid: u32) -> Option<*mut ThreadState> {
+pub fn traced_state(tgid: u32, tid: u32) -> Option<Option<*mut ThreadState>> {
     if tid < TID_SLOTS_LEN
         && let Some(&slot) = TID_SLOTS.get(tid)
         && slot != 0
@@ -183,13 +187,16 @@ pub fn thread_state(tgid: u32, tid: u32) -> Option<*mut ThreadState> {
         // SAFETY: a THREAD_SLOTS element; only its own thread's events write a claimed slot.
         let state = unsafe { &*p };
         if state.tid == tid && state.tgid == tgid {
-            return Some(p);
+            return Some(Some(p));
         }
     }
-    claim_state(tgid, tid)
+    if !traced(tgid) {
+        return None;
+    }
+    Some(claim_state(tgid, tid))
 }
 
-/// The slow path of [`thread_state`]: the thread's first event, a seeded thread's first event
+/// The slow path of [`traced_state`]: the thread's first event, a seeded thread's first event
 /// (its slot is in THREADS, not yet in TID_SLOTS), or a tid reused since its slot was set.
 #[inline(always)]
 fn claim_state(tgid: u32, tid: u32) -> Option<*mut ThreadState> {
@@ -333,9 +340,7 @@ fn claim_index<K>(
 /// keys first (no map lookup when the guest repeats itself), else DETAILS.
 #[inline(always)]
 pub fn count_detail(seq: u32, state: &mut ThreadState, key: &DetailKey, kind: DetailKind) {
-    if (crate::probes::slow::enabled() || crate::probes::rips::enabled())
-        && kind != DetailKind::UserspaceExit
-    {
+    if kind != DetailKind::UserspaceExit && conf!(keep_last_detail) != 0 {
         state.last_detail = ExitDetail {
             kind: key.kind,
             a: key.a,

@@ -165,13 +165,15 @@ pub(crate) fn stop(child: Option<Child>) {
     }
 }
 
-fn median(v: &mut [f64]) -> f64 {
+pub(crate) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }
 
-/// (name, run_time_ns, run_cnt) of every loaded BPF program, by id.
-fn prog_stats() -> anyhow::Result<std::collections::HashMap<u64, (String, u64, u64)>> {
+/// (name, run_time_ns, run_cnt) of every loaded BPF program, by id. The name is the kernel's
+/// (15 bytes at most), with ` (raw)` for raw tracepoint programs (the two empty programs' names
+/// are the same in 15 bytes).
+pub(crate) fn prog_stats() -> anyhow::Result<std::collections::HashMap<u64, (String, u64, u64)>> {
     let text =
         output(cmd("bpftool").args(["prog", "show", "--json"])).context("bpftool prog show")?;
     let progs: Vec<serde_json::Value> = serde_json::from_str(&text)?;
@@ -182,7 +184,15 @@ fn prog_stats() -> anyhow::Result<std::collections::HashMap<u64, (String, u64, u
             Some((
                 id,
                 (
-                    p["name"].as_str().unwrap_or("?").to_string(),
+                    format!(
+                        "{}{}",
+                        p["name"].as_str().unwrap_or("?"),
+                        if p["type"] == "raw_tracepoint" {
+                            " (raw)"
+                        } else {
+                            ""
+                        }
+                    ),
                     p["run_time_ns"].as_u64().unwrap_or(0),
                     p["run_cnt"].as_u64().unwrap_or(0),
                 ),
@@ -465,15 +475,22 @@ fn stacks_side_by_side(
     Ok(())
 }
 
-pub fn run_bench(
-    rounds: usize,
-    samples: usize,
-    stacks_only: bool,
-    scale_only: bool,
-) -> anyhow::Result<()> {
+/// Which part alone `cargo xtask bench` runs, if any.
+pub struct Only {
+    pub stacks: bool,
+    pub scale: bool,
+    pub cost: bool,
+}
+
+pub fn run_bench(rounds: usize, samples: usize, only: Only) -> anyhow::Result<()> {
+    let Only {
+        stacks: stacks_only,
+        scale: scale_only,
+        cost: cost_only,
+    } = only;
     setup::run_setup()?;
     run(cargo().args(["build", "--release", "--bins"]))?;
-    if !stacks_only {
+    if !stacks_only && !cost_only {
         if !scale_only {
             // Recordings: size per VM-hour and offline report time (synthetic one-hour
             // recording).
@@ -521,6 +538,9 @@ pub fn run_bench(
     let result = (|| -> anyhow::Result<()> {
         if stacks_only {
             return stacks_side_by_side(guest_pid, &rates, rounds * 3, samples);
+        }
+        if cost_only {
+            return crate::bench_paired::paired_cost(guest_pid, &rates, rounds, samples);
         }
         let configs = [
             Config::Nothing,
@@ -628,6 +648,7 @@ pub fn run_bench(
                 }
             }
         }
+        crate::bench_paired::paired_cost(guest_pid, &rates, rounds, samples)?;
 
         // The collector's CPU: record and serve side by side on the same exit loop.
         const CPU_SECS: u64 = 10;

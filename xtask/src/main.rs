@@ -1,5 +1,6 @@
 //! kvmtrace's developer tasks, one module per subcommand.
 mod bench;
+mod bench_paired;
 mod bench_scale;
 mod bench_stacks;
 mod codegen;
@@ -55,6 +56,10 @@ enum Task {
         /// threads over 60 s.
         #[arg(long, conflicts_with = "stacks_only")]
         scale_only: bool,
+        /// Only the per-event program cost with every program attached at once (ROUNDS rounds
+        /// of SAMPLES seconds).
+        #[arg(long, conflicts_with_all = ["stacks_only", "scale_only"])]
+        cost_only: bool,
     },
     /// Boot the nested SVM L1 (QEMU TCG + kvm_amd) and run the tests that need real kvm_exit.
     Nested {
@@ -96,7 +101,16 @@ fn main() -> anyhow::Result<()> {
             samples,
             stacks_only,
             scale_only,
-        } => bench::run_bench(rounds, samples, stacks_only, scale_only),
+            cost_only,
+        } => bench::run_bench(
+            rounds,
+            samples,
+            bench::Only {
+                stacks: stacks_only,
+                scale: scale_only,
+                cost: cost_only,
+            },
+        ),
         Task::Nested {
             timeout,
             smp,

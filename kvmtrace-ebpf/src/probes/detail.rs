@@ -50,7 +50,7 @@ use kvmtrace_common::{
     detail::{pack_cpuid, pack_mmio, pack_msr, pack_pio},
 };
 
-use crate::state::{conf, count_detail, current, field, open_epoch, thread_state, traced};
+use crate::state::{conf, count_detail, current, field, open_epoch, traced_state};
 
 #[tracepoint]
 pub fn kvmtrace_pio(ctx: TracePointContext) -> u32 {
@@ -135,16 +135,13 @@ pub fn kvmtrace_cpuid_raw(ctx: RawTracePointContext) -> i32 {
 #[inline(always)]
 fn count(kind: DetailKind, key_of: impl FnOnce() -> (u32, u64)) {
     let (tgid, tid) = current();
-    if !traced(tgid) {
-        return;
-    }
     let Some(seq) = open_epoch() else {
         return;
     };
-    let Some(state) = thread_state(tgid, tid) else {
+    let Some(Some(state)) = traced_state(tgid, tid) else {
         return;
     };
-    // SAFETY: `state` points at this thread's THREADS value; only this thread's events write it.
+    // SAFETY: `state` points at this thread's slot; only this thread's events write it.
     let state = unsafe { &mut *state };
     let (a, b) = key_of();
     let key = DetailKey {

@@ -27,9 +27,7 @@ use kvmtrace_common::USUAL_OFFSETS;
 use kvmtrace_common::{Counter, LatencyKey, LatencyKind, THREAD_SEEN_ENTRY};
 
 use super::{rips, slow, userspace::close_round_trip};
-use crate::state::{
-    bump, conf, current, field, now_ns, open_epoch, record_latency, thread_state, traced,
-};
+use crate::state::{bump, conf, current, field, now_ns, open_epoch, record_latency, traced_state};
 
 #[tracepoint]
 pub fn kvmtrace_exit(ctx: TracePointContext) -> u32 {
@@ -46,18 +44,18 @@ pub fn kvmtrace_entry(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn try_exit(ctx: &TracePointContext) {
     let (tgid, tid) = current();
-    if !traced(tgid) {
-        return;
-    }
     if open_epoch().is_none() {
         return;
     }
-    let ts = now_ns();
-    bump(Counter::ExitsSeen);
-    let Some(state) = thread_state(tgid, tid) else {
+    let Some(state) = traced_state(tgid, tid) else {
         return;
     };
-    // SAFETY: `state` points at this thread's THREADS value; only this thread's events write it.
+    let ts = now_ns();
+    bump(Counter::ExitsSeen);
+    let Some(state) = state else {
+        return;
+    };
+    // SAFETY: `state` points at this thread's slot; only this thread's events write it.
     let state = unsafe { &mut *state };
     if state.exit_ts != 0 {
         bump(Counter::UnpairedExits);
@@ -89,15 +87,15 @@ fn try_exit(ctx: &TracePointContext) {
 #[inline(always)]
 fn try_entry(ctx: &TracePointContext) {
     let (tgid, tid) = current();
-    if !traced(tgid) {
-        return;
-    }
     let Some(seq) = open_epoch() else {
+        return;
+    };
+    let Some(state) = traced_state(tgid, tid) else {
         return;
     };
     let ts = now_ns();
     bump(Counter::EntriesSeen);
-    let Some(state) = thread_state(tgid, tid) else {
+    let Some(state) = state else {
         return;
     };
     // SAFETY: as in try_exit.

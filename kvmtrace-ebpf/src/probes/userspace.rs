@@ -26,8 +26,7 @@ use kvmtrace_common::{
 
 use super::slow;
 use crate::state::{
-    bump, conf, count_detail, current, field, now_ns, open_epoch, record_latency, thread_state,
-    traced,
+    bump, conf, count_detail, current, field, now_ns, open_epoch, record_latency, traced_state,
 };
 
 /// The userspace exit reasons whose detail event is the exit's (uapi linux/kvm.h).
@@ -66,19 +65,16 @@ pub fn kvmtrace_fpu_raw(ctx: RawTracePointContext) -> i32 {
 #[inline(always)]
 fn try_userspace_exit(args: impl FnOnce() -> (u32, i32)) {
     let (tgid, tid) = current();
-    if !traced(tgid) {
-        return;
-    }
     let Some(seq) = open_epoch() else {
+        return;
+    };
+    let Some(Some(state)) = traced_state(tgid, tid) else {
         return;
     };
     let ts = now_ns();
     let (reason, errno) = args();
     let (a, b) = pack_userspace_exit(reason, errno);
-    let Some(state) = thread_state(tgid, tid) else {
-        return;
-    };
-    // SAFETY: `state` points at this thread's THREADS value; only this thread's events write it.
+    // SAFETY: `state` points at this thread's slot; only this thread's events write it.
     let state = unsafe { &mut *state };
     let key = DetailKey {
         tgid,
@@ -115,17 +111,14 @@ fn try_userspace_exit(args: impl FnOnce() -> (u32, i32)) {
 #[inline(always)]
 fn try_fpu(load: impl FnOnce() -> bool) {
     let (tgid, tid) = current();
-    if !traced(tgid) {
-        return;
-    }
     let Some(seq) = open_epoch() else {
+        return;
+    };
+    let Some(Some(state)) = traced_state(tgid, tid) else {
         return;
     };
     let load = load();
     let ts = now_ns();
-    let Some(state) = thread_state(tgid, tid) else {
-        return;
-    };
     // SAFETY: as above.
     let state = unsafe { &mut *state };
     let unresolved = state.flags & THREAD_UNRESOLVED != 0;

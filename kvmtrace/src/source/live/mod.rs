@@ -185,6 +185,8 @@ impl Tracer {
             guest_rips: opts.guest_rips as u32,
             ..Config::UNSET
         };
+        // What the kernel's slow-exit, flight-recorder and guest-RIP code test, in one flag.
+        cfg.keep_last_detail = (cfg.slow_ns != 0 || cfg.flight != 0 || cfg.guest_rips != 0) as u32;
         if let Some(pids) = opts
             .pids
             .as_ref()
