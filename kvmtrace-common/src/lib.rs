@@ -289,10 +289,28 @@ pub const THREAD_SLOTS_LEN: u32 = 8192;
 const _: () = assert!(core::mem::size_of::<ThreadState>().is_multiple_of(8));
 const _: () = assert!(THREAD_SLOTS_LEN <= u16::MAX as u32 + 1);
 
-/// Per-thread pairing state. A timestamp of 0 means "nothing open".
+/// Per-thread pairing state. A timestamp of 0 means "nothing open". The fields a detail event
+/// touches come first (identity, per-kind totals, pending keys: 224 bytes), so an event reads
+/// and writes as few cache lines as it can (kvm_cpuid 1.45x -> 1.40x the empty program's cost).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ThreadState {
+    /// The thread's process (the VM), so that open exits can be attributed at stop.
+    pub tgid: u32,
+    /// The thread whose slot this is (0: a free slot).
+    pub tid: u32,
+    /// The epoch sequence number `keys_used` counts in.
+    pub keys_seq: u32,
+    /// DETAILS keys this thread added in epoch `keys_seq`.
+    pub keys_used: u32,
+    /// Detail events per epoch parity and [`DetailKind`] (index `parity * DETAIL_KINDS + kind -
+    /// 1`), cumulative: the exact totals per (thread, kind) however many keys were dropped.
+    pub detail_events: [u64; 2 * DETAIL_KINDS],
+    /// The thread's last two detail keys per epoch parity, most recent first, with the events
+    /// not yet added to DETAILS: a guest repeating a key (a storm) costs no DETAILS lookup. A
+    /// key's count goes to DETAILS when another key pushes it out; the collector reads what is
+    /// left after the epoch closed (entries whose `seq` is that epoch's).
+    pub pending: [[PendingDetail; PENDING_KEYS]; 2],
     /// ktime of the open kvm_exit, 0 when the thread is in the guest (or never exited).
     pub exit_ts: u64,
     /// ktime of the open kvm_userspace_exit, 0 when none is open.
@@ -304,10 +322,6 @@ pub struct ThreadState {
     pub uexit_reason: u32,
     /// THREAD_* bits.
     pub flags: u32,
-    /// The thread's process (the VM), so that open exits can be attributed at stop.
-    pub tgid: u32,
-    /// The thread whose slot this is (0: a free slot).
-    pub tid: u32,
     pub pad: u32,
     // CPU accounting (cumulative ns since `first_ts`), from kvm_fpu and sched_switch.
     /// ktime of the thread's first event after attach.
@@ -327,18 +341,6 @@ pub struct ThreadState {
     /// VMM round-trip time inside the open exit: subtracted from its exit->entry span, so
     /// [`LatencyKind::Exit`] is in-kernel handling only and [`LatencyKind::ExitVmm`] the rest.
     pub exit_vmm_ns: u64,
-    /// The epoch sequence number `keys_used` counts in.
-    pub keys_seq: u32,
-    /// DETAILS keys this thread added in epoch `keys_seq`.
-    pub keys_used: u32,
-    /// Detail events per epoch parity and [`DetailKind`] (index `parity * DETAIL_KINDS + kind -
-    /// 1`), cumulative: the exact totals per (thread, kind) however many keys were dropped.
-    pub detail_events: [u64; 2 * DETAIL_KINDS],
-    /// The thread's last two detail keys per epoch parity, most recent first, with the events
-    /// not yet added to DETAILS: a guest repeating a key (a storm) costs no DETAILS lookup. A
-    /// key's count goes to DETAILS when another key pushes it out; the collector reads what is
-    /// left after the epoch closed (entries whose `seq` is that epoch's).
-    pub pending: [[PendingDetail; PENDING_KEYS]; 2],
     // Kept only when slow exits are captured (`record --than`):
     /// The open exit's guest RIP and exit information.
     pub exit_rip: u64,

@@ -170,9 +170,8 @@ pub(crate) fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-/// (name, run_time_ns, run_cnt) of every loaded BPF program, by id. The name is the kernel's
-/// (15 bytes at most), with ` (raw)` for raw tracepoint programs (the two empty programs' names
-/// are the same in 15 bytes).
+/// (name, run_time_ns, run_cnt) of every loaded BPF program, by id (bpftool gives the full
+/// function name from BTF, not the kernel's 15 bytes).
 pub(crate) fn prog_stats() -> anyhow::Result<std::collections::HashMap<u64, (String, u64, u64)>> {
     let text =
         output(cmd("bpftool").args(["prog", "show", "--json"])).context("bpftool prog show")?;
@@ -184,15 +183,7 @@ pub(crate) fn prog_stats() -> anyhow::Result<std::collections::HashMap<u64, (Str
             Some((
                 id,
                 (
-                    format!(
-                        "{}{}",
-                        p["name"].as_str().unwrap_or("?"),
-                        if p["type"] == "raw_tracepoint" {
-                            " (raw)"
-                        } else {
-                            ""
-                        }
-                    ),
+                    p["name"].as_str().unwrap_or("?").to_string(),
                     p["run_time_ns"].as_u64().unwrap_or(0),
                     p["run_cnt"].as_u64().unwrap_or(0),
                 ),

@@ -21,7 +21,7 @@ pub fn paired_cost(
     secs: usize,
 ) -> anyhow::Result<()> {
     const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
-    const FLOOR: &str = "kvmtrace_floor_";
+    const FLOOR: &str = "kvmtrace_floor_tp";
     let previous = std::fs::read_to_string(STATS).unwrap_or_else(|_| "0".into());
     std::fs::write(STATS, "1").context("enabling BPF run-time statistics")?;
     let mut ns: BTreeMap<String, Vec<f64>> = BTreeMap::new();
@@ -72,12 +72,12 @@ pub fn paired_cost(
     for (name, v) in &mut ns {
         let r = ratios.get_mut(name).expect("a ratio per program");
         println!(
-            "  {name:<18} {:>8.1} ns/run  {:>5.2}x the empty classic program",
+            "  {name:<20} {:>8.1} ns/run  {:>5.2}x the empty classic program",
             crate::bench::median(v),
             crate::bench::median(r)
         );
     }
-    if let Some(r) = ratios.get_mut("kvmtrace_cpuid_ (raw)") {
+    if let Some(r) = ratios.get_mut("kvmtrace_cpuid_raw") {
         let r = crate::bench::median(r);
         if r > BAR {
             println!("  kvm_cpuid: {r:.2}x, over the bar of {BAR}x");
