@@ -53,7 +53,7 @@ pub mod maps {
     pub const POOL_HIGH: &str = "POOL_HIGH";
     /// One u32: the epoch sequence number. 0 = closed (every program returns at once: nothing is
     /// counted before everything is attached and the threads' states are established, nor after
-    /// stop); otherwise its parity selects the LATENCY and DETAILS maps the programs write.
+    /// stop); otherwise its parity selects the LATENCY and DETAILS arrays the programs write.
     pub const CONTROL: &str = "CONTROL";
     /// tid -> its slot (u16, 0: none), for tids below 2^20: the programs' fast path to a
     /// thread's state (see kvmtrace-ebpf's state.rs).

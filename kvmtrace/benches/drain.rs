@@ -1,6 +1,6 @@
 //! The collector at scale (`cargo bench -p kvmtrace --bench drain`, root: it loads the BPF
 //! programs): the maps hold what 1 000 vCPU threads with 10 exit reasons and 40 ports each leave
-//! in one interval, 50 000 keys, filled from user space; one drain reads and deletes them. The
+//! in one interval, 50 000 keys, filled from user space; one drain reads and zeroes them. The
 //! threads are real (parked threads of this process), so each drain also checks that they are
 //! alive, as it does for a VM's. Reports the drain's wall time (which includes waiting out an
 //! RCU grace period) and the CPU time it took, against the 20 ms bar.
@@ -65,7 +65,7 @@ fn main() {
         tracer
             .fill_for_bench(std::process::id(), &tids, REASONS, PORTS)
             .expect("filling the maps");
-        // Closes the epoch that holds them, waits out the programs, reads and deletes them.
+        // Closes the epoch that holds them, waits out the programs, reads and zeroes them.
         let (t, c) = (Instant::now(), thread_cpu());
         let iv = tracer.drain().expect("draining");
         times.push(t.elapsed());
