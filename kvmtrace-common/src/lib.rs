@@ -291,7 +291,7 @@ const _: () = assert!(THREAD_SLOTS_LEN <= u16::MAX as u32 + 1);
 
 /// Per-thread pairing state. A timestamp of 0 means "nothing open". The fields a detail event
 /// touches come first (identity, per-kind totals, pending keys: 224 bytes), so an event reads
-/// and writes as few cache lines as it can (kvm_cpuid 1.45x -> 1.40x the empty program's cost).
+/// and writes as few cache lines as it can.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ThreadState {

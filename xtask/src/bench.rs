@@ -204,16 +204,49 @@ pub(crate) struct ProgramCost {
     pub(crate) by_program: Vec<(String, f64, u64)>,
 }
 
+/// The kernel's BPF run-time statistics switch (kernel.bpf_stats_enabled).
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+/// Turns the kernel's BPF run-time statistics on; returns the setting to restore.
+pub(crate) fn bpf_stats_on() -> anyhow::Result<String> {
+    let previous = std::fs::read_to_string(BPF_STATS).unwrap_or_else(|_| "0".into());
+    std::fs::write(BPF_STATS, "1").context("enabling BPF run-time statistics")?;
+    Ok(previous)
+}
+
+/// Puts kernel.bpf_stats_enabled back to what [`bpf_stats_on`] found.
+pub(crate) fn bpf_stats_restore(previous: &str) -> anyhow::Result<()> {
+    std::fs::write(BPF_STATS, previous.trim()).context("restoring kernel.bpf_stats_enabled")
+}
+
+/// Run time and runs per program name between the snapshots `a` and `b` of [`prog_stats`], for
+/// the programs loaded after the ids `before` were.
+pub(crate) fn runs_by_name(
+    before: &std::collections::HashSet<u64>,
+    a: &std::collections::HashMap<u64, (String, u64, u64)>,
+    b: &std::collections::HashMap<u64, (String, u64, u64)>,
+) -> std::collections::BTreeMap<String, (u64, u64)> {
+    let mut by_name: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+    for (id, (name, t, n)) in b {
+        if before.contains(id) {
+            continue;
+        }
+        let (t0, n0) = a.get(id).map_or((0, 0), |(_, t, n)| (*t, *n));
+        let e = by_name.entry(name.clone()).or_default();
+        e.0 += t - t0;
+        e.1 += n - n0;
+    }
+    by_name
+}
+
 pub(crate) fn program_cost(
     config: Config,
     guest_pid: u32,
     rates: &Receiver<String>,
     secs: usize,
 ) -> anyhow::Result<ProgramCost> {
-    const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
     let before_ids: std::collections::HashSet<u64> = prog_stats()?.into_keys().collect();
-    let previous = std::fs::read_to_string(STATS).unwrap_or_else(|_| "0".into());
-    std::fs::write(STATS, "1").context("enabling BPF run-time statistics")?;
+    let previous = bpf_stats_on()?;
     let tracer = start(config, Some(guest_pid))?;
     while rates.try_recv().is_ok() {}
     let a = prog_stats()?;
@@ -225,17 +258,8 @@ pub(crate) fn program_cost(
         .collect();
     let exits_per_sec = exit_rates.iter().sum::<f64>() / exit_rates.len().max(1) as f64;
     stop(tracer);
-    std::fs::write(STATS, previous.trim()).context("restoring kernel.bpf_stats_enabled")?;
-    let mut by_name: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
-    for (id, (name, t, n)) in &b {
-        if before_ids.contains(id) {
-            continue;
-        }
-        let (t0, n0) = a.get(id).map_or((0, 0), |(_, t, n)| (*t, *n));
-        let e = by_name.entry(name.clone()).or_default();
-        e.0 += t - t0;
-        e.1 += n - n0;
-    }
+    bpf_stats_restore(&previous)?;
+    let by_name = runs_by_name(&before_ids, &a, &b);
     let (time, events) = by_name
         .values()
         .fold((0, 0), |(t, n), (dt, dn)| (t + dt, n + dn));

@@ -1,13 +1,16 @@
 //! Per-event cost of kvmtrace's programs against both empty programs on the very same events:
 //! the empty classic program, the empty raw one and `kvmtrace record` are attached at once, so
-//! every guest exit runs all three and the ratios do not carry the run-to-run noise of
-//! measuring one configuration after another (±20 % on this host). Medians over rounds.
+//! every guest exit runs all three and the ratios do not carry most of the run-to-run noise of
+//! measuring one configuration after another (±20 % on this host). Medians over rounds; the
+//! median still moves between runs (kvm_cpuid 1.39x-1.45x with the same code, five runs).
 
 use std::{collections::BTreeMap, sync::mpsc::Receiver, time::Duration};
 
 use anyhow::Context as _;
 
-use crate::bench::{Config, prog_stats, start, stop};
+use crate::bench::{
+    Config, bpf_stats_on, bpf_stats_restore, prog_stats, runs_by_name, start, stop,
+};
 
 /// kvm_cpuid's per-event cost must stay within this factor of the empty classic program's.
 const BAR: f64 = 1.3;
@@ -20,10 +23,8 @@ pub fn paired_cost(
     rounds: usize,
     secs: usize,
 ) -> anyhow::Result<()> {
-    const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
     const FLOOR: &str = "kvmtrace_floor_tp";
-    let previous = std::fs::read_to_string(STATS).unwrap_or_else(|_| "0".into());
-    std::fs::write(STATS, "1").context("enabling BPF run-time statistics")?;
+    let previous = bpf_stats_on()?;
     let mut ns: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let mut ratios: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let result = (|| -> anyhow::Result<()> {
@@ -38,16 +39,7 @@ pub fn paired_cost(
             std::thread::sleep(Duration::from_secs(secs as u64));
             let b = prog_stats()?;
             tracers.into_iter().for_each(stop);
-            let mut round: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-            for (id, (name, t, n)) in &b {
-                if before.contains(id) {
-                    continue;
-                }
-                let (t0, n0) = a.get(id).map_or((0, 0), |(_, t, n)| (*t, *n));
-                let e = round.entry(name.clone()).or_default();
-                e.0 += t - t0;
-                e.1 += n - n0;
-            }
+            let round = runs_by_name(&before, &a, &b);
             let per_run = |name: &str| {
                 round
                     .get(name)
@@ -64,7 +56,7 @@ pub fn paired_cost(
         }
         Ok(())
     })();
-    std::fs::write(STATS, previous.trim()).context("restoring kernel.bpf_stats_enabled")?;
+    bpf_stats_restore(&previous)?;
     result?;
     println!(
         "\nProgram cost per event, all attached at once (the same events; medians of {rounds} rounds of {secs} s):"
