@@ -120,10 +120,10 @@ pub mod programs {
         (KVM_MSR, "kvmtrace_msr_raw"),
         (KVM_CPUID, "kvmtrace_cpuid_raw"),
     ];
-    /// Empty programs for the bench's floor (never attached by the collector): classic and
-    /// raw tracepoint.
-    pub const FLOOR_CLASSIC: &str = "kvmtrace_floor_tp";
-    pub const FLOOR_RAW: &str = "kvmtrace_floor_raw";
+    /// The bench's empty programs (never attached by the collector) are named after these:
+    /// `kvmtrace_floor_<stem>` and `kvmtrace_floor_<stem>_raw` on the tracepoint of
+    /// `kvmtrace_<stem>` (see kvmtrace-ebpf's probes/floor.rs).
+    pub const FLOOR_PREFIX: &str = "kvmtrace_floor_";
     /// The perf_event program of `record --stacks` (attached only then).
     pub const STACK_SAMPLE: &str = "kvmtrace_stack_sample";
 }

@@ -1,5 +1,5 @@
-//! `kvmtrace-floor classic|raw`: attaches kvmtrace's empty program (a classic or a raw
-//! tracepoint program) to every kvm tracepoint kvmtrace traces, says so on stdout, and stays
+//! `kvmtrace-floor classic|raw`: attaches an empty program (a classic or a raw tracepoint
+//! program) to every tracepoint kvmtrace traces, one per tracepoint, says so on stdout, and stays
 //! until it is killed (the kernel then frees everything: nothing is pinned). `cargo xtask bench`
 //! runs it to measure the attach mechanisms' own cost beside kvmtrace's programs; it is not
 //! installed by the .deb.
@@ -17,11 +17,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let events: Vec<(&str, &str)> = programs::ALL
-        .iter()
-        .filter(|(_, category, _)| *category == "kvm")
-        .map(|&(_, category, event)| (category, event))
-        .collect();
+    let events = programs::ALL;
     let _attached = match kvmtrace::source::live::attach_floor(raw, &events) {
         Ok(ebpf) => ebpf,
         Err(e) => {
