@@ -323,6 +323,14 @@ pub struct ThreadState {
     /// THREAD_* bits.
     pub flags: u32,
     pub pad: u32,
+    /// The LATENCY pool index of the thread's last VMM round-trip key (`rt_reason`, `rt_vcpu`)
+    /// and the epoch it was last used in: a thread whose trips keep one reason finds the index
+    /// here, not in LATENCY_INDEX. A key used in epoch E is not retired before the drain that
+    /// closes E + 1 finds it idle, so the index is good while the open epoch is E or E + 1.
+    pub rt_index: u32,
+    pub rt_seq: u32,
+    pub rt_reason: u32,
+    pub rt_vcpu: u32,
     // CPU accounting (cumulative ns since `first_ts`), from kvm_fpu and sched_switch.
     /// ktime of the thread's first event after attach.
     pub first_ts: u64,

@@ -210,7 +210,7 @@ fn claim_state(tgid: u32, tid: u32) -> Option<*mut ThreadState> {
             };
             let p = THREAD_SLOTS.get_ptr_mut(free)?;
             // SAFETY: a free slot: nobody else holds it until THREADS says whose it is.
-            unsafe { *p = fresh_state(tgid, tid) };
+            unsafe { reset_state(p, tgid, tid) };
             if THREADS.insert(tid, free, BPF_NOEXIST).is_err() {
                 // The collector seeded this thread a moment ago: its slot wins.
                 let _ = FREE_SLOTS.push(free, 0);
@@ -224,7 +224,8 @@ fn claim_state(tgid: u32, tid: u32) -> Option<*mut ThreadState> {
     // SAFETY: the slot THREADS gives this tid; only this thread's events write it.
     let state = unsafe { &mut *p };
     if state.tid != tid || state.tgid != tgid {
-        *state = fresh_state(tgid, tid);
+        // SAFETY: as above.
+        unsafe { reset_state(p, tgid, tid) };
     }
     if let Some(entry) = TID_SLOTS.get_ptr_mut(tid) {
         // SAFETY: an element of a map value array; only this thread writes its own entry.
@@ -233,20 +234,33 @@ fn claim_state(tgid: u32, tid: u32) -> Option<*mut ThreadState> {
     Some(p)
 }
 
-/// A thread seen for the first time: inside KVM_RUN until its first kvm_fpu event says
-/// otherwise (every event but a kvm_fpu load happens inside KVM_RUN).
+/// Makes `*state` that of a thread seen for the first time: inside KVM_RUN until its first
+/// kvm_fpu event says otherwise (every event but a kvm_fpu load happens inside KVM_RUN).
+///
+/// Zeroed a word at a time with volatile stores, not by assigning a new state: the compiler
+/// turns a large struct assignment into a call to memset (a BPF-to-BPF call), and around such
+/// calls it has kept a value in R1-R5, which every call clobbers; the verifier then rejects the
+/// program ("R3 !read_ok"), depending on the code around it.
+///
+/// # Safety
+/// `state` points at a THREAD_SLOTS element no other thread writes.
 #[inline(always)]
-fn fresh_state(tgid: u32, tid: u32) -> ThreadState {
-    let now = now_ns();
-    ThreadState {
-        vcpu_id: kvmtrace_common::VCPU_UNKNOWN,
-        tgid,
-        tid,
-        first_ts: now,
-        run_ts: now,
-        flags: THREAD_UNRESOLVED,
-        ..ThreadState::default()
+unsafe fn reset_state(state: *mut ThreadState, tgid: u32, tid: u32) {
+    let words = state as *mut u64;
+    for i in 0..core::mem::size_of::<ThreadState>() / 8 {
+        // SAFETY: within the element (its size is a multiple of 8, asserted in
+        // kvmtrace-common), which is 8-byte aligned.
+        unsafe { core::ptr::write_volatile(words.add(i), 0) };
     }
+    let now = now_ns();
+    // SAFETY: as above.
+    let state = unsafe { &mut *state };
+    state.vcpu_id = kvmtrace_common::VCPU_UNKNOWN;
+    state.tgid = tgid;
+    state.tid = tid;
+    state.first_ts = now;
+    state.run_ts = now;
+    state.flags = THREAD_UNRESOLVED;
 }
 
 /// The open epoch's sequence number, or None while counting is closed (before start, after stop).
@@ -258,23 +272,35 @@ pub fn open_epoch() -> Option<u32> {
 /// Adds one latency sample to `key`'s statistics in the epoch of `seq`.
 #[inline(always)]
 pub fn record_latency(key: &LatencyKey, ns: u64, seq: u32) {
+    if let Some(index) = latency_index(key) {
+        add_latency(index, ns, seq);
+    }
+}
+
+/// `key`'s index in the latency pool: from LATENCY_INDEX, or a new one; None when the pool is
+/// full (counted).
+#[inline(always)]
+pub fn latency_index(key: &LatencyKey) -> Option<u32> {
     // SAFETY: an INDEX value is a plain u32.
-    let index = match LATENCY_INDEX.get_ptr(key) {
-        Some(i) => unsafe { *i },
-        None => match claim_index(
-            key,
-            &LATENCY_INDEX,
-            &LATENCY_KEYS,
-            &LATENCY_FREE,
-            Pool::Latency,
-        ) {
-            Some(i) => i,
-            None => {
-                bump(Counter::LatencyMapFull);
-                return;
-            }
-        },
-    };
+    if let Some(i) = LATENCY_INDEX.get_ptr(key) {
+        return Some(unsafe { *i });
+    }
+    let claimed = claim_index(
+        key,
+        &LATENCY_INDEX,
+        &LATENCY_KEYS,
+        &LATENCY_FREE,
+        Pool::Latency,
+    );
+    if claimed.is_none() {
+        bump(Counter::LatencyMapFull);
+    }
+    claimed
+}
+
+/// Adds one latency sample to the statistics at pool index `index` in the epoch of `seq`.
+#[inline(always)]
+pub fn add_latency(index: u32, ns: u64, seq: u32) {
     let stats = if seq & 1 == 0 {
         LATENCY_EVEN.get_ptr_mut(index)
     } else {

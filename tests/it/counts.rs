@@ -97,6 +97,39 @@ fn port_mmio_msr_counts_are_exact() {
     }
 }
 
+/// A thread's VMM round trips find their latency index in its own state while the reason
+/// repeats; the index must not outlive its key. Here the IO key goes idle for six 200 ms
+/// intervals (so the collector retires it and frees its index), the port writes resume (a new
+/// index), then MMIO exits take the next free index and port writes follow again: every round
+/// trip is counted once, under its own reason.
+#[test]
+fn round_trips_stay_exact_when_their_key_is_retired_and_reused() {
+    require_kvm_and_root();
+    let mut guest = Guest::start(
+        "it-rt-retire",
+        &[
+            "--run",
+            "pio_out,port=0x70,count=3000;idle,ms=1200;pio_out,port=0x70,count=3000;mmio_w,gpa=0xd0000000,count=1000;pio_out,port=0x70,count=2000",
+        ],
+    );
+    let (report, results) = record_guest(&mut guest, &[]);
+    assert_eq!(results.len(), 5, "{results:?}");
+    let vm = vm_of(&report, guest.pid);
+    assert_eq!(count_of(vm, "ports", &[("port", json!(0x70))]), 8_000);
+    // Each guest step (not the idle one, spent in user space) ends with one `out` to the done
+    // port 0xf0; the last one's trip never ends.
+    let done = count_of(vm, "ports", &[("port", json!(0xf0))]);
+    assert_eq!(done, 4);
+    let io = rows(vm, "userspace_exits", &[("reason", json!("IO"))]);
+    let mmio = rows(vm, "userspace_exits", &[("reason", json!("MMIO"))]);
+    assert_eq!((io.len(), mmio.len()), (1, 1), "{vm:#}");
+    assert_eq!(io[0]["round_trip"]["count"], 8_000 + done - 1);
+    assert_eq!(mmio[0]["round_trip"]["count"], 1_000);
+    for lost in ["unpaired_userspace_exits", "latency_map_full"] {
+        assert_eq!(report["counters"][lost], 0, "{lost}");
+    }
+}
+
 /// Two vCPUs doing different work: each count is attributed to the vCPU that made it.
 #[test]
 fn per_vcpu_attribution_is_exact() {

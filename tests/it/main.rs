@@ -13,6 +13,7 @@ mod guest_code;
 mod lifecycle;
 mod names;
 mod nested_l1;
+mod options;
 mod recordings;
 mod serve;
 mod slow;
