@@ -323,14 +323,10 @@ pub struct ThreadState {
     /// THREAD_* bits.
     pub flags: u32,
     pub pad: u32,
-    /// The LATENCY pool index of the thread's last VMM round-trip key (`rt_reason`, `rt_vcpu`)
-    /// and the epoch it was last used in: a thread whose trips keep one reason finds the index
-    /// here, not in LATENCY_INDEX. A key used in epoch E is not retired before the drain that
-    /// closes E + 1 finds it idle, so the index is good while the open epoch is E or E + 1.
-    pub rt_index: u32,
-    pub rt_seq: u32,
-    pub rt_reason: u32,
-    pub rt_vcpu: u32,
+    /// The latency pool indexes of the thread's last VMM round-trip key and last exit key: a
+    /// thread repeating itself finds them here, not in LATENCY_INDEX.
+    pub round_trip_index: CachedIndex,
+    pub exit_index: CachedIndex,
     // CPU accounting (cumulative ns since `first_ts`), from kvm_fpu and sched_switch.
     /// ktime of the thread's first event after attach.
     pub first_ts: u64,
@@ -476,6 +472,51 @@ impl LatencyKind {
             2 => Some(Self::ExitVmm),
             _ => None,
         }
+    }
+}
+
+/// A latency key's index in the latency pool, kept by the key's own thread in its
+/// [`ThreadState`] (so the key's tgid and tid are the state's), with the epoch it was last used
+/// in. The collector retires a key only when a whole epoch found it idle, and hands its index
+/// out again one drain later, so an index used in epoch E is still the key's while the open
+/// epoch is E or E + 1.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CachedIndex {
+    pub vcpu_id: u32,
+    pub isa: u32,
+    pub reason: u32,
+    pub kind: u32,
+    pub index: u32,
+    /// 0: nothing cached.
+    pub seq: u32,
+}
+
+impl CachedIndex {
+    /// The index of `key` (a key of this thread) if it is cached and still good in epoch `seq`.
+    #[inline(always)]
+    pub fn get(&self, key: &LatencyKey, seq: u32) -> Option<u32> {
+        (self.seq != 0
+            && self.seq.wrapping_add(1) >= seq
+            && self.seq <= seq
+            && self.vcpu_id == key.vcpu_id
+            && self.isa == key.isa
+            && self.reason == key.reason
+            && self.kind == key.kind)
+            .then_some(self.index)
+    }
+
+    /// `key` has index `index`, used in epoch `seq`.
+    #[inline(always)]
+    pub fn set(&mut self, key: &LatencyKey, index: u32, seq: u32) {
+        *self = CachedIndex {
+            vcpu_id: key.vcpu_id,
+            isa: key.isa,
+            reason: key.reason,
+            kind: key.kind,
+            index,
+            seq,
+        };
     }
 }
 
@@ -689,3 +730,33 @@ impl Counter {
 /// Marker bit in a [`DetailKind::UserspaceExit`]'s `a` for exits that returned an error (errno < 0;
 /// -4 is a signal restart) rather than a KVM_EXIT_* reason.
 pub const UEXIT_ERRNO_FLAG: u32 = 1 << 31;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cached_index_is_good_in_its_epoch_and_the_next_only() {
+        let key = |reason| LatencyKey {
+            tgid: 7,
+            tid: 8,
+            vcpu_id: 1,
+            isa: 2,
+            reason,
+            kind: LatencyKind::Exit as u32,
+        };
+        let mut cache = CachedIndex::default();
+        assert_eq!(cache.get(&key(30), 1), None, "nothing cached");
+        cache.set(&key(30), 42, 5);
+        assert_eq!(cache.get(&key(30), 5), Some(42));
+        assert_eq!(cache.get(&key(30), 6), Some(42));
+        assert_eq!(cache.get(&key(30), 7), None, "retired after an idle epoch");
+        assert_eq!(cache.get(&key(30), 4), None, "an epoch before it");
+        assert_eq!(cache.get(&key(31), 5), None, "another reason");
+        let mut vmm = key(30);
+        vmm.kind = LatencyKind::ExitVmm as u32;
+        assert_eq!(cache.get(&vmm, 5), None, "another kind");
+        cache.set(&key(30), 9, u32::MAX);
+        assert_eq!(cache.get(&key(30), 2), None, "the epoch wrapped");
+    }
+}

@@ -10,8 +10,9 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use kvmtrace_common::{
-    Config, Counter, DetailKey, DetailKind, ExitDetail, FIELD_ABSENT, INLINE_TGIDS, LatencyKey,
-    LatencyStats, PendingDetail, Pool, THREAD_SLOTS_LEN, THREAD_UNRESOLVED, ThreadState,
+    CachedIndex, Config, Counter, DetailKey, DetailKind, ExitDetail, FIELD_ABSENT, INLINE_TGIDS,
+    LatencyKey, LatencyStats, PendingDetail, Pool, THREAD_SLOTS_LEN, THREAD_UNRESOLVED,
+    ThreadState,
 };
 
 /// Set by the collector with `override_global` before load.
@@ -277,10 +278,21 @@ pub fn record_latency(key: &LatencyKey, ns: u64, seq: u32) {
     }
 }
 
+/// Like [`record_latency`] for a key of the thread whose cache `cache` is: the index comes from
+/// the cache while it is good (see [`CachedIndex`]), else from LATENCY_INDEX, and is cached.
+#[inline(always)]
+pub fn record_latency_cached(cache: &mut CachedIndex, key: &LatencyKey, ns: u64, seq: u32) {
+    let Some(index) = cache.get(key, seq).or_else(|| latency_index(key)) else {
+        return;
+    };
+    add_latency(index, ns, seq);
+    cache.set(key, index, seq);
+}
+
 /// `key`'s index in the latency pool: from LATENCY_INDEX, or a new one; None when the pool is
 /// full (counted).
 #[inline(always)]
-pub fn latency_index(key: &LatencyKey) -> Option<u32> {
+fn latency_index(key: &LatencyKey) -> Option<u32> {
     // SAFETY: an INDEX value is a plain u32.
     if let Some(i) = LATENCY_INDEX.get_ptr(key) {
         return Some(unsafe { *i });
@@ -300,7 +312,7 @@ pub fn latency_index(key: &LatencyKey) -> Option<u32> {
 
 /// Adds one latency sample to the statistics at pool index `index` in the epoch of `seq`.
 #[inline(always)]
-pub fn add_latency(index: u32, ns: u64, seq: u32) {
+fn add_latency(index: u32, ns: u64, seq: u32) {
     let stats = if seq & 1 == 0 {
         LATENCY_EVEN.get_ptr_mut(index)
     } else {

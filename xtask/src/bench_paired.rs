@@ -69,18 +69,19 @@ pub fn paired_cost(
     .spawn()
     .context("starting the mixed guest")?;
     let mixed_lines = lines(mixed_guest.stdout.take().context("stdout")?);
-    let signal = |sig: &str| {
-        cmd("kill")
-            .args([sig, &guest_pid.to_string()])
-            .status()
-            .map(drop)
+    let signal = |sig: libc::c_int| -> anyhow::Result<()> {
+        // SAFETY: kill has no memory-safety preconditions.
+        if unsafe { libc::kill(guest_pid as libc::pid_t, sig) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("signalling the CPUID guest");
+        }
+        Ok(())
     };
-    signal("-STOP")?;
+    signal(libc::SIGSTOP)?;
     let mixed = wait_for(&mixed_lines, "the mixed guest", |l| l.starts_with("result"))
         .and_then(|()| paired_rounds(mixed_guest.id(), None, rounds, secs));
     let _ = mixed_guest.kill();
     let _ = mixed_guest.wait();
-    signal("-CONT")?;
+    signal(libc::SIGCONT)?;
     let mixed = mixed?;
     println!(
         "\nProgram cost per event, all attached at once (the same events; medians of {rounds} rounds of {secs} s; each against the empty programs on its own tracepoint):"

@@ -27,7 +27,10 @@ use kvmtrace_common::USUAL_OFFSETS;
 use kvmtrace_common::{Counter, LatencyKey, LatencyKind, THREAD_SEEN_ENTRY};
 
 use super::{rips, slow, userspace::close_round_trip};
-use crate::state::{bump, conf, current, field, now_ns, open_epoch, record_latency, traced_state};
+use crate::state::{
+    bump, conf, current, field, now_ns, open_epoch, record_latency, record_latency_cached,
+    traced_state,
+};
 
 #[tracepoint]
 pub fn kvmtrace_exit(ctx: TracePointContext) -> u32 {
@@ -131,7 +134,7 @@ fn try_entry(ctx: &TracePointContext) {
         reason: state.exit_reason,
         kind: LatencyKind::Exit as u32,
     };
-    record_latency(&key, span - vmm, seq);
+    record_latency_cached(&mut state.exit_index, &key, span - vmm, seq);
     if vmm != 0 {
         key.kind = LatencyKind::ExitVmm as u32;
         record_latency(&key, vmm, seq);

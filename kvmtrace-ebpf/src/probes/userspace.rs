@@ -26,7 +26,7 @@ use kvmtrace_common::{
 
 use super::slow;
 use crate::state::{
-    add_latency, bump, conf, count_detail, current, field, latency_index, now_ns, open_epoch,
+    bump, conf, count_detail, current, field, now_ns, open_epoch, record_latency_cached,
     traced_state,
 };
 
@@ -159,22 +159,7 @@ pub fn close_round_trip(tgid: u32, tid: u32, state: &mut ThreadState, ts: u64, s
         kind: LatencyKind::VmmRoundTrip as u32,
     };
     let span = ts.saturating_sub(state.uexit_ts);
-    let cached = state.rt_seq != 0
-        && state.rt_seq.wrapping_add(1) >= seq
-        && state.rt_reason == key.reason
-        && state.rt_vcpu == key.vcpu_id;
-    let index = if cached {
-        Some(state.rt_index)
-    } else {
-        latency_index(&key)
-    };
-    if let Some(index) = index {
-        add_latency(index, span, seq);
-        state.rt_index = index;
-        state.rt_seq = seq;
-        state.rt_reason = key.reason;
-        state.rt_vcpu = key.vcpu_id;
-    }
+    record_latency_cached(&mut state.round_trip_index, &key, span, seq);
     if slow::enabled() {
         let detail = state.last_detail;
         let matches = matches!(
