@@ -42,10 +42,11 @@ type Rounds = BTreeMap<String, Vec<(f64, u64)>>;
 /// reads the kernel handles (kvm_msr), 300 ms each in turn.
 const MIXED_LOOP: &str = "pio_out,port=0x70,ms=300;mmio_w,ms=300;rdmsr,ms=300";
 
-/// Per-event cost of each kvmtrace program beside the empty programs on its tracepoint, in two
+/// Per-event cost of each kvmtrace program beside the empty programs on its tracepoint, in three
 /// runs of `rounds` rounds of `secs` seconds: the bench's CPUID loop (`guest_pid`), then a
-/// guest of its own making the other events (the CPUID guest is stopped meanwhile, so no
-/// program runs for its events). Each program is judged where its events are hot.
+/// guest of its own making the other events, then two host threads switching back and forth
+/// (the CPUID guest is stopped meanwhile, so no program runs for its events). Each program is
+/// judged where its events are hot.
 pub fn paired_cost(
     guest_pid: u32,
     rates: &Receiver<String>,
@@ -81,8 +82,14 @@ pub fn paired_cost(
         .and_then(|()| paired_rounds(mixed_guest.id(), None, rounds, secs));
     let _ = mixed_guest.kill();
     let _ = mixed_guest.wait();
+    // sched_switch for the host's other threads (most of its runs on a busy host), hot: two
+    // threads hand a token back and forth while the CPUID guest (still traced) is stopped.
+    let switches = mixed.and_then(|mixed| {
+        let switches = with_ping_pong(|| paired_rounds(guest_pid, None, rounds, secs))?;
+        Ok((mixed, switches))
+    });
     signal(libc::SIGCONT)?;
-    let mixed = mixed?;
+    let (mixed, switches) = switches?;
     println!(
         "\nProgram cost per event, all attached at once (the same events; medians of {rounds} rounds of {secs} s; each against the empty programs on its own tracepoint):"
     );
@@ -91,7 +98,13 @@ pub fn paired_cost(
     print_table(
         &format!("port, MMIO and MSR loop ({MIXED_LOOP})"),
         &mixed,
-        |p| !p.contains("cpuid"),
+        |p| !p.contains("cpuid") && !p.contains("switch"),
+        &mut over,
+    );
+    print_table(
+        "two host threads handing a token back and forth",
+        &switches,
+        |p| p.contains("switch"),
         &mut over,
     );
     if over.is_empty() {
@@ -102,6 +115,40 @@ pub fn paired_cost(
         println!("  over the bar of {BAR}x: {}", over.join(", "));
     }
     Ok(())
+}
+
+/// Runs `f` while two threads hand a token back and forth through channels: each hand-off
+/// blocks one thread and wakes the other, a context switch or two each time.
+fn with_ping_pong<T>(f: impl FnOnce() -> T) -> T {
+    use std::sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc::channel,
+    };
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let (to_b, from_a) = channel::<()>();
+    let (to_a, from_b) = channel::<()>();
+    let b = std::thread::spawn(move || {
+        while from_a.recv().is_ok() {
+            if to_a.send(()).is_err() {
+                break;
+            }
+        }
+    });
+    let a = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if to_b.send(()).is_err() || from_b.recv().is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    let result = f();
+    stop.store(true, Ordering::Relaxed);
+    let _ = a.join();
+    let _ = b.join();
+    result
 }
 
 /// `rounds` rounds of `secs` seconds with the empty classic programs, the empty raw ones and
