@@ -95,10 +95,28 @@ pub(crate) fn wait_for(
     bail!("timed out waiting for {what}")
 }
 
+/// A tracer [`start`] started: stopped (SIGINT, then waited for) when dropped, so an error
+/// between start and stop leaves nothing attached to the next measurement (a tracer left
+/// running would run on every event of the ones after it).
+pub(crate) struct Tracer(Option<Child>);
+
+impl Tracer {
+    /// The tracer's process, from now on the caller's to stop.
+    pub(crate) fn into_child(mut self) -> Option<Child> {
+        self.0.take()
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        stop_child(self.0.take());
+    }
+}
+
 /// Starts a tracer for `config` and returns once it is attached.
-pub(crate) fn start(config: Config, guest_pid: Option<u32>) -> anyhow::Result<Option<Child>> {
-    let (mut child, ready_on_stderr) = match config {
-        Config::Nothing => return Ok(None),
+pub(crate) fn start(config: Config, guest_pid: Option<u32>) -> anyhow::Result<Tracer> {
+    let (child, ready_on_stderr) = match config {
+        Config::Nothing => return Ok(Tracer(None)),
         // kvmtrace's own empty programs (bpftrace 0.17 cannot attach raw tracepoints).
         Config::EmptyProgram | Config::EmptyRaw => {
             let mode = if config == Config::EmptyRaw {
@@ -143,6 +161,8 @@ pub(crate) fn start(config: Config, guest_pid: Option<u32>) -> anyhow::Result<Op
             )
         }
     };
+    let mut tracer = Tracer(Some(child));
+    let child = tracer.0.as_mut().expect("just started");
     let rx = if ready_on_stderr {
         lines(child.stderr.take().context("stderr")?)
     } else {
@@ -154,10 +174,14 @@ pub(crate) fn start(config: Config, guest_pid: Option<u32>) -> anyhow::Result<Op
             || l.starts_with("kvmtrace-floor: attached")
     })?;
     std::thread::sleep(Duration::from_millis(300));
-    Ok(Some(child))
+    Ok(tracer)
 }
 
-pub(crate) fn stop(child: Option<Child>) {
+pub(crate) fn stop(tracer: Tracer) {
+    drop(tracer);
+}
+
+fn stop_child(child: Option<Child>) {
     if let Some(mut c) = child {
         // SAFETY: kill with a valid pid and signal.
         unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
@@ -168,6 +192,25 @@ pub(crate) fn stop(child: Option<Child>) {
 pub(crate) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
+}
+
+/// Fails while kvmtrace's programs are loaded already (another `kvmtrace record`, `serve` or
+/// `kvmtrace-floor`): the statistics are summed per program name, so their runs would be
+/// counted as the bench's own (it happened: a forgotten `record -p` of a guest that was gone).
+fn refuse_beside_other_tracers() -> anyhow::Result<()> {
+    let mut others: Vec<String> = prog_stats()?
+        .into_iter()
+        .filter(|(_, (name, _, _))| name.starts_with("kvmtrace_"))
+        .map(|(id, (name, _, _))| format!("{name} (id {id})"))
+        .collect();
+    if !others.is_empty() {
+        others.sort();
+        bail!(
+            "kvmtrace programs are loaded already, so their runs would count as the bench's: {}; stop the kvmtrace (or kvmtrace-floor) that loaded them first",
+            others.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// (name, run_time_ns, run_cnt) of every loaded BPF program, by id (bpftool gives the full
@@ -380,7 +423,9 @@ fn collector_cpu(
         (child, Some(addr))
     } else {
         (
-            start(Config::Kvmtrace, Some(guest_pid))?.context("kvmtrace record")?,
+            start(Config::Kvmtrace, Some(guest_pid))?
+                .into_child()
+                .context("kvmtrace record")?,
             None,
         )
     };
@@ -415,7 +460,7 @@ fn collector_cpu(
             events_per_sec,
         })
     })();
-    stop(Some(child));
+    stop_child(Some(child));
     result
 }
 
@@ -505,6 +550,7 @@ pub fn run_bench(rounds: usize, samples: usize, only: Only) -> anyhow::Result<()
     } = only;
     setup::run_setup()?;
     run(cargo().args(["build", "--release", "--bins"]))?;
+    refuse_beside_other_tracers()?;
     if !stacks_only && !cost_only {
         if !scale_only {
             // Recordings: size per VM-hour and offline report time (synthetic one-hour

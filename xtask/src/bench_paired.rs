@@ -167,6 +167,7 @@ fn paired_rounds(
     let result = (|| -> anyhow::Result<()> {
         for _ in 0..rounds {
             let before: std::collections::HashSet<u64> = prog_stats()?.into_keys().collect();
+            // (On an error, dropping `tracers` stops those started.)
             let mut tracers = Vec::new();
             for config in [Config::EmptyProgram, Config::EmptyRaw, Config::Kvmtrace] {
                 tracers.push(start(config, Some(guest_pid))?);
