@@ -124,6 +124,13 @@ pub mod programs {
     /// `kvmtrace_floor_<stem>` and `kvmtrace_floor_<stem>_raw` on the tracepoint of
     /// `kvmtrace_<stem>` (see kvmtrace-ebpf's probes/floor.rs).
     pub const FLOOR_PREFIX: &str = "kvmtrace_floor_";
+
+    /// What the floor programs of program `prog` (`kvmtrace_<stem>` or `kvmtrace_<stem>_raw`)
+    /// are named after: `<stem>`.
+    pub fn stem(prog: &str) -> &str {
+        let stem = prog.strip_prefix("kvmtrace_").unwrap_or(prog);
+        stem.strip_suffix("_raw").unwrap_or(stem)
+    }
     /// The perf_event program of `record --stacks` (attached only then).
     pub const STACK_SAMPLE: &str = "kvmtrace_stack_sample";
 }

@@ -10,6 +10,7 @@
 use std::{collections::BTreeMap, process::Stdio, sync::mpsc::Receiver, time::Duration};
 
 use anyhow::Context as _;
+use kvmtrace_common::programs::{self, FLOOR_PREFIX};
 
 use crate::bench::{
     Config, bpf_stats_on, bpf_stats_restore, lines, prog_stats, runs_by_name, start, stop, wait_for,
@@ -23,14 +24,13 @@ const BAR: f64 = 1.3;
 /// The empty programs on the tracepoint of kvmtrace program `name` (`kvmtrace_<stem>` or
 /// `kvmtrace_<stem>_raw`): (classic, raw).
 fn floors_of(name: &str) -> Option<(String, String)> {
-    let stem = name.strip_prefix("kvmtrace_")?;
-    if stem.starts_with("floor_") {
+    if !name.starts_with("kvmtrace_") || name.starts_with(FLOOR_PREFIX) {
         return None;
     }
-    let stem = stem.strip_suffix("_raw").unwrap_or(stem);
+    let stem = programs::stem(name);
     Some((
-        format!("kvmtrace_floor_{stem}"),
-        format!("kvmtrace_floor_{stem}_raw"),
+        format!("{FLOOR_PREFIX}{stem}"),
+        format!("{FLOOR_PREFIX}{stem}_raw"),
     ))
 }
 

@@ -15,9 +15,8 @@ use crate::error::Error;
 /// The empty program on the tracepoint of kvmtrace's program `prog` (one of
 /// [`programs::ALL`]), classic or raw.
 pub fn floor_program(prog: &str, raw: bool) -> String {
-    let stem = prog.strip_prefix("kvmtrace_").unwrap_or(prog);
     let raw = if raw { "_raw" } else { "" };
-    format!("{}{stem}{raw}", programs::FLOOR_PREFIX)
+    format!("{}{}{raw}", programs::FLOOR_PREFIX, programs::stem(prog))
 }
 
 /// Attaches the empty classic (`raw` false) or raw tracepoint program of each (kvmtrace program,
