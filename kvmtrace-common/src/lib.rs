@@ -26,8 +26,12 @@ pub mod maps {
     /// Array of [`crate::ThreadState`] ([`crate::THREAD_SLOTS_LEN`], memory-mappable; slot 0
     /// unused): each vCPU thread's open exit, open userspace round trip and CPU accounting.
     pub const THREAD_SLOTS: &str = "THREAD_SLOTS";
-    /// Stack of the free slots of THREAD_SLOTS (u32), filled by the collector at start.
+    /// Stack of the free shared slots of THREAD_SLOTS (u32), filled by the collector at start.
     pub const FREE_SLOTS: &str = "FREE_SLOTS";
+    /// Home slot number (u32, `tid & (Config::home_slots - 1)`) -> the tid holding it: a thread
+    /// claims its home slot by inserting itself here (BPF_NOEXIST decides between two threads
+    /// with the same home); see [`crate::Config::home_slots`].
+    pub const HOME_OWNERS: &str = "HOME_OWNERS";
     /// The latency keys' pool (see [`Pool`]): [`crate::LatencyKey`] -> its index (u32).
     pub const LATENCY_INDEX: &str = "LATENCY_INDEX";
     /// Index -> [`crate::LatencyKey`] (memory-mappable): which key an index holds.
@@ -211,6 +215,15 @@ pub struct Config {
     /// 1: each thread keeps its last detail event in [`ThreadState::last_detail`] (for slow
     /// exits, the flight recorder and guest RIPs): one flag for the detail programs to test.
     pub keep_last_detail: u32,
+    /// THREAD_SLOTS holds [`THREAD_SLOTS_LEN`] shared slots (handed out through FREE_SLOTS;
+    /// slot 0 unused) and then `home_slots` home slots ([`HOME_SLOTS`]; fewer, a power of two,
+    /// or 0 for none, only in tests): thread `tid`'s home is slot `THREAD_SLOTS_LEN + (tid &
+    /// (home_slots - 1))`. A thread in its home slot is found with one array load, without
+    /// TID_SLOTS: after a trip through the VMM's user space every page an event touches is
+    /// cold, and that dependent load cost ~40 ns there (kvm_pio on kvm_pvm, AMD EPYC). A thread
+    /// whose home another thread holds takes a shared slot.
+    pub home_slots: u32,
+    pub pad0: u32,
     pub pad: u32,
     /// `record --than`: exits (exit->entry) and VMM round trips that take at least this long
     /// are streamed to SLOW_EXITS, one record each; 0: off.
@@ -283,75 +296,109 @@ impl Config {
         flight: 0,
         storm_rate: 10_000,
         keep_last_detail: 0,
+        home_slots: 0,
+        pad0: 0,
         pad: 0,
         slow_ns: 0,
     };
+
+    /// Thread `tid`'s home slot in THREAD_SLOTS, if home slots are in use.
+    #[inline(always)]
+    pub fn home_slot(&self, tid: u32) -> Option<u32> {
+        (self.home_slots != 0).then(|| THREAD_SLOTS_LEN + (tid & (self.home_slots - 1)))
+    }
 }
 
-/// How many vCPU threads can be traced at once (THREAD_SLOTS' entries, slot 0 unused).
+/// THREAD_SLOTS' shared slots (slot 0 unused), handed out through FREE_SLOTS.
 pub const THREAD_SLOTS_LEN: u32 = 8192;
+/// THREAD_SLOTS' home slots, after the shared ones (see [`Config::home_slots`]): as many
+/// vCPU threads as there are, in the best case, traced at once.
+pub const HOME_SLOTS: u32 = 8192;
 
 // The collector maps THREAD_SLOTS: its elements must be exactly ThreadState-sized (the kernel
 // rounds an array's value size up to 8 bytes), and TID_SLOTS holds slots as u16.
 const _: () = assert!(core::mem::size_of::<ThreadState>().is_multiple_of(8));
-const _: () = assert!(THREAD_SLOTS_LEN <= u16::MAX as u32 + 1);
+// Seven whole cache lines, as its layout says.
+const _: () = assert!(core::mem::size_of::<ThreadState>() == 7 * 64);
+const _: () = assert!(THREAD_SLOTS_LEN + HOME_SLOTS <= u16::MAX as u32 + 1);
+const _: () = assert!(HOME_SLOTS.is_power_of_two());
 
-/// Per-thread pairing state. A timestamp of 0 means "nothing open". The fields a detail event
-/// touches come first (identity, per-kind totals, pending keys: 224 bytes), so an event reads
-/// and writes as few cache lines as it can.
-#[repr(C)]
+/// Per-thread pairing state. A timestamp of 0 means "nothing open".
+///
+/// Laid out in cache lines (448 bytes, seven lines; THREAD_SLOTS's values are page-aligned, so
+/// every slot starts on a line): after a trip through the VMM's user space every line an event
+/// touches is cold, and each costs it about 10-15 ns on the hosts measured. Line 0 holds the
+/// identity and everything kvm_fpu, kvm_userspace_exit and kvm_exit/kvm_entry time with; a
+/// detail event of epoch parity p reads line 0, its parity's totals and its parity's pending
+/// keys (lines 0, 1, 2 or 0, 3, 4); a kvm_fpu load that ends a round trip, lines 0 and 1.
+#[repr(C, align(64))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ThreadState {
+    // Line 0.
     /// The thread's process (the VM), so that open exits can be attributed at stop.
     pub tgid: u32,
     /// The thread whose slot this is (0: a free slot).
     pub tid: u32,
-    /// The epoch sequence number `keys_used` counts in.
-    pub keys_seq: u32,
-    /// DETAILS keys this thread added in epoch `keys_seq`.
-    pub keys_used: u32,
-    /// Detail events per epoch parity and [`DetailKind`] (index `parity * DETAIL_KINDS + kind -
-    /// 1`), cumulative: the exact totals per (thread, kind) however many keys were dropped.
-    pub detail_events: [u64; 2 * DETAIL_KINDS],
-    /// The thread's last two detail keys per epoch parity, most recent first, with the events
-    /// not yet added to DETAILS: a guest repeating a key (a storm) costs no DETAILS lookup. A
-    /// key's count goes to DETAILS when another key pushes it out; the collector reads what is
-    /// left after the epoch closed (entries whose `seq` is that epoch's).
-    pub pending: [[PendingDetail; PENDING_KEYS]; 2],
-    /// ktime of the open kvm_exit, 0 when the thread is in the guest (or never exited).
-    pub exit_ts: u64,
-    /// ktime of the open kvm_userspace_exit, 0 when none is open.
-    pub uexit_ts: u64,
-    pub exit_reason: u32,
-    pub exit_isa: u32,
-    /// Last vcpu_id seen on kvm_exit/kvm_entry for this thread, or [`VCPU_UNKNOWN`].
-    pub vcpu_id: u32,
-    pub uexit_reason: u32,
     /// THREAD_* bits.
     pub flags: u32,
-    pub pad: u32,
-    /// The latency pool indexes of the thread's last VMM round-trip key and last exit key: a
-    /// thread repeating itself finds them here, not in LATENCY_INDEX.
-    pub round_trip_index: CachedIndex,
-    pub exit_index: CachedIndex,
-    // CPU accounting (cumulative ns since `first_ts`), from kvm_fpu and sched_switch.
-    /// ktime of the thread's first event after attach.
-    pub first_ts: u64,
+    /// Last vcpu_id seen on kvm_exit/kvm_entry for this thread, or [`VCPU_UNKNOWN`].
+    pub vcpu_id: u32,
+    /// ktime of the open kvm_userspace_exit, 0 when none is open.
+    pub uexit_ts: u64,
     /// ktime of the current KVM_RUN's kvm_fpu load; 0 outside KVM_RUN.
     pub run_ts: u64,
     /// Wall time inside completed KVM_RUN calls.
     pub run_ns: u64,
+    /// ktime of the open kvm_exit, 0 when the thread is in the guest (or never exited).
+    pub exit_ts: u64,
+    /// VMM round-trip time inside the open exit: subtracted from its exit->entry span, so
+    /// [`LatencyKind::Exit`] is in-kernel handling only and [`LatencyKind::ExitVmm`] the rest.
+    pub exit_vmm_ns: u64,
+    pub uexit_reason: u32,
+    pub exit_reason: u32,
+    // Line 1.
+    /// The latency pool index of the thread's last VMM round-trip key: a thread repeating
+    /// itself finds it here, not in LATENCY_INDEX.
+    pub round_trip_index: CachedIndex,
+    /// Detail events per epoch parity and [`DetailKind`] (index `parity * DETAIL_KINDS + kind -
+    /// 1`), cumulative: the exact totals per (thread, kind) however many keys were dropped.
+    /// Parity 0's five fill line 1; parity 1's begin line 3.
+    pub detail_events_even: [u64; DETAIL_KINDS],
+    // Line 2: parity 0's pending keys; line 4: parity 1's.
+    /// The thread's last two detail keys per epoch parity, most recent first, with the events
+    /// not yet added to DETAILS: a guest repeating a key (a storm) costs no DETAILS lookup. A
+    /// key's count goes to DETAILS when another key pushes it out; the collector reads what is
+    /// left after the epoch closed (entries whose `seq` is that epoch's).
+    pub pending_even: [PendingDetail; PENDING_KEYS],
+    // Line 3.
+    pub detail_events_odd: [u64; DETAIL_KINDS],
+    /// The thread's last detail event (port, MMIO address, MSR) since its last kvm_exit; kind
+    /// 0: none. (Where kvm_exit does not fire, a round trip uses it only when its kind is the
+    /// userspace exit's: a KVM_EXIT_IO always follows its kvm_pio, a KVM_EXIT_MMIO its kvm_mmio.)
+    pub last_detail: ExitDetail,
+    /// The epoch sequence number `keys_used` counts in.
+    pub keys_seq: u32,
+    /// DETAILS keys this thread added in epoch `keys_seq`.
+    pub keys_used: u32,
+    // Line 4.
+    pub pending_odd: [PendingDetail; PENDING_KEYS],
+    // Line 5.
+    /// The latency pool index of the thread's last exit key (kvm_entry).
+    pub exit_index: CachedIndex,
+    pub exit_isa: u32,
+    pub pad: u32,
+    // CPU accounting (cumulative ns since `first_ts`), from kvm_fpu and sched_switch.
+    /// ktime of the thread's first event after attach.
+    pub first_ts: u64,
     /// ktime the thread was switched out; 0 while it is on a CPU.
     pub off_ts: u64,
     /// Off-CPU time inside KVM_RUN: blocked (halted vCPU, waiting) and runnable but not running.
     pub off_run_blocked_ns: u64,
+    // Line 6.
     pub off_run_runnable_ns: u64,
     /// Off-CPU time outside KVM_RUN (in the VMM's user space).
     pub off_user_blocked_ns: u64,
     pub off_user_runnable_ns: u64,
-    /// VMM round-trip time inside the open exit: subtracted from its exit->entry span, so
-    /// [`LatencyKind::Exit`] is in-kernel handling only and [`LatencyKind::ExitVmm`] the rest.
-    pub exit_vmm_ns: u64,
     // Kept only when slow exits are captured (`record --than`):
     /// The open exit's guest RIP and exit information.
     pub exit_rip: u64,
@@ -361,10 +408,6 @@ pub struct ThreadState {
     /// userspace exit.
     pub exit_off_ns: u64,
     pub uexit_off_ns: u64,
-    /// The thread's last detail event (port, MMIO address, MSR) since its last kvm_exit; kind
-    /// 0: none. (Where kvm_exit does not fire, a round trip uses it only when its kind is the
-    /// userspace exit's: a KVM_EXIT_IO always follows its kvm_pio, a KVM_EXIT_MMIO its kvm_mmio.)
-    pub last_detail: ExitDetail,
 }
 
 /// A detail event's key: [`DetailKind`] (0: none) and its two values, as in [`DetailKey`]: what
@@ -409,6 +452,44 @@ pub struct PendingDetail {
 }
 
 impl ThreadState {
+    /// Epoch parity `parity`'s detail events per kind (index `kind - 1`), cumulative.
+    #[inline(always)]
+    pub fn detail_events(&self, parity: u32) -> &[u64; DETAIL_KINDS] {
+        if parity & 1 == 0 {
+            &self.detail_events_even
+        } else {
+            &self.detail_events_odd
+        }
+    }
+
+    #[inline(always)]
+    pub fn detail_events_mut(&mut self, parity: u32) -> &mut [u64; DETAIL_KINDS] {
+        if parity & 1 == 0 {
+            &mut self.detail_events_even
+        } else {
+            &mut self.detail_events_odd
+        }
+    }
+
+    /// Epoch parity `parity`'s pending keys.
+    #[inline(always)]
+    pub fn pending(&self, parity: u32) -> &[PendingDetail; PENDING_KEYS] {
+        if parity & 1 == 0 {
+            &self.pending_even
+        } else {
+            &self.pending_odd
+        }
+    }
+
+    #[inline(always)]
+    pub fn pending_mut(&mut self, parity: u32) -> &mut [PendingDetail; PENDING_KEYS] {
+        if parity & 1 == 0 {
+            &mut self.pending_even
+        } else {
+            &mut self.pending_odd
+        }
+    }
+
     /// Off-CPU time so far inside KVM_RUN.
     #[inline(always)]
     pub fn off_run_ns(&self) -> u64 {
@@ -440,7 +521,8 @@ impl ThreadState {
 /// How many [`DetailKind`]s there are.
 pub const DETAIL_KINDS: usize = 5;
 
-/// The index of (epoch parity, kind) in [`ThreadState::detail_events`].
+/// The index of (epoch parity, kind) in a flat array of both parities' per-kind totals (as the
+/// collector keeps the last totals it read).
 pub const fn detail_slot(parity: u32, kind: DetailKind) -> usize {
     (parity as usize & 1) * DETAIL_KINDS + kind as usize - 1
 }

@@ -10,9 +10,9 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use kvmtrace_common::{
-    CachedIndex, Config, Counter, DetailKey, DetailKind, ExitDetail, FIELD_ABSENT, INLINE_TGIDS,
-    LatencyKey, LatencyStats, PendingDetail, Pool, THREAD_SLOTS_LEN, THREAD_UNRESOLVED,
-    ThreadState,
+    CachedIndex, Config, Counter, DetailKey, DetailKind, ExitDetail, FIELD_ABSENT, HOME_SLOTS,
+    INLINE_TGIDS, LatencyKey, LatencyStats, PendingDetail, Pool, THREAD_SLOTS_LEN,
+    THREAD_UNRESOLVED, ThreadState,
 };
 
 /// Set by the collector with `override_global` before load.
@@ -28,7 +28,7 @@ pub static TRACED_TGIDS: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
 /// takes the first's slot), and the collector lists the traced threads from it. Free slots wait
 /// in FREE_SLOTS, a stack, so the slots in use stay at the low end.
 #[map]
-pub static THREADS: HashMap<u32, u32> = HashMap::with_max_entries(THREAD_SLOTS_LEN, 0);
+pub static THREADS: HashMap<u32, u32> = HashMap::with_max_entries(THREAD_SLOTS_LEN + HOME_SLOTS, 0);
 /// Slot 0 is never handed out: TID_SLOTS holds 0 for "no slot". Memory-mappable, so the
 /// collector reads and seeds the states without a syscall per thread.
 #[map]
@@ -36,6 +36,9 @@ pub static THREAD_SLOTS: Array<ThreadState> =
     Array::with_max_entries(THREAD_SLOTS_LEN, BPF_F_MMAPABLE);
 #[map]
 pub static FREE_SLOTS: Stack<u32> = Stack::with_max_entries(THREAD_SLOTS_LEN, 0);
+/// Home slot number -> the tid holding it (see `Config::home_slots`). Sized by the collector.
+#[map]
+pub static HOME_OWNERS: HashMap<u32, u32> = HashMap::with_max_entries(1, 0);
 /// tid -> its slot, for tids below [`TID_SLOTS_LEN`] (above, every event asks THREADS). Only the
 /// thread itself writes its entry, so no atomics are needed; a stale entry (the tid reused, the
 /// slot retired) fails the slot's own tid/tgid check and the event takes the THREADS path.
@@ -180,12 +183,21 @@ pub fn field<T: Default + Copy>(ctx: &TracePointContext, offset: u32, usual: u32
 /// has no slot (about 15 instructions fewer per event with `-p`).
 #[inline(always)]
 pub fn traced_state(tgid: u32, tid: u32) -> Option<Option<*mut ThreadState>> {
+    if let Some(home) = home_slot(tid)
+        && let Some(p) = THREAD_SLOTS.get_ptr_mut(home)
+    {
+        // SAFETY: a THREAD_SLOTS element; only its own thread's events write a claimed slot.
+        let state = unsafe { &*p };
+        if state.tid == tid && state.tgid == tgid {
+            return Some(Some(p));
+        }
+    }
     if tid < TID_SLOTS_LEN
         && let Some(&slot) = TID_SLOTS.get(tid)
         && slot != 0
         && let Some(p) = THREAD_SLOTS.get_ptr_mut(u32::from(slot))
     {
-        // SAFETY: a THREAD_SLOTS element; only its own thread's events write a claimed slot.
+        // SAFETY: as above.
         let state = unsafe { &*p };
         if state.tid == tid && state.tgid == tgid {
             return Some(Some(p));
@@ -197,6 +209,21 @@ pub fn traced_state(tgid: u32, tid: u32) -> Option<Option<*mut ThreadState>> {
     Some(claim_state(tgid, tid))
 }
 
+/// Thread `tid`'s home slot, if home slots are in use (see `Config::home_slots`).
+///
+/// With the usual count, the slot is computed from constants only: the verifier knows CONFIG's
+/// values and turns the test into a plain jump, so the state's load does not wait for CONFIG's
+/// (another cold page after a trip through the VMM's user space).
+#[inline(always)]
+fn home_slot(tid: u32) -> Option<u32> {
+    let count: u32 = conf!(home_slots);
+    if count == HOME_SLOTS {
+        return Some(THREAD_SLOTS_LEN + (tid & (HOME_SLOTS - 1)));
+    }
+    // Tests only (KVMTRACE_HOME_SLOTS).
+    (count != 0).then(|| THREAD_SLOTS_LEN + tid % count)
+}
+
 /// The slow path of [`traced_state`]: the thread's first event, a seeded thread's first event
 /// (its slot is in THREADS, not yet in TID_SLOTS), or a tid reused since its slot was set.
 #[inline(always)]
@@ -205,7 +232,10 @@ fn claim_state(tgid: u32, tid: u32) -> Option<*mut ThreadState> {
     let slot = match THREADS.get_ptr(tid) {
         Some(slot) => unsafe { *slot },
         None => {
-            let Ok(Some(free)) = FREE_SLOTS.pop() else {
+            let Some(free) = claim_home(tid).or_else(|| match FREE_SLOTS.pop() {
+                Ok(Some(free)) => Some(free),
+                _ => None,
+            }) else {
                 bump(Counter::ThreadMapFull);
                 return None;
             };
@@ -214,7 +244,7 @@ fn claim_state(tgid: u32, tid: u32) -> Option<*mut ThreadState> {
             unsafe { reset_state(p, tgid, tid) };
             if THREADS.insert(tid, free, BPF_NOEXIST).is_err() {
                 // The collector seeded this thread a moment ago: its slot wins.
-                let _ = FREE_SLOTS.push(free, 0);
+                release(free, tid);
                 unsafe { *THREADS.get_ptr(tid)? }
             } else {
                 free
@@ -233,6 +263,39 @@ fn claim_state(tgid: u32, tid: u32) -> Option<*mut ThreadState> {
         unsafe { *entry = slot as u16 };
     }
     Some(p)
+}
+
+/// Thread `tid`'s home slot if it is free (now held by `tid` in HOME_OWNERS).
+#[inline(always)]
+fn claim_home(tid: u32) -> Option<u32> {
+    let home = home_slot(tid)?;
+    let number = home - THREAD_SLOTS_LEN;
+    HOME_OWNERS
+        .insert(number, tid, BPF_NOEXIST)
+        .is_ok()
+        .then_some(home)
+}
+
+/// Gives back slot `slot`, which `tid` claimed but did not get registered with: a home slot
+/// leaves HOME_OWNERS (its state forgets the tid first, so no event finds it), a shared one
+/// goes back on FREE_SLOTS.
+#[inline(always)]
+fn release(slot: u32, tid: u32) {
+    if let Some(p) = THREAD_SLOTS.get_ptr_mut(slot) {
+        // SAFETY: the slot is this thread's until released.
+        unsafe { (*p).tid = 0 };
+    }
+    if slot >= THREAD_SLOTS_LEN {
+        let number = slot - THREAD_SLOTS_LEN;
+        if HOME_OWNERS
+            .get_ptr(number)
+            .is_some_and(|owner| unsafe { *owner } == tid)
+        {
+            let _ = HOME_OWNERS.remove(number);
+        }
+    } else {
+        let _ = FREE_SLOTS.push(slot, 0);
+    }
 }
 
 /// Makes `*state` that of a thread seen for the first time: inside KVM_RUN until its first
@@ -385,15 +448,10 @@ pub fn count_detail(seq: u32, state: &mut ThreadState, key: &DetailKey, kind: De
             b: key.b,
         };
     }
-    if let Some(total) = state
-        .detail_events
-        .get_mut(kvmtrace_common::detail_slot(seq, kind))
-    {
+    if let Some(total) = state.detail_events_mut(seq).get_mut(kind as usize - 1) {
         *total += 1;
     }
-    let Some(slots) = state.pending.get_mut((seq & 1) as usize) else {
-        return;
-    };
+    let slots = state.pending_mut(seq);
     let same =
         |p: &PendingDetail| p.seq == seq && p.kind == key.kind && p.a == key.a && p.b == key.b;
     if same(&slots[0]) {

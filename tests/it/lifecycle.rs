@@ -189,9 +189,9 @@ fn a_guest_with_thousands_of_ports_does_not_blind_the_others() {
 }
 
 /// Issue 8.3: 300 VMs start, work and end during one recording, with `--max-keys 32` (a latency
-/// pool of 64 keys) and 127 thread slots (KVMTRACE_THREAD_SLOTS): every VM's counts are exact, nothing is
-/// dropped (so the slots of the threads that ended were handed out again, 300 vCPU threads
-/// through 127 slots), nothing is left in flight, and the kernel maps are back to empty at the end.
+/// pool of 64 keys), 127 shared thread slots and 4 home slots (KVMTRACE_THREAD_SLOTS,
+/// KVMTRACE_HOME_SLOTS): every VM's counts are exact, nothing is dropped (so the slots of the
+/// threads that ended were handed out again, 300 vCPU threads through 131 slots), nothing is left in flight, and the kernel maps are back to empty at the end.
 #[test]
 fn three_hundred_vm_lifetimes_in_one_recording() {
     require_kvm_and_root();
@@ -206,7 +206,10 @@ fn three_hundred_vm_lifetimes_in_one_recording() {
     ];
     let recorder = Recorder::start_with_env(
         &args.map(std::ffi::OsStr::new),
-        &[("KVMTRACE_THREAD_SLOTS", "128")],
+        &[
+            ("KVMTRACE_THREAD_SLOTS", "128"),
+            ("KVMTRACE_HOME_SLOTS", "4"),
+        ],
     );
     let mut pids = Vec::new();
     for i in 0..300 {

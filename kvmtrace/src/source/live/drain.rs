@@ -122,8 +122,9 @@ impl Tracer {
             let prev = self.prev_totals.entry(id).or_default();
             for kind in DetailKind::ALL {
                 let slot = detail_slot(parity, kind);
-                let total = st.detail_events[slot].saturating_sub(prev[slot]);
-                prev[slot] = st.detail_events[slot];
+                let now_total = st.detail_events(parity)[kind as usize - 1];
+                let total = now_total.saturating_sub(prev[slot]);
+                prev[slot] = now_total;
                 self.details_seen += total;
                 let with_key = keyed.get(&(st.tgid, tid, kind as u32)).copied();
                 let other = total.saturating_sub(with_key.unwrap_or(0));

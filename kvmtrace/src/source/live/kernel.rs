@@ -81,7 +81,7 @@ pub(super) fn add_pending(
 ) {
     let mut pending: foldhash::HashMap<DetailKey, u64> = Default::default();
     for (tid, st) in threads {
-        for p in &st.pending[(closed & 1) as usize] {
+        for p in st.pending(closed) {
             if p.seq == closed && p.count > 0 {
                 let key = DetailKey {
                     tgid: st.tgid,

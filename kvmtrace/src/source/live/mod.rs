@@ -195,6 +195,8 @@ impl Tracer {
             cfg.tgids[..pids.len()].copy_from_slice(pids);
             cfg.n_tgids = pids.len() as u32;
         }
+        let slot_counts = threads::slots_wanted()?;
+        cfg.home_slots = slot_counts.home;
         offsets::fill(&mut cfg, &formats)?;
         bump_memlock_rlimit();
 
@@ -224,10 +226,10 @@ impl Tracer {
         if opts.slow_ns.is_some() || opts.flight != 0 {
             loader.map_max_entries(maps::SLOW_EXITS, slow::SLOW_EXITS_BYTES);
         }
-        let thread_slots = threads::slots_wanted()?;
-        for name in [maps::THREADS, maps::THREAD_SLOTS, maps::FREE_SLOTS] {
-            loader.map_max_entries(name, thread_slots);
-        }
+        loader
+            .map_max_entries(maps::THREADS, threads::SLOTS_TOTAL)
+            .map_max_entries(maps::THREAD_SLOTS, threads::SLOTS_TOTAL)
+            .map_max_entries(maps::HOME_OWNERS, slot_counts.home.max(1));
         if opts.flight != 0 {
             // One ring per vCPU thread, as many as THREADS holds.
             loader.map_max_entries(maps::FLIGHT, slow::FLIGHT_THREADS);
@@ -240,7 +242,7 @@ impl Tracer {
         let mut ebpf = loader
             .load(EBPF_OBJECT)
             .map_err(|e| Error::bpf("loading the eBPF object", e))?;
-        let slots = threads::ThreadSlots::open(&mut ebpf)?;
+        let slots = threads::ThreadSlots::open(&mut ebpf, slot_counts)?;
         let latency_pool = pool::KeyPool::open(&mut ebpf, &pool::LATENCY)?;
         let detail_pool = pool::KeyPool::open(&mut ebpf, &pool::DETAILS)?;
         if let Some(pids) = &opts.pids {
@@ -465,10 +467,10 @@ mod tests {
         };
         // Epoch 5 (parity 1): port 0x70 has 40 in DETAILS already and 7 pending; 0x71 only
         // pending. The parity-1 slot of epoch 3 is stale, parity 0 is another epoch.
-        st.pending[1] = [pending(5, 0x70, 7), pending(5, 0x71, 3)];
-        st.pending[0] = [pending(4, 0x72, 9), PendingDetail::default()];
+        st.pending_odd = [pending(5, 0x70, 7), pending(5, 0x71, 3)];
+        st.pending_even = [pending(4, 0x72, 9), PendingDetail::default()];
         let mut stale = st;
-        stale.pending[1] = [pending(3, 0x70, 11), PendingDetail::default()];
+        stale.pending_odd = [pending(3, 0x70, 11), PendingDetail::default()];
         let key = |a| DetailKey {
             tgid: 100,
             tid: 101,

@@ -7,7 +7,7 @@ use aya::{
     Ebpf,
     maps::{Array, HashMap as BpfHashMap, MapData, Stack},
 };
-use kvmtrace_common::{THREAD_SLOTS_LEN, ThreadState, maps};
+use kvmtrace_common::{HOME_SLOTS, THREAD_SLOTS_LEN, ThreadState, maps};
 
 use super::{
     batch,
@@ -16,42 +16,73 @@ use super::{
 };
 use crate::error::Error;
 
-/// How many slots THREAD_SLOTS gets (slot 0 is never handed out): [`THREAD_SLOTS_LEN`], or
-/// what `KVMTRACE_THREAD_SLOTS` says (a test knob: a few slots show that the slots of threads
-/// that are gone are handed out again).
-pub(super) fn slots_wanted() -> Result<u32, Error> {
-    match std::env::var("KVMTRACE_THREAD_SLOTS") {
-        Err(_) => Ok(THREAD_SLOTS_LEN),
+/// How THREAD_SLOTS is used (see `Config::home_slots`): its layout is fixed ([`THREAD_SLOTS_LEN`]
+/// shared slots, then [`HOME_SLOTS`] home slots), the test knobs use fewer.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct SlotCounts {
+    /// Shared slots handed out, slot 0 included (never handed out): [`THREAD_SLOTS_LEN`], or
+    /// what `KVMTRACE_THREAD_SLOTS` says.
+    pub shared: u32,
+    /// Home slots: [`HOME_SLOTS`], or what `KVMTRACE_HOME_SLOTS` says (0 or a power of two).
+    pub home: u32,
+}
+
+/// THREAD_SLOTS' entries (and THREADS' capacity).
+pub(super) const SLOTS_TOTAL: u32 = THREAD_SLOTS_LEN + HOME_SLOTS;
+
+/// The slot counts, from the test knobs `KVMTRACE_THREAD_SLOTS` (a few shared slots show that
+/// the slots of threads that are gone are handed out again) and `KVMTRACE_HOME_SLOTS` (a few
+/// home slots make threads share homes).
+pub(super) fn slots_wanted() -> Result<SlotCounts, Error> {
+    let knob = |name: &str, default: u32, ok: &dyn Fn(u32) -> bool, what: &str| match std::env::var(
+        name,
+    ) {
+        Err(_) => Ok(default),
         Ok(v) => match v.parse::<u32>() {
-            Ok(n) if (2..=THREAD_SLOTS_LEN).contains(&n) => Ok(n),
-            _ => Err(Error::Usage(format!(
-                "KVMTRACE_THREAD_SLOTS={v:?} is not a slot count from 2 to {THREAD_SLOTS_LEN}"
-            ))),
+            Ok(n) if ok(n) => Ok(n),
+            _ => Err(Error::Usage(format!("{name}={v:?} is not {what}"))),
         },
-    }
+    };
+    Ok(SlotCounts {
+        shared: knob(
+            "KVMTRACE_THREAD_SLOTS",
+            THREAD_SLOTS_LEN,
+            &|n| (2..=THREAD_SLOTS_LEN).contains(&n),
+            &format!("a slot count from 2 to {THREAD_SLOTS_LEN}"),
+        )?,
+        home: knob(
+            "KVMTRACE_HOME_SLOTS",
+            HOME_SLOTS,
+            &|n| n == 0 || (n.is_power_of_two() && n <= HOME_SLOTS),
+            &format!("0 or a power of two up to {HOME_SLOTS}"),
+        )?,
+    })
 }
 
 /// THREAD_SLOTS mapped into this process: reading every traced thread's state costs no syscall.
 pub(super) struct ThreadSlots {
     states: Mapped<ThreadState>,
-    /// Slots retired at the last drain, back on FREE_SLOTS at the next one: after that drain's
-    /// epoch switch has waited out every program that could have found them before they were
-    /// retired, so no late write lands in a slot another thread has claimed since.
+    counts: SlotCounts,
+    /// Slots retired at the last drain, free again at the next one (a shared slot back on
+    /// FREE_SLOTS, a home slot out of HOME_OWNERS): after that drain's epoch switch has waited
+    /// out every program that could have found them before they were retired, so no late write
+    /// lands in a slot another thread has claimed since.
     retired: Vec<u32>,
 }
 
 impl ThreadSlots {
-    /// Maps THREAD_SLOTS and puts every slot but 0 on FREE_SLOTS, slot 1 on top (the stack
-    /// hands out low slots first, so the slots in use stay together).
-    pub(super) fn open(ebpf: &mut Ebpf) -> Result<Self, Error> {
+    /// Maps THREAD_SLOTS and puts every shared slot but 0 on FREE_SLOTS, slot 1 on top (the
+    /// stack hands out low slots first, so the slots in use stay together).
+    pub(super) fn open(ebpf: &mut Ebpf, counts: SlotCounts) -> Result<Self, Error> {
         let states = Mapped::open(ebpf, maps::THREAD_SLOTS)?;
         let mut free: Stack<&mut MapData, u32> = map_mut(ebpf, maps::FREE_SLOTS)?;
-        for slot in (1..states.len()).rev() {
+        for slot in (1..counts.shared).rev() {
             free.push(slot, 0)
                 .map_err(|e| Error::bpf("filling FREE_SLOTS", e))?;
         }
         Ok(ThreadSlots {
             states,
+            counts,
             retired: Vec::new(),
         })
     }
@@ -67,6 +98,11 @@ impl ThreadSlots {
         self.states.set(slot, state)
     }
 
+    /// Slot `slot`'s number among the home slots, if it is one.
+    fn home_number(&self, slot: u32) -> Option<u32> {
+        slot.checked_sub(THREAD_SLOTS_LEN)
+    }
+
     /// Every traced thread's (tid, slot, state), from THREADS and the mapped slots.
     pub(super) fn entries(
         &self,
@@ -80,6 +116,37 @@ impl ThreadSlots {
             .collect())
     }
 
+    /// Takes a slot for thread `tid`: its home slot if nobody holds it, else a shared one.
+    fn take(&self, ebpf: &mut Ebpf, tid: u32) -> Result<Option<u32>, Error> {
+        if self.counts.home != 0 {
+            let number = tid % self.counts.home;
+            let mut owners: BpfHashMap<&mut MapData, u32, u32> = map_mut(ebpf, maps::HOME_OWNERS)?;
+            if owners.insert(number, tid, BPF_NOEXIST).is_ok() {
+                return Ok(Some(THREAD_SLOTS_LEN + number));
+            }
+        }
+        let mut free: Stack<&mut MapData, u32> = map_mut(ebpf, maps::FREE_SLOTS)?;
+        Ok(free.pop(0).ok())
+    }
+
+    /// Frees slot `slot` (no thread holds it, and no program can still find it held).
+    fn free(&self, ebpf: &mut Ebpf, slot: u32) -> Result<(), Error> {
+        match self.home_number(slot) {
+            Some(number) => {
+                let mut owners: BpfHashMap<&mut MapData, u32, u32> =
+                    map_mut(ebpf, maps::HOME_OWNERS)?;
+                // Absent only if never inserted; nothing to free then.
+                let _ = owners.remove(&number);
+            }
+            None => {
+                let mut free: Stack<&mut MapData, u32> = map_mut(ebpf, maps::FREE_SLOTS)?;
+                free.push(slot, 0)
+                    .map_err(|e| Error::bpf("returning a slot to FREE_SLOTS", e))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Gives thread `tid` the state `state` unless its own event gave it one first (then that
     /// one stays: it is newer). False when every slot is taken.
     pub(super) fn seed(
@@ -88,8 +155,7 @@ impl ThreadSlots {
         tid: u32,
         state: &ThreadState,
     ) -> Result<bool, Error> {
-        let mut free: Stack<&mut MapData, u32> = map_mut(ebpf, maps::FREE_SLOTS)?;
-        let Ok(slot) = free.pop(0) else {
+        let Some(slot) = self.take(ebpf, tid)? else {
             return Ok(false);
         };
         self.set(slot, &ThreadState { tid, ..*state });
@@ -97,9 +163,7 @@ impl ThreadSlots {
         if threads.insert(tid, slot, BPF_NOEXIST).is_err() {
             // The thread's own event claimed a slot first.
             self.set(slot, &ThreadState::default());
-            let mut free: Stack<&mut MapData, u32> = map_mut(ebpf, maps::FREE_SLOTS)?;
-            free.push(slot, 0)
-                .map_err(|e| Error::bpf("returning a slot to FREE_SLOTS", e))?;
+            self.free(ebpf, slot)?;
             return Ok(true);
         }
         // For sched_switch, which finds threads only through TID_SLOTS: a thread silent since
@@ -115,13 +179,11 @@ impl ThreadSlots {
     }
 
     /// Retires the slots of the threads `gone` (tgid, tid): out of THREADS and cleared now,
-    /// back on FREE_SLOTS at the next call (see `retired`), which every drain makes. A tid that
-    /// another process's thread holds by now is left to it.
+    /// free again at the next call (see `retired`), which every drain makes. A tid that another
+    /// process's thread holds by now is left to it.
     pub(super) fn retire(&mut self, ebpf: &mut Ebpf, gone: &[(u32, u32)]) -> Result<(), Error> {
-        let mut free: Stack<&mut MapData, u32> = map_mut(ebpf, maps::FREE_SLOTS)?;
-        for slot in self.retired.drain(..) {
-            free.push(slot, 0)
-                .map_err(|e| Error::bpf("returning a slot to FREE_SLOTS", e))?;
+        for slot in std::mem::take(&mut self.retired) {
+            self.free(ebpf, slot)?;
         }
         let mut threads: BpfHashMap<&mut MapData, u32, u32> = map_mut(ebpf, maps::THREADS)?;
         for &(tgid, tid) in gone {
