@@ -21,16 +21,18 @@ pub(crate) static CONFIG: Config = Config::UNSET;
 
 #[map]
 pub static TRACED_TGIDS: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
-/// Per-thread state lives in THREAD_SLOTS, an array, so the hot path is two array loads the
-/// verifier inlines (TID_SLOTS[tid], then the slot) instead of a hash lookup (about half of a
-/// detail event's cost). THREADS (tid -> slot) is the registry: a thread's first event, or the
-/// collector's seed, claims a slot by inserting it there (BPF_NOEXIST: whichever comes second
-/// takes the first's slot), and the collector lists the traced threads from it. Free slots wait
-/// in FREE_SLOTS, a stack, so the slots in use stay at the low end.
+/// Per-thread state lives in THREAD_SLOTS, an array, so the hot path is array loads the
+/// verifier inlines instead of a hash lookup (about half of a detail event's cost): one, the
+/// thread's home slot (`Config::home_slots`), or two for a thread whose home another holds
+/// (TID_SLOTS[tid], then its shared slot). THREADS (tid -> slot) is the registry: a thread's
+/// first event, or the collector's seed, claims a slot by inserting it there (BPF_NOEXIST:
+/// whichever comes second takes the first's slot), and the collector lists the traced threads
+/// from it. Free shared slots wait in FREE_SLOTS, a stack, so the ones in use stay together.
 #[map]
 pub static THREADS: HashMap<u32, u32> = HashMap::with_max_entries(THREAD_SLOTS_LEN + HOME_SLOTS, 0);
-/// Slot 0 is never handed out: TID_SLOTS holds 0 for "no slot". Memory-mappable, so the
-/// collector reads and seeds the states without a syscall per thread.
+/// THREAD_SLOTS_LEN shared slots, then HOME_SLOTS home slots (sized by the collector). Slot 0
+/// is never handed out: TID_SLOTS holds 0 for "no slot". Memory-mappable, so the collector
+/// reads and seeds the states without a syscall per thread.
 #[map]
 pub static THREAD_SLOTS: Array<ThreadState> =
     Array::with_max_entries(THREAD_SLOTS_LEN, BPF_F_MMAPABLE);
@@ -179,8 +181,9 @@ pub fn field<T: Default + Copy>(ctx: &TracePointContext, offset: u32, usual: u32
 /// collector; a tid reused by another process starts fresh), `Some(None)` when every slot is
 /// taken, None when the VM is not traced. A thread holding a slot is traced by construction (a
 /// slot is claimed only after the VM filter said yes, or seeded for a traced VM), so the hot path
-/// is two array loads and the slot's own tid/tgid check; the filter is asked only when a thread
-/// has no slot (about 15 instructions fewer per event with `-p`).
+/// is the home slot's load and its own tid/tgid check (else TID_SLOTS' and the shared slot's);
+/// the filter is asked only when a thread has no slot (about 15 instructions fewer per event
+/// with `-p`).
 #[inline(always)]
 pub fn traced_state(tgid: u32, tid: u32) -> Option<Option<*mut ThreadState>> {
     if let Some(home) = home_slot(tid)
@@ -211,9 +214,10 @@ pub fn traced_state(tgid: u32, tid: u32) -> Option<Option<*mut ThreadState>> {
 
 /// Thread `tid`'s home slot, if home slots are in use (see `Config::home_slots`).
 ///
-/// With the usual count, the slot is computed from constants only: the verifier knows CONFIG's
-/// values and turns the test into a plain jump, so the state's load does not wait for CONFIG's
-/// (another cold page after a trip through the VMM's user space).
+/// With the usual count, the slot is computed from constants only (CONFIG's count is only
+/// tested, a branch the CPU predicts; the verifier drops the tests that cannot pass), so the
+/// state's load does not wait for CONFIG's (another cold page after a trip through the VMM's
+/// user space).
 #[inline(always)]
 fn home_slot(tid: u32) -> Option<u32> {
     let count: u32 = conf!(home_slots);
