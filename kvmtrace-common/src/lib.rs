@@ -360,9 +360,10 @@ pub struct ThreadState {
     /// The latency pool index of the thread's last VMM round-trip key: a thread repeating
     /// itself finds it here, not in LATENCY_INDEX.
     pub round_trip_index: CachedIndex,
-    /// Detail events per epoch parity and [`DetailKind`] (index `parity * DETAIL_KINDS + kind -
-    /// 1`), cumulative: the exact totals per (thread, kind) however many keys were dropped.
-    /// Parity 0's five fill line 1; parity 1's begin line 3.
+    /// Detail events per epoch parity and [`DetailKind`] (index `kind - 1`), cumulative, of
+    /// the keys pushed out of `pending`: with the events still pending when an epoch closes, the
+    /// exact totals per (thread, kind) however many keys were dropped. Parity 0's five fill
+    /// line 1; parity 1's begin line 3.
     pub detail_events_even: [u64; DETAIL_KINDS],
     // Line 2: parity 0's pending keys; line 4: parity 1's.
     /// The thread's last two detail keys per epoch parity, most recent first, with the events
@@ -488,6 +489,15 @@ impl ThreadState {
         } else {
             &mut self.pending_odd
         }
+    }
+
+    /// The events of kind `kind` still pending from epoch `seq` (not yet in the per-kind total).
+    pub fn pending_events(&self, seq: u32, kind: DetailKind) -> u64 {
+        self.pending(seq)
+            .iter()
+            .filter(|p| p.seq == seq && p.kind == kind as u32)
+            .map(|p| p.count)
+            .sum()
     }
 
     /// Off-CPU time so far inside KVM_RUN.
@@ -823,6 +833,33 @@ pub const UEXIT_ERRNO_FLAG: u32 = 1 << 31;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pending_events_are_the_epochs_own_of_one_kind() {
+        let pending = |seq, kind: DetailKind, count| PendingDetail {
+            seq,
+            kind: kind as u32,
+            a: 0x70,
+            pad: 0,
+            b: 1,
+            count,
+        };
+        let st = ThreadState {
+            // Epoch 5 (parity 1): 7 port and 3 MMIO events pending; parity 0 holds epoch 4's.
+            pending_odd: [
+                pending(5, DetailKind::Pio, 7),
+                pending(5, DetailKind::Mmio, 3),
+            ],
+            pending_even: [pending(4, DetailKind::Pio, 11), PendingDetail::default()],
+            ..Default::default()
+        };
+        assert_eq!(st.pending_events(5, DetailKind::Pio), 7);
+        assert_eq!(st.pending_events(5, DetailKind::Mmio), 3);
+        assert_eq!(st.pending_events(5, DetailKind::Msr), 0);
+        assert_eq!(st.pending_events(4, DetailKind::Pio), 11);
+        // Epoch 3 shares parity 1 with epoch 5: its entries are not epoch 3's.
+        assert_eq!(st.pending_events(3, DetailKind::Pio), 0);
+    }
 
     #[test]
     fn a_cached_index_is_good_in_its_epoch_and_the_next_only() {

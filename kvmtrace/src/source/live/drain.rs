@@ -122,8 +122,10 @@ impl Tracer {
             let prev = self.prev_totals.entry(id).or_default();
             for kind in DetailKind::ALL {
                 let slot = detail_slot(parity, kind);
+                // The kernel adds a key's events to the total when they leave the pending keys;
+                // those still pending in the closed epoch are counted here.
                 let now_total = st.detail_events(parity)[kind as usize - 1];
-                let total = now_total.saturating_sub(prev[slot]);
+                let total = now_total.saturating_sub(prev[slot]) + st.pending_events(closed, kind);
                 prev[slot] = now_total;
                 self.details_seen += total;
                 let with_key = keyed.get(&(st.tgid, tid, kind as u32)).copied();
