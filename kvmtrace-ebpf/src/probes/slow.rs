@@ -22,7 +22,7 @@ use crate::state::{BPF_NOEXIST, conf};
 pub static SLOW_EXITS: RingBuf = RingBuf::with_byte_size(4096, 0);
 #[map]
 pub static SLOW_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
-/// Sized by the collector (as THREADS) with `--flight`, else 1 entry.
+/// Sized by the collector with `--flight` (FLIGHT_THREADS), else 1 entry.
 #[map]
 pub static FLIGHT: LruHashMap<u32, FlightRing> = LruHashMap::with_max_entries(1, 0);
 /// An all-zero ring, never written: the value a thread's first FLIGHT entry is created from (a

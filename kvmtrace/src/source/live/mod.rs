@@ -231,7 +231,7 @@ impl Tracer {
             .map_max_entries(maps::THREAD_SLOTS, threads::SLOTS_TOTAL)
             .map_max_entries(maps::HOME_OWNERS, slot_counts.home.max(1));
         if opts.flight != 0 {
-            // One ring per vCPU thread, as many as THREADS holds.
+            // One ring per vCPU thread (see FLIGHT_THREADS).
             loader.map_max_entries(maps::FLIGHT, slow::FLIGHT_THREADS);
         }
         if opts.guest_rips {

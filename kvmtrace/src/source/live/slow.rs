@@ -21,7 +21,8 @@ use crate::{
 /// SLOW_EXITS' size with `--than` or `--flight` (bytes, a power of two): ~9 000 slow exits, or
 /// ~600 with their flight recorders, per interval.
 pub const SLOW_EXITS_BYTES: u32 = 1 << 20;
-/// FLIGHT's entries with `--flight` (~1.5 KiB each): THREADS' capacity.
+/// FLIGHT's entries with `--flight` (~1.5 KiB each): as many as THREAD_SLOTS has shared slots
+/// (an LRU map: with more vCPU threads traced than that, the least recently used ring goes).
 pub const FLIGHT_THREADS: u32 = 8192;
 
 pub struct SlowReader {
