@@ -301,12 +301,6 @@ impl Config {
         pad: 0,
         slow_ns: 0,
     };
-
-    /// Thread `tid`'s home slot in THREAD_SLOTS, if home slots are in use.
-    #[inline(always)]
-    pub fn home_slot(&self, tid: u32) -> Option<u32> {
-        (self.home_slots != 0).then(|| THREAD_SLOTS_LEN + (tid & (self.home_slots - 1)))
-    }
 }
 
 /// THREAD_SLOTS' shared slots (slot 0 unused), handed out through FREE_SLOTS.
@@ -327,10 +321,11 @@ const _: () = assert!(HOME_SLOTS.is_power_of_two());
 ///
 /// Laid out in cache lines (448 bytes, seven lines; THREAD_SLOTS's values are page-aligned, so
 /// every slot starts on a line): after a trip through the VMM's user space every line an event
-/// touches is cold, and each costs it about 10-15 ns on the hosts measured. Line 0 holds the
-/// identity and everything kvm_fpu, kvm_userspace_exit and kvm_exit/kvm_entry time with; a
-/// detail event of epoch parity p reads line 0, its parity's totals and its parity's pending
-/// keys (lines 0, 1, 2 or 0, 3, 4); a kvm_fpu load that ends a round trip, lines 0 and 1.
+/// touches is cold (7-40 ns each on the host measured, the most for a new page). Line 0 holds
+/// the identity and everything kvm_fpu, kvm_userspace_exit and kvm_exit/kvm_entry time with; a
+/// detail event of epoch parity p reads line 0 and its parity's pending keys (line 2 or 4), and
+/// its parity's totals (line 1 or 3) only when a key is pushed out; a kvm_fpu load that ends a
+/// round trip, lines 0 and 1.
 #[repr(C, align(64))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ThreadState {
