@@ -317,6 +317,13 @@ const _: () = assert!(core::mem::size_of::<ThreadState>() == 7 * 64);
 const _: () = assert!(THREAD_SLOTS_LEN + HOME_SLOTS <= u16::MAX as u32 + 1);
 const _: () = assert!(HOME_SLOTS.is_power_of_two());
 
+/// Thread `tid`'s home slot number (its slot is `THREAD_SLOTS_LEN +` that) with `count` home
+/// slots, a power of two: the one rule the kernel's claims and the collector's seeds share.
+#[inline(always)]
+pub const fn home_number(tid: u32, count: u32) -> u32 {
+    tid & (count - 1)
+}
+
 /// Per-thread pairing state. A timestamp of 0 means "nothing open".
 ///
 /// Laid out in cache lines (448 bytes, seven lines; THREAD_SLOTS's values are page-aligned, so
@@ -448,6 +455,12 @@ pub struct PendingDetail {
 }
 
 impl ThreadState {
+    /// Whether this is thread (tgid, tid)'s state (a slot's tid and tgid tell whose it is).
+    #[inline(always)]
+    pub fn is(&self, tgid: u32, tid: u32) -> bool {
+        self.tid == tid && self.tgid == tgid
+    }
+
     /// Epoch parity `parity`'s detail events per kind (index `kind - 1`), cumulative.
     #[inline(always)]
     pub fn detail_events(&self, parity: u32) -> &[u64; DETAIL_KINDS] {

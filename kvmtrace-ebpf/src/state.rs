@@ -12,7 +12,7 @@ use aya_ebpf::{
 use kvmtrace_common::{
     CachedIndex, Config, Counter, DetailKey, DetailKind, ExitDetail, FIELD_ABSENT, HOME_SLOTS,
     INLINE_TGIDS, LatencyKey, LatencyStats, PendingDetail, Pool, THREAD_SLOTS_LEN,
-    THREAD_UNRESOLVED, ThreadState,
+    THREAD_UNRESOLVED, ThreadState, home_number,
 };
 
 /// Set by the collector with `override_global` before load.
@@ -186,30 +186,28 @@ pub fn field<T: Default + Copy>(ctx: &TracePointContext, offset: u32, usual: u32
 /// with `-p`).
 #[inline(always)]
 pub fn traced_state(tgid: u32, tid: u32) -> Option<Option<*mut ThreadState>> {
-    if let Some(home) = home_slot(tid)
-        && let Some(p) = THREAD_SLOTS.get_ptr_mut(home)
-    {
-        // SAFETY: a THREAD_SLOTS element; only its own thread's events write a claimed slot.
-        let state = unsafe { &*p };
-        if state.tid == tid && state.tgid == tgid {
-            return Some(Some(p));
-        }
+    if let Some(p) = home_slot(tid).and_then(|home| held(home, tgid, tid)) {
+        return Some(Some(p));
     }
     if tid < TID_SLOTS_LEN
         && let Some(&slot) = TID_SLOTS.get(tid)
         && slot != 0
-        && let Some(p) = THREAD_SLOTS.get_ptr_mut(u32::from(slot))
+        && let Some(p) = held(u32::from(slot), tgid, tid)
     {
-        // SAFETY: as above.
-        let state = unsafe { &*p };
-        if state.tid == tid && state.tgid == tgid {
-            return Some(Some(p));
-        }
+        return Some(Some(p));
     }
     if !traced(tgid) {
         return None;
     }
     Some(claim_state(tgid, tid))
+}
+
+/// Slot `slot`'s state if thread (tgid, tid) holds it.
+#[inline(always)]
+fn held(slot: u32, tgid: u32, tid: u32) -> Option<*mut ThreadState> {
+    let p = THREAD_SLOTS.get_ptr_mut(slot)?;
+    // SAFETY: a THREAD_SLOTS element; only its own thread's events write a claimed slot.
+    unsafe { &*p }.is(tgid, tid).then_some(p)
 }
 
 /// Thread `tid`'s home slot, if home slots are in use (see `Config::home_slots`).
@@ -222,10 +220,10 @@ pub fn traced_state(tgid: u32, tid: u32) -> Option<Option<*mut ThreadState>> {
 fn home_slot(tid: u32) -> Option<u32> {
     let count: u32 = conf!(home_slots);
     if count == HOME_SLOTS {
-        return Some(THREAD_SLOTS_LEN + (tid & (HOME_SLOTS - 1)));
+        return Some(THREAD_SLOTS_LEN + home_number(tid, HOME_SLOTS));
     }
     // Tests only (KVMTRACE_HOME_SLOTS).
-    (count != 0).then(|| THREAD_SLOTS_LEN + tid % count)
+    (count != 0).then(|| THREAD_SLOTS_LEN + home_number(tid, count))
 }
 
 /// The slow path of [`traced_state`]: the thread's first event, a seeded thread's first event
@@ -258,7 +256,7 @@ fn claim_state(tgid: u32, tid: u32) -> Option<*mut ThreadState> {
     let p = THREAD_SLOTS.get_ptr_mut(slot)?;
     // SAFETY: the slot THREADS gives this tid; only this thread's events write it.
     let state = unsafe { &mut *p };
-    if state.tid != tid || state.tgid != tgid {
+    if !state.is(tgid, tid) {
         // SAFETY: as above.
         unsafe { reset_state(p, tgid, tid) };
     }

@@ -7,7 +7,7 @@ use aya::{
     Ebpf,
     maps::{Array, HashMap as BpfHashMap, MapData, Stack},
 };
-use kvmtrace_common::{HOME_SLOTS, THREAD_SLOTS_LEN, ThreadState, maps};
+use kvmtrace_common::{HOME_SLOTS, THREAD_SLOTS_LEN, ThreadState, home_number, maps};
 
 use super::{
     batch,
@@ -119,7 +119,7 @@ impl ThreadSlots {
     /// Takes a slot for thread `tid`: its home slot if nobody holds it, else a shared one.
     fn take(&self, ebpf: &mut Ebpf, tid: u32) -> Result<Option<u32>, Error> {
         if self.counts.home != 0 {
-            let number = tid % self.counts.home;
+            let number = home_number(tid, self.counts.home);
             let mut owners: BpfHashMap<&mut MapData, u32, u32> = map_mut(ebpf, maps::HOME_OWNERS)?;
             if owners.insert(number, tid, BPF_NOEXIST).is_ok() {
                 return Ok(Some(THREAD_SLOTS_LEN + number));
@@ -190,9 +190,7 @@ impl ThreadSlots {
             let Ok(slot) = threads.get(&tid, 0) else {
                 continue;
             };
-            let held = self
-                .get(slot)
-                .is_some_and(|st| st.tgid == tgid && st.tid == tid);
+            let held = self.get(slot).is_some_and(|st| st.is(tgid, tid));
             // A slot still registered must not be handed out again.
             if held && threads.remove(&tid).is_ok() {
                 self.set(slot, &ThreadState::default());
