@@ -4,6 +4,8 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::source::live::cost::StatsMode;
+
 pub use crate::{
     render::{Format, Weight},
     report::filter::SortKey,
@@ -83,6 +85,12 @@ pub struct RecordArgs {
     /// tracefs mount point (default: /sys/kernel/tracing, mounted if absent).
     #[arg(long, value_name = "DIR")]
     pub tracefs: Option<PathBuf>,
+    /// When the kernel's BPF run-time statistics are on, for kvmtrace's own cost (the report's
+    /// "Tracer cost" line, kvmtrace_bpf_* metrics). They are host-wide: while on, every BPF
+    /// program on the host pays two clock reads per run (an in-kernel exit loop ran 6 % slower
+    /// here), so by default they are sampled: on for one second in every minute.
+    #[arg(long, value_enum, default_value_t = StatsMode::Sampled, value_name = "WHEN")]
+    pub bpf_stats: StatsMode,
     /// Also write the recording to FILE (streamed: a killed recorder leaves a readable file).
     /// An existing FILE is left untouched until tracing starts, then replaced atomically; a
     /// symbolic link, directory or device is refused. On a write error (a full disk) the file
@@ -277,6 +285,12 @@ pub struct ServeArgs {
     /// tracefs mount point (default: /sys/kernel/tracing, mounted if absent).
     #[arg(long, value_name = "DIR")]
     pub tracefs: Option<PathBuf>,
+    /// When the kernel's BPF run-time statistics are on, for kvmtrace's own cost (the report's
+    /// "Tracer cost" line, kvmtrace_bpf_* metrics). They are host-wide: while on, every BPF
+    /// program on the host pays two clock reads per run (an in-kernel exit loop ran 6 % slower
+    /// here), so by default they are sampled: on for one second in every minute.
+    #[arg(long, value_enum, default_value_t = StatsMode::Sampled, value_name = "WHEN")]
+    pub bpf_stats: StatsMode,
     /// Latency keys per interval (VMs x vCPUs x exit reasons); the kernel's pool holds twice
     /// as many, 4.2 KiB each.
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(16..=1_048_576))]

@@ -1,10 +1,14 @@
 //! The tracer's own cost in the report: the kernel's BPF run-time statistics count one
-//! kvmtrace_pio run per kvm_pio event, so the runs equal the port events the report counted,
-//! and a recording keeps the cost for `report -i`.
+//! kvmtrace_pio run per kvm_pio event, so with them on all along (`--bpf-stats always`) the runs
+//! equal the port events the report counted, and a recording keeps the cost for `report -i`. By
+//! default they are on only in sampling windows (they slow every BPF program on the host), and
+//! count only the windows' runs.
+
+use std::time::Duration;
 
 use crate::harness::{
-    Guest, count_of, kvmtrace_ok, parse_json, program_name, record_guest, require_kvm_and_root,
-    vm_of,
+    Guest, Recorder, count_of, kvmtrace_ok, parse_json, program_name, record_guest, record_running,
+    require_kvm_and_root, vm_of,
 };
 
 #[test]
@@ -12,7 +16,10 @@ fn bpf_runs_match_the_events_counted_and_survive_the_recording() {
     require_kvm_and_root();
     let file = std::env::temp_dir().join(format!("kvmtrace-cost-{}.kvmtrace", std::process::id()));
     let mut guest = Guest::start("it-cost", &["--run", "pio_out,port=0x70,count=3000"]);
-    let (report, _) = record_guest(&mut guest, &["-o", file.to_str().unwrap()]);
+    let (report, _) = record_guest(
+        &mut guest,
+        &["-o", file.to_str().unwrap(), "--bpf-stats", "always"],
+    );
     let vm = vm_of(&report, guest.pid);
     let ports: u64 = vm["ports"]
         .as_array()
@@ -53,4 +60,59 @@ fn bpf_runs_match_the_events_counted_and_survive_the_recording() {
         line.contains("BPF program runs") && line.contains("% of one CPU"),
         "{line}"
     );
+}
+
+/// A guest writing port 0x70 without pause, already running, recorded for 4 s with the default
+/// sampled statistics: they were on for the first window only (1 s, closed at the first drain
+/// after it), so the pio program's counted runs are that window's, well under the port writes
+/// of the 4 s; and with `--bpf-stats off` there are no BPF figures at all.
+#[test]
+fn sampled_statistics_count_only_their_window() {
+    require_kvm_and_root();
+    let mut guest = Guest::start("it-cost-sampled", &["--run", "pio_out,port=0x70,ms=9000"]);
+    let report = record_running(&mut guest, Duration::from_millis(500), "4s");
+    let vm = vm_of(&report, guest.pid);
+    let ports = count_of(vm, "ports", &[("port", 0x70.into())]);
+    let cost = &report["tracer_cost"];
+    assert!(cost["unavailable"].is_null(), "{cost:#}");
+    let secs = cost["secs"].as_f64().unwrap();
+    let stats_secs = cost["stats_secs"].as_f64().unwrap();
+    // One window: 1 s, up to the drain after it (500 ms intervals).
+    assert!((1.0..=1.8).contains(&stats_secs), "{cost:#}");
+    assert!(secs >= 3.9, "{cost:#}");
+    let name = program_name("kvmtrace_pio");
+    let runs = cost["programs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["program"] == name.as_str())
+        .and_then(|p| p["runs"].as_u64())
+        .unwrap_or_else(|| panic!("no {name} in {cost:#}"));
+    // Counted all along, the runs would be the port writes; the window holds under half of
+    // them (the guest writes at a steady rate).
+    assert!(ports > 10_000, "{ports} port writes");
+    assert!(
+        runs > 0 && runs * 2 < ports,
+        "{runs} runs for {ports} writes: {cost:#}"
+    );
+
+    let out = Recorder::start(&[
+        "-d",
+        "it-cost-sampled",
+        "--duration",
+        "1s",
+        "--json",
+        "--bpf-stats",
+        "off",
+    ])
+    .wait_exit();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = parse_json(&out.stdout);
+    let cost = &report["tracer_cost"];
+    assert_eq!(cost["unavailable"], "--bpf-stats off", "{cost:#}");
+    assert_eq!(cost["programs"], serde_json::json!([]), "{cost:#}");
 }

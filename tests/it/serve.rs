@@ -261,7 +261,8 @@ fn prometheus_sees_exact_counts() {
     require_kvm_and_root();
     let mut guest = Guest::start("it-serve", &["--run", "pio_out,port=0x70,count=20000"]);
     // Every VM on the host, as a host's exporter runs; the guest runs before serve starts.
-    let serve = Serve::start(&["--interval", "500ms"]);
+    // Statistics on all along, so every program run counts (sampled by default).
+    let serve = Serve::start(&["--interval", "500ms", "--bpf-stats", "always"]);
     let prom = Prometheus::start(&serve.addr);
     poll("Prometheus to scrape the exporter", STEP_TIMEOUT, || {
         (prom.value(r#"up{job="kvmtrace"}"#) == Some(1.0)).then_some(())
@@ -339,6 +340,8 @@ fn prometheus_sees_exact_counts() {
         &format!(r#"kvmtrace_bpf_run_seconds_total{{program="{pio}"}}"#),
     );
     assert!(pio_secs > Some(0.0), "{pio_secs:?}");
+    let stats_secs = sample(&metrics, "kvmtrace_bpf_stats_seconds_total");
+    assert!(stats_secs > Some(3.0), "{stats_secs:?}");
     assert!(sample(&metrics, "kvmtrace_collector_cpu_seconds_total") > Some(0.0));
     let mut promtool = Command::new("promtool")
         .args(["check", "metrics"])

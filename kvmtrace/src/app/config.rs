@@ -22,6 +22,7 @@ pub fn trace_options(args: &RecordArgs, pids: Option<Vec<u32>>) -> TraceOptions 
         flight: args.flight.unwrap_or(0),
         storm_rate: args.storms.storm_rate.clamp(1.0, u32::MAX as f64) as u32,
         slow_ns: args.than.map(|d| d.as_nanos().min(u64::MAX as u128) as u64),
+        bpf_stats: args.bpf_stats,
         ..TraceOptions::default()
     }
 }

@@ -17,6 +17,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_keys: args.max_keys,
         max_detail_keys: args.max_detail_keys,
         max_keys_per_vcpu: args.max_keys_per_vcpu,
+        bpf_stats: args.bpf_stats,
     })
     .await?)
 }

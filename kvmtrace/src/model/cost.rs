@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-/// One program's runs and run time, cumulative since it was loaded.
+/// One program's runs and run time while the statistics were on.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProgramCost {
     pub program: String,
@@ -18,6 +18,11 @@ pub struct TracerCost {
     pub secs: f64,
     /// Per program; empty with `unavailable` set when the kernel kept no statistics.
     pub programs: Vec<ProgramCost>,
+    /// How long the statistics were on for kvmtrace (sampled: see
+    /// [`crate::source::live::cost::StatsMode`]); the runs and run time are from that time.
+    /// Absent in recordings made before sampling, when they were on all `secs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats_secs: Option<f64>,
     /// CPU time of the kvmtrace process (collector, report, file).
     pub collector_cpu_ns: u64,
     #[serde(default)]
@@ -39,17 +44,29 @@ impl TracerCost {
         (runs > 0).then(|| self.run_ns() as f64 / runs as f64)
     }
 
+    /// The seconds the runs and run time were counted in.
+    pub fn measured_secs(&self) -> f64 {
+        self.stats_secs.unwrap_or(self.secs)
+    }
+
+    /// Program runs per second while the statistics were on.
     pub fn runs_per_sec(&self) -> f64 {
-        if self.secs > 0.0 {
-            self.runs() as f64 / self.secs
+        let secs = self.measured_secs();
+        if secs > 0.0 {
+            self.runs() as f64 / secs
         } else {
             0.0
         }
     }
 
-    /// BPF run time in % of one CPU.
+    /// BPF run time in % of one CPU while the statistics were on.
     pub fn bpf_cpu_pct(&self) -> f64 {
-        pct_of_cpu(self.run_ns(), self.secs)
+        pct_of_cpu(self.run_ns(), self.measured_secs())
+    }
+
+    /// The statistics were on for only part of the time (sampled).
+    pub fn sampled(&self) -> bool {
+        self.measured_secs() < self.secs * 0.99
     }
 
     /// The collector's CPU time in % of one CPU.
@@ -88,6 +105,7 @@ mod tests {
             ],
             collector_cpu_ns: 50_000_000,
             unavailable: None,
+            stats_secs: None,
         };
         assert_eq!(c.runs(), 2_000_000);
         assert_eq!(c.ns_per_run(), Some(150.0));
@@ -95,6 +113,17 @@ mod tests {
         // 0.3 s of BPF in 10 s: 3 % of one CPU; 0.05 s of collector: 0.5 %.
         assert!((c.bpf_cpu_pct() - 3.0).abs() < 1e-9);
         assert!((c.collector_cpu_pct() - 0.5).abs() < 1e-9);
+        assert!(!c.sampled());
         assert_eq!(TracerCost::default().ns_per_run(), None);
+        // Sampled: the same runs counted in 2 s of statistics out of the 10 s.
+        let sampled = TracerCost {
+            stats_secs: Some(2.0),
+            ..c
+        };
+        assert!(sampled.sampled());
+        assert_eq!(sampled.ns_per_run(), Some(150.0));
+        assert_eq!(sampled.runs_per_sec(), 1_000_000.0);
+        assert!((sampled.bpf_cpu_pct() - 15.0).abs() < 1e-9);
+        assert!((sampled.collector_cpu_pct() - 0.5).abs() < 1e-9);
     }
 }

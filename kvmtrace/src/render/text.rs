@@ -68,8 +68,13 @@ fn render_cost(c: &crate::model::cost::TracerCost, out: &mut impl io::Write) -> 
         (Some(why), _) => format!("BPF run time unknown ({why})"),
         (None, None) => "no BPF program ran".to_string(),
         (None, Some(ns)) => format!(
-            "{} BPF program runs ({:.0}/s), {ns:.0} ns each, {:.2} % of one CPU",
+            "{} BPF program runs{} ({:.0}/s), {ns:.0} ns each, {:.2} % of one CPU",
             c.runs(),
+            if c.sampled() {
+                format!(" in {:.1} s of sampled statistics", c.measured_secs())
+            } else {
+                String::new()
+            },
             c.runs_per_sec(),
             c.bpf_cpu_pct()
         ),
@@ -449,6 +454,7 @@ mod tests {
                 }],
                 collector_cpu_ns: 4_000_000,
                 unavailable: None,
+                stats_secs: None,
             }),
             duration_secs: 2.0,
             kvm_module: Some("kvm_amd".into()),
@@ -576,6 +582,31 @@ Tracer cost over 2.0 s: 300 BPF program runs (150/s), 100 ns each, 0.00 % of one
             text.ends_with(
                 "Tracer cost over 1.0 s: BPF run time unknown (BPF_ENABLE_STATS failed: EINVAL); \
                  collector 0.00 % of one CPU.\n"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_sampled_cost_line_says_how_long_it_was_measured() {
+        let mut r = report();
+        r.tracer_cost = Some(crate::model::cost::TracerCost {
+            secs: 120.0,
+            stats_secs: Some(2.0),
+            programs: vec![crate::model::cost::ProgramCost {
+                program: "kvmtrace_pio_raw".into(),
+                runs: 100_000,
+                run_ns: 8_000_000,
+            }],
+            ..Default::default()
+        });
+        let mut out = Vec::new();
+        render(&r, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.ends_with(
+                "Tracer cost over 120.0 s: 100000 BPF program runs in 2.0 s of sampled statistics \
+                 (50000/s), 80 ns each, 0.40 % of one CPU; collector 0.00 % of one CPU.\n"
             ),
             "{text}"
         );

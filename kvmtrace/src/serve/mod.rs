@@ -53,6 +53,7 @@ pub struct Options {
     pub max_detail_keys: u32,
     pub max_keys_per_vcpu: u32,
     pub storms: crate::analyze::storms::Config,
+    pub bpf_stats: crate::source::live::cost::StatsMode,
 }
 
 pub async fn serve(args: Options) -> Result<(), Error> {
@@ -100,6 +101,7 @@ pub async fn serve(args: Options) -> Result<(), Error> {
         max_detail_keys: args.max_detail_keys,
         detail_keys_per_thread: args.max_keys_per_vcpu,
         follow: !args.names.is_empty(),
+        bpf_stats: args.bpf_stats,
         ..TraceOptions::default()
     })?;
     tracer.open(|| running_vcpu_threads(&host, &directory))?;

@@ -48,6 +48,9 @@ pub async fn top(args: super::Options) -> Result<(), Error> {
     let mut tracer = Tracer::start(&TraceOptions {
         pids: filtered.then(|| directory.keys().copied().collect()),
         tracefs: args.tracefs.clone(),
+        // The live view shows no tracer cost: no statistics, which would cost every BPF
+        // program on the host.
+        bpf_stats: crate::source::live::cost::StatsMode::Off,
         ..TraceOptions::default()
     })?;
     tracer.open(|| crate::host::identities::running_vcpu_threads(&host, &directory))?;

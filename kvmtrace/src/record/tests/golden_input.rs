@@ -369,6 +369,7 @@ pub fn v2() -> Input {
             ],
             collector_cpu_ns: 12_345_678,
             unavailable: None,
+            stats_secs: None,
         }),
         host_steal_pct: None,
     };

@@ -40,6 +40,7 @@ pub(super) struct Families {
     pub map_capacity: Family<One, Gauge>,
     pub bpf_runs: Family<Program, PromCounter>,
     pub bpf_run_seconds: Family<Program, Seconds>,
+    pub bpf_stats_seconds: Seconds,
     pub collector_cpu: Seconds,
     pub vms: Gauge,
     pub series: Gauge,
@@ -121,14 +122,20 @@ impl Families {
         );
         r.register(
             "bpf_runs",
-            "Runs of each of kvmtrace's BPF programs (the kernel's run-time statistics)",
+            "Runs of each of kvmtrace's BPF programs while the kernel's run-time statistics were on (kvmtrace_bpf_stats_seconds_total)",
             self.bpf_runs.clone(),
         );
         r.register_with_unit(
             "bpf_run",
-            "Run time of each of kvmtrace's BPF programs (the kernel's run-time statistics)",
+            "Run time of each of kvmtrace's BPF programs while the kernel's run-time statistics were on (kvmtrace_bpf_stats_seconds_total)",
             Unit::Seconds,
             self.bpf_run_seconds.clone(),
+        );
+        r.register_with_unit(
+            "bpf_stats",
+            "Time the kernel's BPF run-time statistics were on for kvmtrace (sampled by default, --bpf-stats): the time kvmtrace_bpf_runs_total and kvmtrace_bpf_run_seconds_total were counted in",
+            Unit::Seconds,
+            self.bpf_stats_seconds.clone(),
         );
         r.register_with_unit(
             "collector_cpu",

@@ -486,7 +486,7 @@ fn the_storm_window_stays_bounded() {
 }
 
 #[test]
-fn the_tracers_cost_is_the_kernels_cumulative_figures() {
+fn the_tracers_cost_is_the_kernels_figures_in_the_statistics_windows() {
     use crate::model::cost::{ProgramCost, TracerCost};
     let (r, e) = exporter(false, 1000, 10);
     let cost = |runs, run_ns, cpu_ns| TracerCost {
@@ -498,6 +498,7 @@ fn the_tracers_cost_is_the_kernels_cumulative_figures() {
         }],
         collector_cpu_ns: cpu_ns,
         unavailable: None,
+        stats_secs: Some(runs as f64 / 1000.0),
     };
     e.set_cost(&cost(1000, 150_000, 2_000_000));
     e.set_cost(&cost(3000, 450_000, 5_000_000));
@@ -507,6 +508,11 @@ fn the_tracers_cost_is_the_kernels_cumulative_figures() {
             "kvmtrace_bpf_run_seconds_total{program=\"kvmtrace_pio\"} 0.00045",
             "kvmtrace_bpf_runs_total{program=\"kvmtrace_pio\"} 3000",
         ]
+    );
+    // The time they were counted in (sampled statistics): rates divide by its rate.
+    assert_eq!(
+        samples(&r, "kvmtrace_bpf_stats_seconds_total"),
+        ["kvmtrace_bpf_stats_seconds_total 3.0"]
     );
     // Never lowered.
     e.set_cost(&cost(10, 10, 10));

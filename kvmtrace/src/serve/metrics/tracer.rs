@@ -71,9 +71,9 @@ impl Exporter {
         }
     }
 
-    /// The tracer's cost so far: the kernel's cumulative runs and run time of each program (none
-    /// when the kernel keeps no statistics), and this process's CPU time. The counters are set
-    /// to those values, never lowered.
+    /// The tracer's cost so far: the runs and run time of each program while the statistics
+    /// were on (none when the kernel keeps none), how long they were on, and this process's CPU
+    /// time. The counters are set to those values, never lowered.
     pub fn set_cost(&self, cost: &TracerCost) {
         for p in &cost.programs {
             let l = [("program", p.program.clone())];
@@ -85,6 +85,12 @@ impl Exporter {
             set_seconds(
                 &self.f.bpf_run_seconds.get_or_create(&l),
                 Duration::from_nanos(p.run_ns),
+            );
+        }
+        if cost.unavailable.is_none() {
+            set_seconds(
+                &self.f.bpf_stats_seconds,
+                Duration::from_secs_f64(cost.measured_secs()),
             );
         }
         set_seconds(

@@ -73,6 +73,9 @@ impl Tracer {
             .retire(&mut self.ebpf, &self.exited, open_parity)?;
         // Detail events are counted per thread only (no per-event counter in the kernel).
         iv.counters[Counter::DetailsSeen as usize] = self.details_seen;
+        let ebpf = &self.ebpf;
+        self.stats
+            .tick(std::time::Instant::now(), || cost::program_counters(ebpf));
         Ok(iv)
     }
 

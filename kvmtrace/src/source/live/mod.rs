@@ -79,6 +79,8 @@ pub struct TraceOptions {
     pub storm_rate: u32,
     /// Count exits per guest RIP (`--guest-rips`).
     pub guest_rips: bool,
+    /// When the kernel's BPF run-time statistics are on (`--bpf-stats`).
+    pub bpf_stats: cost::StatsMode,
 }
 
 impl Default for TraceOptions {
@@ -96,6 +98,7 @@ impl Default for TraceOptions {
             flight: 0,
             storm_rate: Config::UNSET.storm_rate,
             guest_rips: false,
+            bpf_stats: cost::StatsMode::default(),
         }
     }
 }
@@ -124,8 +127,8 @@ pub struct Tracer {
     closed_seq: u32,
     /// Exits whose thread ended before their kvm_entry (counted, never timed).
     ended_exits: std::collections::BTreeMap<LatencyKey, u64>,
-    /// The kernel's BPF run-time statistics, on while tracing: the tracer's own cost.
-    stats: crate::source::live::cost::RunTimeStats,
+    /// The kernel's BPF run-time statistics, on in sampling windows: the tracer's own cost.
+    stats: cost::StatsSampler,
     /// Detail events counted so far (the sum of the threads' per-kind totals).
     details_seen: u64,
     /// The latency and detail pools, mapped.
@@ -254,8 +257,12 @@ impl Tracer {
                     .map_err(|e| Error::bpf(format!("adding pid {pid} to the VM filter"), e))?;
             }
         }
-        // On before the first program runs, so every run is counted.
-        let stats = crate::source::live::cost::RunTimeStats::enable();
+        // The first window opens before the first program runs, so its first runs count.
+        let stats = cost::StatsSampler::start(
+            opts.bpf_stats,
+            Instant::now(),
+            cost::program_counters(&ebpf),
+        );
         let mut attached = Vec::new();
         for (prog, category, event) in programs::ALL {
             if missing.contains(&event) {

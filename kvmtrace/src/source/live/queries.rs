@@ -25,26 +25,23 @@ impl Tracer {
         self.slow.as_ref().and_then(|s| s.threshold_ns)
     }
 
-    /// The programs' runs and run time so far (cumulative), with this process's CPU time.
+    /// The programs' runs and run time in the statistics' windows so far, with this process's
+    /// CPU time.
     pub fn cost(&self) -> crate::model::cost::TracerCost {
-        let programs = if self.stats.unavailable.is_some() {
-            Vec::new()
-        } else {
-            self.ebpf
-                .programs()
-                .filter_map(|(name, p)| {
-                    let info = p.info().ok()?;
-                    Some(crate::model::cost::ProgramCost {
-                        program: name.to_string(),
-                        runs: info.run_count(),
-                        run_ns: info.run_time().as_nanos() as u64,
-                    })
-                })
-                .collect()
+        let secs = self.started.elapsed().as_secs_f64();
+        let (programs, stats_secs) = match &self.stats.unavailable {
+            Some(_) => (Vec::new(), None),
+            None => {
+                let (programs, stats_secs) = self
+                    .stats
+                    .measured(Instant::now(), || cost::program_counters(&self.ebpf));
+                (programs, Some(stats_secs.min(secs)))
+            }
         };
         crate::model::cost::TracerCost {
-            secs: self.started.elapsed().as_secs_f64(),
+            secs,
             programs,
+            stats_secs,
             collector_cpu_ns: crate::source::live::cost::process_cpu().as_nanos() as u64,
             unavailable: self.stats.unavailable.clone(),
         }
