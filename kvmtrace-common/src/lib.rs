@@ -58,7 +58,9 @@ pub mod maps {
     /// One u32: the epoch sequence number. 0 = closed (every program returns at once: nothing is
     /// counted before everything is attached and the threads' states are established, nor after
     /// stop); otherwise its parity selects the LATENCY and DETAILS arrays the programs write.
-    pub const CONTROL: &str = "CONTROL";
+    /// The programs' global `EPOCH`, alone in its section: the loader makes the section a
+    /// one-element array map named after it.
+    pub const CONTROL: &str = ".data.control";
     /// tid -> its slot (u16, 0: none), for tids below 2^20: the programs' fast path to a
     /// thread's state (see kvmtrace-ebpf's state.rs).
     pub const TID_SLOTS: &str = "TID_SLOTS";

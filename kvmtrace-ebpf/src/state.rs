@@ -49,8 +49,13 @@ pub static TID_SLOTS: Array<u16> = Array::with_max_entries(TID_SLOTS_LEN, 0);
 pub const TID_SLOTS_LEN: u32 = 1 << 20;
 const BPF_F_MMAPABLE: u32 = 1 << 10;
 
-#[map]
-pub static CONTROL: Array<u32> = Array::with_max_entries(1, 0);
+/// The epoch (kvmtrace_common::maps::CONTROL), a global in a section of its own, which the
+/// loader makes a one-element array map the collector writes. Not an array map of its own: a
+/// global's address is in the instruction, so reading it is one load, where an array lookup
+/// stores the key on the stack, reloads it, checks the bounds and the pointer.
+#[unsafe(link_section = ".data.control")]
+#[unsafe(no_mangle)]
+static mut EPOCH: u32 = 0;
 /// The latency and detail pools (kvmtrace_common::Pool): INDEX gives a key its index, the
 /// value arrays come in two, the even and the odd epochs'. Each event's code picks one by the
 /// open epoch's parity on its own branch, so every lookup call site sees a single map and the
@@ -332,7 +337,9 @@ unsafe fn reset_state(state: *mut ThreadState, tgid: u32, tid: u32) {
 /// The open epoch's sequence number, or None while counting is closed (before start, after stop).
 #[inline(always)]
 pub fn open_epoch() -> Option<u32> {
-    CONTROL.get(0).copied().filter(|&seq| seq != 0)
+    // SAFETY: a u32 global; volatile, so each run reads the collector's latest value.
+    let seq = unsafe { core::ptr::read_volatile(&raw const EPOCH) };
+    (seq != 0).then_some(seq)
 }
 
 /// Adds one latency sample to `key`'s statistics in the epoch of `seq`.
