@@ -170,6 +170,11 @@ fn end(u: &mut Unstructured) -> Result<End> {
             programs,
             collector_cpu_ns: u.arbitrary()?,
             unavailable: u.arbitrary()?,
+            stats_secs: if u.arbitrary()? {
+                Some(finite(u)?)
+            } else {
+                None
+            },
         })
     } else {
         None
