@@ -433,7 +433,6 @@ fn collector_cpu(
     let result = (|| -> anyhow::Result<CollectorCpu> {
         std::thread::sleep(Duration::from_secs(1));
         let runs = |text: &str| metric_sum(text, "kvmtrace_bpf_runs_total");
-        let first = addr.as_deref().map(scrape).transpose()?;
         let (t0, cpu0, run0) = (Instant::now(), process_cpu_ns(pid)?, process_run_ns(pid)?);
         while rates.try_recv().is_ok() {}
         let mut exits = Vec::new();
@@ -449,10 +448,12 @@ fn collector_cpu(
         }
         let (cpu1, run1) = (process_cpu_ns(pid)?, process_run_ns(pid)?);
         let elapsed = t0.elapsed().as_secs_f64();
-        let events_per_sec = match (&first, &last) {
-            (Some(a), Some(b)) => Some((runs(b) - runs(a)) / elapsed),
-            _ => None,
-        };
+        // The statistics are sampled (one window at attach, then one a minute): runs per second
+        // of the time they were on.
+        let events_per_sec = last.as_deref().and_then(|b| {
+            let on = metric_sum(b, "kvmtrace_bpf_stats_seconds_total");
+            (on > 0.0).then(|| runs(b) / on)
+        });
         Ok(CollectorCpu {
             pct: 100.0 * (cpu1 - cpu0) as f64 / 1e9 / elapsed,
             sched_pct: 100.0 * (run1 - run0) as f64 / 1e9 / elapsed,
@@ -728,7 +729,9 @@ pub fn run_bench(rounds: usize, samples: usize, only: Only) -> anyhow::Result<()
                 c.sched_pct,
                 c.exits_per_sec,
                 c.events_per_sec
-                    .map(|e| format!(" ({e:.0} BPF program runs/s)"))
+                    .map(|e| format!(
+                        " ({e:.0} BPF program runs/s while the sampled statistics were on)"
+                    ))
                     .unwrap_or_default()
             );
         }

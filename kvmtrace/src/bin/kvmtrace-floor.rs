@@ -8,6 +8,10 @@ use std::process::ExitCode;
 use kvmtrace_common::programs;
 
 fn main() -> ExitCode {
+    // Killed with SIGINT by the bench; a shell that starts it in the background (no job control)
+    // hands it SIGINT ignored, and it would then never end.
+    // SAFETY: setting a signal's disposition to the default has no preconditions.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_DFL) };
     let mode = std::env::args().nth(1).unwrap_or_default();
     let raw = match mode.as_str() {
         "classic" => false,
