@@ -90,7 +90,7 @@ impl Exporter {
         if cost.unavailable.is_none() {
             set_seconds(
                 &self.f.bpf_stats_seconds,
-                Duration::from_secs_f64(cost.measured_secs()),
+                Duration::try_from_secs_f64(cost.measured_secs()).unwrap_or_default(),
             );
         }
         set_seconds(
