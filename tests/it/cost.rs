@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use crate::harness::{
-    Guest, Recorder, count_of, kvmtrace_ok, parse_json, program_name, record_guest, record_running,
-    require_kvm_and_root, vm_of,
+    Guest, count_of, kvmtrace_ok, parse_json, program_name, record_guest, record_running,
+    record_to_end, require_kvm_and_root, vm_of,
 };
 
 #[test]
@@ -30,13 +30,7 @@ fn bpf_runs_match_the_events_counted_and_survive_the_recording() {
     assert!(count_of(vm, "ports", &[("port", 0x70.into())]) >= 3000);
     let cost = &report["tracer_cost"];
     assert!(cost["unavailable"].is_null(), "{cost:#}");
-    let name = program_name("kvmtrace_pio");
-    let pio = cost["programs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["program"] == name.as_str())
-        .unwrap_or_else(|| panic!("no {name} in {cost:#}"));
+    let pio = program_cost(cost, "kvmtrace_pio");
     // The only VM on the host, idle until counting opened: every run was one of its events.
     assert_eq!(pio["runs"].as_u64().unwrap(), ports, "{cost:#}");
     let ns = pio["run_ns"].as_u64().unwrap();
@@ -80,14 +74,7 @@ fn sampled_statistics_count_only_their_window() {
     // One window: 1 s, up to the drain after it (500 ms intervals).
     assert!((1.0..=1.8).contains(&stats_secs), "{cost:#}");
     assert!(secs >= 3.9, "{cost:#}");
-    let name = program_name("kvmtrace_pio");
-    let runs = cost["programs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["program"] == name.as_str())
-        .and_then(|p| p["runs"].as_u64())
-        .unwrap_or_else(|| panic!("no {name} in {cost:#}"));
+    let runs = program_cost(cost, "kvmtrace_pio")["runs"].as_u64().unwrap();
     // Counted all along, the runs would be the port writes; the window holds under half of
     // them (the guest writes at a steady rate).
     assert!(ports > 10_000, "{ports} port writes");
@@ -96,7 +83,7 @@ fn sampled_statistics_count_only_their_window() {
         "{runs} runs for {ports} writes: {cost:#}"
     );
 
-    let out = Recorder::start(&[
+    let report = record_to_end(&[
         "-d",
         "it-cost-sampled",
         "--duration",
@@ -104,15 +91,19 @@ fn sampled_statistics_count_only_their_window() {
         "--json",
         "--bpf-stats",
         "off",
-    ])
-    .wait_exit();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report = parse_json(&out.stdout);
+    ]);
     let cost = &report["tracer_cost"];
     assert_eq!(cost["unavailable"], "--bpf-stats off", "{cost:#}");
     assert_eq!(cost["programs"], serde_json::json!([]), "{cost:#}");
+}
+
+/// The cost entry of kvmtrace's program `stem` (its raw variant where that is attached).
+fn program_cost<'a>(cost: &'a serde_json::Value, stem: &str) -> &'a serde_json::Value {
+    let name = program_name(stem);
+    cost["programs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["program"] == name.as_str())
+        .unwrap_or_else(|| panic!("no {name} in {cost:#}"))
 }

@@ -309,7 +309,7 @@ pub fn record_running(guest: &mut Guest, running_for: Duration, duration: &str) 
     guest.go();
     std::thread::sleep(running_for);
     let name = guest.name.clone();
-    let recorder = Recorder::start(&[
+    record_to_end(&[
         "-d",
         &name,
         "--duration",
@@ -317,8 +317,13 @@ pub fn record_running(guest: &mut Guest, running_for: Duration, duration: &str) 
         "--interval",
         "500ms",
         "--json",
-    ]);
-    let out = recorder.wait_exit();
+    ])
+}
+
+/// Runs `kvmtrace record ARGS` until it ends by itself (ARGS has `--duration` and `--json`),
+/// asserts that it succeeded, and returns its report.
+pub fn record_to_end(args: &[&str]) -> Value {
+    let out = Recorder::start(args).wait_exit();
     assert!(
         out.status.success(),
         "kvmtrace failed: {}",

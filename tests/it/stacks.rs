@@ -37,7 +37,7 @@ fn stacks_find_the_vmm_handler_and_kvm_run() {
     std::thread::sleep(Duration::from_secs(1));
     let file = temp("stacks.kvmtrace");
     let file_arg = file.to_str().unwrap();
-    let out = Recorder::start(&[
+    let report = record_to_end(&[
         "-d",
         "stacks-io",
         "--duration",
@@ -48,14 +48,7 @@ fn stacks_find_the_vmm_handler_and_kvm_run() {
         "-o",
         file_arg,
         "--json",
-    ])
-    .wait_exit();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report = parse_json(&out.stdout);
+    ]);
     let hs = &report["host_stacks"];
     let total = hs["samples"].as_u64().unwrap();
     assert_eq!(hs["lost"], 0, "{hs:#}");

@@ -567,17 +567,22 @@ Tracer cost over 2.0 s: 300 BPF program runs (150/s), 100 ns each, 0.00 % of one
         assert_eq!(String::from_utf8(out).unwrap(), expected);
     }
 
+    /// The text report of [`report`] with `cost` as the tracer's cost.
+    fn rendered_with_cost(cost: crate::model::cost::TracerCost) -> String {
+        let mut r = report();
+        r.tracer_cost = Some(cost);
+        let mut out = Vec::new();
+        render(&r, &mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
     #[test]
     fn the_cost_line_says_why_bpf_time_is_unknown() {
-        let mut r = report();
-        r.tracer_cost = Some(crate::model::cost::TracerCost {
+        let text = rendered_with_cost(crate::model::cost::TracerCost {
             secs: 1.0,
             unavailable: Some("BPF_ENABLE_STATS failed: EINVAL".into()),
             ..Default::default()
         });
-        let mut out = Vec::new();
-        render(&r, &mut out).unwrap();
-        let text = String::from_utf8(out).unwrap();
         assert!(
             text.ends_with(
                 "Tracer cost over 1.0 s: BPF run time unknown (BPF_ENABLE_STATS failed: EINVAL); \
@@ -589,8 +594,7 @@ Tracer cost over 2.0 s: 300 BPF program runs (150/s), 100 ns each, 0.00 % of one
 
     #[test]
     fn a_sampled_cost_line_says_how_long_it_was_measured() {
-        let mut r = report();
-        r.tracer_cost = Some(crate::model::cost::TracerCost {
+        let text = rendered_with_cost(crate::model::cost::TracerCost {
             secs: 120.0,
             stats_secs: Some(2.0),
             programs: vec![crate::model::cost::ProgramCost {
@@ -600,9 +604,6 @@ Tracer cost over 2.0 s: 300 BPF program runs (150/s), 100 ns each, 0.00 % of one
             }],
             ..Default::default()
         });
-        let mut out = Vec::new();
-        render(&r, &mut out).unwrap();
-        let text = String::from_utf8(out).unwrap();
         assert!(
             text.ends_with(
                 "Tracer cost over 120.0 s: 100000 BPF program runs in 2.0 s of sampled statistics \
