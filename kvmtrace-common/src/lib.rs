@@ -555,8 +555,8 @@ pub const THREAD_OFF_IN_RUN: u32 = 2;
 pub const THREAD_OFF_RUNNABLE: u32 = 4;
 /// [`ThreadState::flags`]: whether the thread is inside KVM_RUN is not known yet (it was
 /// running when tracing started, or this is its first event). It is taken to be inside
-/// (`run_ts` set) until its first kvm_fpu event: an unload confirms it; a load shows it was
-/// outside, and the time so far moves to the VMM side.
+/// (`run_ts` set) until its first kvm_userspace_exit or kvm_fpu load: the exit confirms it; a
+/// load shows it was outside, and the time so far moves to the VMM side.
 pub const THREAD_UNRESOLVED: u32 = 8;
 
 /// What a [`LatencyKey`] measures.

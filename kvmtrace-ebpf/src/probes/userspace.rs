@@ -91,9 +91,9 @@ fn try_userspace_exit(args: impl FnOnce() -> (u32, i32)) {
         bump(Counter::UnpairedUserspaceExits);
         add_vmm_part(state, ts);
     }
-    // KVM_RUN has just returned: this event follows its kvm_fpu unload, so run_ts is 0 already;
-    // where the unload was missed (or the thread's state was not known yet), the KVM_RUN ends
-    // here. (Setting run_ts here, as a "repair", once counted the VMM's whole time as KVM_RUN.)
+    // KVM_RUN has just returned: it ends here (kvm_fpu's unload, a few hundred ns earlier, is
+    // not used; see try_fpu). (Setting run_ts here, as a "repair", once counted the VMM's whole
+    // time as KVM_RUN.)
     state.flags &= !THREAD_UNRESOLVED;
     if state.run_ts != 0 {
         state.run_ns += ts.saturating_sub(state.run_ts);
@@ -106,11 +106,20 @@ fn try_userspace_exit(args: impl FnOnce() -> (u32, i32)) {
     }
 }
 
-/// kvm_fpu load opens a KVM_RUN (and closes the VMM round trip), unload closes it: the wall
-/// time inside KVM_RUN for CPU attribution. The first kvm_fpu event of a thread whose state was
-/// not known also settles where it has been since it was first seen.
+/// kvm_fpu load opens a KVM_RUN (and closes the VMM round trip): the wall time inside KVM_RUN
+/// for CPU attribution. The first load of a thread whose state was not known also settles where
+/// it has been since it was first seen.
+///
+/// An unload returns at once: KVM_RUN ends at the kvm_userspace_exit that every return from
+/// KVM_RUN fires a few hundred ns later (after vcpu_put), which closes the KVM_RUN there. Half
+/// of this tracepoint's events then cost no more than an empty program, and a VMM round trip
+/// reads the clock twice, not three times. (INIT's unload/load pair inside KVM_RUN needs
+/// nothing either: the load finds the KVM_RUN open and keeps it.)
 #[inline(always)]
 fn try_fpu(load: impl FnOnce() -> bool) {
+    if !load() {
+        return;
+    }
     let (tgid, tid) = current();
     let Some(seq) = open_epoch() else {
         return;
@@ -118,28 +127,21 @@ fn try_fpu(load: impl FnOnce() -> bool) {
     let Some(Some(state)) = traced_state(tgid, tid) else {
         return;
     };
-    let load = load();
     let ts = now_ns();
     // SAFETY: as above.
     let state = unsafe { &mut *state };
-    let unresolved = state.flags & THREAD_UNRESOLVED != 0;
-    state.flags &= !THREAD_UNRESOLVED;
-    if load {
-        if unresolved {
-            // It was outside KVM_RUN all along: its time so far was the VMM's.
-            state.run_ts = 0;
-            state.off_user_blocked_ns += state.off_run_blocked_ns;
-            state.off_user_runnable_ns += state.off_run_runnable_ns;
-            state.off_run_blocked_ns = 0;
-            state.off_run_runnable_ns = 0;
-        }
-        close_round_trip(tgid, tid, state, ts, seq);
-        if state.run_ts == 0 {
-            state.run_ts = ts;
-        }
-    } else if state.run_ts != 0 {
-        state.run_ns += ts.saturating_sub(state.run_ts);
+    if state.flags & THREAD_UNRESOLVED != 0 {
+        // It was outside KVM_RUN all along: its time so far was the VMM's.
+        state.flags &= !THREAD_UNRESOLVED;
         state.run_ts = 0;
+        state.off_user_blocked_ns += state.off_run_blocked_ns;
+        state.off_user_runnable_ns += state.off_run_runnable_ns;
+        state.off_run_blocked_ns = 0;
+        state.off_run_runnable_ns = 0;
+    }
+    close_round_trip(tgid, tid, state, ts, seq);
+    if state.run_ts == 0 {
+        state.run_ts = ts;
     }
 }
 
