@@ -70,26 +70,21 @@ pub fn paired_cost(
     .spawn()
     .context("starting the mixed guest")?;
     let mixed_lines = lines(mixed_guest.stdout.take().context("stdout")?);
-    let signal = |sig: libc::c_int| -> anyhow::Result<()> {
-        // SAFETY: kill has no memory-safety preconditions.
-        if unsafe { libc::kill(guest_pid as libc::pid_t, sig) } != 0 {
-            return Err(std::io::Error::last_os_error()).context("signalling the CPUID guest");
-        }
-        Ok(())
-    };
-    signal(libc::SIGSTOP)?;
-    let mixed = wait_for(&mixed_lines, "the mixed guest", |l| l.starts_with("result"))
-        .and_then(|()| paired_rounds(mixed_guest.id(), None, rounds, secs));
-    let _ = mixed_guest.kill();
-    let _ = mixed_guest.wait();
     // sched_switch for the host's other threads (most of its runs on a busy host), hot: two
     // threads hand a token back and forth while the CPUID guest (still traced) is stopped.
-    let switches = mixed.and_then(|mixed| {
+    let measured = crate::bench_loops::with_stopped(guest_pid, || {
+        let mixed = wait_for(&mixed_lines, "the mixed guest", |l| l.starts_with("result"))
+            .and_then(|()| paired_rounds(mixed_guest.id(), None, rounds, secs));
+        let _ = mixed_guest.kill();
+        let _ = mixed_guest.wait();
+        let mixed = mixed?;
         let switches = with_ping_pong(|| paired_rounds(guest_pid, None, rounds, secs))?;
         Ok((mixed, switches))
     });
-    signal(libc::SIGCONT)?;
-    let (mixed, switches) = switches?;
+    // (Again, for when the CPUID guest could not be stopped.)
+    let _ = mixed_guest.kill();
+    let _ = mixed_guest.wait();
+    let (mixed, switches) = measured?;
     println!(
         "\nProgram cost per event, all attached at once (the same events; medians of {rounds} rounds of {secs} s; each against the empty programs on its own tracepoint):"
     );

@@ -1,5 +1,6 @@
 //! kvmtrace's developer tasks, one module per subcommand.
 mod bench;
+mod bench_loops;
 mod bench_paired;
 mod bench_scale;
 mod bench_stacks;
