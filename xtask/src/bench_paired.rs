@@ -70,8 +70,9 @@ pub fn paired_cost(
     .spawn()
     .context("starting the mixed guest")?;
     let mixed_lines = lines(mixed_guest.stdout.take().context("stdout")?);
-    // sched_switch for the host's other threads (most of its runs on a busy host), hot: two
-    // threads hand a token back and forth while the CPUID guest (still traced) is stopped.
+    // With the CPUID guest (still traced) stopped: the mixed guest's events, then sched_switch
+    // for the host's other threads (most of its runs on a busy host), hot: two threads hand a
+    // token back and forth.
     let measured = crate::bench_loops::with_stopped(guest_pid, || {
         let mixed = wait_for(&mixed_lines, "the mixed guest", |l| l.starts_with("result"))
             .and_then(|()| paired_rounds(mixed_guest.id(), None, rounds, secs));
