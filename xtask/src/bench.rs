@@ -610,7 +610,9 @@ pub fn run_bench(rounds: usize, samples: usize, only: Only) -> anyhow::Result<()
             return stacks_side_by_side(guest_pid, &rates, rounds * 3, samples);
         }
         if cost_only {
-            crate::bench_loops::vmm_loop(guest_pid, rounds, samples)?;
+            for side in [&crate::bench_loops::MSR_LOOP, &crate::bench_loops::VMM_LOOP] {
+                crate::bench_loops::side_loop(side, guest_pid, rounds, samples)?;
+            }
             return crate::bench_paired::paired_cost(guest_pid, &rates, rounds, samples);
         }
         let configs = crate::bench_loops::CONFIGS;
@@ -635,7 +637,9 @@ pub fn run_bench(rounds: usize, samples: usize, only: Only) -> anyhow::Result<()
             "  kvmtrace slowdown {ours:.1}% = classic floor {floor:.1}% + {:.1} pp (raw floor {raw:.1}%); bpftrace keyed count {bpft:.1}%",
             ours - floor
         );
-        crate::bench_loops::vmm_loop(guest_pid, rounds, samples)?;
+        for side in [&crate::bench_loops::MSR_LOOP, &crate::bench_loops::VMM_LOOP] {
+            crate::bench_loops::side_loop(side, guest_pid, rounds, samples)?;
+        }
         stacks_side_by_side(guest_pid, &rates, rounds * 3, samples)?;
 
         // Per-event cost of each tracer's programs, from the kernel's own BPF run-time statistics

@@ -107,47 +107,79 @@ fn difference_noise_ns(rates: &[f64]) -> f64 {
     std::f64::consts::SQRT_2 * 1.25 * sd_ns / n.sqrt()
 }
 
-/// The VMM round-trip loop: a guest of its own writing port 0x70 nonstop, each write handled in
-/// the VMM's user space (kvm_pio, kvm_userspace_exit and two kvm_fpu per exit: the events of a
-/// qemu-kvm emulating a device), timed while the CPUID guest (`cpuid_guest`) is stopped. An
-/// exit takes ~25 µs here and the tracers add ~1 µs, within the rate's second-to-second noise
-/// (1-2 %): `rounds` is doubled, and `--stacks` (the sampler's cost is measured on its own) left
-/// out.
-pub fn vmm_loop(cpuid_guest: u32, rounds: usize, samples: usize) -> anyhow::Result<()> {
+/// A loop of one kind of exit in a guest of its own, timed like the CPUID loop while the CPUID
+/// guest is stopped.
+pub struct SideLoop {
+    /// The guest's `--run` step, one second long.
+    pub run: &'static str,
+    /// What the table's title says the loop is.
+    pub title: &'static str,
+    /// Traced events per exit.
+    pub events_per_exit: f64,
+    /// Rounds per configuration, as a multiple of the bench's.
+    pub rounds_factor: usize,
+}
+
+/// The MSR loop: RDMSR of a register the kernel emulates, one kvm_msr event per exit (the
+/// second probe, after kvm_cpuid, whose events come back to back, hot).
+pub const MSR_LOOP: SideLoop = SideLoop {
+    run: "rdmsr,ms=1000",
+    title: "In-kernel MSR loop (guest RDMSR, one kvm_msr event per exit)",
+    events_per_exit: 1.0,
+    rounds_factor: 1,
+};
+
+/// The VMM round-trip loop: port writes each handled in the VMM's user space (kvm_pio,
+/// kvm_userspace_exit and two kvm_fpu per exit: the events of a qemu-kvm emulating a device).
+/// An exit takes ~25 µs here and the tracers add ~1 µs, within the rate's second-to-second
+/// noise (1-2 %): twice the rounds.
+pub const VMM_LOOP: SideLoop = SideLoop {
+    run: "pio_out,port=0x70,ms=1000",
+    title: "VMM round-trip loop (guest port writes handled in user space: kvm_pio, kvm_userspace_exit, 2 kvm_fpu per exit)",
+    events_per_exit: 4.0,
+    rounds_factor: 2,
+};
+
+/// Times `side` under every configuration but `--stacks` (the sampler's cost is measured on its
+/// own) while the CPUID guest (`cpuid_guest`) is stopped.
+pub fn side_loop(
+    side: &SideLoop,
+    cpuid_guest: u32,
+    rounds: usize,
+    samples: usize,
+) -> anyhow::Result<()> {
     let configs = &CONFIGS[..5];
+    let rounds = rounds * side.rounds_factor;
     let mut guest = cmd(target_bin("release", "kvmtrace-testvm")
         .to_str()
         .context("path")?)
     .args([
         "-name",
-        "guest=kvmtrace-bench-vmm",
+        "guest=kvmtrace-bench-side",
         "--loop",
         "--timeout",
         "1800",
         "--run",
-        "pio_out,port=0x70,ms=1000",
+        side.run,
     ])
     .stdout(Stdio::piped())
     .spawn()
-    .context("starting the VMM-loop guest")?;
+    .context("starting the side loop's guest")?;
     let rates = lines(guest.stdout.take().context("stdout")?);
     let result = with_stopped(cpuid_guest, || {
         // Its first seconds run a few percent slower (warming up): not a configuration's.
         for _ in 0..3 {
-            wait_for(&rates, "the VMM-loop guest", |l| l.starts_with("result"))?;
+            wait_for(&rates, "the side loop's guest", |l| l.starts_with("result"))?;
         }
-        rates_by_config(configs, guest.id(), &rates, rounds * 2, samples)
+        rates_by_config(configs, guest.id(), &rates, rounds, samples)
     });
     let _ = guest.kill();
     let _ = guest.wait();
     print_rates(
-        &format!(
-            "VMM round-trip loop (guest port writes handled in user space: kvm_pio, kvm_userspace_exit, 2 kvm_fpu per exit), median of {} x {samples} s",
-            rounds * 2
-        ),
+        &format!("{}, median of {rounds} x {samples} s", side.title),
         configs,
         &result?,
-        4.0,
+        side.events_per_exit,
     );
     Ok(())
 }
