@@ -57,8 +57,8 @@ enum Task {
         /// threads over 60 s.
         #[arg(long, conflicts_with = "stacks_only")]
         scale_only: bool,
-        /// Only the per-event program cost with every program attached at once (ROUNDS rounds
-        /// of SAMPLES seconds).
+        /// Only the MSR and VMM exit loops timed per configuration and the per-event program
+        /// cost with every program attached at once (ROUNDS rounds of SAMPLES seconds).
         #[arg(long, conflicts_with_all = ["stacks_only", "scale_only"])]
         cost_only: bool,
     },
