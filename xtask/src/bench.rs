@@ -79,6 +79,27 @@ pub(crate) fn lines(stream: impl std::io::Read + Send + 'static) -> Receiver<Str
     rx
 }
 
+/// Starts a bench guest, `kvmtrace-testvm -name guest=NAME --loop --run RUN` (ended by
+/// `--timeout` after `timeout_secs` at the latest), and returns it with the lines of its stdout:
+/// a `result ... rate=N` line each time round its loop.
+pub(crate) fn loop_guest(
+    name: &str,
+    run: &str,
+    timeout_secs: u32,
+) -> anyhow::Result<(Child, Receiver<String>)> {
+    let mut guest = cmd(target_bin("release", "kvmtrace-testvm")
+        .to_str()
+        .context("path")?)
+    .args(["-name", &format!("guest={name}"), "--loop", "--timeout"])
+    .arg(timeout_secs.to_string())
+    .args(["--run", run])
+    .stdout(Stdio::piped())
+    .spawn()
+    .with_context(|| format!("starting the bench guest {name}"))?;
+    let lines = lines(guest.stdout.take().context("stdout")?);
+    Ok((guest, lines))
+}
+
 pub(crate) fn wait_for(
     rx: &Receiver<String>,
     what: &str,
@@ -588,23 +609,8 @@ pub fn run_bench(rounds: usize, samples: usize, only: Only) -> anyhow::Result<()
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
 
-    let mut guest = cmd(target_bin("release", "kvmtrace-testvm")
-        .to_str()
-        .context("path")?)
-    .args([
-        "-name",
-        "guest=kvmtrace-bench",
-        "--loop",
-        "--timeout",
-        "1800",
-        "--run",
-        "cpuid,ms=1000",
-    ])
-    .stdout(Stdio::piped())
-    .spawn()
-    .context("starting the bench guest")?;
+    let (mut guest, rates) = loop_guest("kvmtrace-bench", "cpuid,ms=1000", 1800)?;
     let guest_pid = guest.id();
-    let rates = lines(guest.stdout.take().context("stdout")?);
     let result = (|| -> anyhow::Result<()> {
         if stacks_only {
             return stacks_side_by_side(guest_pid, &rates, rounds * 3, samples);

@@ -4,12 +4,11 @@
 //! program, and miss latencies they can hide: their closing clock read does not wait for the
 //! program's outstanding loads, while a program that reads the clock (an lfence) does.
 
-use std::{process::Stdio, sync::mpsc::Receiver, time::Duration};
+use std::{sync::mpsc::Receiver, time::Duration};
 
 use anyhow::Context as _;
 
-use crate::bench::{Config, lines, median, start, stop, wait_for};
-use crate::sh::{cmd, target_bin};
+use crate::bench::{Config, loop_guest, median, start, stop, wait_for};
 
 /// The configurations the CPUID loop is timed under, in the order printed (the first five, in
 /// this order, are what [`print_rates`] compares).
@@ -150,22 +149,7 @@ pub fn side_loop(
 ) -> anyhow::Result<()> {
     let configs = &CONFIGS[..5];
     let rounds = rounds * side.rounds_factor;
-    let mut guest = cmd(target_bin("release", "kvmtrace-testvm")
-        .to_str()
-        .context("path")?)
-    .args([
-        "-name",
-        "guest=kvmtrace-bench-side",
-        "--loop",
-        "--timeout",
-        "1800",
-        "--run",
-        side.run,
-    ])
-    .stdout(Stdio::piped())
-    .spawn()
-    .context("starting the side loop's guest")?;
-    let rates = lines(guest.stdout.take().context("stdout")?);
+    let (mut guest, rates) = loop_guest("kvmtrace-bench-side", side.run, 1800)?;
     let result = with_stopped(cpuid_guest, || {
         // Its first seconds run a few percent slower (warming up): not a configuration's.
         for _ in 0..3 {

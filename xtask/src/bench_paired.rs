@@ -7,15 +7,14 @@
 //! not against the hot CPUID loop's. Medians over rounds; the median still moves between runs
 //! (kvm_cpuid 1.39x-1.45x with the same code, five runs).
 
-use std::{collections::BTreeMap, process::Stdio, sync::mpsc::Receiver, time::Duration};
+use std::{collections::BTreeMap, sync::mpsc::Receiver, time::Duration};
 
-use anyhow::Context as _;
 use kvmtrace_common::programs::{self, FLOOR_PREFIX};
 
 use crate::bench::{
-    Config, bpf_stats_on, bpf_stats_restore, lines, prog_stats, runs_by_name, start, stop, wait_for,
+    Config, bpf_stats_on, bpf_stats_restore, loop_guest, prog_stats, runs_by_name, start, stop,
+    wait_for,
 };
-use crate::sh::{cmd, target_bin};
 
 /// Each kvmtrace program's per-event cost must stay within this factor of the empty classic
 /// program's on the same tracepoint.
@@ -54,22 +53,7 @@ pub fn paired_cost(
     secs: usize,
 ) -> anyhow::Result<()> {
     let cpuid = paired_rounds(guest_pid, Some(rates), rounds, secs)?;
-    let mut mixed_guest = cmd(target_bin("release", "kvmtrace-testvm")
-        .to_str()
-        .context("path")?)
-    .args([
-        "-name",
-        "guest=kvmtrace-bench-mixed",
-        "--loop",
-        "--timeout",
-        "600",
-        "--run",
-        MIXED_LOOP,
-    ])
-    .stdout(Stdio::piped())
-    .spawn()
-    .context("starting the mixed guest")?;
-    let mixed_lines = lines(mixed_guest.stdout.take().context("stdout")?);
+    let (mut mixed_guest, mixed_lines) = loop_guest("kvmtrace-bench-mixed", MIXED_LOOP, 600)?;
     // With the CPUID guest (still traced) stopped: the mixed guest's events, then sched_switch
     // for the host's other threads (most of its runs on a busy host), hot: two threads hand a
     // token back and forth.
