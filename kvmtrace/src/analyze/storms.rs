@@ -13,7 +13,7 @@ use super::diagnose::{Diagnosis, Facts, diagnose};
 use crate::{
     model::{
         identity::VcpuLabel,
-        series::{Key, Points, Series, What},
+        series::{Key, Point, Points, Series, What},
     },
     names::detail_phrase,
     tp::{
@@ -107,15 +107,15 @@ impl Serialize for StormVcpu {
 /// time (exit handling), so the cost criterion applies; wall-clock waits (HLT, VMM round trips,
 /// which include the VMM sleeping) are not CPU burn and only rates count for them.
 pub fn runs(series: &Series, p: &Points, cfg: &Config, costs_cpu: bool) -> Vec<(usize, usize)> {
-    let n = series.ends.len().min(p.counts.len());
+    let n = series.ends.len().min(p.len());
     let rate = |i: usize| {
         let w = series.width(i).as_secs_f64();
-        if w > 0.0 { p.counts[i] as f64 / w } else { 0.0 }
+        if w > 0.0 { p[i].count as f64 / w } else { 0.0 }
     };
     let cost = |i: usize| {
         let w = series.width(i).as_secs_f64();
         if w > 0.0 && costs_cpu {
-            100.0 * p.ns[i] as f64 / 1e9 / w
+            100.0 * p[i].ns as f64 / 1e9 / w
         } else {
             0.0
         }
@@ -244,20 +244,20 @@ fn vm_wide(series: &Series) -> BTreeMap<Key, Points> {
                 what: k.what,
             })
             .or_default();
-        add_points(&mut sum.counts, &p.counts);
-        add_points(&mut sum.ns, &p.ns);
+        add_points(sum, p);
     }
     wide
 }
 
 /// Adds `points` into `sum` point by point; either may be the shorter (a key idle at the end
 /// has no trailing points: see [`Points`]).
-fn add_points(sum: &mut Vec<u64>, points: &[u64]) {
+fn add_points(sum: &mut Points, points: &Points) {
     if sum.len() < points.len() {
-        sum.resize(points.len(), 0);
+        sum.resize(points.len(), Point::default());
     }
     for (a, b) in sum.iter_mut().zip(points) {
-        *a += b;
+        a.count += b.count;
+        a.ns += b.ns;
     }
 }
 
@@ -330,12 +330,12 @@ pub fn detect(series: &Series, cfg: &Config, label: &dyn Fn(u32, u32) -> VcpuLab
         .filter_map(|(key, s, e, related)| {
             let p = points(&key)?;
             let secs = |i: usize| series.width(i).as_secs_f64();
-            let count: u64 = p.counts[s..e].iter().sum();
+            let count: u64 = p[s..e].iter().map(|q| q.count).sum();
             let duration: f64 = (s..e).map(secs).sum();
             let peak = (s..e)
                 .map(|i| {
                     if secs(i) > 0.0 {
-                        p.counts[i] as f64 / secs(i)
+                        p[i].count as f64 / secs(i)
                     } else {
                         0.0
                     }
@@ -346,7 +346,7 @@ pub fn detect(series: &Series, cfg: &Config, label: &dyn Fn(u32, u32) -> VcpuLab
                 .chain(&related)
                 .filter_map(&points)
                 // A related key idle before `e` has fewer points (see Points).
-                .map(|p| p.ns.iter().take(e).skip(s).sum::<u64>())
+                .map(|p| p.iter().take(e).skip(s).map(|q| q.ns).sum::<u64>())
                 .max()
                 .unwrap_or(0);
             let mut whats = vec![key.what];

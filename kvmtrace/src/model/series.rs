@@ -26,15 +26,20 @@ pub struct Key {
     pub what: What,
 }
 
+/// One interval's count (and handling time) of one key.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Point {
+    pub count: u64,
+    pub ns: u64,
+}
+
 /// A key's points, aligned with [`Series::ends`]. A key idle since its last point has no
 /// points for the intervals after it (they are zeros): each interval touches only the keys that
 /// were active in it, not every key ever seen (with 10 000 keys, zero-filling every key at every
-/// interval was a measurable part of `record`). Readers take missing points as zeros.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Points {
-    pub counts: Vec<u64>,
-    pub ns: Vec<u64>,
-}
+/// interval was a measurable part of `record`). Readers take missing points as zeros. Count and
+/// time side by side: one buffer to grow and touch per key and interval, not two (cache misses
+/// are most of the cost of a push with thousands of keys).
+pub type Points = Vec<Point>;
 
 /// Every series, aligned on one timeline of interval ends.
 #[derive(Clone, Debug, Default)]
@@ -58,10 +63,9 @@ impl Series {
         self.ends.push(iv.at);
         let mut add = |key: Key, count: u64, ns: u64| {
             let p = self.by_key.entry(key).or_default();
-            p.counts.resize(n + 1, 0);
-            p.ns.resize(n + 1, 0);
-            p.counts[n] += count;
-            p.ns[n] += ns;
+            p.resize(n + 1, Point::default());
+            p[n].count += count;
+            p[n].ns += ns;
         };
         for (k, d) in &iv.latency {
             let key = |what| Key {
@@ -108,8 +112,14 @@ impl Series {
     fn downsample(&mut self) {
         let len = self.ends.len();
         let half = len / 2;
-        let merge = |v: &mut Vec<u64>| {
-            let mut out: Vec<u64> = v[..half].chunks(2).map(|c| c.iter().sum()).collect();
+        let merge = |v: &mut Points| {
+            let mut out: Points = v[..half]
+                .chunks(2)
+                .map(|c| Point {
+                    count: c.iter().map(|q| q.count).sum(),
+                    ns: c.iter().map(|q| q.ns).sum(),
+                })
+                .collect();
             out.extend_from_slice(&v[half..]);
             *v = out;
         };
@@ -121,10 +131,8 @@ impl Series {
         self.ends = ends;
         for p in self.by_key.values_mut() {
             // Idle keys' missing points are zeros (see Points); the merge needs the whole timeline.
-            p.counts.resize(len, 0);
-            p.ns.resize(len, 0);
-            merge(&mut p.counts);
-            merge(&mut p.ns);
+            p.resize(len, Point::default());
+            merge(p);
         }
     }
 
@@ -154,6 +162,10 @@ mod tests {
 
     use super::*;
 
+    fn counts(p: &Points) -> Vec<u64> {
+        p.iter().map(|q| q.count).collect()
+    }
+
     fn iv(sec: u64, n: u64) -> Interval {
         Interval {
             at: Duration::from_secs(sec),
@@ -179,10 +191,10 @@ mod tests {
         }
         assert!(s.ends.len() <= MAX_POINTS);
         let p = s.by_key.values().next().unwrap();
-        assert_eq!(p.counts.len(), s.ends.len());
+        assert_eq!(p.len(), s.ends.len());
         // Nothing is lost by downsampling.
         let total: u64 = (1..=(3 * MAX_POINTS as u64)).map(|s| s % 7).sum();
-        assert_eq!(p.counts.iter().sum::<u64>(), total);
+        assert_eq!(counts(p).iter().sum::<u64>(), total);
         // The newest points keep the 1 s resolution; the oldest are coarser.
         assert_eq!(s.width(s.ends.len() - 1), Duration::from_secs(1));
         assert!(s.width(0) > Duration::from_secs(1));
@@ -201,7 +213,7 @@ mod tests {
         });
         s.push(&iv(2, 5));
         let p = s.by_key.values().next().unwrap();
-        assert_eq!(p.counts, vec![0, 5]);
+        assert_eq!(counts(p), vec![0, 5]);
     }
 
     /// An idle key is not touched (its missing points are zeros), and downsampling lines it up
@@ -216,12 +228,12 @@ mod tests {
                 ..Default::default()
             });
         }
-        assert_eq!(s.by_key.values().next().unwrap().counts, vec![3]);
+        assert_eq!(counts(s.by_key.values().next().unwrap()), vec![3]);
         s.push(&iv(MAX_POINTS as u64 + 1, 4));
         let p = s.by_key.values().next().unwrap();
-        assert_eq!(p.counts.len(), s.ends.len());
-        assert_eq!(p.counts[0], 3);
-        assert_eq!(*p.counts.last().unwrap(), 4);
-        assert_eq!(p.counts.iter().sum::<u64>(), 7);
+        assert_eq!(p.len(), s.ends.len());
+        assert_eq!(p[0].count, 3);
+        assert_eq!(p.last().unwrap().count, 4);
+        assert_eq!(counts(p).iter().sum::<u64>(), 7);
     }
 }

@@ -45,9 +45,8 @@ impl Window {
             }
             self.base += first;
             self.series.by_key.retain(|_, p| {
-                p.counts.remove(0);
-                p.ns.remove(0);
-                p.counts.iter().chain(&p.ns).any(|&n| n > 0)
+                p.remove(0);
+                p.iter().any(|q| q.count > 0 || q.ns > 0)
             });
         }
     }
