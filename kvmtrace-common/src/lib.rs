@@ -28,6 +28,9 @@ pub mod maps {
     pub const THREAD_SLOTS: &str = "THREAD_SLOTS";
     /// Stack of the free shared slots of THREAD_SLOTS (u32), filled by the collector at start.
     pub const FREE_SLOTS: &str = "FREE_SLOTS";
+    /// Ring buffer of [`crate::NewThread`], one record per thread as it claims a slot: the
+    /// collector names new VMs and threads from /proc at once.
+    pub const NEW_THREADS: &str = "NEW_THREADS";
     /// Home slot number (u32, `tid & (Config::home_slots - 1)`) -> the tid holding it: a thread
     /// claims its home slot by inserting itself here (BPF_NOEXIST decides between two threads
     /// with the same home); see [`crate::Config::home_slots`].
@@ -442,6 +445,17 @@ pub struct RipKey {
 /// Keys per thread and epoch parity kept in [`ThreadState::pending`]: two, so a guest alternating
 /// between an index and a data port (the RTC's 0x70/0x71) stays on the fast path.
 pub const PENDING_KEYS: usize = 2;
+
+/// A record of [`maps::NEW_THREADS`]: a thread as it claims a slot, with its name then (the
+/// collector's fallback when the thread is gone before it reads /proc).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NewThread {
+    pub tgid: u32,
+    pub tid: u32,
+    /// The thread's comm, NUL-padded.
+    pub comm: [u8; 16],
+}
 
 /// A detail key with events not yet in DETAILS.
 #[repr(C)]

@@ -4,14 +4,14 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, Stack},
+    maps::{Array, HashMap, PerCpuArray, RingBuf, Stack},
     programs::TracePointContext,
 };
 use kvmtrace_common::{
     CachedIndex, Config, Counter, DetailKey, DetailKind, ExitDetail, FIELD_ABSENT, HOME_SLOTS,
-    INLINE_TGIDS, LatencyKey, LatencyStats, PendingDetail, Pool, THREAD_SLOTS_LEN,
+    INLINE_TGIDS, LatencyKey, LatencyStats, NewThread, PendingDetail, Pool, THREAD_SLOTS_LEN,
     THREAD_UNRESOLVED, ThreadState, home_number,
 };
 
@@ -36,6 +36,11 @@ pub static THREADS: HashMap<u32, u32> = HashMap::with_max_entries(THREAD_SLOTS_L
 #[map]
 pub static THREAD_SLOTS: Array<ThreadState> =
     Array::with_max_entries(THREAD_SLOTS_LEN, BPF_F_MMAPABLE);
+/// Each thread as it claims a slot ([`NewThread`]), so the collector reads the VM's and the
+/// thread's names from /proc at once, while they still exist (a VM that lived less than an
+/// interval was named only "pid N", its vCPUs "tid N"). Written on the slow path only.
+#[map]
+pub static NEW_THREADS: RingBuf = RingBuf::with_byte_size(16 * 1024, 0);
 #[map]
 pub static FREE_SLOTS: Stack<u32> = Stack::with_max_entries(THREAD_SLOTS_LEN, 0);
 /// Home slot number -> the tid holding it (see `Config::home_slots`). Sized by the collector.
@@ -254,6 +259,13 @@ fn claim_state(tgid: u32, tid: u32) -> Option<*mut ThreadState> {
                 release(free, tid);
                 unsafe { *THREADS.get_ptr(tid)? }
             } else {
+                // Full (a burst of new threads): their names wait for the next drain.
+                let new = NewThread {
+                    tgid,
+                    tid,
+                    comm: bpf_get_current_comm().unwrap_or_default(),
+                };
+                let _ = NEW_THREADS.output::<NewThread>(new, 0);
                 free
             }
         }

@@ -219,7 +219,9 @@ fn three_hundred_vm_lifetimes_in_one_recording() {
         );
         guest.go();
         guest.wait_finished();
-        pids.push(guest.pid);
+        // Gone 100 ms later: before the next drain (200 ms) as often as not.
+        std::thread::sleep(Duration::from_millis(100));
+        pids.push((i, guest.pid));
     }
     std::thread::sleep(Duration::from_millis(500));
     let out = recorder.stop(libc::SIGINT);
@@ -228,8 +230,15 @@ fn three_hundred_vm_lifetimes_in_one_recording() {
     // The recorder sees each VM from its birth, so also its warm-up batch (2 writes to the
     // warm-up port 0xf2 and an `out` to the done port) before the 100 writes and their done
     // port: 102 + 2 IO exits, all timed round trips but the last, after which the VM ended.
-    for pid in &pids {
+    for (i, pid) in &pids {
         let vm = vm_of(&report, *pid);
+        // Each lived less than an interval: named all the same, from /proc as its vCPU's
+        // first event was seen (not "pid N" and "tid N").
+        assert_eq!(vm["name"], format!("it-life-{i}"), "VM {pid}: {vm:#}");
+        let vcpus = vm["vcpus"].as_array().unwrap();
+        assert_eq!(vcpus.len(), 1, "VM {pid}: {vm:#}");
+        assert_eq!(vcpus[0]["label"], "0", "VM {pid}: {vm:#}");
+        assert_eq!(vcpus[0]["thread_name"], "CPU 0/KVM", "VM {pid}: {vm:#}");
         assert_eq!(
             count_of(vm, "ports", &[("port", json!(0x70))]),
             100,

@@ -9,7 +9,10 @@ use std::collections::BTreeMap;
 
 use crate::{
     error::Error,
-    host::{Host, identities::learn_identities},
+    host::{
+        Host,
+        identities::{SeenThread, learn_identities, learn_threads},
+    },
     model::{Aggregate, Interval, identity::Vm},
     outfile::OutFile,
     record::{End, Writer},
@@ -86,6 +89,25 @@ pub fn finish_recording(w: Writer, end: &End, path: &std::path::Path) -> anyhow:
         "kvmtrace: wrote {} ({size} bytes, {raw} before compression)",
         path.display()
     );
+    Ok(())
+}
+
+/// Threads the kernel has just seen for the first time (`Tracer::new_threads`): their VMs'
+/// and their own names, read now while a short-lived VM still exists, and written to the file.
+pub fn learn_new_threads(
+    host: &Host,
+    directory: &mut BTreeMap<u32, Vm>,
+    writer: &mut Option<Writer>,
+    threads: &[SeenThread],
+) -> Result<(), Error> {
+    let changed = learn_threads(host, directory, threads);
+    if let Some(w) = writer {
+        for pid in changed {
+            if let Some(vm) = directory.get(&pid) {
+                w.vm(vm)?;
+            }
+        }
+    }
     Ok(())
 }
 

@@ -71,6 +71,7 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     let watch = !args.no_watch && (args.watch || io::stdout().is_terminal());
     let mut live = LiveLines::new(args.quiet, watch.then_some(storm_cfg));
 
+    let mut new_threads = tracer.new_threads()?;
     let mut agg = Aggregate::default();
     agg.slow.threshold_ns = tracer.slow_threshold_ns();
     agg.rips.enabled = tracer.counts_guest_rips();
@@ -86,6 +87,9 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
                 procfs.fill(&host, &mut iv);
                 output::step(&host, &mut directory, &mut agg, &mut writer, &iv)?;
                 live.update(&agg, &iv, &directory);
+            }
+            tids = new_threads.next() => {
+                output::learn_new_threads(&host, &mut directory, &mut writer, &tids?)?;
             }
             _ = &mut deadline => break,
             _ = sigint.recv() => break,

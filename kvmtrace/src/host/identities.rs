@@ -32,7 +32,6 @@ pub fn running_vcpu_threads(host: &Host, vms: &BTreeMap<u32, Vm>) -> Vec<(u32, u
 /// Names for VMs and threads first seen in this interval (while they are still alive); returns
 /// the pids whose identity changed.
 pub fn learn_identities(host: &Host, directory: &mut BTreeMap<u32, Vm>, iv: &Interval) -> Vec<u32> {
-    let mut changed = Vec::new();
     // Each (VM, thread) once: an interval has many keys per thread, and a VM's thread list is
     // searched linearly below (with 10 000 keys per interval that search was 4 % of `record`).
     let mut tids: Vec<(u32, u32)> = iv
@@ -43,7 +42,40 @@ pub fn learn_identities(host: &Host, directory: &mut BTreeMap<u32, Vm>, iv: &Int
         .collect();
     tids.sort_unstable();
     tids.dedup();
-    for (tgid, tid) in tids {
+    let seen: Vec<SeenThread> = tids
+        .into_iter()
+        .map(|(tgid, tid)| SeenThread {
+            tgid,
+            tid,
+            comm: None,
+        })
+        .collect();
+    learn_threads(host, directory, &seen)
+}
+
+/// A VM's thread as the kernel first saw it, with its name then when the kernel gave it (what
+/// names it if it is gone before /proc is read).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SeenThread {
+    pub tgid: u32,
+    pub tid: u32,
+    pub comm: Option<String>,
+}
+
+/// Names for the VMs and threads of `threads` not in `directory` yet, read from /proc now;
+/// returns the pids whose identity changed.
+pub fn learn_threads(
+    host: &Host,
+    directory: &mut BTreeMap<u32, Vm>,
+    threads: &[SeenThread],
+) -> Vec<u32> {
+    let mut changed = Vec::new();
+    for seen in threads {
+        let (tgid, tid) = (seen.tgid, seen.tid);
+        let named_then = || Thread {
+            tid,
+            comm: seen.comm.clone().unwrap_or_default(),
+        };
         match directory.get_mut(&tgid) {
             Some(vm) if vm.threads.iter().any(|t| t.tid == tid) => {}
             Some(vm) => {
@@ -52,17 +84,18 @@ pub fn learn_identities(host: &Host, directory: &mut BTreeMap<u32, Vm>, iv: &Int
                         vm.threads.push(t);
                     }
                 }
-                // Remember that this tid was looked for, so we do not scan /proc again for it.
+                // Gone already: the name the kernel saw, else an empty one (so /proc is not
+                // scanned again for it).
                 if !vm.threads.iter().any(|t| t.tid == tid) {
-                    vm.threads.push(Thread {
-                        tid,
-                        comm: String::new(),
-                    });
+                    vm.threads.push(named_then());
                 }
                 changed.push(tgid);
             }
             None => {
-                if let Some(vm) = host.vm(tgid) {
+                if let Some(mut vm) = host.vm(tgid) {
+                    if seen.comm.is_some() && !vm.threads.iter().any(|t| t.tid == tid) {
+                        vm.threads.push(named_then());
+                    }
                     directory.insert(tgid, vm);
                     changed.push(tgid);
                 }

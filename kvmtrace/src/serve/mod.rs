@@ -29,7 +29,7 @@ use tokio::{
 use crate::{
     error::Error,
     host::Host,
-    host::identities::{learn_identities, running_vcpu_threads},
+    host::identities::{learn_identities, learn_threads, running_vcpu_threads},
     model::Interval,
     model::identity::Vm,
     source::live::{TraceOptions, Tracer, check_root},
@@ -139,11 +139,25 @@ pub async fn serve(args: Options) -> Result<(), Error> {
         args.listen
     );
 
+    let mut new_threads = tracer.new_threads()?;
     let mut ticker = tokio::time::interval(args.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await; // the first tick is immediate
     let result = loop {
         tokio::select! {
+            tids = new_threads.next() => {
+                let tids = match tids {
+                    Ok(tids) => tids,
+                    Err(e) => break Err(e),
+                };
+                // Named as they start: a VM that lives less than an interval keeps its name.
+                learn_threads(&host, &mut directory, &tids);
+                for pid in tids.iter().map(|t| t.tgid) {
+                    if directory.contains_key(&pid) {
+                        starts.entry(pid).or_insert_with(|| start_time(&host.proc_root, pid));
+                    }
+                }
+            }
             _ = ticker.tick() => {
                 let started = Instant::now();
                 let iv = match tracer.drain() {

@@ -19,6 +19,7 @@ mod drain;
 mod floor;
 mod header;
 mod kernel;
+pub mod new_threads;
 mod pool;
 mod queries;
 mod rips;
@@ -317,6 +318,12 @@ impl Tracer {
             started_ktime: kernel::ktime_ns(),
             rips: opts.guest_rips.then(rips::RipCounter::default),
         })
+    }
+
+    /// The stream of threads as they are first seen (see [`new_threads`]); once per tracer,
+    /// inside the tokio runtime. Left untaken, it fills and the kernel drops what follows.
+    pub fn new_threads(&mut self) -> Result<new_threads::NewThreads, Error> {
+        new_threads::NewThreads::open(&mut self.ebpf)
     }
 
     /// Starts counting, every program attached: the threads in `running` (VM pid, tid, what it
