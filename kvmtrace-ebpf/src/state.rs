@@ -259,7 +259,8 @@ fn claim_state(tgid: u32, tid: u32) -> Option<*mut ThreadState> {
                 release(free, tid);
                 unsafe { *THREADS.get_ptr(tid)? }
             } else {
-                // Full (a burst of new threads): their names wait for the next drain.
+                // Dropped when the ring is full (a burst of new threads): those are named at
+                // the next drain.
                 let new = NewThread {
                     tgid,
                     tid,

@@ -117,6 +117,7 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     let mut report = report::build(&agg, &ctx);
     report.tracer_cost = Some(cost.clone());
     report.host_steal_pct = steal.pct(&host.proc_root);
+    drop(new_threads); // its map goes with the tracer's
     drop(tracer); // detach before printing: nothing of ours stays attached
     if let (Some(w), Some(path)) = (writer, &args.output) {
         let end = crate::record::End {

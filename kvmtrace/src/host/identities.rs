@@ -106,3 +106,61 @@ pub fn learn_threads(
     changed.dedup();
     changed
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::vm::tests::Fake;
+
+    fn seen(tgid: u32, tid: u32, comm: Option<&str>) -> SeenThread {
+        SeenThread {
+            tgid,
+            tid,
+            comm: comm.map(String::from),
+        }
+    }
+
+    fn thread_names(vm: &Vm) -> Vec<(u32, &str)> {
+        vm.threads
+            .iter()
+            .map(|t| (t.tid, t.comm.as_str()))
+            .collect()
+    }
+
+    /// A VM read from /proc as its thread is first seen; a thread already gone from /proc keeps
+    /// the name the kernel saw; a VM already gone is not made up.
+    #[test]
+    fn new_threads_are_named_from_proc_else_from_the_kernel() {
+        let f = Fake::new();
+        let argv = ["qemu-system-x86_64", "-name", "guest=brief"];
+        f.process(
+            100,
+            "qemu-system-x86",
+            &argv,
+            true,
+            &[(100, "qemu-system-x86")],
+        );
+        let host = f.host();
+        let mut directory = BTreeMap::new();
+        let changed = learn_threads(
+            &host,
+            &mut directory,
+            &[seen(100, 101, Some("CPU 0/KVM")), seen(300, 301, Some("x"))],
+        );
+        assert_eq!(changed, [100]);
+        let vm = &directory[&100];
+        assert_eq!(vm.name, "brief");
+        assert_eq!(
+            thread_names(vm),
+            [(100, "qemu-system-x86"), (101, "CPU 0/KVM")]
+        );
+        // Known threads change nothing; a second gone thread of a known VM is added.
+        assert!(learn_threads(&host, &mut directory, &[seen(100, 101, None)]).is_empty());
+        assert_eq!(
+            learn_threads(&host, &mut directory, &[seen(100, 102, Some("CPU 1/KVM"))]),
+            [100]
+        );
+        assert_eq!(thread_names(&directory[&100])[2], (102, "CPU 1/KVM"));
+        assert!(!directory.contains_key(&300));
+    }
+}

@@ -334,30 +334,30 @@ fn unescape_systemd(s: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::os::unix::fs::symlink;
 
     use super::*;
 
     /// A fake /proc + /run with QEMU-like processes.
-    struct Fake {
+    pub(crate) struct Fake {
         dir: tempfile::TempDir,
     }
 
     impl Fake {
-        fn new() -> Fake {
+        pub(crate) fn new() -> Fake {
             let dir = tempfile::tempdir().unwrap();
             fs::create_dir_all(dir.path().join("proc")).unwrap();
             fs::create_dir_all(dir.path().join("run/libvirt/qemu")).unwrap();
             Fake { dir }
         }
-        fn host(&self) -> Host {
+        pub(crate) fn host(&self) -> Host {
             Host {
                 proc_root: self.dir.path().join("proc"),
                 run_root: self.dir.path().join("run"),
             }
         }
-        fn process(
+        pub(crate) fn process(
             &self,
             pid: u32,
             comm: &str,

@@ -207,6 +207,7 @@ pub async fn serve(args: Options) -> Result<(), Error> {
     };
     server.abort();
     tracer.close()?;
+    drop(new_threads); // its map goes with the tracer's
     drop(tracer); // every program detached, every map freed
     result
 }

@@ -1,6 +1,6 @@
 //! New vCPU threads as the kernel first sees them: a thread's first event after attach sends its
-//! (tgid, tid) through NEW_THREADS, so the collector reads the VM's and the thread's names from
-//! /proc at once. Otherwise they are read at the next drain, and a VM that lived less than an
+//! tgid, tid and comm through NEW_THREADS, so the collector reads the VM's and the thread's names
+//! from /proc at once. Otherwise they are read at the next drain, and a VM that lived less than an
 //! interval is gone by then (it was reported as "pid N", its vCPUs as "tid N").
 
 use aya::{
