@@ -188,6 +188,32 @@ mod tests {
         assert_eq!(procfs.open.files.keys().collect::<Vec<_>>(), [&102]);
     }
 
+    /// Past its limit of open files, a thread is read the old way (open, read, close): every
+    /// thread still has its procfs figure.
+    #[test]
+    fn threads_past_the_open_file_limit_are_read_all_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = Host {
+            proc_root: dir.path().into(),
+            run_root: dir.path().into(),
+        };
+        for tid in [101, 102, 103] {
+            write_schedstat(dir.path(), 100, tid, 1_000);
+        }
+        let mut procfs = ProcfsCpu::at_start(&host, &BTreeMap::new());
+        procfs.open.max_open = 1;
+        let tids = [(100, 101), (100, 102), (100, 103)];
+        procfs.fill(&host, &mut interval_of(&tids));
+        for tid in [101, 102, 103] {
+            write_schedstat(dir.path(), 100, tid, 1_000 + u64::from(tid));
+        }
+        let mut iv = interval_of(&tids);
+        procfs.fill(&host, &mut iv);
+        let got: Vec<Option<u64>> = iv.threads.iter().map(|t| t.procfs_ns).collect();
+        assert_eq!(got, [Some(101), Some(102), Some(103)]);
+        assert_eq!(procfs.open.files.len(), 1);
+    }
+
     /// On this kernel: a thread's schedstat read again at offset 0 through the same file gives
     /// its run time now (procfs files rewind on a read at 0).
     #[test]
