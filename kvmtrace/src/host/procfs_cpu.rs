@@ -6,7 +6,10 @@ use std::{
     os::unix::fs::FileExt as _,
 };
 
-use super::{Host, vm::run_ns_of_schedstat};
+use super::{
+    Host,
+    vm::{run_ns_of_schedstat, thread_dir},
+};
 use crate::model::{Interval, identity::Vm};
 
 /// procfs CPU time of each traced thread since recording started (or since it was first seen),
@@ -86,7 +89,7 @@ impl OpenSchedstats {
             if self.files.len() >= self.max_open {
                 return None;
             }
-            let path = host.proc_root.join(format!("{tgid}/task/{tid}/schedstat"));
+            let path = thread_dir(&host.proc_root, tgid, tid).join("schedstat");
             self.files.insert(tid, File::open(path).ok()?);
         }
         let mut buf = [0u8; 128];
@@ -153,8 +156,18 @@ mod tests {
         }
     }
 
+    /// An empty fake /proc (and /run) and the host over it.
+    fn fake_proc() -> (tempfile::TempDir, Host) {
+        let dir = tempfile::tempdir().unwrap();
+        let host = Host {
+            proc_root: dir.path().into(),
+            run_root: dir.path().into(),
+        };
+        (dir, host)
+    }
+
     fn write_schedstat(root: &Path, tgid: u32, tid: u32, run_ns: u64) {
-        let dir = root.join(format!("{tgid}/task/{tid}"));
+        let dir = thread_dir(root, tgid, tid);
         fs::create_dir_all(&dir).unwrap();
         fs::write(dir.join("schedstat"), format!("{run_ns} 0 0\n")).unwrap();
     }
@@ -163,11 +176,7 @@ mod tests {
     /// held when opened), and closed once its thread is no longer in the intervals.
     #[test]
     fn open_files_are_reread_and_closed_with_their_threads() {
-        let dir = tempfile::tempdir().unwrap();
-        let host = Host {
-            proc_root: dir.path().into(),
-            run_root: dir.path().into(),
-        };
+        let (dir, host) = fake_proc();
         write_schedstat(dir.path(), 100, 101, 5_000);
         write_schedstat(dir.path(), 100, 102, 7_000);
         let mut procfs = ProcfsCpu::at_start(&host, &BTreeMap::new());
@@ -192,11 +201,7 @@ mod tests {
     /// thread still has its procfs figure.
     #[test]
     fn threads_past_the_open_file_limit_are_read_all_the_same() {
-        let dir = tempfile::tempdir().unwrap();
-        let host = Host {
-            proc_root: dir.path().into(),
-            run_root: dir.path().into(),
-        };
+        let (dir, host) = fake_proc();
         for tid in [101, 102, 103] {
             write_schedstat(dir.path(), 100, tid, 1_000);
         }

@@ -30,10 +30,7 @@ const PF_KTHREAD: u64 = 0x20_0000;
 /// The state of thread `tid` of process `pid` now, or None when it is gone, unreadable or a
 /// kernel worker.
 pub fn probe(proc_root: &Path, pid: u32, tid: u32) -> Option<AtStart> {
-    let dir = proc_root
-        .join(pid.to_string())
-        .join("task")
-        .join(tid.to_string());
+    let dir = super::vm::thread_dir(proc_root, pid, tid);
     // Read as bytes: a thread name (inside `stat`) need not be UTF-8.
     let read = |name: &str| {
         std::fs::read(dir.join(name))
