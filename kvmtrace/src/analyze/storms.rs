@@ -255,9 +255,8 @@ fn add_points(sum: &mut Points, points: &Points) {
     if sum.len() < points.len() {
         sum.resize(points.len(), Point::default());
     }
-    for (a, b) in sum.iter_mut().zip(points) {
-        a.count += b.count;
-        a.ns += b.ns;
+    for (a, &b) in sum.iter_mut().zip(points) {
+        *a += b;
     }
 }
 

@@ -33,6 +33,14 @@ pub struct Point {
     pub ns: u64,
 }
 
+/// Points add field by field: two intervals merged, or one key's series summed over threads.
+impl std::ops::AddAssign for Point {
+    fn add_assign(&mut self, other: Point) {
+        self.count += other.count;
+        self.ns += other.ns;
+    }
+}
+
 /// A key's points, aligned with [`Series::ends`]. A key idle since its last point has no
 /// points for the intervals after it (they are zeros): each interval touches only the keys that
 /// were active in it, not every key ever seen (with 10 000 keys, zero-filling every key at every
@@ -64,8 +72,7 @@ impl Series {
         let mut add = |key: Key, count: u64, ns: u64| {
             let p = self.by_key.entry(key).or_default();
             p.resize(n + 1, Point::default());
-            p[n].count += count;
-            p[n].ns += ns;
+            p[n] += Point { count, ns };
         };
         for (k, d) in &iv.latency {
             let key = |what| Key {
@@ -115,9 +122,12 @@ impl Series {
         let merge = |v: &mut Points| {
             let mut out: Points = v[..half]
                 .chunks(2)
-                .map(|c| Point {
-                    count: c.iter().map(|q| q.count).sum(),
-                    ns: c.iter().map(|q| q.ns).sum(),
+                .map(|c| {
+                    let mut sum = Point::default();
+                    for &q in c {
+                        sum += q;
+                    }
+                    sum
                 })
                 .collect();
             out.extend_from_slice(&v[half..]);
