@@ -168,7 +168,6 @@ impl StormArgs {
             jump_min_rate: self.storm_rate / 10.0,
             sustain: self.storm_sustain as usize,
             cost_pct: self.storm_cost,
-            ..Default::default()
         }
     }
 }

@@ -587,6 +587,8 @@ pub fn run_bench(rounds: usize, samples: usize, only: Only) -> anyhow::Result<()
             // recording).
             run(cargo().args(["bench", "-p", "kvmtrace", "--bench", "recording"]))?;
         }
+        // record's live storm lines with 10 000 series, after a minute and when full.
+        run(cargo().args(["bench", "-p", "kvmtrace", "--bench", "watch"]))?;
         // The collector at scale: one drain of 50 000 keys (needs root: it loads the programs).
         run(cargo().args(["bench", "-p", "kvmtrace", "--bench", "drain"]))?;
     }

@@ -3,7 +3,7 @@
 //! tests against real guests as root, one at a time (twice: raw and classic tracepoint programs),
 //! the nested-SVM suite (real kvm_exit), the
 //! release artefacts (`dist`: static binary, man pages, completions, .deb) and the .deb installed
-//! with dpkg in the nested rig's L1, the recording benchmarks' bars, and a bounded fuzzing run of
+//! with dpkg in the nested rig's L1, the recording and live-storm-line benchmarks' bars, and a bounded fuzzing run of
 //! the recording reader. xtask's own unit tests (the requirements scan among them) run with
 //! `--lib --bins`: xtask is a binary crate in the default members.
 
@@ -68,8 +68,10 @@ pub fn run_tests() -> anyhow::Result<()> {
     passed += nested::run_nested(&nested::KernelLine::ALL, &nested::Options::default())?;
     // What users install: built statically, checked here, then installed and used in L1.
     dist::run_dist(true)?;
-    // Recording size and offline report speed bars (exits non-zero when missed).
+    // Recording size and offline report speed bars, and the live storm lines' cost not growing
+    // with the recording (each exits non-zero when missed).
     run(cargo().args(["bench", "-p", "kvmtrace", "--bench", "recording"]))?;
+    run(cargo().args(["bench", "-p", "kvmtrace", "--bench", "watch"]))?;
     // The recording reader never panics on arbitrary bytes.
     fuzz::run_fuzz(60)?;
     eprintln!("xtask test: all checks passed");

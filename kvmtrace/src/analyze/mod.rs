@@ -4,4 +4,5 @@
 
 pub mod cpu;
 pub mod diagnose;
+pub mod storm_watch;
 pub mod storms;

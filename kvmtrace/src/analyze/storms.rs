@@ -34,9 +34,10 @@ pub struct Config {
     pub sustain: usize,
     /// Handling time, in % of one CPU, that is a storm by itself.
     pub cost_pct: f64,
-    /// Points in the trailing baseline.
-    pub baseline_points: usize,
 }
+
+/// Points in the trailing baseline.
+const BASELINE_POINTS: usize = 5;
 
 impl Config {
     /// The defaults: 10 000/s, 10x baseline (above 1 000/s), 2 intervals, 50 % of a CPU.
@@ -46,7 +47,6 @@ impl Config {
         jump_min_rate: 1000.0,
         sustain: 2,
         cost_pct: 50.0,
-        baseline_points: 5,
     };
 }
 
@@ -108,59 +108,95 @@ impl Serialize for StormVcpu {
 /// which include the VMM sleeping) are not CPU burn and only rates count for them.
 pub fn runs(series: &Series, p: &Points, cfg: &Config, costs_cpu: bool) -> Vec<(usize, usize)> {
     let n = series.ends.len().min(p.len());
-    let rate = |i: usize| {
-        let w = series.width(i).as_secs_f64();
-        if w > 0.0 { p[i].count as f64 / w } else { 0.0 }
-    };
-    let cost = |i: usize| {
-        let w = series.width(i).as_secs_f64();
-        if w > 0.0 && costs_cpu {
-            100.0 * p[i].ns as f64 / 1e9 / w
-        } else {
-            0.0
-        }
-    };
-    let mut baseline: Vec<f64> = Vec::new();
+    let mut tracker = RunTracker::default();
     let mut out = Vec::new();
-    let mut run_start: Option<usize> = None;
-    for i in 0..n {
-        let r = rate(i);
-        let base = if baseline.is_empty() {
-            0.0
-        } else {
-            baseline.iter().sum::<f64>() / baseline.len() as f64
-        };
-        let hot = r >= cfg.rate
-            || (base > 0.0 && r >= cfg.jump_min_rate && r >= cfg.jump * base)
-            || cost(i) >= cfg.cost_pct;
-        match (hot, run_start) {
-            (true, None) => run_start = Some(i),
-            (false, Some(s)) => {
-                if i - s >= cfg.sustain {
-                    out.push((s, i));
-                }
-                run_start = None;
-            }
-            _ => {}
-        }
-        if !hot {
-            baseline.push(r);
-            if baseline.len() > cfg.baseline_points {
-                baseline.remove(0);
-            }
+    for (i, point) in p.iter().enumerate().take(n) {
+        if let Some(RunChange::Ended { len }) =
+            tracker.step(cfg, *point, series.width(i), costs_cpu)
+        {
+            out.push((i - len, i));
         }
     }
-    if let Some(s) = run_start
-        && n - s >= cfg.sustain
-    {
-        out.push((s, n));
+    if tracker.sustained(cfg) {
+        out.push((n - tracker.run_len(), n));
     }
     out
 }
 
+/// Storm detection along one series, a point at a time: [`runs`] over a whole series, and
+/// [`crate::analyze::storm_watch`] one interval at a time (the same rules, so the live lines
+/// and the report agree).
+#[derive(Clone, Debug, Default)]
+pub struct RunTracker {
+    /// Rates of the last [`BASELINE_POINTS`] points that were not hot: a ring, kept inline (the
+    /// live lines step every series at each interval).
+    baseline: [f64; BASELINE_POINTS],
+    /// Rates in `baseline` so far (at most BASELINE_POINTS), and where the next one goes.
+    filled: u8,
+    next: u8,
+    /// Points in the run going on (0: none).
+    run_len: u32,
+}
+
+/// What a point changed, by [`RunTracker::step`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunChange {
+    /// The run going on has lasted `sustain` points: a storm from now on.
+    Sustained,
+    /// A storm of `len` points ended before this point.
+    Ended { len: usize },
+}
+
+impl RunTracker {
+    /// Takes the next point, of an interval `width` long.
+    pub fn step(
+        &mut self,
+        cfg: &Config,
+        point: Point,
+        width: std::time::Duration,
+        costs_cpu: bool,
+    ) -> Option<RunChange> {
+        let w = width.as_secs_f64();
+        let rate = if w > 0.0 { point.count as f64 / w } else { 0.0 };
+        let cost = if w > 0.0 && costs_cpu {
+            100.0 * point.ns as f64 / 1e9 / w
+        } else {
+            0.0
+        };
+        let base = if self.filled == 0 {
+            0.0
+        } else {
+            self.baseline.iter().take(self.filled.into()).sum::<f64>() / f64::from(self.filled)
+        };
+        let hot = rate >= cfg.rate
+            || (base > 0.0 && rate >= cfg.jump_min_rate && rate >= cfg.jump * base)
+            || cost >= cfg.cost_pct;
+        if hot {
+            self.run_len += 1;
+            return (self.run_len() == cfg.sustain.max(1)).then_some(RunChange::Sustained);
+        }
+        self.baseline[usize::from(self.next)] = rate;
+        self.next = (self.next + 1) % BASELINE_POINTS as u8;
+        self.filled = (self.filled + 1).min(BASELINE_POINTS as u8);
+        let len = self.run_len();
+        self.run_len = 0;
+        (len > 0 && len >= cfg.sustain).then_some(RunChange::Ended { len })
+    }
+
+    /// Points in the run going on (0: none).
+    pub fn run_len(&self) -> usize {
+        self.run_len as usize
+    }
+
+    /// Whether the run going on is a storm.
+    pub fn sustained(&self, cfg: &Config) -> bool {
+        self.run_len > 0 && self.run_len() >= cfg.sustain
+    }
+}
+
 /// Whether a key's handling time is CPU time: exit handling in the kernel, except halts, which
 /// block until an interrupt. VMM round trips are wall time (the VMM may sleep or wait).
-fn time_is_cpu(what: &What) -> bool {
+pub fn time_is_cpu(what: &What) -> bool {
     match *what {
         What::Exit { isa, reason } => exit_class(isa, reason).is_cpu_time(),
         What::Detail(_) => false,
@@ -227,13 +263,19 @@ pub const ALL_VCPUS: u32 = u32::MAX;
 /// For keys seen on two or more threads of a VM, their VM-wide sum (a storm spread over vCPUs,
 /// each below the threshold, is still a storm of the VM). Only the sums: the per-thread series
 /// are not copied (this runs at every interval while watching).
-fn vm_wide(series: &Series) -> BTreeMap<Key, Points> {
+fn vm_wide(series: &Series, pid: Option<u32>) -> BTreeMap<Key, Points> {
     let mut wide: BTreeMap<Key, Points> = BTreeMap::new();
     let mut threads: BTreeMap<(u32, What), u32> = BTreeMap::new();
-    for k in series.by_key.keys() {
+    let keys = || {
+        series
+            .by_key
+            .iter()
+            .filter(|(k, _)| pid.is_none_or(|p| k.pid == p))
+    };
+    for (k, _) in keys() {
         *threads.entry((k.pid, k.what)).or_default() += 1;
     }
-    for (k, p) in &series.by_key {
+    for (k, p) in keys() {
         if threads[&(k.pid, k.what)] < 2 {
             continue;
         }
@@ -263,11 +305,35 @@ fn add_points(sum: &mut Points, points: &Points) {
 /// Every storm in the recording, merged and diagnosed, biggest first. `label` names the vCPU
 /// of a (pid, tid).
 pub fn detect(series: &Series, cfg: &Config, label: &dyn Fn(u32, u32) -> VcpuLabel) -> Vec<Storm> {
-    let wide = vm_wide(series);
+    detect_in(series, cfg, label, None)
+}
+
+/// [`detect`] for the VM of process `pid` only (storms never span VMs): what the live lines
+/// re-detect when one of its series changed.
+pub fn detect_vm(
+    series: &Series,
+    cfg: &Config,
+    label: &dyn Fn(u32, u32) -> VcpuLabel,
+    pid: u32,
+) -> Vec<Storm> {
+    detect_in(series, cfg, label, Some(pid))
+}
+
+fn detect_in(
+    series: &Series,
+    cfg: &Config,
+    label: &dyn Fn(u32, u32) -> VcpuLabel,
+    pid: Option<u32>,
+) -> Vec<Storm> {
+    let wide = vm_wide(series, pid);
     let points = |k: &Key| series.by_key.get(k).or_else(|| wide.get(k));
     // (key, start index, end index) of every run.
     let mut found: Vec<(Key, usize, usize)> = Vec::new();
-    for (key, p) in series.by_key.iter().chain(&wide) {
+    let own = series
+        .by_key
+        .iter()
+        .filter(|(k, _)| pid.is_none_or(|p| k.pid == p));
+    for (key, p) in own.chain(&wide) {
         if matches!(
             key.what,
             What::Detail(Detail::UserspaceExit(
@@ -384,9 +450,14 @@ pub fn detect(series: &Series, cfg: &Config, label: &dyn Fn(u32, u32) -> VcpuLab
     storms
 }
 
-/// Storms that started (`new`) or ended since `before`, for live lines: keyed by (key, start).
+/// Storms that started (`new`) or ended since `before`, for live lines. A storm is the same
+/// one if its key is and the two overlap in time: when a long recording's oldest points are
+/// merged (see [`Series`]), an old storm's start can move to an earlier interval end, and
+/// matching on the exact start announced it again.
 pub fn changes<'a>(before: &[Storm], now: &'a [Storm]) -> (Vec<&'a Storm>, Vec<&'a Storm>) {
-    let same = |a: &Storm, b: &Storm| a.key == b.key && (a.start_secs - b.start_secs).abs() < 1e-9;
+    let same = |a: &Storm, b: &Storm| {
+        a.key == b.key && a.start_secs < b.end_secs + 1e-9 && b.start_secs < a.end_secs + 1e-9
+    };
     let started = now
         .iter()
         .filter(|s| !before.iter().any(|b| same(b, s)))

@@ -4,32 +4,45 @@
 use std::{collections::BTreeMap, io};
 
 use crate::{
-    analyze::storms::{self, Storm},
+    analyze::{
+        storm_watch::StormWatch,
+        storms::{self, Storm},
+    },
     model::{Aggregate, Interval, identity::Vm},
 };
 
 /// The live progress line on a terminal (elapsed, exits/s, lost events); nothing when piped.
-pub struct Progress(Option<indicatif::ProgressBar>);
+pub struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    /// Exits and detail events so far, added up an interval at a time (not re-summed over
+    /// every key of the aggregate at each interval).
+    exits: u64,
+    details: u64,
+}
 
 impl Progress {
     pub fn new(quiet: bool) -> Progress {
         use std::io::IsTerminal as _;
-        if quiet || !io::stderr().is_terminal() {
-            return Progress(None);
+        let bar = (!quiet && io::stderr().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} {elapsed} {msg}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+            );
+            bar
+        });
+        Progress {
+            bar,
+            exits: 0,
+            details: 0,
         }
-        let bar = indicatif::ProgressBar::new_spinner();
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} {elapsed} {msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-        );
-        Progress(Some(bar))
     }
 
-    pub fn update(&self, agg: &Aggregate, iv: &Interval) {
-        let Some(bar) = &self.0 else { return };
+    pub fn update(&mut self, agg: &Aggregate, iv: &Interval) {
+        let Some(bar) = &self.bar else { return };
+        self.exits += iv.latency.iter().map(|(_, d)| d.count).sum::<u64>();
+        self.details += iv.details.iter().map(|(_, n)| n).sum::<u64>();
         let secs = agg.elapsed.as_secs_f64().max(1e-9);
-        let exits: u64 = agg.latency.values().map(|l| l.count).sum();
-        let details: u64 = agg.details.values().sum();
         let c = |k: kvmtrace_common::Counter| iv.counters[k as usize];
         let lost = c(kvmtrace_common::Counter::LatencyMapFull)
             + c(kvmtrace_common::Counter::DetailMapFull)
@@ -37,21 +50,21 @@ impl Progress {
             + c(kvmtrace_common::Counter::UnpairedEntries);
         bar.set_message(format!(
             "{:.0} exits/s, {:.0} detail events/s, {lost} lost",
-            exits as f64 / secs,
-            details as f64 / secs
+            self.exits as f64 / secs,
+            self.details as f64 / secs
         ));
         bar.tick();
     }
 
     pub fn finish(&self) {
-        if let Some(bar) = &self.0 {
+        if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
     }
 
     /// A line on stderr that does not fight with the progress line.
     pub fn println(&self, line: String) {
-        match &self.0 {
+        match &self.bar {
             Some(bar) => bar.println(line),
             None => eprintln!("kvmtrace: {line}"),
         }
@@ -62,20 +75,18 @@ impl Progress {
 /// (`storms` set).
 pub struct LiveLines {
     progress: Progress,
-    storms: Option<storms::Config>,
-    announced: Vec<Storm>,
+    storms: Option<StormWatch>,
 }
 
 impl LiveLines {
     pub fn new(quiet: bool, storms: Option<storms::Config>) -> LiveLines {
         LiveLines {
             progress: Progress::new(quiet),
-            storms,
-            announced: Vec::new(),
+            storms: storms.map(StormWatch::new),
         }
     }
 
-    /// After each interval.
+    /// After each interval was added to `agg`.
     pub fn update(&mut self, agg: &Aggregate, iv: &Interval, vms: &BTreeMap<u32, Vm>) {
         self.progress.update(agg, iv);
         self.storm_lines(agg, vms);
@@ -87,58 +98,46 @@ impl LiveLines {
         self.progress.finish();
     }
 
+    /// A line for each storm that started or ended in the last interval.
     fn storm_lines(&mut self, agg: &Aggregate, vms: &BTreeMap<u32, Vm>) {
-        if let Some(cfg) = &self.storms {
-            self.announced = watch_storms(agg, vms, cfg, &self.announced, &self.progress);
+        let Some(watch) = &mut self.storms else {
+            return;
+        };
+        let label = |pid, tid| crate::model::identity::label_of_thread(vms.get(&pid), tid);
+        let changes = watch.update(&agg.series, &label);
+        let name = |s: &Storm| {
+            let vm = vms
+                .get(&s.pid)
+                .map_or_else(|| format!("pid {}", s.pid), |v| v.name.clone());
+            let vcpu = match s.vcpu {
+                storms::StormVcpu::One(label) => label.named(),
+                storms::StormVcpu::All => "all vCPUs".into(),
+            };
+            format!("{vm} {vcpu}: {}", s.what)
+        };
+        for s in &changes.started {
+            self.progress.println(format!(
+                "storm started at {:.1} s: {} at {:.0}/s{}",
+                s.start_secs,
+                name(s),
+                s.peak_rate,
+                s.diagnosis
+                    .as_ref()
+                    .map(|d| format!(" ({})", d.title))
+                    .unwrap_or_default()
+            ));
+        }
+        for s in &changes.ended {
+            self.progress.println(format!(
+                "storm ended at {:.1} s: {} after {:.1} s, mean {:.0}/s, {} exits",
+                s.end_secs,
+                name(s),
+                s.end_secs - s.start_secs,
+                s.mean_rate,
+                s.count
+            ));
         }
     }
-}
-
-/// Prints a line for each storm that started or ended since the last call; returns the storms
-/// known now.
-pub fn watch_storms(
-    agg: &Aggregate,
-    vms: &BTreeMap<u32, Vm>,
-    cfg: &crate::analyze::storms::Config,
-    before: &[Storm],
-    progress: &Progress,
-) -> Vec<Storm> {
-    let label = |pid, tid| crate::model::identity::label_of_thread(vms.get(&pid), tid);
-    let now = storms::detect(&agg.series, cfg, &label);
-    let (started, ended) = storms::changes(before, &now);
-    let name = |s: &Storm| {
-        let vm = vms
-            .get(&s.pid)
-            .map_or_else(|| format!("pid {}", s.pid), |v| v.name.clone());
-        let vcpu = match s.vcpu {
-            storms::StormVcpu::One(label) => label.named(),
-            storms::StormVcpu::All => "all vCPUs".into(),
-        };
-        format!("{vm} {vcpu}: {}", s.what)
-    };
-    for s in started {
-        progress.println(format!(
-            "storm started at {:.1} s: {} at {:.0}/s{}",
-            s.start_secs,
-            name(s),
-            s.peak_rate,
-            s.diagnosis
-                .as_ref()
-                .map(|d| format!(" ({})", d.title))
-                .unwrap_or_default()
-        ));
-    }
-    for s in ended {
-        progress.println(format!(
-            "storm ended at {:.1} s: {} after {:.1} s, mean {:.0}/s, {} exits",
-            s.end_secs,
-            name(s),
-            s.end_secs - s.start_secs,
-            s.mean_rate,
-            s.count
-        ));
-    }
-    now
 }
 
 /// "recording vm01 (pid 42) to FILE; for 10s, Ctrl-C to stop early".
