@@ -3,8 +3,6 @@
 //! handling costs at least `cost_pct` % of a CPU. Storms on related keys of one vCPU at the same
 //! time (exit reason io, userspace IO, port 0x70) are one storm, named by its most specific key.
 
-use std::collections::BTreeMap;
-
 use kvmtrace_common::{Detail, UserspaceExit};
 
 use serde::Serialize;
@@ -263,9 +261,9 @@ pub const ALL_VCPUS: u32 = u32::MAX;
 /// For keys seen on two or more threads of a VM, their VM-wide sum (a storm spread over vCPUs,
 /// each below the threshold, is still a storm of the VM). Only the sums: the per-thread series
 /// are not copied (this runs at every interval while watching).
-fn vm_wide(series: &Series, pid: Option<u32>) -> BTreeMap<Key, Points> {
-    let mut wide: BTreeMap<Key, Points> = BTreeMap::new();
-    let mut threads: BTreeMap<(u32, What), u32> = BTreeMap::new();
+fn vm_wide(series: &Series, pid: Option<u32>) -> foldhash::HashMap<Key, Points> {
+    let mut wide: foldhash::HashMap<Key, Points> = Default::default();
+    let mut threads: foldhash::HashMap<(u32, What), u32> = Default::default();
     let keys = || {
         series
             .by_key

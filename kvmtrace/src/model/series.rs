@@ -61,6 +61,38 @@ pub struct Series {
     pub by_key: foldhash::HashMap<Key, Points>,
 }
 
+/// The series of the last few intervals only (storms going on now, for `serve` and `top`), so
+/// memory and the work per interval stay flat however long they run. Times are kept from the
+/// start of the window's first interval, so each point's width is its interval's; keys without
+/// events in the window are dropped.
+#[derive(Default)]
+pub struct Window {
+    pub series: Series,
+    /// Where the window's times start, from the start of tracing.
+    base: Duration,
+}
+
+impl Window {
+    /// Adds `iv` and drops what is older than the last `points` intervals.
+    pub fn push(&mut self, iv: &Interval, points: usize) {
+        self.series.push(iv);
+        if let Some(end) = self.series.ends.last_mut() {
+            *end = iv.at.saturating_sub(self.base);
+        }
+        while self.series.ends.len() > points {
+            let first = self.series.ends.remove(0);
+            for e in &mut self.series.ends {
+                *e = e.saturating_sub(first);
+            }
+            self.base += first;
+            self.series.by_key.retain(|_, p| {
+                p.remove(0);
+                p.iter().any(|q| q.count > 0 || q.ns > 0)
+            });
+        }
+    }
+}
+
 impl Series {
     /// Adds one drained interval as one point of every series.
     pub fn push(&mut self, iv: &Interval) {

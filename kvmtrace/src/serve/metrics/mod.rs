@@ -33,17 +33,14 @@ use std::{
 use kvmtrace_common::{Counter, DetailKind, LatencyKey, VCPU_UNKNOWN};
 use prometheus_client::registry::Registry;
 
-use self::{
-    families::{Families, Owned},
-    storms::Window,
-};
+use self::families::{Families, Owned};
 use super::{
     labels::{Detail, StormLabels, VmLabels},
     topk::TopK,
 };
 use crate::{
-    model::Interval,
     model::identity::{Vm, vcpu_index_of_comm},
+    model::{Interval, series::Window},
 };
 
 pub struct Settings {

@@ -2,10 +2,7 @@
 //! [`detect`]) over the last [`WINDOW`] intervals only, so memory stays flat however long
 //! `serve` runs. A storm's series is 1 while it goes on and is removed when it ends.
 
-use std::{
-    collections::{BTreeMap, HashSet},
-    time::Duration,
-};
+use std::collections::{BTreeMap, HashSet};
 
 use kvmtrace_common::VCPU_UNKNOWN;
 
@@ -15,57 +12,16 @@ use crate::{
     model::Interval,
     model::identity::VcpuLabel,
     model::identity::Vm,
-    model::series::Series,
     serve::labels::StormLabels,
 };
 
 /// Intervals storms are looked for in (as `kvmtrace top`).
 pub const WINDOW: usize = 30;
 
-/// The per-key series of the last [`WINDOW`] intervals. Times are kept from the start of the
-/// window's first interval, so each point's width is its interval's; keys without events in
-/// the window are dropped.
-#[derive(Default)]
-pub(super) struct Window {
-    series: Series,
-    /// Where the window's times start, from the start of tracing.
-    base: Duration,
-}
-
-impl Window {
-    pub fn push(&mut self, iv: &Interval) {
-        self.series.push(iv);
-        if let Some(end) = self.series.ends.last_mut() {
-            *end = iv.at.saturating_sub(self.base);
-        }
-        while self.series.ends.len() > WINDOW {
-            let first = self.series.ends.remove(0);
-            for e in &mut self.series.ends {
-                *e = e.saturating_sub(first);
-            }
-            self.base += first;
-            self.series.by_key.retain(|_, p| {
-                p.remove(0);
-                p.iter().any(|q| q.count > 0 || q.ns > 0)
-            });
-        }
-    }
-
-    #[cfg(test)]
-    pub fn keys(&self) -> usize {
-        self.series.by_key.len()
-    }
-
-    #[cfg(test)]
-    pub fn points(&self) -> usize {
-        self.series.ends.len()
-    }
-}
-
 impl Exporter {
     /// Adds the interval to the window, and sets the storm gauges to the storms going on.
     pub(super) fn storms(&mut self, iv: &Interval, directory: &BTreeMap<u32, Vm>) {
-        self.window.push(iv);
+        self.window.push(iv, WINDOW);
         let mut now: HashSet<StormLabels> = HashSet::new();
         // Storm vCPUs are named below, by the exporter's own labels.
         let by_tid = |_pid, tid| VcpuLabel::Tid(tid);

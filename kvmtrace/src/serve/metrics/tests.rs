@@ -470,14 +470,17 @@ fn the_storm_window_stays_bounded() {
     // and the first port's key is gone once it has been quiet for all of them.
     for (i, iv) in storm_intervals(0, &[5; 100]).into_iter().enumerate() {
         e.apply(&iv, &BTreeMap::new(), &dir);
-        assert!(e.window.points() <= storms::WINDOW, "at {i}");
+        assert!(e.window.series.ends.len() <= storms::WINDOW, "at {i}");
     }
-    assert_eq!(e.window.keys(), 1);
+    assert_eq!(e.window.series.by_key.len(), 1);
     for mut iv in storm_intervals(100, &[5; 100]) {
         iv.details = vec![port(101, 0x71, 5)];
         e.apply(&iv, &BTreeMap::new(), &dir);
     }
-    assert_eq!((e.window.points(), e.window.keys()), (storms::WINDOW, 1));
+    assert_eq!(
+        (e.window.series.ends.len(), e.window.series.by_key.len()),
+        (storms::WINDOW, 1)
+    );
     // The rates are right at the window's start: a storm that began before it is still seen.
     for iv in storm_intervals(200, &[20_000; 40]) {
         e.apply(&iv, &BTreeMap::new(), &dir);
