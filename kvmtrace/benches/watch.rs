@@ -3,9 +3,11 @@
 //! 10 000 series (200 vCPU threads of 10 VMs, 50 ports each, as the bench's collector at scale),
 //! after one minute and after the series are full (MAX_POINTS points). Set against re-detecting
 //! every storm of the recording at each interval (what the live lines did before), which grows
-//! with the recording. Exits non-zero when the watch's cost grows with the recording (more than
-//! 2x from one minute to full), or costs, full, more than a full detection after one minute
-//! (ratios in one run: `cargo xtask test` runs it on whatever host CI has).
+//! with the recording (~20x from one minute to full). Exits non-zero when the watch's cost grows
+//! like it (more than 8x; reading the newest point of 10 000 long series misses the cache and
+//! the TLB more than of short ones: 1.0x-2.5x measured), or costs, full, more than a tenth of
+//! a full detection (~50x less measured). Ratios in one run: `cargo xtask test` runs it on
+//! whatever host CI has.
 
 use std::time::{Duration, Instant};
 
@@ -112,12 +114,12 @@ fn main() {
         detect_full.as_secs_f64() / watch_full.as_secs_f64()
     );
     let mut failed = false;
-    if watch_full > 2 * watch_minute.max(Duration::from_micros(500)) {
+    if watch_full > 8 * watch_minute.max(Duration::from_micros(500)) {
         println!("  FAIL: the watch's cost grows with the recording");
         failed = true;
     }
-    if watch_full > detect_minute {
-        println!("  FAIL: the watch, full, costs more than a full detection after one minute");
+    if watch_full * 10 > detect_full {
+        println!("  FAIL: the watch, full, costs more than a tenth of a full detection");
         failed = true;
     }
     std::process::exit(i32::from(failed));

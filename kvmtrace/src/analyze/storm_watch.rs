@@ -14,7 +14,7 @@ use crate::{
     analyze::storms::{self, ALL_VCPUS, Config, RunTracker, Storm},
     model::{
         identity::VcpuLabel,
-        series::{Key, Point, Series},
+        series::{Key, Point, Series, What},
     },
 };
 
@@ -31,11 +31,15 @@ pub struct StormWatch {
     trackers: foldhash::HashMap<Key, RunTracker>,
     /// One per VM and key, summed over the VM's vCPUs (tid [`ALL_VCPUS`]).
     vm_trackers: foldhash::HashMap<Key, RunTracker>,
-    /// Points of the series seen so far.
-    seen: usize,
     /// Every storm of each VM, as last detected.
     known: BTreeMap<u32, Vec<Storm>>,
+    /// Intervals taken, for the sweep of series that are gone.
+    intervals: u64,
 }
+
+/// Intervals between two sweeps of the trackers and storms of series no longer there (a
+/// window's series drop keys without events; VMs come and go).
+const SWEEP_EVERY: u64 = 64;
 
 impl StormWatch {
     pub fn new(cfg: Config) -> StormWatch {
@@ -43,29 +47,27 @@ impl StormWatch {
             cfg,
             trackers: Default::default(),
             vm_trackers: Default::default(),
-            seen: 0,
             known: BTreeMap::new(),
+            intervals: 0,
         }
     }
 
-    /// Called after each interval was added to `series`: the storms that started and ended in
-    /// it. `label` names the vCPU of a (pid, tid).
+    /// Called once after each interval was added to `series` (a whole recording's, or a
+    /// [`crate::model::series::Window`]'s): the storms that started and ended in it. `label`
+    /// names the vCPU of a (pid, tid).
     pub fn update(
         &mut self,
         series: &Series,
         label: &dyn Fn(u32, u32) -> VcpuLabel,
     ) -> StormChanges {
-        let n = series.ends.len();
-        if n == self.seen {
+        let Some(newest) = series.ends.len().checked_sub(1) else {
             return StormChanges::default();
-        }
-        // Merging the oldest points (the series shrank since the last call) leaves the newest
-        // as they were: only the point added since is new.
-        let new_points = if n > self.seen { n - self.seen } else { 1 };
-        self.seen = n;
+        };
         let mut changed: BTreeSet<u32> = BTreeSet::new();
-        for i in n.saturating_sub(new_points)..n {
-            self.step(series, i, &mut changed);
+        self.step(series, newest, &mut changed);
+        self.intervals += 1;
+        if self.intervals.is_multiple_of(SWEEP_EVERY) {
+            self.sweep(series);
         }
         let mut out = StormChanges::default();
         for pid in changed {
@@ -77,6 +79,22 @@ impl StormWatch {
             self.known.insert(pid, now);
         }
         out
+    }
+
+    /// The storms going on, as of the last [`StormWatch::update`].
+    pub fn ongoing(&self) -> impl Iterator<Item = &Storm> {
+        self.known.values().flatten().filter(|s| s.ongoing)
+    }
+
+    /// Forgets the series no longer in `series`, and the VMs with none left.
+    fn sweep(&mut self, series: &Series) {
+        self.trackers.retain(|k, _| series.by_key.contains_key(k));
+        let sums: foldhash::HashSet<(u32, What)> =
+            series.by_key.keys().map(|k| (k.pid, k.what)).collect();
+        self.vm_trackers
+            .retain(|k, _| sums.contains(&(k.pid, k.what)));
+        let vms: BTreeSet<u32> = sums.iter().map(|(pid, _)| *pid).collect();
+        self.known.retain(|pid, _| vms.contains(pid));
     }
 
     /// Takes point `i` of every series and of the VM-wide sums; adds to `changed` the VMs where
@@ -261,5 +279,20 @@ mod tests {
             storms::detect(&series, &Config::default(), &by_tid).len(),
             2
         );
+    }
+
+    #[test]
+    fn series_gone_from_a_window_are_forgotten() {
+        // 20 VMs with one write each, then only VM 1: in a window of 5, the others' series go,
+        // and so do their trackers at the next sweep.
+        let mut window = crate::model::series::Window::default();
+        let mut w = StormWatch::new(Config::default());
+        for i in 1..=2 * SWEEP_EVERY as usize {
+            let quiet = if i <= 3 { 20 } else { 0 };
+            window.push(&interval(i, &[100], quiet), 5);
+            w.update(&window.series, &by_tid);
+        }
+        assert_eq!(window.series.by_key.len(), 1);
+        assert_eq!((w.trackers.len(), w.vm_trackers.len()), (1, 1));
     }
 }

@@ -73,23 +73,29 @@ pub struct Window {
 }
 
 impl Window {
-    /// Adds `iv` and drops what is older than the last `points` intervals.
+    /// Adds `iv`, keeping at least the last `points` intervals: the older ones are dropped
+    /// `points` at a time, when the window reaches twice that (dropping one at every interval
+    /// moved every key's points each time: a fifth of `serve`'s CPU with 10 000 keys).
     pub fn push(&mut self, iv: &Interval, points: usize) {
         self.series.push(iv);
         if let Some(end) = self.series.ends.last_mut() {
             *end = iv.at.saturating_sub(self.base);
         }
-        while self.series.ends.len() > points {
-            let first = self.series.ends.remove(0);
-            for e in &mut self.series.ends {
-                *e = e.saturating_sub(first);
-            }
-            self.base += first;
-            self.series.by_key.retain(|_, p| {
-                p.remove(0);
-                p.iter().any(|q| q.count > 0 || q.ns > 0)
-            });
+        let len = self.series.ends.len();
+        if len < 2 * points.max(1) {
+            return;
         }
+        let drop = len - points;
+        let first = self.series.ends[drop - 1];
+        self.series.ends.drain(..drop);
+        for e in &mut self.series.ends {
+            *e = e.saturating_sub(first);
+        }
+        self.base += first;
+        self.series.by_key.retain(|_, p| {
+            p.drain(..drop.min(p.len()));
+            p.iter().any(|q| q.count > 0 || q.ns > 0)
+        });
     }
 }
 

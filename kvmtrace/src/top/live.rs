@@ -16,7 +16,7 @@ use super::{
     ui::{Key, Ui},
 };
 use crate::{
-    analyze::storms,
+    analyze::storm_watch::StormWatch,
     error::Error,
     host::Host,
     model::identity::{Vm, label_of_thread},
@@ -59,6 +59,7 @@ pub async fn top(args: super::Options) -> Result<(), Error> {
         attached: tracer.attached.iter().map(|s| s.to_string()).collect(),
         missing: tracer.missing.iter().map(|s| s.to_string()).collect(),
         recent: Window::default(),
+        storms: StormWatch::new(args.storms),
         threads: BTreeMap::new(),
         counters: [0; kvmtrace_common::Counter::COUNT as usize],
         last_at: Duration::ZERO,
@@ -171,9 +172,10 @@ struct Source {
     kvm_module: Option<String>,
     attached: Vec<String>,
     missing: Vec<String>,
-    /// The last [`STORM_WINDOW`] intervals' series (updated in place: applying them all
-    /// again at each frame cost 50 % of `top`'s CPU with 10 000 keys).
+    /// The last [`STORM_WINDOW`] (to twice that) intervals' series (updated in place: applying them all
+    /// again at each frame cost 50 % of `top`'s CPU with 10 000 keys), and their storms.
     recent: Window,
+    storms: StormWatch,
     threads: BTreeMap<u32, ThreadCpu>,
     counters: [u64; kvmtrace_common::Counter::COUNT as usize],
     last_at: Duration,
@@ -222,7 +224,8 @@ impl Source {
                 .and_then(|v| v.vcpus.iter().find(|c| c.tid == tid).map(|c| c.label));
             vcpu.unwrap_or_else(|| label_of_thread(directory.get(&pid), tid))
         };
-        report.storms = storms::detect(&self.recent.series, &self.storm, &label);
+        self.storms.update(&self.recent.series, &label);
+        report.storms = self.storms.ongoing().cloned().collect();
         frame::build(&report, &mut self.history, iv.at.as_secs_f64())
     }
 

@@ -99,6 +99,8 @@ pub struct Exporter {
     counters: [u64; Counter::COUNT as usize],
     /// The last intervals, for storms.
     window: Window,
+    /// Storms in the window.
+    storm_watch: crate::analyze::storm_watch::StormWatch,
     /// The storm series exported now.
     storms: HashSet<StormLabels>,
 }
@@ -111,6 +113,7 @@ impl Exporter {
         f.series_limit.set(settings.max_series as i64);
         let e = Exporter {
             f,
+            storm_watch: crate::analyze::storm_watch::StormWatch::new(settings.storms),
             settings,
             vms: BTreeMap::new(),
             procs: HashMap::new(),
