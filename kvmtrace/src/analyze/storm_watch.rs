@@ -104,9 +104,10 @@ impl StormWatch {
         let cfg = &self.cfg;
         let mut take = |trackers: &mut foldhash::HashMap<Key, RunTracker>, key: Key, point| {
             let costs_cpu = storms::time_is_cpu(&key.what);
+            // A series new here (or back in a window) was empty before: zeros, as detect sees.
             if trackers
                 .entry(key)
-                .or_default()
+                .or_insert_with(|| RunTracker::after_zeros(i))
                 .step(cfg, point, width, costs_cpu)
                 .is_some()
             {
@@ -157,14 +158,14 @@ mod tests {
         VcpuLabel::Tid(tid)
     }
 
-    /// Interval `i` (1 s long) with `counts[j]` writes to port 0x70 on thread `10 + j` of VM 1,
-    /// and one write on each of `quiet` other VMs.
+    /// Interval `i` (1 s long) with `counts[j]` writes to port 0x70 on thread `10 + j` of VM 1
+    /// (none: no key), and one write on each of `quiet` other VMs.
     fn interval(i: usize, counts: &[u64], quiet: u32) -> Interval {
         let mut iv = Interval {
             at: Duration::from_secs(i as u64),
             ..Default::default()
         };
-        for (j, &n) in counts.iter().enumerate() {
+        for (j, &n) in counts.iter().enumerate().filter(|(_, n)| **n > 0) {
             iv.details
                 .push((DetailKey::encode(1, 10 + j as u32, &PORT70), n));
         }
@@ -294,5 +295,27 @@ mod tests {
         }
         assert_eq!(window.series.by_key.len(), 1);
         assert_eq!((w.trackers.len(), w.vm_trackers.len()), (1, 1));
+    }
+
+    #[test]
+    fn a_series_new_in_the_recording_has_its_empty_start_in_its_baseline() {
+        // Port 0x70 only from second 21: 500/s, then 4 000/s. As detect sees it, the baseline
+        // before the jump is (0 + 0 + 0 + 0 + 500) / 5 = 100/s, so 4 000/s is a 40x jump: a
+        // storm (without the empty start, 8x of 500/s: none).
+        let (series, lines) = watch(40, 2, |i| match i {
+            ..=20 => vec![0],
+            21 => vec![500],
+            22..=30 => vec![4_000],
+            _ => vec![0],
+        });
+        let report = storms::detect(&series, &Config::default(), &by_tid);
+        assert_eq!(report.len(), 1, "{report:#?}");
+        assert_eq!(
+            lines,
+            vec![
+                (23, vec![(10, 21.0)], vec![]),
+                (31, vec![], vec![(10, 21.0, 30.0, 36_000)]),
+            ]
+        );
     }
 }

@@ -146,6 +146,18 @@ pub enum RunChange {
 }
 
 impl RunTracker {
+    /// The state after `n` points of zero, as [`runs`] has it for a key whose series begins
+    /// with `n` empty intervals (a key new in a recording, or back in a window): they are part of
+    /// its baseline.
+    pub fn after_zeros(n: usize) -> RunTracker {
+        let filled = n.min(BASELINE_POINTS) as u8;
+        RunTracker {
+            filled,
+            next: filled % BASELINE_POINTS as u8,
+            ..RunTracker::default()
+        }
+    }
+
     /// Takes the next point, of an interval `width` long.
     pub fn step(
         &mut self,
