@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::{
-    analyze::storms::{self, ALL_VCPUS, Config, RunTracker, Storm},
+    analyze::storms::{self, ALL_VCPUS, BASELINE_POINTS, Config, RunTracker, Storm},
     model::{
         identity::VcpuLabel,
         series::{Key, Point, Series, What},
@@ -27,14 +27,23 @@ pub struct StormChanges {
 
 pub struct StormWatch {
     cfg: Config,
-    /// One per series.
-    trackers: foldhash::HashMap<Key, RunTracker>,
+    /// The series that are warm: a tracker only for those with a point that could be hot in
+    /// the last [`BASELINE_POINTS`], or a storm going on (a few among thousands: a small map,
+    /// looked up from the cache). A cold series' tracker would hold only its last points' rates,
+    /// which are in the series, and is made again from them when it warms up.
+    trackers: foldhash::HashMap<Key, Warm>,
     /// One per VM and key, summed over the VM's vCPUs (tid [`ALL_VCPUS`]).
     vm_trackers: foldhash::HashMap<Key, RunTracker>,
     /// Every storm of each VM, as last detected.
     known: BTreeMap<u32, Vec<Storm>>,
     /// Intervals taken, for the sweep of series that are gone.
     intervals: u64,
+}
+
+/// A warm series' tracker, and how many cold points it has taken in a row.
+struct Warm {
+    tracker: RunTracker,
+    cold: usize,
 }
 
 /// Intervals between two sweeps of the trackers and storms of series no longer there (a
@@ -100,24 +109,14 @@ impl StormWatch {
     /// Takes point `i` of every series and of the VM-wide sums; adds to `changed` the VMs where
     /// a storm began or ended there.
     fn step(&mut self, series: &Series, i: usize, changed: &mut BTreeSet<u32>) {
-        let width = series.width(i);
         let cfg = &self.cfg;
-        let mut take = |trackers: &mut foldhash::HashMap<Key, RunTracker>, key: Key, point| {
-            let costs_cpu = storms::time_is_cpu(&key.what);
-            // A series new here (or back in a window) was empty before: zeros, as detect sees.
-            if trackers
-                .entry(key)
-                .or_insert_with(|| RunTracker::after_zeros(i))
-                .step(cfg, point, width, costs_cpu)
-                .is_some()
-            {
-                changed.insert(key.pid);
-            }
-        };
+        let width = series.width(i);
         let mut sums: foldhash::HashMap<Key, Point> = Default::default();
+        let mut cooled: Vec<Key> = Vec::new();
         for (key, points) in &series.by_key {
             // A series idle since its last point has no point here: zero (see Points).
-            let point = points.get(i).copied().unwrap_or_default();
+            let at = |j: usize| points.get(j).copied().unwrap_or_default();
+            let point = at(i);
             if point != Point::default() {
                 let vm_key = Key {
                     tid: ALL_VCPUS,
@@ -125,16 +124,52 @@ impl StormWatch {
                 };
                 *sums.entry(vm_key).or_default() += point;
             }
-            take(&mut self.trackers, *key, point);
+            let costs_cpu = storms::time_is_cpu(&key.what);
+            let cold = RunTracker::cold(cfg, point, width, costs_cpu);
+            let warm = match self.trackers.get_mut(key) {
+                Some(warm) => warm,
+                None if cold => continue,
+                None => {
+                    // Its last points were all cold, so not hot: they are its baseline (zeros
+                    // before a series began, as detect sees them).
+                    let mut tracker = RunTracker::default();
+                    for j in i.saturating_sub(BASELINE_POINTS)..i {
+                        tracker.step(cfg, at(j), series.width(j), costs_cpu);
+                    }
+                    self.trackers
+                        .entry(*key)
+                        .or_insert(Warm { tracker, cold: 0 })
+                }
+            };
+            if warm.tracker.step(cfg, point, width, costs_cpu).is_some() {
+                changed.insert(key.pid);
+            }
+            warm.cold = if cold { warm.cold + 1 } else { 0 };
+            if warm.cold >= BASELINE_POINTS && warm.tracker.run_len() == 0 {
+                cooled.push(*key);
+            }
+        }
+        for key in cooled {
+            self.trackers.remove(&key);
         }
         // Every sum, also of keys seen on one vCPU only (detect sums keys of two or more: a
         // storm found here that detect does not report changes nothing), and the sums with no
-        // events in this point, whose trackers take a zero.
+        // events in this point, whose trackers take a zero. A sum new here was empty before:
+        // zeros, as detect sees them.
         for key in self.vm_trackers.keys() {
             sums.entry(*key).or_default();
         }
         for (key, point) in sums {
-            take(&mut self.vm_trackers, key, point);
+            let costs_cpu = storms::time_is_cpu(&key.what);
+            if self
+                .vm_trackers
+                .entry(key)
+                .or_insert_with(|| RunTracker::after_zeros(i))
+                .step(cfg, point, width, costs_cpu)
+                .is_some()
+            {
+                changed.insert(key.pid);
+            }
         }
     }
 }
@@ -284,13 +319,14 @@ mod tests {
 
     #[test]
     fn series_gone_from_a_window_are_forgotten() {
-        // 20 VMs with one write each, then only VM 1: in a window of 5, the others' series go,
-        // and so do their trackers at the next sweep.
+        // 20 other VMs with one write each, then only VM 1's 2 000/s (a rate that could be hot,
+        // so it keeps a tracker): in a window of 5, the others' series go, and their sums'
+        // trackers at the next sweep; their series' trackers are gone once cold.
         let mut window = crate::model::series::Window::default();
         let mut w = StormWatch::new(Config::default());
         for i in 1..=2 * SWEEP_EVERY as usize {
             let quiet = if i <= 3 { 20 } else { 0 };
-            window.push(&interval(i, &[100], quiet), 5);
+            window.push(&interval(i, &[2_000], quiet), 5);
             w.update(&window.series, &by_tid);
         }
         assert_eq!(window.series.by_key.len(), 1);

@@ -35,7 +35,7 @@ pub struct Config {
 }
 
 /// Points in the trailing baseline.
-const BASELINE_POINTS: usize = 5;
+pub const BASELINE_POINTS: usize = 5;
 
 impl Config {
     /// The defaults: 10 000/s, 10x baseline (above 1 000/s), 2 intervals, 50 % of a CPU.
@@ -136,6 +136,20 @@ pub struct RunTracker {
     run_len: u32,
 }
 
+/// A point's rate (per second) and its handling time in % of one CPU (0 unless `costs_cpu`).
+fn rate_and_cost(point: Point, width: std::time::Duration, costs_cpu: bool) -> (f64, f64) {
+    let w = width.as_secs_f64();
+    if w <= 0.0 {
+        return (0.0, 0.0);
+    }
+    let cost = if costs_cpu {
+        100.0 * point.ns as f64 / 1e9 / w
+    } else {
+        0.0
+    };
+    (point.count as f64 / w, cost)
+}
+
 /// What a point changed, by [`RunTracker::step`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RunChange {
@@ -166,13 +180,7 @@ impl RunTracker {
         width: std::time::Duration,
         costs_cpu: bool,
     ) -> Option<RunChange> {
-        let w = width.as_secs_f64();
-        let rate = if w > 0.0 { point.count as f64 / w } else { 0.0 };
-        let cost = if w > 0.0 && costs_cpu {
-            100.0 * point.ns as f64 / 1e9 / w
-        } else {
-            0.0
-        };
+        let (rate, cost) = rate_and_cost(point, width, costs_cpu);
         let base = if self.filled == 0 {
             0.0
         } else {
@@ -191,6 +199,13 @@ impl RunTracker {
         let len = self.run_len();
         self.run_len = 0;
         (len > 0 && len >= cfg.sustain).then_some(RunChange::Ended { len })
+    }
+
+    /// Whether `point` is not hot whatever the baseline: under the rate that is a storm by
+    /// itself and under the least rate a jump needs, and not costly.
+    pub fn cold(cfg: &Config, point: Point, width: std::time::Duration, costs_cpu: bool) -> bool {
+        let (rate, cost) = rate_and_cost(point, width, costs_cpu);
+        rate < cfg.rate && rate < cfg.jump_min_rate && cost < cfg.cost_pct
     }
 
     /// Points in the run going on (0: none).
