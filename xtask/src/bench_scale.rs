@@ -1,6 +1,7 @@
 //! The collector's CPU at scale, for `cargo xtask bench`: many vCPU threads of real test guests
-//! (each vCPU writing a span of ports and halting on a timer, over and over), recorded by
-//! `kvmtrace record` for a minute; its CPU from /proc/PID/stat and schedstat.
+//! (each vCPU writing a span of ports and halting on a timer, over and over), traced by `kvmtrace
+//! record` or by `kvmtrace serve` (scraped every second, as by Prometheus) for a minute; its CPU
+//! from /proc/PID/stat and schedstat.
 
 use std::{
     process::{Child, Stdio},
@@ -10,9 +11,16 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{
-    bench::{process_cpu_ns, process_run_ns},
+    bench::{process_cpu_ns, process_run_ns, scrape, start_serve},
     sh::{cmd, target_bin},
 };
+
+/// Which collector traces the guests.
+#[derive(Clone, Copy)]
+pub enum Collector {
+    Record,
+    Serve,
+}
 
 /// What the collector cost while tracing `threads` vCPU threads for `secs`.
 pub struct ScaleCpu {
@@ -35,9 +43,14 @@ impl Drop for Guests {
     }
 }
 
-/// Starts `guests` test guests of `vcpus` vCPUs each, records them all for `secs` after a
-/// settling second, and returns the recorder's CPU.
-pub fn collector_at_scale(guests: usize, vcpus: usize, secs: u64) -> anyhow::Result<ScaleCpu> {
+/// Starts `guests` test guests of `vcpus` vCPUs each, traces them all with `collector` for `secs`
+/// after a settling second, and returns the collector's CPU.
+pub fn collector_at_scale(
+    collector: Collector,
+    guests: usize,
+    vcpus: usize,
+    secs: u64,
+) -> anyhow::Result<ScaleCpu> {
     let testvm = target_bin("release", "kvmtrace-testvm");
     let mut running = Guests(Vec::new());
     for i in 0..guests {
@@ -60,25 +73,39 @@ pub fn collector_at_scale(guests: usize, vcpus: usize, secs: u64) -> anyhow::Res
             .context("starting a scale guest")?;
         running.0.push(child);
     }
-    // Running before the recorder attaches, as VMs are.
+    // Running before the collector attaches, as VMs are.
     std::thread::sleep(Duration::from_secs(2));
-    let pids: Vec<String> = running.0.iter().map(|c| c.id().to_string()).collect();
-    let mut rec = cmd(target_bin("release", "kvmtrace").to_str().context("path")?);
+    let pids: Vec<u32> = running.0.iter().map(Child::id).collect();
     let file = std::env::temp_dir().join(format!("kvmtrace-scale-{}.kvmtrace", std::process::id()));
-    rec.args(["record", "--duration", "1h", "-o"]).arg(&file);
-    for p in &pids {
-        rec.args(["-p", p]);
-    }
-    let mut recorder = rec
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting kvmtrace record")?;
-    let pid = recorder.id();
+    let (mut child, addr) = match collector {
+        Collector::Record => {
+            let mut rec = cmd(target_bin("release", "kvmtrace").to_str().context("path")?);
+            rec.args(["record", "--duration", "1h", "-o"]).arg(&file);
+            for p in &pids {
+                rec.args(["-p", &p.to_string()]);
+            }
+            let child = rec
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting kvmtrace record")?;
+            (child, None)
+        }
+        Collector::Serve => {
+            let (child, addr) = start_serve(&pids)?;
+            (child, Some(addr))
+        }
+    };
+    let pid = child.id();
     let result = (|| -> anyhow::Result<ScaleCpu> {
         std::thread::sleep(Duration::from_secs(3));
         let (t0, cpu0, run0) = (Instant::now(), process_cpu_ns(pid)?, process_run_ns(pid)?);
-        std::thread::sleep(Duration::from_secs(secs));
+        for _ in 0..secs {
+            std::thread::sleep(Duration::from_secs(1));
+            if let Some(addr) = &addr {
+                scrape(addr)?;
+            }
+        }
         let (cpu1, run1) = (process_cpu_ns(pid)?, process_run_ns(pid)?);
         let elapsed = t0.elapsed().as_secs_f64();
         Ok(ScaleCpu {
@@ -90,7 +117,7 @@ pub fn collector_at_scale(guests: usize, vcpus: usize, secs: u64) -> anyhow::Res
     })();
     // SAFETY: kill with a valid pid and signal.
     unsafe { libc::kill(pid as i32, libc::SIGINT) };
-    let _ = recorder.wait();
+    let _ = child.wait();
     let _ = std::fs::remove_file(&file);
     result
 }

@@ -53,8 +53,8 @@ enum Task {
         /// Only `--stacks` beside `kvmtrace record` (3 x ROUNDS pairs of SAMPLES seconds).
         #[arg(long)]
         stacks_only: bool,
-        /// Only the collector at scale: the drain benchmark and `kvmtrace record` of 200 vCPU
-        /// threads over 60 s.
+        /// Only the collector at scale: the drain and live-storm-line benchmarks, and `kvmtrace
+        /// record` and `kvmtrace serve` of 200 vCPU threads over 60 s each.
         #[arg(long, conflicts_with = "stacks_only")]
         scale_only: bool,
         /// Only the MSR and VMM exit loops timed per configuration and the per-event program
