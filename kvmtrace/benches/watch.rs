@@ -13,13 +13,13 @@ use std::time::{Duration, Instant};
 
 use kvmtrace::{
     analyze::{
-        storm_watch::StormWatch,
+        storm_watch::{StormChanges, StormWatch},
         storms::{self, Config},
     },
     model::{
         Interval,
         identity::VcpuLabel,
-        series::{MAX_POINTS, Series},
+        series::{MAX_POINTS, Series, column},
     },
 };
 use kvmtrace_common::{Detail, DetailKey, PortDir};
@@ -58,6 +58,12 @@ fn by_tid(_pid: u32, tid: u32) -> VcpuLabel {
     VcpuLabel::Tid(tid)
 }
 
+/// The watch's work for interval `iv`, just added to `series`: its column, then the update.
+fn step(watch: &mut StormWatch, series: &Series, iv: &Interval) -> StormChanges {
+    let width = series.width(series.ends.len() - 1);
+    watch.update(&column(iv), width, series, &by_tid)
+}
+
 /// Median time per interval of the watch, and of a full detection, over the next ROUNDS
 /// intervals.
 fn per_interval(
@@ -68,9 +74,10 @@ fn per_interval(
     let (mut w, mut d) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         *next += 1;
-        series.push(&interval(*next));
+        let iv = interval(*next);
+        series.push(&iv);
         let t = Instant::now();
-        let changes = watch.update(series, &by_tid);
+        let changes = step(watch, series, &iv);
         w.push(t.elapsed());
         assert!(changes.started.is_empty() && changes.ended.is_empty());
         let t = Instant::now();
@@ -90,14 +97,16 @@ fn main() {
     let mut next = 0;
     while next < 60 - ROUNDS {
         next += 1;
-        series.push(&interval(next));
-        watch.update(&series, &by_tid);
+        let iv = interval(next);
+        series.push(&iv);
+        step(&mut watch, &series, &iv);
     }
     let (watch_minute, detect_minute) = per_interval(&mut series, &mut watch, &mut next);
     while series.ends.len() < MAX_POINTS - ROUNDS {
         next += 1;
-        series.push(&interval(next));
-        watch.update(&series, &by_tid);
+        let iv = interval(next);
+        series.push(&iv);
+        step(&mut watch, &series, &iv);
     }
     let (watch_full, detect_full) = per_interval(&mut series, &mut watch, &mut next);
     let ms = |d: Duration| d.as_secs_f64() * 1e3;

@@ -301,7 +301,7 @@ pub struct ServeArgs {
     /// New ports / MMIO addresses / MSRs / CPUID functions one vCPU may add per interval.
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
     pub max_keys_per_vcpu: u32,
-    // Storms (kvmtrace_storm_active) are looked for in the last 30 to 59 intervals.
+    // Storms (kvmtrace_storm_active) are looked for in the last 30 intervals.
     #[command(flatten)]
     pub storms: StormArgs,
 }

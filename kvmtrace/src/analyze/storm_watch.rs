@@ -1,20 +1,24 @@
-//! Storms as they start and end, for `record`'s live lines, at a cost that does not grow with
-//! the recording. Re-detecting every storm of the whole recording at each interval walked every
-//! point of every series: with 10 000 keys, 2.8 % of a CPU after one minute, growing with each
-//! interval (the series keep up to [`crate::model::series::MAX_POINTS`] points).
+//! Storms as they start and end, at a cost that does not grow with the recording: `record`'s
+//! live lines, and the storms going on for `serve` and `top`. Re-detecting every storm of the
+//! whole recording at each interval walked every point of every series: with 10 000 keys, 2.8 %
+//! of a CPU after one minute, growing with each interval (the series keep up to
+//! [`crate::model::series::MAX_POINTS`] points).
 //!
 //! Each series (and each VM-wide sum) instead takes its newest point in a [`RunTracker`], the
 //! rules [`storms::detect`] applies, and only a VM one of whose series began or ended a storm
-//! in this interval is detected again, by [`storms::detect_vm`]: the lines printed are the
+//! in this interval is detected again ([`History::storms_of`]): the lines printed are the
 //! report's storms, looked for only where one can have changed.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
 
 use crate::{
     analyze::storms::{self, ALL_VCPUS, BASELINE_POINTS, Config, RunTracker, Storm},
     model::{
         identity::VcpuLabel,
-        series::{Key, Point, Series, What},
+        series::{Column, Key, Point, Series, Window},
     },
 };
 
@@ -25,30 +29,107 @@ pub struct StormChanges {
     pub ended: Vec<Storm>,
 }
 
+/// Where the intervals before the newest are: the whole recording's series, or a [`Window`].
+pub trait History {
+    /// The points of `key` (a VM-wide sum for tid [`ALL_VCPUS`]) in the `n` intervals before
+    /// the newest, oldest first (fewer where there are not as many), each with its interval's
+    /// width; zero where it had no events.
+    fn before_newest(&self, key: &Key, n: usize) -> Vec<(Point, Duration)>;
+
+    /// Every storm of the VM of process `pid`, as [`storms::detect`] finds them.
+    fn storms_of(
+        &self,
+        cfg: &Config,
+        label: &dyn Fn(u32, u32) -> VcpuLabel,
+        pid: u32,
+    ) -> Vec<Storm>;
+}
+
+/// Whether `key` (or, for tid [`ALL_VCPUS`], the VM-wide sum `sum`) is one of `k`'s.
+fn counts_in(sum: &Key, k: &Key) -> bool {
+    if sum.tid == ALL_VCPUS {
+        k.pid == sum.pid && k.what == sum.what
+    } else {
+        k == sum
+    }
+}
+
+impl History for Series {
+    fn before_newest(&self, key: &Key, n: usize) -> Vec<(Point, Duration)> {
+        let newest = self.ends.len().saturating_sub(1);
+        let point = |j: usize| {
+            let at = |p: &Vec<Point>| p.get(j).copied().unwrap_or_default();
+            if key.tid != ALL_VCPUS {
+                return self.by_key.get(key).map(at).unwrap_or_default();
+            }
+            let mut sum = Point::default();
+            for (_, p) in self.by_key.iter().filter(|(k, _)| counts_in(key, k)) {
+                sum += at(p);
+            }
+            sum
+        };
+        (newest.saturating_sub(n)..newest)
+            .map(|j| (point(j), self.width(j)))
+            .collect()
+    }
+
+    fn storms_of(
+        &self,
+        cfg: &Config,
+        label: &dyn Fn(u32, u32) -> VcpuLabel,
+        pid: u32,
+    ) -> Vec<Storm> {
+        storms::detect_vm(self, cfg, label, pid)
+    }
+}
+
+impl History for Window {
+    fn before_newest(&self, key: &Key, n: usize) -> Vec<(Point, Duration)> {
+        let newest = self.len().saturating_sub(1);
+        (newest.saturating_sub(n)..newest)
+            .map(|j| {
+                let mut sum = Point::default();
+                for (_, p) in self.column(j).iter().filter(|(k, _)| counts_in(key, k)) {
+                    sum += *p;
+                }
+                (sum, self.width(j))
+            })
+            .collect()
+    }
+
+    fn storms_of(
+        &self,
+        cfg: &Config,
+        label: &dyn Fn(u32, u32) -> VcpuLabel,
+        pid: u32,
+    ) -> Vec<Storm> {
+        storms::detect(&self.series(|k| k.pid == pid), cfg, label)
+    }
+}
+
 pub struct StormWatch {
     cfg: Config,
     /// The series that are warm: a tracker only for those with a point that could be hot in
-    /// the last [`BASELINE_POINTS`], or a storm going on (a few among thousands: a small map,
-    /// looked up from the cache). A cold series' tracker would hold only its last points' rates,
-    /// which are in the series, and is made again from them when it warms up.
+    /// the last [`BASELINE_POINTS`], or a storm going on (a few among thousands: small maps,
+    /// looked up from the cache). A cold series' tracker would hold only its last points'
+    /// rates, which the [`History`] has, and is made again from them when it warms up.
     trackers: foldhash::HashMap<Key, Warm>,
-    /// One per VM and key, summed over the VM's vCPUs (tid [`ALL_VCPUS`]).
-    vm_trackers: foldhash::HashMap<Key, RunTracker>,
-    /// Every storm of each VM, as last detected.
+    /// The same for the VM-wide sums (tid [`ALL_VCPUS`]).
+    vm_trackers: foldhash::HashMap<Key, Warm>,
+    /// Every storm of each VM, as last detected (kept: the VMs of a recording have all their
+    /// storms in its series, and an old one is not announced again).
     known: BTreeMap<u32, Vec<Storm>>,
-    /// Intervals taken, for the sweep of series that are gone.
+    /// Intervals taken.
     intervals: u64,
 }
 
-/// A warm series' tracker, and how many cold points it has taken in a row.
+/// A warm series' tracker, how many cold points it has taken in a row, and the last interval
+/// it took a point in.
 struct Warm {
     tracker: RunTracker,
     cold: usize,
+    stepped: u64,
 }
-
-/// Intervals between two sweeps of the trackers and storms of series no longer there (a
-/// window's series drop keys without events; VMs come and go).
-const SWEEP_EVERY: u64 = 64;
 
 impl StormWatch {
     pub fn new(cfg: Config) -> StormWatch {
@@ -61,26 +142,47 @@ impl StormWatch {
         }
     }
 
-    /// Called once after each interval was added to `series` (a whole recording's, or a
-    /// [`crate::model::series::Window`]'s): the storms that started and ended in it. `label`
-    /// names the vCPU of a (pid, tid).
+    /// Called once for each interval, after it was added to `history`: its points `column`,
+    /// its `width`. Returns the storms that started and ended in it; `label` names the vCPU of
+    /// a (pid, tid).
     pub fn update(
         &mut self,
-        series: &Series,
+        column: &Column,
+        width: Duration,
+        history: &dyn History,
         label: &dyn Fn(u32, u32) -> VcpuLabel,
     ) -> StormChanges {
-        let Some(newest) = series.ends.len().checked_sub(1) else {
-            return StormChanges::default();
-        };
-        let mut changed: BTreeSet<u32> = BTreeSet::new();
-        self.step(series, newest, &mut changed);
         self.intervals += 1;
-        if self.intervals.is_multiple_of(SWEEP_EVERY) {
-            self.sweep(series);
+        let mut changed: BTreeSet<u32> = BTreeSet::new();
+        let mut step = Step {
+            cfg: &self.cfg,
+            width,
+            history,
+            now: self.intervals,
+            changed: &mut changed,
+        };
+        let mut sums: foldhash::HashMap<Key, Point> = Default::default();
+        for &(key, point) in column {
+            if point != Point::default() {
+                let vm_key = Key {
+                    tid: ALL_VCPUS,
+                    ..key
+                };
+                *sums.entry(vm_key).or_default() += point;
+            }
+            step.take(&mut self.trackers, key, point);
         }
+        // Every sum, also of keys seen on one vCPU only (detect sums keys of two or more: a
+        // storm found here that detect does not report changes nothing).
+        for (key, point) in sums {
+            step.take(&mut self.vm_trackers, key, point);
+        }
+        // The warm ones without events in this interval take a zero.
+        step.idle(&mut self.trackers);
+        step.idle(&mut self.vm_trackers);
         let mut out = StormChanges::default();
         for pid in changed {
-            let now = storms::detect_vm(series, &self.cfg, label, pid);
+            let now = history.storms_of(&self.cfg, label, pid);
             let before = self.known.get(&pid).map_or(&[][..], Vec::as_slice);
             let (started, ended) = storms::changes(before, &now);
             out.started.extend(started.into_iter().cloned());
@@ -95,81 +197,67 @@ impl StormWatch {
         self.known.values().flatten().filter(|s| s.ongoing)
     }
 
-    /// Forgets the series no longer in `series`, and the VMs with none left.
-    fn sweep(&mut self, series: &Series) {
-        self.trackers.retain(|k, _| series.by_key.contains_key(k));
-        let sums: foldhash::HashSet<(u32, What)> =
-            series.by_key.keys().map(|k| (k.pid, k.what)).collect();
-        self.vm_trackers
-            .retain(|k, _| sums.contains(&(k.pid, k.what)));
-        let vms: BTreeSet<u32> = sums.iter().map(|(pid, _)| *pid).collect();
-        self.known.retain(|pid, _| vms.contains(pid));
+    /// Forgets the storms of a VM that is gone (serve and top: VMs come and go).
+    pub fn forget(&mut self, pid: u32) {
+        self.known.remove(&pid);
+    }
+}
+
+/// One interval's points going into the trackers.
+struct Step<'a> {
+    cfg: &'a Config,
+    width: Duration,
+    history: &'a dyn History,
+    now: u64,
+    changed: &'a mut BTreeSet<u32>,
+}
+
+impl Step<'_> {
+    /// Steps `key`'s tracker with `point` if it is warm or `point` could be hot (a new tracker
+    /// is made from the key's last points, all cold: its baseline, zeros before a series
+    /// began, as detect sees them); drops it once cold for as long as its baseline.
+    fn take(&mut self, trackers: &mut foldhash::HashMap<Key, Warm>, key: Key, point: Point) {
+        let costs_cpu = storms::time_is_cpu(&key.what);
+        let cold = RunTracker::cold(self.cfg, point, self.width, costs_cpu);
+        let warm = match trackers.get_mut(&key) {
+            Some(warm) => warm,
+            None if cold => return,
+            None => {
+                let mut tracker = RunTracker::default();
+                for (p, width) in self.history.before_newest(&key, BASELINE_POINTS) {
+                    tracker.step(self.cfg, p, width, costs_cpu);
+                }
+                let warm = Warm {
+                    tracker,
+                    cold: 0,
+                    stepped: 0,
+                };
+                trackers.entry(key).or_insert(warm)
+            }
+        };
+        warm.stepped = self.now;
+        if warm
+            .tracker
+            .step(self.cfg, point, self.width, costs_cpu)
+            .is_some()
+        {
+            self.changed.insert(key.pid);
+        }
+        warm.cold = if cold { warm.cold + 1 } else { 0 };
+        if warm.cold >= BASELINE_POINTS && warm.tracker.run_len() == 0 {
+            trackers.remove(&key);
+        }
     }
 
-    /// Takes point `i` of every series and of the VM-wide sums; adds to `changed` the VMs where
-    /// a storm began or ended there.
-    fn step(&mut self, series: &Series, i: usize, changed: &mut BTreeSet<u32>) {
-        let cfg = &self.cfg;
-        let width = series.width(i);
-        let mut sums: foldhash::HashMap<Key, Point> = Default::default();
-        let mut cooled: Vec<Key> = Vec::new();
-        for (key, points) in &series.by_key {
-            // A series idle since its last point has no point here: zero (see Points).
-            let at = |j: usize| points.get(j).copied().unwrap_or_default();
-            let point = at(i);
-            if point != Point::default() {
-                let vm_key = Key {
-                    tid: ALL_VCPUS,
-                    ..*key
-                };
-                *sums.entry(vm_key).or_default() += point;
-            }
-            let costs_cpu = storms::time_is_cpu(&key.what);
-            let cold = RunTracker::cold(cfg, point, width, costs_cpu);
-            let warm = match self.trackers.get_mut(key) {
-                Some(warm) => warm,
-                None if cold => continue,
-                None => {
-                    // Its last points were all cold, so not hot: they are its baseline (zeros
-                    // before a series began, as detect sees them).
-                    let mut tracker = RunTracker::default();
-                    for j in i.saturating_sub(BASELINE_POINTS)..i {
-                        tracker.step(cfg, at(j), series.width(j), costs_cpu);
-                    }
-                    self.trackers
-                        .entry(*key)
-                        .or_insert(Warm { tracker, cold: 0 })
-                }
-            };
-            if warm.tracker.step(cfg, point, width, costs_cpu).is_some() {
-                changed.insert(key.pid);
-            }
-            warm.cold = if cold { warm.cold + 1 } else { 0 };
-            if warm.cold >= BASELINE_POINTS && warm.tracker.run_len() == 0 {
-                cooled.push(*key);
-            }
-        }
-        for key in cooled {
-            self.trackers.remove(&key);
-        }
-        // Every sum, also of keys seen on one vCPU only (detect sums keys of two or more: a
-        // storm found here that detect does not report changes nothing), and the sums with no
-        // events in this point, whose trackers take a zero. A sum new here was empty before:
-        // zeros, as detect sees them.
-        for key in self.vm_trackers.keys() {
-            sums.entry(*key).or_default();
-        }
-        for (key, point) in sums {
-            let costs_cpu = storms::time_is_cpu(&key.what);
-            if self
-                .vm_trackers
-                .entry(key)
-                .or_insert_with(|| RunTracker::after_zeros(i))
-                .step(cfg, point, width, costs_cpu)
-                .is_some()
-            {
-                changed.insert(key.pid);
-            }
+    /// A zero point for every tracker that took none in this interval.
+    fn idle(&mut self, trackers: &mut foldhash::HashMap<Key, Warm>) {
+        let idle: Vec<Key> = trackers
+            .iter()
+            .filter(|(_, w)| w.stepped != self.now)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in idle {
+            self.take(trackers, key, Point::default());
         }
     }
 }
@@ -181,7 +269,10 @@ mod tests {
     use kvmtrace_common::{Detail, DetailKey, PortDir};
 
     use super::*;
-    use crate::model::{Interval, series::MAX_POINTS};
+    use crate::model::{
+        Interval,
+        series::{MAX_POINTS, column},
+    };
 
     const PORT70: Detail = Detail::Port {
         port: 0x70,
@@ -221,8 +312,10 @@ mod tests {
         let mut w = StormWatch::new(Config::default());
         let mut lines = Vec::new();
         for i in 1..=n {
-            series.push(&interval(i, &rates(i), quiet));
-            let c = w.update(&series, &by_tid);
+            let iv = interval(i, &rates(i), quiet);
+            series.push(&iv);
+            let width = series.width(series.ends.len() - 1);
+            let c = w.update(&column(&iv), width, &series, &by_tid);
             if !c.started.is_empty() || !c.ended.is_empty() {
                 lines.push((
                     i,
@@ -318,19 +411,27 @@ mod tests {
     }
 
     #[test]
-    fn series_gone_from_a_window_are_forgotten() {
-        // 20 other VMs with one write each, then only VM 1's 2 000/s (a rate that could be hot,
-        // so it keeps a tracker): in a window of 5, the others' series go, and their sums'
-        // trackers at the next sweep; their series' trackers are gone once cold.
-        let mut window = crate::model::series::Window::default();
+    fn trackers_of_series_that_went_quiet_are_dropped() {
+        // VM 1's 2 000/s all along (a rate that could be hot: it keeps its trackers), 20 other
+        // VMs' 2 000/s for 3 s, then nothing: their trackers go once cold for 5 intervals.
+        let mut window = Window::default();
         let mut w = StormWatch::new(Config::default());
-        for i in 1..=2 * SWEEP_EVERY as usize {
-            let quiet = if i <= 3 { 20 } else { 0 };
-            window.push(&interval(i, &[2_000], quiet), 5);
-            w.update(&window.series, &by_tid);
+        for i in 1..=20 {
+            let mut iv = interval(i, &[2_000], 0);
+            if i <= 3 {
+                for vm in 0..20 {
+                    iv.details
+                        .push((DetailKey::encode(100 + vm, 1, &PORT70), 2_000));
+                }
+            }
+            window.push(&iv, 5);
+            let (column, width) = window.newest().unwrap();
+            w.update(column, width, &window, &by_tid);
+            let expected = if i < 3 + BASELINE_POINTS { 21 } else { 1 };
+            assert_eq!(w.trackers.len(), expected, "at {i}");
+            assert_eq!(w.vm_trackers.len(), expected, "at {i}");
         }
-        assert_eq!(window.series.by_key.len(), 1);
-        assert_eq!((w.trackers.len(), w.vm_trackers.len()), (1, 1));
+        assert_eq!(window.len(), 5);
     }
 
     #[test]
@@ -353,5 +454,21 @@ mod tests {
                 (31, vec![], vec![(10, 21.0, 30.0, 36_000)]),
             ]
         );
+    }
+
+    #[test]
+    fn a_forgotten_vm_has_no_storm_going_on() {
+        // A storm going on in VM 1 (20 000/s for 3 s), then its process is gone: a new process
+        // with its pid must not inherit the storm.
+        let mut window = Window::default();
+        let mut w = StormWatch::new(Config::default());
+        for i in 1..=3 {
+            window.push(&interval(i, &[20_000], 0), 30);
+            let (column, width) = window.newest().unwrap();
+            w.update(column, width, &window, &by_tid);
+        }
+        assert_eq!(w.ongoing().map(|s| s.pid).collect::<Vec<_>>(), vec![1]);
+        w.forget(1);
+        assert_eq!(w.ongoing().count(), 0);
     }
 }

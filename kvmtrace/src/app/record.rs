@@ -101,7 +101,7 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     let mut iv = tracer.drain()?;
     procfs.fill(&host, &mut iv);
     output::step(&host, &mut directory, &mut agg, &mut writer, &iv)?;
-    live.finish(&agg, &directory);
+    live.finish(&agg, &iv, &directory);
     let in_flight = tracer.in_flight()?;
     let cost = tracer.cost();
     let ctx = Context {

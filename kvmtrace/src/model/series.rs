@@ -2,7 +2,7 @@
 //! recording in bounded memory: when [`MAX_POINTS`] is reached, the oldest half of the points is
 //! merged pairwise, so old data gets coarser while recent data keeps the drain resolution.
 
-use std::time::Duration;
+use std::{collections::VecDeque, time::Duration};
 
 use kvmtrace_common::{Detail, LatencyKind, UserspaceExit};
 
@@ -61,41 +61,134 @@ pub struct Series {
     pub by_key: foldhash::HashMap<Key, Points>,
 }
 
-/// The series of the last few intervals only (storms going on now, for `serve` and `top`), so
-/// memory and the work per interval stay flat however long they run. Times are kept from the
-/// start of the window's first interval, so each point's width is its interval's; keys without
-/// events in the window are dropped.
+/// Calls `f` with every (key, point) interval `iv` adds to the series. A key can come twice (a
+/// userspace exit's count, then its VMM time).
+pub fn each_point(iv: &Interval, mut f: impl FnMut(Key, Point)) {
+    for (k, d) in &iv.latency {
+        let key = |what| Key {
+            pid: k.tgid,
+            tid: k.tid,
+            what,
+        };
+        match k.kind() {
+            Some(LatencyKind::Exit) => f(
+                key(What::Exit {
+                    isa: k.isa,
+                    reason: k.reason,
+                }),
+                Point {
+                    count: d.count,
+                    ns: d.total_ns,
+                },
+            ),
+            // The VMM's time joins its userspace exit reason's counts (restarts and errors have
+            // no time series of their own).
+            Some(LatencyKind::VmmRoundTrip) => {
+                if let Some(exit) = UserspaceExit::of_round_trip_code(k.reason) {
+                    let point = Point {
+                        count: 0,
+                        ns: d.total_ns,
+                    };
+                    f(key(What::Detail(Detail::UserspaceExit(exit))), point);
+                }
+            }
+            _ => {}
+        }
+    }
+    for (k, count) in &iv.details {
+        if let Some(detail) = k.decode() {
+            let key = Key {
+                pid: k.tgid,
+                tid: k.tid,
+                what: What::Detail(detail),
+            };
+            let point = Point {
+                count: *count,
+                ns: 0,
+            };
+            f(key, point);
+        }
+    }
+}
+
+/// One interval's point of every key with events in it, each key once: what storm detection
+/// takes an interval at a time.
+pub type Column = Vec<(Key, Point)>;
+
+/// Interval `iv`'s points as a [`Column`].
+pub fn column(iv: &Interval) -> Column {
+    let mut merged: foldhash::HashMap<Key, Point> = foldhash::HashMap::with_capacity_and_hasher(
+        iv.latency.len() + iv.details.len(),
+        Default::default(),
+    );
+    each_point(iv, |key, point| *merged.entry(key).or_default() += point);
+    merged.into_iter().collect()
+}
+
+/// The last few intervals (storms going on now, for `serve` and `top`), as the [`Column`] of
+/// each, so memory and the work per interval stay flat however long they run and dropping the
+/// oldest interval is dropping one vector (kept as per-key series, every key's points moved).
 #[derive(Default)]
 pub struct Window {
-    pub series: Series,
-    /// Where the window's times start, from the start of tracing.
-    base: Duration,
+    /// Oldest first, with each interval's end (from the start of tracing).
+    columns: VecDeque<(Duration, Column)>,
+    /// The first column's start.
+    start: Duration,
 }
 
 impl Window {
-    /// Adds `iv`, keeping at least the last `points` intervals: the older ones are dropped
-    /// `points` at a time, when the window reaches twice that (dropping one at every interval
-    /// moved every key's points each time: a fifth of `serve`'s CPU with 10 000 keys).
-    pub fn push(&mut self, iv: &Interval, points: usize) {
-        self.series.push(iv);
-        if let Some(end) = self.series.ends.last_mut() {
-            *end = iv.at.saturating_sub(self.base);
+    /// Adds `iv`, keeping the last `intervals` intervals.
+    pub fn push(&mut self, iv: &Interval, intervals: usize) {
+        self.columns.push_back((iv.at, column(iv)));
+        while self.columns.len() > intervals.max(1) {
+            if let Some((end, _)) = self.columns.pop_front() {
+                self.start = end;
+            }
         }
-        let len = self.series.ends.len();
-        if len < 2 * points.max(1) {
-            return;
+    }
+
+    /// Intervals in the window.
+    pub fn len(&self) -> usize {
+        self.columns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.columns.is_empty()
+    }
+
+    /// The newest interval's points and width.
+    pub fn newest(&self) -> Option<(&Column, Duration)> {
+        let i = self.columns.len().checked_sub(1)?;
+        Some((&self.columns[i].1, self.width(i)))
+    }
+
+    /// Width of interval `i` of the window.
+    pub fn width(&self, i: usize) -> Duration {
+        let start = match i {
+            0 => self.start,
+            _ => self.columns[i - 1].0,
+        };
+        self.columns[i].0.saturating_sub(start)
+    }
+
+    /// Interval `i`'s points.
+    pub fn column(&self, i: usize) -> &Column {
+        &self.columns[i].1
+    }
+
+    /// The window's intervals as series, of the keys `keep` keeps (times from the window's
+    /// start, so each point's width is its interval's).
+    pub fn series(&self, keep: impl Fn(&Key) -> bool) -> Series {
+        let mut series = Series::default();
+        for (n, (end, column)) in self.columns.iter().enumerate() {
+            series.ends.push(end.saturating_sub(self.start));
+            for (key, point) in column.iter().filter(|(k, _)| keep(k)) {
+                let p = series.by_key.entry(*key).or_default();
+                p.resize(n + 1, Point::default());
+                p[n] += *point;
+            }
         }
-        let drop = len - points;
-        let first = self.series.ends[drop - 1];
-        self.series.ends.drain(..drop);
-        for e in &mut self.series.ends {
-            *e = e.saturating_sub(first);
-        }
-        self.base += first;
-        self.series.by_key.retain(|_, p| {
-            p.drain(..drop.min(p.len()));
-            p.iter().any(|q| q.count > 0 || q.ns > 0)
-        });
+        series
     }
 }
 
@@ -107,50 +200,11 @@ impl Series {
         }
         let n = self.ends.len();
         self.ends.push(iv.at);
-        let mut add = |key: Key, count: u64, ns: u64| {
+        each_point(iv, |key, point| {
             let p = self.by_key.entry(key).or_default();
             p.resize(n + 1, Point::default());
-            p[n] += Point { count, ns };
-        };
-        for (k, d) in &iv.latency {
-            let key = |what| Key {
-                pid: k.tgid,
-                tid: k.tid,
-                what,
-            };
-            match k.kind() {
-                Some(LatencyKind::Exit) => add(
-                    key(What::Exit {
-                        isa: k.isa,
-                        reason: k.reason,
-                    }),
-                    d.count,
-                    d.total_ns,
-                ),
-                // The VMM's time joins its userspace exit reason's counts (restarts and errors
-                // have no time series of their own).
-                Some(LatencyKind::VmmRoundTrip) => {
-                    if let Some(exit) = UserspaceExit::of_round_trip_code(k.reason) {
-                        add(
-                            key(What::Detail(Detail::UserspaceExit(exit))),
-                            0,
-                            d.total_ns,
-                        );
-                    }
-                }
-                _ => {}
-            }
-        }
-        for (k, count) in &iv.details {
-            if let Some(detail) = k.decode() {
-                let key = Key {
-                    pid: k.tgid,
-                    tid: k.tid,
-                    what: What::Detail(detail),
-                };
-                add(key, *count, 0);
-            }
-        }
+            p[n] += point;
+        });
     }
 
     /// Merges the oldest half of the points pairwise (sums, keeping the later end).

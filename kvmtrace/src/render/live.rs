@@ -8,7 +8,7 @@ use crate::{
         storm_watch::StormWatch,
         storms::{self, Storm},
     },
-    model::{Aggregate, Interval, identity::Vm},
+    model::{Aggregate, Interval, identity::Vm, series::column},
 };
 
 /// The live progress line on a terminal (elapsed, exits/s, lost events); nothing when piped.
@@ -89,22 +89,26 @@ impl LiveLines {
     /// After each interval was added to `agg`.
     pub fn update(&mut self, agg: &Aggregate, iv: &Interval, vms: &BTreeMap<u32, Vm>) {
         self.progress.update(agg, iv);
-        self.storm_lines(agg, vms);
+        self.storm_lines(agg, iv, vms);
     }
 
     /// After the last interval: the storms that ended with it, and the progress line cleared.
-    pub fn finish(&mut self, agg: &Aggregate, vms: &BTreeMap<u32, Vm>) {
-        self.storm_lines(agg, vms);
+    pub fn finish(&mut self, agg: &Aggregate, iv: &Interval, vms: &BTreeMap<u32, Vm>) {
+        self.storm_lines(agg, iv, vms);
         self.progress.finish();
     }
 
     /// A line for each storm that started or ended in the last interval.
-    fn storm_lines(&mut self, agg: &Aggregate, vms: &BTreeMap<u32, Vm>) {
+    fn storm_lines(&mut self, agg: &Aggregate, iv: &Interval, vms: &BTreeMap<u32, Vm>) {
         let Some(watch) = &mut self.storms else {
             return;
         };
         let label = |pid, tid| crate::model::identity::label_of_thread(vms.get(&pid), tid);
-        let changes = watch.update(&agg.series, &label);
+        let series = &agg.series;
+        let Some(newest) = series.ends.len().checked_sub(1) else {
+            return;
+        };
+        let changes = watch.update(&column(iv), series.width(newest), series, &label);
         let name = |s: &Storm| {
             let vm = vms
                 .get(&s.pid)

@@ -172,8 +172,8 @@ struct Source {
     kvm_module: Option<String>,
     attached: Vec<String>,
     missing: Vec<String>,
-    /// The last [`STORM_WINDOW`] (to twice that) intervals' series (updated in place: applying them all
-    /// again at each frame cost 50 % of `top`'s CPU with 10 000 keys), and their storms.
+    /// The last [`STORM_WINDOW`] intervals (kept: applying them all again at each frame cost
+    /// 50 % of `top`'s CPU with 10 000 keys), and their storms.
     recent: Window,
     storms: StormWatch,
     threads: BTreeMap<u32, ThreadCpu>,
@@ -224,19 +224,28 @@ impl Source {
                 .and_then(|v| v.vcpus.iter().find(|c| c.tid == tid).map(|c| c.label));
             vcpu.unwrap_or_else(|| label_of_thread(directory.get(&pid), tid))
         };
-        self.storms.update(&self.recent.series, &label);
+        if let Some((column, width)) = self.recent.newest() {
+            self.storms.update(column, width, &self.recent, &label);
+        }
         report.storms = self.storms.ongoing().cloned().collect();
         frame::build(&report, &mut self.history, iv.at.as_secs_f64())
     }
 
-    /// VMs that started are added (all-VMs mode), VMs that stopped are dropped.
-    fn refresh(&self, directory: &mut BTreeMap<u32, Vm>, iv: &Interval) {
+    /// VMs that started are added (all-VMs mode), VMs that stopped are dropped (with their
+    /// storms: a new process may get the pid).
+    fn refresh(&mut self, directory: &mut BTreeMap<u32, Vm>, iv: &Interval) {
         if !self.filtered {
             for vm in self.host.vms() {
                 directory.entry(vm.pid).or_insert(vm);
             }
         }
         crate::host::identities::learn_identities(&self.host, directory, iv);
-        directory.retain(|pid, _| self.host.proc_root.join(pid.to_string()).exists());
+        directory.retain(|pid, _| {
+            let running = self.host.proc_root.join(pid.to_string()).exists();
+            if !running {
+                self.storms.forget(*pid);
+            }
+            running
+        });
     }
 }

@@ -1,8 +1,7 @@
 //! `kvmtrace top`: the live view. The same collector as `record` drains the kernel maps every
 //! interval; each interval becomes a report (per vCPU, rates of that interval only), regrouped
 //! into the drill-down tree of [`frame`], which [`draw`] shows in the terminal (ratatui) or
-//! [`batch`] prints as text. Storms come from the last [`STORM_WINDOW`] to twice that
-//! many intervals (see [`crate::model::series::Window`]).
+//! [`batch`] prints as text. Storms come from the last [`STORM_WINDOW`] intervals.
 
 pub mod batch;
 pub mod draw;

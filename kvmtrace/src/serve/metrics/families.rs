@@ -97,7 +97,7 @@ impl Families {
         );
         r.register(
             "storm_active",
-            "1 while an exit storm goes on (in the last 30 to 59 intervals), with the storm's key and diagnosis rule; removed when it ends",
+            "1 while an exit storm goes on (in the last 30 intervals), with the storm's key and diagnosis rule; removed when it ends",
             self.storm_active.clone(),
         );
         r.register(

@@ -177,8 +177,9 @@ impl Exporter {
         }
     }
 
-    /// Forgets the threads of process `pid` (gone) in identity `vm`.
+    /// Forgets the threads of process `pid` (gone) in identity `vm`, and its storms.
     fn drop_threads(&mut self, vm: &str, pid: u32) {
+        self.storm_watch.forget(pid);
         if let Some(v) = self.vms.get_mut(vm) {
             v.cpu.retain(|&(p, _), _| p != pid);
             v.vcpus.retain(|&(p, _), _| p != pid);

@@ -1,5 +1,5 @@
 //! Storms going on now, as `kvmtrace_storm_active` gauges: storm detection (the report's rules)
-//! over the last [`WINDOW`] to twice that many intervals only, so memory stays flat however long `serve` runs,
+//! over the last [`WINDOW`] intervals only, so memory stays flat however long `serve` runs,
 //! and only for the VMs where a storm began or ended
 //! ([`crate::analyze::storm_watch::StormWatch`]: detecting every storm of
 //! the window at each interval was 40 % of serve's CPU with 10 000 keys). A storm's series is
@@ -27,7 +27,10 @@ impl Exporter {
         self.window.push(iv, WINDOW);
         // Storm vCPUs are named below, by the exporter's own labels.
         let by_tid = |_pid, tid| VcpuLabel::Tid(tid);
-        self.storm_watch.update(&self.window.series, &by_tid);
+        if let Some((column, width)) = self.window.newest() {
+            self.storm_watch
+                .update(column, width, &self.window, &by_tid);
+        }
         let ongoing: Vec<Storm> = self.storm_watch.ongoing().cloned().collect();
         let mut now: HashSet<StormLabels> = HashSet::new();
         for s in ongoing {
