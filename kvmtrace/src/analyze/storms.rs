@@ -160,18 +160,6 @@ pub enum RunChange {
 }
 
 impl RunTracker {
-    /// The state after `n` points of zero, as [`runs`] has it for a key whose series begins
-    /// with `n` empty intervals (a key new in a recording, or back in a window): they are part of
-    /// its baseline.
-    pub fn after_zeros(n: usize) -> RunTracker {
-        let filled = n.min(BASELINE_POINTS) as u8;
-        RunTracker {
-            filled,
-            next: filled % BASELINE_POINTS as u8,
-            ..RunTracker::default()
-        }
-    }
-
     /// Takes the next point, of an interval `width` long.
     pub fn step(
         &mut self,
@@ -287,7 +275,7 @@ pub const ALL_VCPUS: u32 = u32::MAX;
 
 /// For keys seen on two or more threads of a VM, their VM-wide sum (a storm spread over vCPUs,
 /// each below the threshold, is still a storm of the VM). Only the sums: the per-thread series
-/// are not copied (this runs at every interval while watching).
+/// are not copied.
 fn vm_wide(series: &Series, pid: Option<u32>) -> foldhash::HashMap<Key, Points> {
     let mut wide: foldhash::HashMap<Key, Points> = Default::default();
     let mut threads: foldhash::HashMap<(u32, What), u32> = Default::default();
