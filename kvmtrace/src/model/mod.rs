@@ -66,6 +66,10 @@ pub struct Aggregate {
     pub counters: [u64; Counter::COUNT as usize],
     /// Every key's counts per interval, for storms and rates over time.
     pub series: series::Series,
+    /// Not kept (`top`'s aggregate of one interval: its storms come from its window, and a
+    /// series of 10 000 one-point buffers per frame, with the storm detection over it, was a
+    /// fifth of its CPU).
+    pub without_series: bool,
     /// The latest CPU accounting of every thread.
     pub threads: BTreeMap<u32, ThreadCpu>,
     /// Host stack samples (`--stacks`).
@@ -78,7 +82,9 @@ pub struct Aggregate {
 
 impl Aggregate {
     pub fn apply(&mut self, iv: &Interval) {
-        self.series.push(iv);
+        if !self.without_series {
+            self.series.push(iv);
+        }
         self.elapsed = iv.at;
         self.intervals += 1;
         for (key, delta) in &iv.latency {

@@ -188,7 +188,10 @@ impl Source {
         let width = iv.at.saturating_sub(self.last_at);
         self.last_at = iv.at;
         // This interval alone: rates and CPU of the last `width`.
-        let mut window = Aggregate::default();
+        let mut window = Aggregate {
+            without_series: true,
+            ..Aggregate::default()
+        };
         window.apply(iv);
         window.elapsed = width;
         for t in window.threads.values_mut() {
