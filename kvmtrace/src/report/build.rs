@@ -24,12 +24,8 @@ pub fn build(agg: &Aggregate, ctx: &Context) -> Report {
         .into_iter()
         .map(|pid| vm_report(agg, ctx, pid, secs))
         .collect();
-    let label = |pid: u32, tid: u32| {
-        vms.iter()
-            .find(|v| v.pid == pid)
-            .and_then(|v| v.vcpus.iter().find(|c| c.tid == tid))
-            .map_or(VcpuLabel::Tid(tid), |c| c.label)
-    };
+    let label =
+        |pid: u32, tid: u32| super::vcpu_label(&vms, pid, tid).unwrap_or(VcpuLabel::Tid(tid));
     let storms = storms::detect(&agg.series, ctx.storm, &label);
     let vm_name = |pid: u32| {
         vms.iter()

@@ -135,6 +135,12 @@ pub struct KeyCount {
     pub per_sec: f64,
 }
 
+/// The label of thread `tid` of VM `pid` among `vms`' vCPUs, if it is one of them.
+pub fn vcpu_label(vms: &[VmReport], pid: u32, tid: u32) -> Option<VcpuLabel> {
+    let vm = vms.iter().find(|v| v.pid == pid)?;
+    vm.vcpus.iter().find(|c| c.tid == tid).map(|c| c.label)
+}
+
 impl VmReport {
     /// Every keyed row of the detail tables (ports, MMIO, MSRs, CPUID), in table order: for
     /// views that treat the tables alike (flamegraph frames, `top`'s keys, diff).

@@ -220,12 +220,8 @@ impl Source {
         let mut report = report::build(&window, &ctx);
         // vCPUs by this interval's labels, else by their threads' names.
         let label = |pid: u32, tid: u32| {
-            let vcpu = report
-                .vms
-                .iter()
-                .find(|v| v.pid == pid)
-                .and_then(|v| v.vcpus.iter().find(|c| c.tid == tid).map(|c| c.label));
-            vcpu.unwrap_or_else(|| label_of_thread(directory.get(&pid), tid))
+            report::vcpu_label(&report.vms, pid, tid)
+                .unwrap_or_else(|| label_of_thread(directory.get(&pid), tid))
         };
         if let Some((column, width)) = self.recent.newest() {
             self.storms.update(column, width, &self.recent, &label);
