@@ -595,6 +595,8 @@ pub fn run_bench(rounds: usize, samples: usize, only: Only) -> anyhow::Result<()
         }
         // record's live storm lines with 10 000 series, after a minute and when full.
         run(cargo().args(["bench", "-p", "kvmtrace", "--bench", "watch"]))?;
+        // record's work per interval with 10 000 keys (aggregate, series, recording).
+        run(cargo().args(["bench", "-p", "kvmtrace", "--bench", "collect"]))?;
         // The collector at scale: one drain of 50 000 keys (needs root: it loads the programs).
         run(cargo().args(["bench", "-p", "kvmtrace", "--bench", "drain"]))?;
     }

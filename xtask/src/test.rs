@@ -68,10 +68,11 @@ pub fn run_tests() -> anyhow::Result<()> {
     passed += nested::run_nested(&nested::KernelLine::ALL, &nested::Options::default())?;
     // What users install: built statically, checked here, then installed and used in L1.
     dist::run_dist(true)?;
-    // Recording size and offline report speed bars, and the live storm lines' cost not growing
-    // with the recording (each exits non-zero when missed).
+    // Recording size and offline report speed bars, and the live storm lines' and record's work
+    // per interval not growing with the recording (each exits non-zero when missed).
     run(cargo().args(["bench", "-p", "kvmtrace", "--bench", "recording"]))?;
     run(cargo().args(["bench", "-p", "kvmtrace", "--bench", "watch"]))?;
+    run(cargo().args(["bench", "-p", "kvmtrace", "--bench", "collect"]))?;
     // The recording reader never panics on arbitrary bytes.
     fuzz::run_fuzz(60)?;
     eprintln!("xtask test: all checks passed");

@@ -53,16 +53,23 @@ pub fn pct(part: u64, whole: u64) -> f64 {
     }
 }
 
+/// A hash map for keys looked up at every interval. Its entries lie in one vector in the order
+/// their keys first came, which is the order the next interval's keys come in (a live drain
+/// reads them by pool index, a recording by id): the lookups walk the entries from one end to
+/// the other, where a std hash map's entries lie where their keys hash to, a cache miss per key
+/// (with 10 000 keys, the aggregate's maps 0.40 -> 0.19 ms per interval, `--bench collect`).
+pub type KeyMap<K, V> = indexmap::IndexMap<K, V, foldhash::fast::RandomState>;
+
 /// The running sum of every interval so far.
 #[derive(Clone, Debug, Default)]
 pub struct Aggregate {
     pub elapsed: Duration,
     pub intervals: u64,
-    /// Hash maps, in no particular order: every reader re-sorts what it takes from them, and
-    /// at each interval thousands of keys are looked up (as ordered maps, a tenth of the
+    /// In the order keys came (see [`KeyMap`]): every reader re-sorts what it takes from them,
+    /// and at each interval thousands of keys are looked up (as ordered maps, a tenth of the
     /// collector's CPU at scale).
-    pub latency: foldhash::HashMap<LatencyKey, LatencyAgg>,
-    pub details: foldhash::HashMap<DetailKey, u64>,
+    pub latency: KeyMap<LatencyKey, LatencyAgg>,
+    pub details: KeyMap<DetailKey, u64>,
     pub counters: [u64; Counter::COUNT as usize],
     /// Every key's counts per interval, for storms and rates over time.
     pub series: series::Series,

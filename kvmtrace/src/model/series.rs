@@ -58,6 +58,18 @@ impl std::ops::AddAssign for Point {
 /// are most of the cost of a push with thousands of keys).
 pub type Points = Vec<Point>;
 
+/// How many series ahead [`Series::push`] asks for the next point's cache line.
+const PREFETCH_AHEAD: usize = 16;
+
+/// Asks the CPU to bring `p`'s cache line in (nothing elsewhere than on x86-64).
+fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint: it does not fault, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast())
+    };
+}
+
 /// Every series, aligned on one timeline of interval ends.
 #[derive(Clone, Debug, Default)]
 pub struct Series {
@@ -65,9 +77,10 @@ pub struct Series {
     pub origin: Duration,
     /// End of each point's interval, from the start of the recording.
     pub ends: Vec<Duration>,
-    /// In no particular order (a hash map: at every interval each active key is looked up, and
-    /// with thousands of keys an ordered map was a third of the collector's CPU).
-    pub by_key: foldhash::HashMap<Key, Points>,
+    /// In the order keys came (a [`KeyMap`](super::KeyMap): at every interval each active key
+    /// is looked up, and with thousands of keys an ordered map was a third of the collector's
+    /// CPU).
+    pub by_key: super::KeyMap<Key, Points>,
 }
 
 /// Calls `f` with every (key, point) interval `iv` adds to the series. A key can come twice (a
@@ -126,7 +139,7 @@ pub type Column = Vec<(Key, Point)>;
 
 /// Interval `iv`'s points as a [`Column`].
 pub fn column(iv: &Interval) -> Column {
-    let mut merged: foldhash::HashMap<Key, Point> = foldhash::HashMap::with_capacity_and_hasher(
+    let mut merged: super::KeyMap<Key, Point> = super::KeyMap::with_capacity_and_hasher(
         iv.latency.len() + iv.details.len(),
         Default::default(),
     );
@@ -210,11 +223,23 @@ impl Series {
         }
         let n = self.ends.len();
         self.ends.push(iv.at);
+        // Each point's series first, then the points: every series' newest point is in a
+        // buffer of its own, a cache miss each, which a loop of a few instructions per point,
+        // asking for the lines ahead, overlaps (with 10 000 series, 2.5 -> 0.7 ms per interval).
+        let mut adds = Vec::with_capacity(iv.latency.len() + iv.details.len());
         each_point(iv, |key, point| {
-            let p = self.by_key.entry(key).or_default();
+            let entry = self.by_key.entry(key);
+            adds.push((entry.index(), point));
+            entry.or_default();
+        });
+        for (j, &(i, point)) in adds.iter().enumerate() {
+            if let Some(&(ahead, _)) = adds.get(j + PREFETCH_AHEAD) {
+                prefetch(self.by_key[ahead].as_ptr().wrapping_add(n));
+            }
+            let p = &mut self.by_key[i];
             p.resize(n + 1, Point::default());
             p[n] += point;
-        });
+        }
     }
 
     /// Points each series keeps at most: its share of [`MAX_TOTAL_POINTS`], between

@@ -2,11 +2,7 @@
 //! dictionary that grows as keys first appear) and then referred to by a small id. A typical
 //! interval of 120 active keys encodes to a few hundred bytes before compression.
 
-use std::{
-    collections::{HashMap, hash_map::Entry},
-    hash::BuildHasher,
-    hash::Hash,
-};
+use std::hash::{BuildHasher, Hash};
 
 use kvmtrace_common::{Counter, DetailKey, HIST_BUCKETS, LatencyKey, bucket_low, bucket_width};
 
@@ -74,8 +70,10 @@ impl<'a> Input<'a> {
 /// Encoder state: the keys already sent.
 #[derive(Default)]
 pub struct Encoder {
-    latency_ids: foldhash::HashMap<LatencyKey, u64>,
-    detail_ids: foldhash::HashMap<DetailKey, u64>,
+    /// Each key sent, its id its place (in the order keys came, which is the order the next
+    /// interval's keys come in: looking them up walks memory from one end to the other).
+    latency_ids: indexmap::IndexSet<LatencyKey, foldhash::fast::RandomState>,
+    detail_ids: indexmap::IndexSet<DetailKey, foldhash::fast::RandomState>,
 }
 
 /// Decoder state: the file's format version and the keys received so far, by id.
@@ -158,21 +156,17 @@ impl Encoder {
 /// ids (one dictionary lookup per key: with tens of thousands of keys per interval, a second
 /// was a measurable part of the recorder's CPU).
 fn declare<'k, K: Copy + Eq + Hash + 'k, S: BuildHasher>(
-    ids: &mut HashMap<K, u64, S>,
+    ids: &mut indexmap::IndexSet<K, S>,
     keys: impl Iterator<Item = &'k K>,
 ) -> (Vec<u64>, Vec<K>) {
     let mut all = Vec::with_capacity(keys.size_hint().0);
     let mut new = Vec::new();
     for k in keys {
-        let next = ids.len() as u64;
-        let id = match ids.entry(*k) {
-            Entry::Occupied(slot) => *slot.get(),
-            Entry::Vacant(slot) => {
-                new.push(*k);
-                *slot.insert(next)
-            }
-        };
-        all.push(id);
+        let (id, inserted) = ids.insert_full(*k);
+        if inserted {
+            new.push(*k);
+        }
+        all.push(id as u64);
     }
     (all, new)
 }
