@@ -100,10 +100,10 @@ fn port_mmio_msr_counts_are_exact() {
 }
 
 /// A thread's VMM round trips find their latency index in its own state while the reason
-/// repeats; the index must not outlive its key. Here the IO key goes idle for six 200 ms
-/// intervals (so the collector retires it and frees its index), the port writes resume (a new
-/// index), then MMIO exits take the next free index and port writes follow again: every round
-/// trip is counted once, under its own reason.
+/// repeats; the index must not outlive its key. Here the IO key goes idle for twelve 200 ms
+/// intervals (so the collector retires it after eight and frees its index), the port writes
+/// resume (a new index), then MMIO exits take the next free index and port writes follow again:
+/// every round trip is counted once, under its own reason.
 #[test]
 fn round_trips_stay_exact_when_their_key_is_retired_and_reused() {
     require_kvm_and_root();
@@ -111,7 +111,7 @@ fn round_trips_stay_exact_when_their_key_is_retired_and_reused() {
         "it-rt-retire",
         &[
             "--run",
-            "pio_out,port=0x70,count=3000;idle,ms=1200;pio_out,port=0x70,count=3000;mmio_w,gpa=0xd0000000,count=1000;pio_out,port=0x70,count=2000",
+            "pio_out,port=0x70,count=3000;idle,ms=2400;pio_out,port=0x70,count=3000;mmio_w,gpa=0xd0000000,count=1000;pio_out,port=0x70,count=2000",
         ],
     );
     let (report, results) = record_guest(&mut guest, &[]);

@@ -1,9 +1,9 @@
 //! The keyed pools (kvmtrace_common::Pool) as the collector sees them: the value arrays of both
 //! epoch parities and the key array are mapped into this process, so draining an epoch reads
 //! and zeroes the used part of one array in place (no syscall, no copy per key). The collector
-//! gives back the index of a key that was idle for a whole epoch: out of INDEX at once, on the
-//! free stack one drain later (after that drain's epoch switch has waited out every program that
-//! could still have found the index).
+//! gives back the index of a key that was idle for [`IDLE_DRAINS`] epochs (one while the pool is
+//! over half full): out of INDEX at once, on the free stack one drain later (after that drain's
+//! epoch switch has waited out every program that could still have found the index).
 
 use std::{hash::Hash, os::fd::AsFd as _, os::fd::AsRawFd as _, ptr::NonNull};
 
@@ -172,6 +172,19 @@ impl PoolValue for LatencyStats {
     }
 }
 
+/// Drains in a row a key may be idle and keep its index while the pool is at most half full.
+/// A key counted about once an interval (a port each vCPU touches once a second) misses some
+/// intervals: given back after one, such keys were retired and claimed again all the time (with
+/// 10 000 of them, 20-1 900 INDEX removals per drain, and as many claims on the events' path).
+pub(super) const IDLE_DRAINS: u8 = 8;
+
+/// Drains a key may be idle before its index is given back, with `held` of the pool's `len`
+/// indexes in use: [`IDLE_DRAINS`], or one once the pool is over half full (a guest touching
+/// ever new addresses must not run it out of room).
+pub(super) fn idle_drains_allowed(held: usize, len: usize) -> u8 {
+    if held * 2 > len { 1 } else { IDLE_DRAINS }
+}
+
 /// The map names of one pool.
 pub(super) struct PoolMaps {
     pub pool: Pool,
@@ -205,11 +218,15 @@ pub(super) struct KeyPool<K, V> {
     /// The key of each index seen in use in a closed epoch, read from KEYS then (its program
     /// wrote it before taking the index, and had finished by the epoch's close).
     known: Vec<Option<K>>,
+    /// How many of `known` are Some.
+    held: usize,
+    /// Drains in a row each known index was idle.
+    idle_for: Vec<u8>,
     /// Indexes taken out of INDEX at the last drain, with their keys: the open epoch may still
     /// count into them, so they are read once more at the next drain, then freed.
     retiring: Vec<(u32, K)>,
-    /// Indexes in use that the last [`KeyPool::take`] found idle (or all of them, once counting
-    /// is over): what [`KeyPool::retire`] gives back.
+    /// Indexes in use that the last [`KeyPool::take`] found idle long enough (or all of them,
+    /// once counting is over): what [`KeyPool::retire`] gives back.
     idle: Vec<u32>,
     /// What the open epoch held for keys of threads that are gone, taken when their indexes
     /// were freed: the next [`KeyPool::take`] reports it with its epoch.
@@ -257,6 +274,8 @@ where
             keys,
             values,
             known: vec![None; len as usize],
+            held: 0,
+            idle_for: vec![0; len as usize],
             retiring: Vec::new(),
             idle: Vec::new(),
             carried: Vec::new(),
@@ -264,8 +283,8 @@ where
     }
 
     /// Calls `each` once per key with what epoch `parity` (closed, its programs done) counted,
-    /// and zeroes it; notes the keys that were idle in it (all of them with `retire_all`:
-    /// counting is over) for [`KeyPool::retire`].
+    /// and zeroes it; notes the keys idle long enough (see [`idle_drains_allowed`]; all of them
+    /// with `retire_all`: counting is over) for [`KeyPool::retire`].
     pub(super) fn take(
         &mut self,
         ebpf: &mut Ebpf,
@@ -296,19 +315,32 @@ where
         }
         let idle = &mut self.idle;
         idle.clear();
+        let allowed = if retire_all {
+            0
+        } else {
+            idle_drains_allowed(self.held, self.known.len())
+        };
         for i in 0..high {
             // SAFETY: as above.
             let v = unsafe { &mut *values.ptr(i) };
             let known = &mut self.known[i as usize];
+            let idle_for = &mut self.idle_for[i as usize];
             if !v.active() {
                 if known.is_some() {
-                    idle.push(i);
+                    *idle_for = idle_for.saturating_add(1);
+                    if *idle_for >= allowed {
+                        idle.push(i);
+                    }
                 }
                 continue;
             }
+            *idle_for = 0;
             let key = match known {
                 Some(k) => *k,
-                None => *known.insert(self.keys.get(i).expect("index within KEYS")),
+                None => {
+                    self.held += 1;
+                    *known.insert(self.keys.get(i).expect("index within KEYS"))
+                }
             };
             // (Most drains retire nothing: no hashing then.)
             match (!retired.is_empty())
@@ -354,6 +386,7 @@ where
                     continue;
                 };
                 *known = None;
+                self.held -= 1;
                 // Only an index no longer in INDEX may be handed out again.
                 if index.remove(&key).is_ok() {
                     // SAFETY: an element nothing writes any more (its thread is gone).
@@ -370,6 +403,7 @@ where
             let Some(key) = self.known[i as usize].take() else {
                 continue;
             };
+            self.held -= 1;
             if index.remove(&key).is_ok() {
                 self.retiring.push((i, key));
             }
@@ -494,6 +528,14 @@ mod tests {
         n.merge(&5);
         n.clear();
         assert_eq!(n, 0);
+    }
+
+    #[test]
+    fn idle_keys_keep_their_index_until_the_pool_is_half_full() {
+        assert_eq!(idle_drains_allowed(0, 8192), IDLE_DRAINS);
+        assert_eq!(idle_drains_allowed(4096, 8192), IDLE_DRAINS);
+        assert_eq!(idle_drains_allowed(4097, 8192), 1);
+        assert_eq!(idle_drains_allowed(8192, 8192), 1);
     }
 
     #[test]
