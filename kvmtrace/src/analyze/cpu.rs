@@ -11,7 +11,7 @@ use kvmtrace_common::{LatencyKind, UserspaceExit};
 use serde::Serialize;
 
 use crate::{
-    model::{Aggregate, identity::Vcpu, identity::VcpuLabel, pct},
+    model::{Aggregate, VmKeys, identity::Vcpu, identity::VcpuLabel, pct},
     names::port_label,
     tp::{
         class::{ExitClass, exit_class},
@@ -72,9 +72,11 @@ pub struct VmmTime {
     pub round_trip_ns: u64,
 }
 
-/// The CPU table of VM `pid`, and its summary (None when it used no CPU).
+/// The CPU table of VM `pid` (its keys of `agg`: `keys`), and its summary (None when it used no
+/// CPU).
 pub fn attribution(
     agg: &Aggregate,
+    keys: &VmKeys,
     pid: u32,
     vcpus: &[Vcpu],
     vmm: &[VmmTime],
@@ -90,7 +92,7 @@ pub fn attribution(
     {
         let mut has_exits = false;
         let mut handling = 0;
-        for (k, a) in agg
+        for &(k, a) in keys
             .latency
             .iter()
             .filter(|(k, _)| k.tid == t.tid && k.kind() == Some(LatencyKind::Exit))
@@ -129,9 +131,11 @@ pub fn attribution(
     rows.sort_by_key(|r| (r.vcpu, r.tid));
     let mut handling: Vec<(String, u64)> = Vec::new();
     let mut by_reason: BTreeMap<(u32, u32), u64> = BTreeMap::new();
-    for (k, a) in agg.latency.iter().filter(|(k, _)| {
-        k.tgid == pid && k.kind() == Some(LatencyKind::Exit) && handles(k.isa, k.reason)
-    }) {
+    for &(k, a) in keys
+        .latency
+        .iter()
+        .filter(|(k, _)| k.kind() == Some(LatencyKind::Exit) && handles(k.isa, k.reason))
+    {
         *by_reason.entry((k.isa, k.reason)).or_default() += a.total_ns;
     }
     for ((isa, reason), ns) in by_reason {

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, collections::BTreeSet, fmt, str::FromStr};
 use kvmtrace_common::VCPU_UNKNOWN;
 use serde::{Deserialize, Serialize};
 
-use super::Aggregate;
+use super::VmKeys;
 
 /// A vCPU thread's identity as the report shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,16 +113,17 @@ pub struct Vcpu {
     pub thread_name: Option<String>,
 }
 
-/// The vCPUs of VM `pid`: every thread with events, plus threads named `CPU N/KVM`; ordered by
-/// label. The label's index is kvm_exit's vcpu_id where known, else N from the thread name.
-pub fn vcpus_of(agg: &Aggregate, vm: Option<&Vm>, pid: u32) -> Vec<Vcpu> {
+/// The vCPUs of a VM (`keys`, its keys): every thread with events, plus threads named `CPU
+/// N/KVM`; ordered by label. The label's index is kvm_exit's vcpu_id where known, else N from
+/// the thread name.
+pub fn vcpus_of(keys: &VmKeys, vm: Option<&Vm>) -> Vec<Vcpu> {
     let mut by_tid: BTreeMap<u32, Option<u32>> = BTreeMap::new();
-    for k in agg.latency.keys().filter(|k| k.tgid == pid) {
+    for (k, _) in &keys.latency {
         let id = (k.vcpu_id != VCPU_UNKNOWN).then_some(k.vcpu_id);
         let slot = by_tid.entry(k.tid).or_default();
         *slot = slot.or(id);
     }
-    for k in agg.details.keys().filter(|k| k.tgid == pid) {
+    for (k, _) in &keys.details {
         by_tid.entry(k.tid).or_default();
     }
     let threads = vm.map(|v| v.threads.as_slice()).unwrap_or_default();

@@ -6,7 +6,7 @@ use super::{Context, Counters, Report, VmReport, details, exits, rate};
 use crate::{
     analyze::{cpu, storms},
     model::{
-        Aggregate,
+        Aggregate, VmKeys,
         identity::{VcpuLabel, vcpus_of},
     },
 };
@@ -15,14 +15,14 @@ pub fn build(agg: &Aggregate, ctx: &Context) -> Report {
     let secs = agg.elapsed.as_secs_f64();
     let counters = counters(agg, ctx);
     let notes = notes(&counters, ctx);
-    let mut pids: Vec<u32> = agg.latency.keys().map(|k| k.tgid).collect();
-    pids.extend(agg.details.keys().map(|k| k.tgid));
-    pids.extend(ctx.vms.keys());
+    let by_vm = agg.keys_by_vm();
+    let mut pids: Vec<u32> = by_vm.keys().chain(ctx.vms.keys()).copied().collect();
     pids.sort_unstable();
     pids.dedup();
+    let no_keys = VmKeys::default();
     let vms: Vec<VmReport> = pids
         .into_iter()
-        .map(|pid| vm_report(agg, ctx, pid, secs))
+        .map(|pid| vm_report(agg, by_vm.get(&pid).unwrap_or(&no_keys), ctx, pid, secs))
         .collect();
     let label =
         |pid: u32, tid: u32| super::vcpu_label(&vms, pid, tid).unwrap_or(VcpuLabel::Tid(tid));
@@ -98,9 +98,10 @@ fn notes(counters: &Counters, ctx: &Context) -> Vec<String> {
     notes
 }
 
-fn vm_report(agg: &Aggregate, ctx: &Context, pid: u32, secs: f64) -> VmReport {
+/// VM `pid`'s report; `vm_keys` are its keys of `agg`.
+fn vm_report(agg: &Aggregate, vm_keys: &VmKeys, ctx: &Context, pid: u32, secs: f64) -> VmReport {
     let vm = ctx.vms.get(&pid);
-    let vcpus = vcpus_of(agg, vm, pid);
+    let vcpus = vcpus_of(vm_keys, vm);
     let label = |tid: u32| {
         ctx.per_vcpu.then(|| {
             vcpus
@@ -109,9 +110,9 @@ fn vm_report(agg: &Aggregate, ctx: &Context, pid: u32, secs: f64) -> VmReport {
                 .map_or(VcpuLabel::Tid(tid), |v| v.label)
         })
     };
-    let exits = exits::exit_rows(agg, ctx.in_flight, pid, secs, &label);
-    let keys = details::DetailTables::build(agg, pid, secs, &label, ctx.max_rows);
-    let userspace_exits = exits::userspace_rows(agg, &keys.userspace, pid, secs, &label);
+    let exits = exits::exit_rows(vm_keys, ctx.in_flight, pid, secs, &label);
+    let keys = details::DetailTables::build(vm_keys, secs, &label, ctx.max_rows);
+    let userspace_exits = exits::userspace_rows(vm_keys, &keys.userspace, secs, &label);
     let vmm: Vec<cpu::VmmTime> = userspace_exits
         .iter()
         .map(|u| cpu::VmmTime {
@@ -122,7 +123,7 @@ fn vm_report(agg: &Aggregate, ctx: &Context, pid: u32, secs: f64) -> VmReport {
         })
         .collect();
     let top_port = keys.ports.iter().max_by_key(|p| p.count).map(|p| p.port);
-    let (cpu, cpu_summary) = cpu::attribution(agg, pid, &vcpus, &vmm, top_port);
+    let (cpu, cpu_summary) = cpu::attribution(agg, vm_keys, pid, &vcpus, &vmm, top_port);
     VmReport {
         cpu,
         cpu_summary,

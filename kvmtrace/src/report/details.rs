@@ -9,7 +9,7 @@ use kvmtrace_common::{Detail, DetailKind, UserspaceExit};
 
 use super::{CpuidRow, MmioRow, MsrRow, OtherKeysRow, PortRow, rate};
 use crate::{
-    model::{Aggregate, identity::VcpuLabel},
+    model::{VmKeys, identity::VcpuLabel},
     names::detail_kind_name,
 };
 
@@ -59,16 +59,16 @@ key_row!(PortRow, MmioRow, MsrRow, CpuidRow);
 type OtherRows = BTreeMap<(Option<VcpuLabel>, DetailKind), OtherKeysRow>;
 
 impl DetailTables {
+    /// The tables of a VM's keys (`keys`).
     pub fn build(
-        agg: &Aggregate,
-        pid: u32,
+        keys: &VmKeys,
         secs: f64,
         label: &dyn Fn(u32) -> Option<VcpuLabel>,
         max_rows: Option<usize>,
     ) -> DetailTables {
         let mut counts: BTreeMap<(Option<VcpuLabel>, Detail), u64> = BTreeMap::new();
         let mut t = DetailTables::default();
-        for (k, n) in agg.details.iter().filter(|(k, _)| k.tgid == pid) {
+        for &(k, n) in &keys.details {
             t.events += n;
             if let Some(detail) = k.decode() {
                 *counts.entry((label(k.tid), detail)).or_default() += n;

@@ -7,7 +7,7 @@ use kvmtrace_common::{LatencyKey, LatencyKind};
 
 use super::{ExitRow, Latency, UserspaceRow, details::UserspaceCount, pct, rate};
 use crate::{
-    model::{Aggregate, InFlight, LatencyAgg, identity::VcpuLabel},
+    model::{InFlight, LatencyAgg, VmKeys, identity::VcpuLabel},
     tp::{
         class::{exit_class, userspace_class},
         reasons::{exit_reason_name, isa_name, userspace_exit_label},
@@ -17,8 +17,9 @@ use crate::{
 /// (vCPU, isa, reason): one row of the exits table.
 type ExitKey = (Option<VcpuLabel>, u32, u32);
 
+/// The exits table of VM `pid`, whose keys are `keys`.
 pub(super) fn exit_rows(
-    agg: &Aggregate,
+    keys: &VmKeys,
     in_flight: &InFlight,
     pid: u32,
     secs: f64,
@@ -38,7 +39,7 @@ pub(super) fn exit_rows(
         }
     }
     let mut exit_vmm: BTreeMap<ExitKey, LatencyAgg> = BTreeMap::new();
-    for (k, v) in agg.latency.iter().filter(|(k, _)| k.tgid == pid) {
+    for &(k, v) in &keys.latency {
         match k.kind() {
             Some(LatencyKind::Exit) => exits.entry(key(k)).or_default().merge(v),
             Some(LatencyKind::ExitVmm) => exit_vmm.entry(key(k)).or_default().merge(v),
@@ -84,18 +85,18 @@ pub(super) fn exit_rows(
     rows
 }
 
+/// The userspace exits table of a VM: `counts`, with the round trips of its keys (`keys`).
 pub(super) fn userspace_rows(
-    agg: &Aggregate,
+    keys: &VmKeys,
     counts: &[UserspaceCount],
-    pid: u32,
     secs: f64,
     label: &dyn Fn(u32) -> Option<VcpuLabel>,
 ) -> Vec<UserspaceRow> {
     let mut round_trips: BTreeMap<(Option<VcpuLabel>, u32), LatencyAgg> = BTreeMap::new();
-    for (k, v) in agg
+    for &(k, v) in keys
         .latency
         .iter()
-        .filter(|(k, _)| k.tgid == pid && k.kind() == Some(LatencyKind::VmmRoundTrip))
+        .filter(|(k, _)| k.kind() == Some(LatencyKind::VmmRoundTrip))
     {
         round_trips
             .entry((label(k.tid), k.reason))

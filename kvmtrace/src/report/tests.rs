@@ -237,3 +237,38 @@ fn empty_aggregate_builds_an_empty_report() {
     assert!(r.vms.is_empty());
     assert_eq!(r.counters.losses(), 0);
 }
+
+/// A tid the kernel handed out again to another VM's vCPU (a long recording on a host where VMs
+/// come and go): each VM's CPU table counts the exit handling of its own keys only.
+#[test]
+fn a_reused_tid_counts_only_its_own_vms_exit_handling() {
+    let vms = vm();
+    let mut agg = sample();
+    let later = LatencyKey {
+        tgid: 200,
+        tid: 101,
+        vcpu_id: 0,
+        isa: 2,
+        reason: 0x7b,
+        kind: 0,
+    };
+    agg.apply(&Interval {
+        at: Duration::from_secs(3),
+        latency: vec![(later, delta(10, 1000))],
+        threads: vec![crate::model::ThreadCpu {
+            tgid: 200,
+            tid: 101,
+            tracked_ns: 1_000_000_000,
+            run_ns: 1_000_000_000,
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    let r = build(&agg, &ctx(&vms, false));
+    let v = r.vms.iter().find(|v| v.pid == 200).unwrap();
+    assert_eq!(v.cpu.len(), 1);
+    // 10 exits of 1 µs in 1 s of the thread's wall time (not web01's 300 of its tid 101).
+    let handling = v.cpu[0].exit_handling_pct.unwrap();
+    assert!((handling - 0.001).abs() < 1e-12, "{handling}");
+    assert_eq!(v.total_exits, 10);
+}
