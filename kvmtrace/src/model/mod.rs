@@ -77,8 +77,9 @@ pub struct Aggregate {
     /// series of 10 000 one-point buffers per frame, with the storm detection over it, was a
     /// fifth of its CPU).
     pub without_series: bool,
-    /// The latest CPU accounting of every thread.
-    pub threads: BTreeMap<u32, ThreadCpu>,
+    /// The latest CPU accounting of every thread, by (pid, tid): a tid the kernel hands out
+    /// again to another VM's thread is another thread.
+    pub threads: BTreeMap<(u32, u32), ThreadCpu>,
     /// Host stack samples (`--stacks`).
     pub stacks: stacks::StackProfile,
     /// Slow exits (`--than`).
@@ -124,7 +125,7 @@ impl Aggregate {
         }
         self.counters = iv.counters;
         for t in &iv.threads {
-            self.threads.insert(t.tid, *t);
+            self.threads.insert((t.tgid, t.tid), *t);
         }
         self.stacks.apply(&iv.stacks);
         self.slow.apply(&iv.slow);

@@ -47,7 +47,7 @@ pub fn from_recording(rec: Recording, window: Window) -> Loaded {
     let mut before = [0u64; Counter::COUNT as usize];
     let mut window_start = Duration::ZERO;
     let mut last_at = Duration::ZERO;
-    let mut threads_before: BTreeMap<u32, crate::model::ThreadCpu> = BTreeMap::new();
+    let mut threads_before: BTreeMap<(u32, u32), crate::model::ThreadCpu> = BTreeMap::new();
     for iv in &rec.intervals {
         last_at = iv.at;
         // Stacks are numbered from the start of the recording: those of intervals outside the
@@ -59,7 +59,7 @@ pub fn from_recording(rec: Recording, window: Window) -> Loaded {
             before = iv.counters;
             window_start = iv.at;
             for t in &iv.threads {
-                threads_before.insert(t.tid, *t);
+                threads_before.insert((t.tgid, t.tid), *t);
             }
             continue;
         }
@@ -77,8 +77,8 @@ pub fn from_recording(rec: Recording, window: Window) -> Loaded {
     agg.elapsed = agg.elapsed.saturating_sub(window_start);
     agg.slow.threshold_ns = rec.header.slow_threshold_ns;
     agg.rips.enabled = rec.header.guest_rips;
-    for (tid, t) in agg.threads.iter_mut() {
-        if let Some(b) = threads_before.get(tid) {
+    for (thread, t) in agg.threads.iter_mut() {
+        if let Some(b) = threads_before.get(thread) {
             *t = t.since(b);
         }
     }

@@ -176,7 +176,8 @@ struct Source {
     /// 50 % of `top`'s CPU with 10 000 keys), and their storms.
     recent: Window,
     storms: StormWatch,
-    threads: BTreeMap<u32, ThreadCpu>,
+    /// By (pid, tid), as the aggregate's.
+    threads: BTreeMap<(u32, u32), ThreadCpu>,
     counters: [u64; kvmtrace_common::Counter::COUNT as usize],
     last_at: Duration,
     history: History,
@@ -195,7 +196,7 @@ impl Source {
         window.apply(iv);
         window.elapsed = width;
         for t in window.threads.values_mut() {
-            if let Some(before) = self.threads.get(&t.tid) {
+            if let Some(before) = self.threads.get(&(t.tgid, t.tid)) {
                 *t = t.since(before);
             }
         }
@@ -203,7 +204,7 @@ impl Source {
             *c = c.saturating_sub(before);
         }
         self.counters = iv.counters;
-        self.threads = iv.threads.iter().map(|t| (t.tid, *t)).collect();
+        self.threads = iv.threads.iter().map(|t| ((t.tgid, t.tid), *t)).collect();
         // The last intervals: storms that are going on now.
         self.recent.push(iv, STORM_WINDOW);
         let in_flight = InFlight::default();
