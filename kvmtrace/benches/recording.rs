@@ -134,6 +134,7 @@ fn interval(second: u64, rng: &mut Rng, counters: &mut [u64; Counter::COUNT as u
             off_user_blocked_ns: base / 8,
             off_user_runnable_ns: rng.around(10_000) * second,
             procfs_ns: Some(base / 2),
+            procfs_tracked_ns: base,
         });
     }
     iv

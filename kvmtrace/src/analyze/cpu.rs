@@ -115,7 +115,7 @@ pub fn attribution(
             tid: t.tid,
             wall_secs: wall as f64 / 1e9,
             cpu_pct: pct(t.on_cpu(), wall),
-            procfs_cpu_pct: t.procfs_ns.map(|p| pct(p, wall)),
+            procfs_cpu_pct: t.procfs_share().map(|(p, covered)| pct(p, covered)),
             in_kvm_run_pct: pct(in_run, wall),
             exit_handling_pct: has_exits.then(|| pct(handling.min(in_run), wall)),
             guest_pct: has_exits.then(|| pct(in_run.saturating_sub(handling), wall)),

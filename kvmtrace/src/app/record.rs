@@ -84,7 +84,7 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
         tokio::select! {
             _ = ticker.tick() => {
                 let mut iv = tracer.drain()?;
-                procfs.fill(&host, &mut iv);
+                procfs.fill(&host, &mut iv, false);
                 output::step(&host, &mut directory, &mut agg, &mut writer, &iv)?;
                 live.update(&agg, &iv, &directory);
             }
@@ -99,7 +99,7 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     // Closed first: the last interval and what is in flight describe the same instant.
     tracer.close()?;
     let mut iv = tracer.drain()?;
-    procfs.fill(&host, &mut iv);
+    procfs.fill(&host, &mut iv, true);
     output::step(&host, &mut directory, &mut agg, &mut writer, &iv)?;
     live.finish(&agg, &iv, &directory);
     let in_flight = tracer.in_flight()?;

@@ -1,5 +1,6 @@
-//! `kvmtrace-floor classic|raw`: attaches an empty program (a classic or a raw tracepoint
-//! program) to every tracepoint kvmtrace traces, one per tracepoint, says so on stdout, and stays
+//! `kvmtrace-floor classic|raw [EVENT...]`: attaches an empty program (a classic or a raw
+//! tracepoint program) to every tracepoint kvmtrace traces (or to the EVENTs named), one per
+//! tracepoint, says so on stdout, and stays
 //! until it is killed (the kernel then frees everything: nothing is pinned). `cargo xtask bench`
 //! runs it to measure the attach mechanisms' own cost beside kvmtrace's programs; it is not
 //! installed by the .deb.
@@ -17,11 +18,17 @@ fn main() -> ExitCode {
         "classic" => false,
         "raw" => true,
         _ => {
-            eprintln!("usage: kvmtrace-floor classic|raw");
+            eprintln!("usage: kvmtrace-floor classic|raw [EVENT...]");
             return ExitCode::from(2);
         }
     };
-    let events = programs::ALL;
+    // Optional: only these tracepoints (e.g. `kvm_fpu kvm_pio`), to time one mechanism's cost
+    // on one event of a loop.
+    let only: Vec<String> = std::env::args().skip(2).collect();
+    let events: Vec<_> = programs::ALL
+        .into_iter()
+        .filter(|(_, _, event)| only.is_empty() || only.iter().any(|o| o == event))
+        .collect();
     let _attached = match kvmtrace::source::live::attach_floor(raw, &events) {
         Ok(ebpf) => ebpf,
         Err(e) => {

@@ -14,15 +14,25 @@ use crate::model::{Interval, identity::Vm};
 
 /// procfs CPU time of each traced thread since recording started (or since it was first seen),
 /// the cross-check of the kernel's accounting.
+///
+/// One read per thread costs ~2 us of the recorder's CPU (a pread of schedstat): a fifth of its
+/// CPU with 1 000 vCPU threads. Beyond [`READS_PER_INTERVAL`] threads each is read every few
+/// intervals, in turn (a thread's first interval and the last one read every thread): procfs's
+/// figure is then the one of its last read, set against the wall time at that read, so the
+/// cross-check stays exact over the span it covers and its cost per interval stays flat.
 #[derive(Default)]
 pub struct ProcfsCpu {
-    /// Value at the start (or first sight) of each thread.
-    base: BTreeMap<u32, u64>,
-    /// Last value read: a thread that exited keeps it.
-    last: BTreeMap<u32, u64>,
+    /// Value at the start (or first sight) of each (VM pid, tid).
+    base: BTreeMap<(u32, u32), u64>,
     /// Each thread's schedstat file, kept open (see [`OpenSchedstats`]).
     open: OpenSchedstats,
+    /// Intervals filled so far: whose turn it is.
+    fills: u64,
 }
+
+/// How many threads' procfs figures an interval reads, at most (beyond, every thread is read
+/// every `threads / READS_PER_INTERVAL` intervals, rounded up).
+pub const READS_PER_INTERVAL: usize = 256;
 
 impl ProcfsCpu {
     /// procfs CPU time of every known thread as counting starts: the cross-check's baseline.
@@ -34,28 +44,39 @@ impl ProcfsCpu {
         for vm in vms.values() {
             for t in &vm.threads {
                 if let Some(ns) = host.thread_cpu_ns(vm.pid, t.tid) {
-                    procfs.base.insert(t.tid, ns);
+                    procfs.base.insert((vm.pid, t.tid), ns);
                 }
             }
         }
         procfs
     }
 
-    /// Sets each thread's `procfs_ns` in `iv`: its run time since it was first seen.
-    pub fn fill(&mut self, host: &Host, iv: &mut Interval) {
+    /// Sets `procfs_ns` (its run time since it was first seen) and `procfs_tracked_ns` of the
+    /// threads of `iv` whose turn it is, or of all of them with `every_thread` (the last
+    /// interval); the others' stay None (the aggregate keeps their last reading).
+    pub fn fill(&mut self, host: &Host, iv: &mut Interval, every_thread: bool) {
+        let turns = if every_thread {
+            1
+        } else {
+            iv.threads.len().div_ceil(READS_PER_INTERVAL).max(1) as u64
+        };
         for t in &mut iv.threads {
+            let id = (t.tgid, t.tid);
+            let first = !self.base.contains_key(&id);
+            if !first && !(self.fills + u64::from(t.tid)).is_multiple_of(turns) {
+                continue;
+            }
             let now = self
                 .open
                 .run_ns(host, t.tgid, t.tid)
                 .or_else(|| host.thread_cpu_ns(t.tgid, t.tid));
             if let Some(now) = now {
-                self.base.entry(t.tid).or_insert(now);
-                self.last.insert(t.tid, now);
-            }
-            if let (Some(b), Some(l)) = (self.base.get(&t.tid), self.last.get(&t.tid)) {
-                t.procfs_ns = Some(l.saturating_sub(*b));
+                let base = *self.base.entry(id).or_insert(now);
+                t.procfs_ns = Some(now.saturating_sub(base));
+                t.procfs_tracked_ns = t.tracked_ns;
             }
         }
+        self.fills += 1;
         self.open.keep_only(iv.threads.iter().map(|t| t.tid));
     }
 }
@@ -181,20 +202,76 @@ mod tests {
         write_schedstat(dir.path(), 100, 102, 7_000);
         let mut procfs = ProcfsCpu::at_start(&host, &BTreeMap::new());
         let mut iv = interval_of(&[(100, 101), (100, 102)]);
-        procfs.fill(&host, &mut iv);
+        procfs.fill(&host, &mut iv, false);
         assert_eq!(iv.threads[0].procfs_ns, Some(0));
         assert_eq!(procfs.open.files.len(), 2);
 
         write_schedstat(dir.path(), 100, 101, 5_300);
         write_schedstat(dir.path(), 100, 102, 7_900);
         let mut iv = interval_of(&[(100, 101), (100, 102)]);
-        procfs.fill(&host, &mut iv);
+        procfs.fill(&host, &mut iv, false);
         assert_eq!(iv.threads[0].procfs_ns, Some(300));
         assert_eq!(iv.threads[1].procfs_ns, Some(900));
 
         let mut iv = interval_of(&[(100, 102)]);
-        procfs.fill(&host, &mut iv);
+        procfs.fill(&host, &mut iv, false);
         assert_eq!(procfs.open.files.keys().collect::<Vec<_>>(), [&102]);
+    }
+
+    /// Beyond READS_PER_INTERVAL threads, an interval reads each thread's figure in turn (every
+    /// thread at its first interval and at the last), at most READS_PER_INTERVAL (rounded up per
+    /// turn), and each figure is procfs's at that read, with the wall time it covers.
+    #[test]
+    fn many_threads_are_read_in_turn_and_all_at_the_end() {
+        let (dir, host) = fake_proc();
+        let n = 2 * READS_PER_INTERVAL as u32 + 10; // three turns
+        let tids: Vec<(u32, u32)> = (0..n).map(|i| (100, 1_000 + i)).collect();
+        let write_all = |ns: u64| {
+            for &(tgid, tid) in &tids {
+                write_schedstat(dir.path(), tgid, tid, ns + u64::from(tid));
+            }
+        };
+        write_all(0);
+        let mut procfs = ProcfsCpu::at_start(&host, &BTreeMap::new());
+        let fill = |procfs: &mut ProcfsCpu, tracked_s: u64, every: bool| {
+            let mut iv = interval_of(&tids);
+            for t in &mut iv.threads {
+                t.tracked_ns = tracked_s * 1_000_000_000;
+            }
+            procfs.fill(&host, &mut iv, every);
+            iv
+        };
+        assert!(
+            fill(&mut procfs, 1, false)
+                .threads
+                .iter()
+                .all(|t| t.procfs_ns == Some(0))
+        );
+        let mut read_at = vec![0u64; tids.len()];
+        for second in 2..=7 {
+            write_all(second * 1_000);
+            let iv = fill(&mut procfs, second, false);
+            let read: Vec<&ThreadCpu> = iv
+                .threads
+                .iter()
+                .filter(|t| t.procfs_ns.is_some())
+                .collect();
+            assert!(read.len() <= READS_PER_INTERVAL + 1, "{} read", read.len());
+            for t in read {
+                assert_eq!(t.procfs_ns, Some(second * 1_000));
+                assert_eq!(t.procfs_tracked_ns, second * 1_000_000_000);
+                read_at[(t.tid - 1_000) as usize] = second;
+            }
+        }
+        // Each thread was read in each run of three intervals, once.
+        assert!(read_at.iter().all(|&s| s >= 5), "{read_at:?}");
+        write_all(9_000);
+        let last = fill(&mut procfs, 8, true);
+        assert!(
+            last.threads
+                .iter()
+                .all(|t| t.procfs_ns == Some(9_000) && t.procfs_tracked_ns == 8_000_000_000)
+        );
     }
 
     /// Past its limit of open files, a thread is read the old way (open, read, close): every
@@ -208,12 +285,12 @@ mod tests {
         let mut procfs = ProcfsCpu::at_start(&host, &BTreeMap::new());
         procfs.open.max_open = 1;
         let tids = [(100, 101), (100, 102), (100, 103)];
-        procfs.fill(&host, &mut interval_of(&tids));
+        procfs.fill(&host, &mut interval_of(&tids), false);
         for tid in [101, 102, 103] {
             write_schedstat(dir.path(), 100, tid, 1_000 + u64::from(tid));
         }
         let mut iv = interval_of(&tids);
-        procfs.fill(&host, &mut iv);
+        procfs.fill(&host, &mut iv, false);
         let got: Vec<Option<u64>> = iv.threads.iter().map(|t| t.procfs_ns).collect();
         assert_eq!(got, [Some(101), Some(102), Some(103)]);
         assert_eq!(procfs.open.files.len(), 1);

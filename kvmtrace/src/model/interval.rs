@@ -54,8 +54,13 @@ pub struct ThreadCpu {
     pub off_run_runnable_ns: u64,
     pub off_user_blocked_ns: u64,
     pub off_user_runnable_ns: u64,
-    /// Run time from /proc (schedstat, else utime + stime) since recording started, when readable.
+    /// Run time from /proc (schedstat, else utime + stime) since recording started, when read
+    /// in this interval: with many threads each is read only every few intervals (see
+    /// `host::procfs_cpu`).
     pub procfs_ns: Option<u64>,
+    /// `tracked_ns` as `procfs_ns` was read: the wall time the cross-check covers. Not stored in
+    /// recordings: an interval that read procfs has both.
+    pub procfs_tracked_ns: u64,
 }
 
 impl ThreadCpu {
@@ -76,8 +81,32 @@ impl ThreadCpu {
         self.in_run_on_cpu() + self.vmm_on_cpu()
     }
 
+    /// Keeps `earlier`'s procfs reading where this record has none (its interval did not read
+    /// procfs for this thread, or could not).
+    pub fn carry_procfs(&mut self, earlier: &ThreadCpu) {
+        if self.procfs_ns.is_none() {
+            self.procfs_ns = earlier.procfs_ns;
+            self.procfs_tracked_ns = earlier.procfs_tracked_ns;
+        }
+    }
+
+    /// procfs's run time and the wall time it covers, when procfs was read in that span.
+    pub fn procfs_share(&self) -> Option<(u64, u64)> {
+        self.procfs_ns
+            .filter(|_| self.procfs_tracked_ns > 0)
+            .map(|p| (p, self.procfs_tracked_ns))
+    }
+
     /// `self - earlier`, field by field (for time windows).
     pub fn since(&self, earlier: &ThreadCpu) -> ThreadCpu {
+        let (procfs_ns, procfs_tracked_ns) = match (self.procfs_ns, earlier.procfs_ns) {
+            (Some(a), Some(b)) => (
+                Some(a.saturating_sub(b)),
+                self.procfs_tracked_ns
+                    .saturating_sub(earlier.procfs_tracked_ns),
+            ),
+            (a, _) => (a, self.procfs_tracked_ns),
+        };
         ThreadCpu {
             tgid: self.tgid,
             tid: self.tid,
@@ -95,10 +124,8 @@ impl ThreadCpu {
             off_user_runnable_ns: self
                 .off_user_runnable_ns
                 .saturating_sub(earlier.off_user_runnable_ns),
-            procfs_ns: match (self.procfs_ns, earlier.procfs_ns) {
-                (Some(a), Some(b)) => Some(a.saturating_sub(b)),
-                (a, _) => a,
-            },
+            procfs_ns,
+            procfs_tracked_ns,
         }
     }
 }

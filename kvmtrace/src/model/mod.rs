@@ -125,7 +125,11 @@ impl Aggregate {
         }
         self.counters = iv.counters;
         for t in &iv.threads {
-            self.threads.insert((t.tgid, t.tid), *t);
+            let mut t = *t;
+            if let Some(before) = self.threads.get(&(t.tgid, t.tid)) {
+                t.carry_procfs(before);
+            }
+            self.threads.insert((t.tgid, t.tid), t);
         }
         self.stacks.apply(&iv.stacks);
         self.slow.apply(&iv.slow);

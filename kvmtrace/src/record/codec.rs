@@ -332,6 +332,7 @@ fn decode_threads(
             off_user_blocked_ns: f[4],
             off_user_runnable_ns: f[5],
             procfs_ns: procfs.checked_sub(1),
+            procfs_tracked_ns: if procfs == 0 { 0 } else { f[0] },
         });
     }
     Ok(())
@@ -412,6 +413,7 @@ mod tests {
                     tracked_ns: at * 1_000_000_000,
                     run_ns: 7,
                     procfs_ns: (i % 2 == 0).then_some(i as u64),
+                    procfs_tracked_ns: if i % 2 == 0 { at * 1_000_000_000 } else { 0 },
                     ..Default::default()
                 })
                 .collect(),

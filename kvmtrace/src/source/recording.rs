@@ -59,7 +59,10 @@ pub fn from_recording(rec: Recording, window: Window) -> Loaded {
             before = iv.counters;
             window_start = iv.at;
             for t in &iv.threads {
-                threads_before.insert((t.tgid, t.tid), *t);
+                let before = threads_before.entry((t.tgid, t.tid)).or_default();
+                let mut t = *t;
+                t.carry_procfs(before);
+                *before = t;
             }
             continue;
         }
@@ -221,5 +224,51 @@ mod tests {
         assert_eq!(profile.total(), 3);
         let (key, _) = profile.samples.iter().next().unwrap();
         assert_eq!(profile.stacks[key.stack as usize].kernel, ["b"]);
+    }
+
+    /// An interval that did not read a thread's procfs figure (many threads are read in turn)
+    /// leaves the last reading in force, set against the wall time at that reading: in the
+    /// whole recording and in a window.
+    #[test]
+    fn procfs_readings_carry_over_the_intervals_that_skip_them() {
+        let thread = |tracked_s: u64, procfs_ms: Option<u64>| crate::model::ThreadCpu {
+            tgid: 100,
+            tid: 101,
+            tracked_ns: tracked_s * 1_000_000_000,
+            procfs_ns: procfs_ms.map(|ms| ms * 1_000_000),
+            procfs_tracked_ns: procfs_ms.map_or(0, |_| tracked_s * 1_000_000_000),
+            ..Default::default()
+        };
+        // procfs read at 1 s (100 ms), skipped at 2 s, read at 3 s (400 ms), skipped at 4 s.
+        let readings = [Some(100), None, Some(400), None];
+        let rec = || Recording {
+            intervals: (1..=4u64)
+                .zip(readings)
+                .map(|(s, ms)| Interval {
+                    at: Duration::from_secs(s),
+                    threads: vec![thread(s, ms)],
+                    ..Interval::default()
+                })
+                .collect(),
+            ..Recording::default()
+        };
+        let whole = from_recording(rec(), Window::default()).agg.threads[&(100, 101)];
+        assert_eq!(whole.tracked_ns, 4_000_000_000);
+        assert_eq!(whole.procfs_share(), Some((400_000_000, 3_000_000_000)));
+        // From 2 s: the readings at 1 s (in force at 2 s) and at 3 s.
+        let window = Window {
+            from: Some(Duration::from_secs(2)),
+            to: None,
+        };
+        let part = from_recording(rec(), window).agg.threads[&(100, 101)];
+        assert_eq!(part.tracked_ns, 2_000_000_000);
+        assert_eq!(part.procfs_share(), Some((300_000_000, 2_000_000_000)));
+        // To 2 s: nothing read since the reading at 1 s.
+        let window = Window {
+            from: Some(Duration::from_secs(1)),
+            to: Some(Duration::from_secs(2)),
+        };
+        let none = from_recording(rec(), window).agg.threads[&(100, 101)];
+        assert_eq!(none.procfs_share(), None);
     }
 }

@@ -261,6 +261,7 @@ fn cpu(tgid: u32, tid: u32, ns: [u64; 6], procfs_ns: Option<u64>) -> ThreadCpu {
         off_user_blocked_ns: user_blocked,
         off_user_runnable_ns: user_runnable,
         procfs_ns,
+        procfs_tracked_ns: procfs_ns.map_or(0, |_| tracked_ns),
     }
 }
 

@@ -244,6 +244,7 @@ pub(super) fn cpu(tgid: u32, tid: u32, ms: [u64; 6], procfs_ms: Option<u64>) -> 
         off_user_blocked_ns: user_blocked,
         off_user_runnable_ns: user_runnable,
         procfs_ns: procfs_ms.map(|m| m * 1_000_000),
+        procfs_tracked_ns: procfs_ms.map_or(0, |_| tracked),
     }
 }
 

@@ -166,6 +166,7 @@ pub(super) fn thread_cpu(tid: u32, st: &ThreadState, now: u64) -> ThreadCpu {
         off_user_blocked_ns: st.off_user_blocked_ns,
         off_user_runnable_ns: st.off_user_runnable_ns,
         procfs_ns: None,
+        procfs_tracked_ns: 0,
     }
 }
 
