@@ -572,6 +572,10 @@ pub const THREAD_OFF_RUNNABLE: u32 = 4;
 /// (`run_ts` set) until its first kvm_userspace_exit or kvm_fpu load: the exit confirms it; a
 /// load shows it was outside, and the time so far moves to the VMM side.
 pub const THREAD_UNRESOLVED: u32 = 8;
+/// [`ThreadState::flags`]: seeded as running ('R' in /proc, which is on a CPU or waiting for
+/// one) and not switched since. A switch to it before any switch away from it says it was
+/// waiting for a CPU all along since the seed: that time is off-CPU, runnable.
+pub const THREAD_MAYBE_WAITING: u32 = 16;
 
 /// What a [`LatencyKey`] measures.
 #[repr(u32)]

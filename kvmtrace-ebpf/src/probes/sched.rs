@@ -16,7 +16,7 @@
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use kvmtrace_common::USUAL_OFFSETS;
-use kvmtrace_common::{THREAD_OFF_IN_RUN, THREAD_OFF_RUNNABLE};
+use kvmtrace_common::{THREAD_MAYBE_WAITING, THREAD_OFF_IN_RUN, THREAD_OFF_RUNNABLE};
 
 use crate::state::{conf, field, now_ns, open_epoch, slot_of};
 
@@ -42,7 +42,7 @@ fn try_switch(ctx: &TracePointContext) {
         let p = unsafe { &mut *p };
         let state = field::<u64>(ctx, conf!(sched_prev_state), USUAL_OFFSETS.sched_prev_state);
         p.off_ts = ts;
-        p.flags &= !(THREAD_OFF_IN_RUN | THREAD_OFF_RUNNABLE);
+        p.flags &= !(THREAD_OFF_IN_RUN | THREAD_OFF_RUNNABLE | THREAD_MAYBE_WAITING);
         if p.run_ts != 0 {
             p.flags |= THREAD_OFF_IN_RUN;
         }
@@ -59,6 +59,16 @@ fn try_switch(ctx: &TracePointContext) {
         if n.off_ts != 0 {
             n.add_off_cpu(ts.saturating_sub(n.off_ts));
             n.off_ts = 0;
+        } else if n.flags & THREAD_MAYBE_WAITING != 0 {
+            // Seeded as running, and switched to before any switch away: it was waiting for a
+            // CPU since the seed (on an overcommitted host, up to seconds), not running.
+            let waited = ts.saturating_sub(n.first_ts);
+            if n.run_ts != 0 {
+                n.off_run_runnable_ns += waited;
+            } else {
+                n.off_user_runnable_ns += waited;
+            }
         }
+        n.flags &= !THREAD_MAYBE_WAITING;
     }
 }

@@ -111,7 +111,10 @@ impl Tracer {
         let parity = closed & 1;
         let entries = self.slots.entries(&self.ebpf, &mut self.thread_buffers)?;
         add_pending(&entries, closed, &mut iv.details);
-        let now = ktime_ns();
+        let now = match self.closed_ktime {
+            0 => ktime_ns(),
+            closed => closed,
+        };
         let mut keyed: foldhash::HashMap<(u32, u32, u32), u64> = Default::default();
         for (k, n) in &iv.details {
             *keyed.entry((k.tgid, k.tid, k.kind)).or_default() += n;

@@ -8,8 +8,8 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
 };
 use kvmtrace_common::{
-    DetailKey, LatencyKey, LatencyKind, LatencyStats, THREAD_OFF_IN_RUN, THREAD_UNRESOLVED,
-    ThreadState,
+    DetailKey, LatencyKey, LatencyKind, LatencyStats, THREAD_MAYBE_WAITING, THREAD_OFF_IN_RUN,
+    THREAD_UNRESOLVED, ThreadState,
 };
 
 use crate::{
@@ -186,9 +186,10 @@ pub(super) fn seed_state(tgid: u32, now: u64, at: AtStart) -> ThreadState {
         }
         AtStart::BlockedOutside => st.off_ts = now,
         // As the kernel treats a thread's first event: inside KVM_RUN until a kvm_fpu event.
+        // Or waiting for a CPU: the first switch says which (see THREAD_MAYBE_WAITING).
         AtStart::Running => {
             st.run_ts = now;
-            st.flags = THREAD_UNRESOLVED;
+            st.flags = THREAD_UNRESOLVED | THREAD_MAYBE_WAITING;
         }
     }
     st

@@ -126,6 +126,9 @@ pub struct Tracer {
     warned: HashSet<Counter>,
     /// The last epoch before [`Tracer::close`]: the final drain reads it.
     closed_seq: u32,
+    /// CLOCK_MONOTONIC as counting closed (0 while open): the final drain's "now". No event is
+    /// seen after it, so a thread switched away since then would read as still on a CPU.
+    closed_ktime: u64,
     /// Exits whose thread ended before their kvm_entry (counted, never timed).
     ended_exits: std::collections::BTreeMap<LatencyKey, u64>,
     /// The kernel's BPF run-time statistics, on in sampling windows: the tracer's own cost.
@@ -306,6 +309,7 @@ impl Tracer {
             proc_root: PathBuf::from("/proc"),
             warned: HashSet::new(),
             closed_seq: 0,
+            closed_ktime: 0,
             ended_exits: Default::default(),
             stats,
             details_seen: 0,
@@ -339,13 +343,13 @@ impl Tracer {
         self.started = Instant::now();
         self.started_ktime = kernel::ktime_ns();
         let running = running();
-        let now = ktime_ns();
         let mut unseeded = 0;
         for (tgid, tid, at) in running {
-            // Where the thread's own event gave it a state already, that one stays.
+            // Each as of its own seed (see ThreadSlots::seed). Where the thread's own event gave
+            // it a state already, that one stays.
             if !self
                 .slots
-                .seed(&mut self.ebpf, tid, &seed_state(tgid, now, at))?
+                .seed(&mut self.ebpf, tid, || seed_state(tgid, ktime_ns(), at))?
             {
                 unseeded += 1;
             }
@@ -377,7 +381,7 @@ impl Tracer {
                 vcpu_id: v,
                 ..Default::default()
             };
-            if !self.slots.seed(&mut self.ebpf, tid, &st)? {
+            if !self.slots.seed(&mut self.ebpf, tid, || st)? {
                 return Err(Error::bpf(
                     "filling THREADS",
                     std::io::Error::other("no thread slot left"),
@@ -418,6 +422,7 @@ impl Tracer {
     /// [`Tracer::in_flight`] describe the same instant.
     pub fn close(&mut self) -> Result<(), Error> {
         if self.seq != 0 {
+            self.closed_ktime = ktime_ns();
             self.closed_seq = self.switch_epoch(0)?;
         }
         Ok(())
@@ -454,6 +459,12 @@ mod tests {
             (2000, 2000, 2000)
         );
         let running = seed_state(7, 1000, AtStart::Running);
+        // Running or waiting for a CPU: its first switch tells (in sched_switch).
+        assert_ne!(running.flags & kvmtrace_common::THREAD_MAYBE_WAITING, 0);
+        assert_eq!(
+            blocked_in_run.flags & kvmtrace_common::THREAD_MAYBE_WAITING,
+            0
+        );
         let cpu = thread_cpu(8, &running, 3000);
         assert_eq!((cpu.run_ns, cpu.in_run_on_cpu()), (2000, 2000));
         let outside = seed_state(7, 1000, AtStart::BlockedOutside);

@@ -147,33 +147,44 @@ impl ThreadSlots {
         Ok(())
     }
 
-    /// Gives thread `tid` the state `state` unless its own event gave it one first (then that
-    /// one stays: it is newer). False when every slot is taken.
+    /// Gives thread `tid` the state `state_now()` unless its own event gave it one first (then
+    /// that one stays: it is newer). False when every slot is taken.
+    ///
+    /// The state is read from `state_now` just before it is written, and TID_SLOTS points at the
+    /// slot before that (the slot's old state, tid 0, is nobody's): the state becomes visible to
+    /// sched_switch and to the thread's own events at once. Until then the thread's switches go
+    /// unseen, so its state must not claim an earlier instant (on a busy host the collector
+    /// waits for a CPU between any two of these steps; a thread waiting for a CPU as of an
+    /// earlier timestamp, switched in meanwhile, read as on a CPU all along).
     pub(super) fn seed(
         &self,
         ebpf: &mut Ebpf,
         tid: u32,
-        state: &ThreadState,
+        state_now: impl FnOnce() -> ThreadState,
     ) -> Result<bool, Error> {
         let Some(slot) = self.take(ebpf, tid)? else {
             return Ok(false);
         };
-        self.set(slot, &ThreadState { tid, ..*state });
-        let mut threads: BpfHashMap<&mut MapData, u32, u32> = map_mut(ebpf, maps::THREADS)?;
-        if threads.insert(tid, slot, BPF_NOEXIST).is_err() {
-            // The thread's own event claimed a slot first.
-            self.set(slot, &ThreadState::default());
-            self.free(ebpf, slot)?;
-            return Ok(true);
-        }
-        // For sched_switch, which finds threads only through TID_SLOTS: a thread silent since
-        // before the attach has no event of its own to set it. Should the thread's first event
-        // race this, it writes the same slot (the one THREADS gives it).
         let mut tid_slots: Array<&mut MapData, u16> = map_mut(ebpf, maps::TID_SLOTS)?;
-        if tid < tid_slots.len() {
+        let indexed = tid < tid_slots.len();
+        if indexed {
             tid_slots
                 .set(tid, slot as u16, 0)
                 .map_err(|e| Error::bpf("setting TID_SLOTS", e))?;
+        }
+        self.set(slot, &ThreadState { tid, ..state_now() });
+        let mut threads: BpfHashMap<&mut MapData, u32, u32> = map_mut(ebpf, maps::THREADS)?;
+        if threads.insert(tid, slot, BPF_NOEXIST).is_err() {
+            // The thread's own event claimed a slot first: TID_SLOTS gets that one back.
+            let own = threads.get(&tid, 0).ok();
+            self.set(slot, &ThreadState::default());
+            if let (true, Some(own)) = (indexed, own) {
+                let mut tid_slots: Array<&mut MapData, u16> = map_mut(ebpf, maps::TID_SLOTS)?;
+                tid_slots
+                    .set(tid, own as u16, 0)
+                    .map_err(|e| Error::bpf("setting TID_SLOTS", e))?;
+            }
+            self.free(ebpf, slot)?;
         }
         Ok(true)
     }
