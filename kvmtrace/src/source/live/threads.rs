@@ -165,6 +165,11 @@ impl ThreadSlots {
         let Some(slot) = self.take(ebpf, tid)? else {
             return Ok(false);
         };
+        let threads: BpfHashMap<&mut MapData, u32, u32> = map_mut(ebpf, maps::THREADS)?;
+        if threads.get(&tid, 0).is_ok() {
+            self.free(ebpf, slot)?;
+            return Ok(true);
+        }
         let mut tid_slots: Array<&mut MapData, u16> = map_mut(ebpf, maps::TID_SLOTS)?;
         let indexed = tid < tid_slots.len();
         if indexed {
