@@ -110,16 +110,20 @@ fn delta(u: &mut Unstructured) -> Result<LatencyDelta> {
 }
 
 fn thread_cpu(u: &mut Unstructured) -> Result<ThreadCpu> {
+    let tracked_ns = u.arbitrary()?;
+    let procfs_ns: Option<u64> = u.arbitrary()?;
     Ok(ThreadCpu {
         tgid: u.arbitrary()?,
         tid: u.arbitrary()?,
-        tracked_ns: u.arbitrary()?,
+        tracked_ns,
         run_ns: u.arbitrary()?,
         off_run_blocked_ns: u.arbitrary()?,
         off_run_runnable_ns: u.arbitrary()?,
         off_user_blocked_ns: u.arbitrary()?,
         off_user_runnable_ns: u.arbitrary()?,
-        procfs_ns: u.arbitrary()?,
+        procfs_ns,
+        // As a live interval has it (not stored: the reader derives it).
+        procfs_tracked_ns: procfs_ns.map_or(0, |_| tracked_ns),
     })
 }
 
