@@ -121,7 +121,6 @@ impl Tracer {
         }
         let mut live = HashSet::new();
         let mut gone = Vec::new();
-        let mut alive = LiveThreads::new(&self.proc_root);
         for (tid, st) in entries {
             let id = (st.tgid, tid);
             live.insert(id);
@@ -146,7 +145,7 @@ impl Tracer {
                 gone.push(id);
                 continue;
             }
-            if !alive.alive(st.tgid, tid) {
+            if !thread_alive(st.tgid, tid) {
                 // Frozen at its death: its last CPU accounting. An exit it left open ended with
                 // it. Once counting is closed no event can follow, so it goes at once.
                 if st.exit_ts != 0 {

@@ -1,8 +1,6 @@
 //! Kernel-side helpers: reading and deleting an epoch's map entries, map handles, the latency
 //! template, thread states, clocks and limits.
 
-use std::{collections::HashMap, path::Path};
-
 use aya::{
     Ebpf,
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
@@ -195,35 +193,14 @@ pub(super) fn seed_state(tgid: u32, now: u64, at: AtStart) -> ThreadState {
     st
 }
 
-/// The live threads of each process asked about, one /proc/PID/task listing per process (a VM
-/// with a thousand vCPUs costs one directory read per interval, not a thousand lookups).
-pub(super) struct LiveThreads<'a> {
-    proc_root: &'a Path,
-    by_tgid: HashMap<u32, std::collections::HashSet<u32>>,
-}
-
-impl<'a> LiveThreads<'a> {
-    pub(super) fn new(proc_root: &'a Path) -> Self {
-        LiveThreads {
-            proc_root,
-            by_tgid: HashMap::new(),
-        }
-    }
-
-    pub(super) fn alive(&mut self, tgid: u32, tid: u32) -> bool {
-        let root = self.proc_root;
-        self.by_tgid
-            .entry(tgid)
-            .or_insert_with(|| {
-                let dir = root.join(tgid.to_string()).join("task");
-                std::fs::read_dir(dir)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-                    .collect()
-            })
-            .contains(&tid)
-    }
+/// Is thread `tid` of process `tgid` still alive? tgkill with signal 0: it checks that the thread
+/// exists in that process and sends nothing (EPERM also means it exists). One syscall of well
+/// under a microsecond per thread, where a /proc/PID/task listing per process took ~1 us per
+/// entry (a tenth of `record`'s CPU with 1 000 vCPU threads).
+pub(super) fn thread_alive(tgid: u32, tid: u32) -> bool {
+    // SAFETY: tgkill takes (tgid, tid, sig) and no memory; signal 0 is only a check.
+    let r = unsafe { libc::syscall(libc::SYS_tgkill, tgid as libc::c_int, tid as libc::c_int, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 /// Returns once every BPF program that started before the call has returned: tracepoint

@@ -120,8 +120,6 @@ pub struct Tracer {
     /// Threads found gone at the previous drain: read once more (events of the epoch they died
     /// in), then deleted. Their CPU accounting was frozen when they were found gone.
     exited: HashSet<(u32, u32)>,
-    /// Where /proc is (threads that are gone are deleted from THREADS).
-    proc_root: PathBuf,
     /// Loss counters already warned about, so a full map is reported once, not per event.
     warned: HashSet<Counter>,
     /// The last epoch before [`Tracer::close`]: the final drain reads it.
@@ -306,7 +304,6 @@ impl Tracer {
             seq: 0,
             prev_totals: Default::default(),
             exited: HashSet::new(),
-            proc_root: PathBuf::from("/proc"),
             warned: HashSet::new(),
             closed_seq: 0,
             closed_ktime: 0,

@@ -121,13 +121,12 @@ impl Tracer {
             map_entries: Some(self.occupancy()?),
             ..Default::default()
         };
-        let mut live = LiveThreads::new(&self.proc_root);
         let mut buffers = Default::default();
         for (tid, st) in self.slots.entries(&self.ebpf, &mut buffers)? {
             if st.exit_ts == 0 && st.uexit_ts == 0 {
                 continue;
             }
-            let alive = !self.exited.contains(&(st.tgid, tid)) && live.alive(st.tgid, tid);
+            let alive = !self.exited.contains(&(st.tgid, tid)) && thread_alive(st.tgid, tid);
             if st.exit_ts != 0 {
                 let exits = if alive {
                     &mut open.exits
