@@ -1,9 +1,8 @@
 //! `kvmtrace-floor classic|raw [EVENT...]`: attaches an empty program (a classic or a raw
 //! tracepoint program) to every tracepoint kvmtrace traces (or to the EVENTs named), one per
-//! tracepoint, says so on stdout, and stays
-//! until it is killed (the kernel then frees everything: nothing is pinned). `cargo xtask bench`
-//! runs it to measure the attach mechanisms' own cost beside kvmtrace's programs; it is not
-//! installed by the .deb.
+//! tracepoint, says so on stdout, and stays until it is killed (the kernel then frees
+//! everything: nothing is pinned). `cargo xtask bench` runs it to measure the attach mechanisms'
+//! own cost beside kvmtrace's programs; it is not installed by the .deb.
 use std::process::ExitCode;
 
 use kvmtrace_common::programs;

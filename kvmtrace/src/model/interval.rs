@@ -81,12 +81,15 @@ impl ThreadCpu {
         self.in_run_on_cpu() + self.vmm_on_cpu()
     }
 
-    /// Keeps `earlier`'s procfs reading where this record has none (its interval did not read
-    /// procfs for this thread, or could not).
-    pub fn carry_procfs(&mut self, earlier: &ThreadCpu) {
+    /// Becomes `newer`, the thread's record of a later interval, keeping this record's procfs
+    /// reading where `newer` has none (its interval did not read procfs for this thread, or
+    /// could not).
+    pub fn advance_to(&mut self, newer: &ThreadCpu) {
+        let (procfs_ns, procfs_tracked_ns) = (self.procfs_ns, self.procfs_tracked_ns);
+        *self = *newer;
         if self.procfs_ns.is_none() {
-            self.procfs_ns = earlier.procfs_ns;
-            self.procfs_tracked_ns = earlier.procfs_tracked_ns;
+            self.procfs_ns = procfs_ns;
+            self.procfs_tracked_ns = procfs_tracked_ns;
         }
     }
 

@@ -125,11 +125,10 @@ impl Aggregate {
         }
         self.counters = iv.counters;
         for t in &iv.threads {
-            let mut t = *t;
-            if let Some(before) = self.threads.get(&(t.tgid, t.tid)) {
-                t.carry_procfs(before);
-            }
-            self.threads.insert((t.tgid, t.tid), t);
+            self.threads
+                .entry((t.tgid, t.tid))
+                .or_default()
+                .advance_to(t);
         }
         self.stacks.apply(&iv.stacks);
         self.slow.apply(&iv.slow);

@@ -59,10 +59,10 @@ pub fn from_recording(rec: Recording, window: Window) -> Loaded {
             before = iv.counters;
             window_start = iv.at;
             for t in &iv.threads {
-                let before = threads_before.entry((t.tgid, t.tid)).or_default();
-                let mut t = *t;
-                t.carry_procfs(before);
-                *before = t;
+                threads_before
+                    .entry((t.tgid, t.tid))
+                    .or_default()
+                    .advance_to(t);
             }
             continue;
         }
