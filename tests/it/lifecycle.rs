@@ -7,8 +7,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::harness::{
-    Guest, Recorder, assert_cpu_matches_procfs, count_of, kvmtrace_ok, parse_json,
-    record_running, require_kvm_and_root, rows, vm_of,
+    Guest, Recorder, assert_cpu_matches_procfs, count_of, kvmtrace_ok, parse_json, record_running,
+    require_kvm_and_root, rows, vm_of,
 };
 
 /// One CPU row: the recording's whole length, and the kernel's CPU figure agreeing with procfs.
