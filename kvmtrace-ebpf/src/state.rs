@@ -155,9 +155,14 @@ pub fn slot_of(tid: u32) -> Option<*mut ThreadState> {
         // SAFETY: a THREADS value is a plain u32.
         unsafe { *THREADS.get_ptr(tid)? }
     };
+    // Slot 0 is "none": tested before the state's lookup, which the compiler does not move
+    // past the test (written as one condition after it, every host switch paid two lookups).
+    if slot == 0 {
+        return None;
+    }
     let state = THREAD_SLOTS.get_ptr_mut(slot)?;
     // SAFETY: a THREAD_SLOTS element; only its tid field is read here.
-    (slot != 0 && unsafe { (*state).tid } == tid).then_some(state)
+    (unsafe { (*state).tid } == tid).then_some(state)
 }
 
 /// Reads a tracepoint field of type T at `offset`, or 0 when this kernel lacks the field.

@@ -42,11 +42,13 @@ fn try_switch(ctx: &TracePointContext) {
         let p = unsafe { &mut *p };
         let state = field::<u64>(ctx, conf!(sched_prev_state), USUAL_OFFSETS.sched_prev_state);
         if p.off_ts != 0 {
-            // Switched away again with no switch to it reported since the last time: on this
-            // host's kernel (kvm_pvm) a few of a busy vCPU thread's switches in a second come
-            // without their sched_switch event. The time since is counted as the period that
-            // began then (waiting, or blocked): the run it hides is at most one slice, where
-            // counting all of it on a CPU counted the whole wait or halt before it.
+            // Switched away again with no switch to it reported since the last time: a switch
+            // can come without its event (on the machine kvmtrace is developed on, ftrace
+            // shows none of the switches away from the sandbox's own init process's threads,
+            // so a vCPU thread switched to from one of them is never seen coming in). The time
+            // since is counted as the period that began then (waiting, or blocked): the run it
+            // hides is at most one slice, where counting all of it on a CPU counted the whole
+            // wait or halt before it.
             p.add_off_cpu(ts.saturating_sub(p.off_ts));
         }
         p.off_ts = ts;
