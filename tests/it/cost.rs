@@ -36,6 +36,10 @@ fn bpf_runs_match_the_events_counted_and_survive_the_recording() {
     let ns = pio["run_ns"].as_u64().unwrap();
     assert!(ns > 0 && ns / ports < 100_000, "{ns} ns for {ports} runs");
     assert!(cost["collector_cpu_ns"].as_u64().unwrap() > 0, "{cost:#}");
+    // Every event ran its program (the runs equal the events): the kernel skipped none, and
+    // the report lists no skipped runs (bpf_prog_info's recursion_misses, read from each
+    // program: a misread field would show here).
+    assert!(cost.get("skipped").is_none(), "{cost:#}");
     // The recording keeps it: `report -i` shows the same cost, and the text has the line.
     let offline = parse_json(&kvmtrace_ok(&[
         "report",

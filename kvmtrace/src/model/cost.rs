@@ -11,6 +11,16 @@ pub struct ProgramCost {
     pub run_ns: u64,
 }
 
+/// Runs of one program the kernel skipped instead of running it (`recursion_misses`): it does
+/// not run a tracing program on a CPU where another BPF program is running or, for a classic
+/// tracepoint's, where a bpf() call holds that CPU's guard (it can be preempted holding it).
+/// Each is an event kvmtrace did not count.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkippedRuns {
+    pub program: String,
+    pub runs: u64,
+}
+
 /// The tracer's cost over a recording.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct TracerCost {
@@ -27,11 +37,20 @@ pub struct TracerCost {
     pub collector_cpu_ns: u64,
     #[serde(default)]
     pub unavailable: Option<String>,
+    /// Programs the kernel skipped runs of, over the whole time they were attached (counted
+    /// whether or not the statistics were on); absent when none was skipped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<SkippedRuns>,
 }
 
 impl TracerCost {
     pub fn runs(&self) -> u64 {
         self.programs.iter().map(|p| p.runs).sum()
+    }
+
+    /// Program runs the kernel skipped: events missing from the counts.
+    pub fn skipped_runs(&self) -> u64 {
+        self.skipped.iter().map(|s| s.runs).sum()
     }
 
     pub fn run_ns(&self) -> u64 {
@@ -106,6 +125,7 @@ mod tests {
             collector_cpu_ns: 50_000_000,
             unavailable: None,
             stats_secs: None,
+            skipped: Vec::new(),
         };
         assert_eq!(c.runs(), 2_000_000);
         assert_eq!(c.ns_per_run(), Some(150.0));

@@ -49,7 +49,8 @@ pub fn render(report: &Report, out: &mut impl io::Write) -> io::Result<()> {
     }
     super::slow_exits::render_storm_starts(&report.storm_starts, out)?;
     writeln!(out)?;
-    render_counters(&report.counters, out)?;
+    let skipped = report.tracer_cost.as_ref().map(|c| c.skipped.as_slice());
+    render_counters(&report.counters, skipped.unwrap_or_default(), out)?;
     if let Some(cost) = &report.tracer_cost {
         render_cost(cost, out)?;
     }
@@ -379,11 +380,15 @@ fn render_storms(report: &Report, out: &mut impl io::Write) -> io::Result<()> {
     Ok(())
 }
 
-fn render_counters(c: &Counters, out: &mut impl io::Write) -> io::Result<()> {
+fn render_counters(
+    c: &Counters,
+    skipped: &[crate::model::cost::SkippedRuns],
+    out: &mut impl io::Write,
+) -> io::Result<()> {
     writeln!(
         out,
         "Lost/unpaired: {}. unpaired exits {}, unpaired entries {}, VMM round trips without a re-entry marker {}, map full (latency/detail/thread) {}/{}/{}; in flight at stop: {} exits, {} VMM round trips; exits whose thread ended first {}; events: {} kvm_exit, {} kvm_entry, {} detail",
-        if c.losses() == 0 {
+        if c.losses() == 0 && skipped.is_empty() {
             "none"
         } else {
             "SOME DATA WAS LOST"
@@ -401,6 +406,18 @@ fn render_counters(c: &Counters, out: &mut impl io::Write) -> io::Result<()> {
         c.entries_seen,
         c.detail_events,
     )?;
+    if !skipped.is_empty() {
+        let runs: u64 = skipped.iter().map(|s| s.runs).sum();
+        let each: Vec<String> = skipped
+            .iter()
+            .map(|s| format!("{} {}", s.program, s.runs))
+            .collect();
+        writeln!(
+            out,
+            "Skipped by the kernel: {runs} runs of kvmtrace's programs ({}): it does not run a tracing program on a CPU where another BPF program runs or (classic tracepoints) a bpf() call holds that CPU's guard; their events are missing from the counts above.",
+            each.join(", ")
+        )?;
+    }
     if let Some(m) = &c.map_entries_at_stop {
         writeln!(
             out,
@@ -455,6 +472,7 @@ mod tests {
                 collector_cpu_ns: 4_000_000,
                 unavailable: None,
                 stats_secs: None,
+                skipped: Vec::new(),
             }),
             duration_secs: 2.0,
             kvm_module: Some("kvm_amd".into()),
@@ -611,6 +629,34 @@ Tracer cost over 2.0 s: 300 BPF program runs (150/s), 100 ns each, 0.00 % of one
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn runs_the_kernel_skipped_are_lost_data() {
+        let skipped = |program: &str, runs| crate::model::cost::SkippedRuns {
+            program: program.into(),
+            runs,
+        };
+        let text = rendered_with_cost(crate::model::cost::TracerCost {
+            secs: 1.0,
+            skipped: vec![skipped("kvmtrace_exit", 12), skipped("kvmtrace_entry", 3)],
+            ..Default::default()
+        });
+        assert!(
+            text.contains("Lost/unpaired: SOME DATA WAS LOST. "),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "\nSkipped by the kernel: 15 runs of kvmtrace's programs (kvmtrace_exit 12, \
+                 kvmtrace_entry 3): "
+            ),
+            "{text}"
+        );
+        // None skipped: no line, nothing lost.
+        let text = rendered_with_cost(crate::model::cost::TracerCost::default());
+        assert!(text.contains("Lost/unpaired: none. "), "{text}");
+        assert!(!text.contains("Skipped by the kernel"), "{text}");
     }
 
     #[test]

@@ -370,6 +370,7 @@ pub fn v2() -> Input {
             ],
             collector_cpu_ns: 12_345_678,
             unavailable: None,
+            skipped: Vec::new(),
             stats_secs: None,
         }),
         host_steal_pct: None,

@@ -187,6 +187,7 @@ pub fn web01(per_vcpu: bool) -> Report {
         ],
         collector_cpu_ns: 20_000_000,
         unavailable: None,
+        skipped: Vec::new(),
         stats_secs: None,
     });
     report

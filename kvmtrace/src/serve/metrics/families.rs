@@ -39,6 +39,7 @@ pub(super) struct Families {
     pub map_entries: Family<One, Gauge>,
     pub map_capacity: Family<One, Gauge>,
     pub bpf_runs: Family<Program, PromCounter>,
+    pub bpf_skipped_runs: Family<Program, PromCounter>,
     pub bpf_run_seconds: Family<Program, Seconds>,
     pub bpf_stats_seconds: Seconds,
     pub collector_cpu: Seconds,
@@ -124,6 +125,11 @@ impl Families {
             "bpf_runs",
             "Runs of each of kvmtrace's BPF programs while the kernel's run-time statistics were on (kvmtrace_bpf_stats_seconds_total)",
             self.bpf_runs.clone(),
+        );
+        r.register(
+            "bpf_skipped_runs",
+            "Runs of each of kvmtrace's BPF programs the kernel skipped (another BPF program, or a bpf() call, held that CPU's guard): events missing from the counts",
+            self.bpf_skipped_runs.clone(),
         );
         r.register_with_unit(
             "bpf_run",

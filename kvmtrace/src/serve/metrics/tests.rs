@@ -488,9 +488,9 @@ fn the_storm_window_stays_bounded() {
 
 #[test]
 fn the_tracers_cost_is_the_kernels_figures_in_the_statistics_windows() {
-    use crate::model::cost::{ProgramCost, TracerCost};
+    use crate::model::cost::{ProgramCost, SkippedRuns, TracerCost};
     let (r, e) = exporter(false, 1000, 10);
-    let cost = |runs, run_ns, cpu_ns| TracerCost {
+    let cost = |runs: u64, run_ns, cpu_ns| TracerCost {
         secs: 1.0,
         programs: vec![ProgramCost {
             program: "kvmtrace_pio".into(),
@@ -500,6 +500,10 @@ fn the_tracers_cost_is_the_kernels_figures_in_the_statistics_windows() {
         collector_cpu_ns: cpu_ns,
         unavailable: None,
         stats_secs: Some(runs as f64 / 1000.0),
+        skipped: vec![SkippedRuns {
+            program: "kvmtrace_exit".into(),
+            runs: runs / 1000,
+        }],
     };
     e.set_cost(&cost(1000, 150_000, 2_000_000));
     e.set_cost(&cost(3000, 450_000, 5_000_000));
@@ -524,5 +528,10 @@ fn the_tracers_cost_is_the_kernels_figures_in_the_statistics_windows() {
     assert_eq!(
         samples(&r, "kvmtrace_bpf_runs_total"),
         ["kvmtrace_bpf_runs_total{program=\"kvmtrace_pio\"} 3000"]
+    );
+    // The kernel's skips: cumulative, never lowered either.
+    assert_eq!(
+        samples(&r, "kvmtrace_bpf_skipped_runs_total"),
+        ["kvmtrace_bpf_skipped_runs_total{program=\"kvmtrace_exit\"} 3"]
     );
 }

@@ -72,8 +72,8 @@ impl Exporter {
     }
 
     /// The tracer's cost so far: the runs and run time of each program while the statistics
-    /// were on (none when the kernel keeps none), how long they were on, and this process's CPU
-    /// time. The counters are set to those values, never lowered.
+    /// were on (none when the kernel keeps none), how long they were on, the runs the kernel
+    /// skipped, and this process's CPU time. The counters are set to those values, never lowered.
     pub fn set_cost(&self, cost: &TracerCost) {
         for p in &cost.programs {
             let l = [("program", p.program.clone())];
@@ -86,6 +86,13 @@ impl Exporter {
                 &self.f.bpf_run_seconds.get_or_create(&l),
                 Duration::from_nanos(p.run_ns),
             );
+        }
+        for s in &cost.skipped {
+            self.f
+                .bpf_skipped_runs
+                .get_or_create(&[("program", s.program.clone())])
+                .inner()
+                .fetch_max(s.runs, Ordering::Relaxed);
         }
         if cost.unavailable.is_none() {
             set_seconds(

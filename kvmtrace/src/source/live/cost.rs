@@ -9,11 +9,13 @@
 //! lasted).
 
 use std::{
-    os::fd::OwnedFd,
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, OwnedFd},
     time::{Duration, Instant},
 };
 
-use crate::model::cost::ProgramCost;
+use aya_obj::generated::{bpf_cmd, bpf_prog_info};
+
+use crate::model::cost::{ProgramCost, SkippedRuns};
 
 /// How long each sampling window keeps the statistics on (one drain interval if longer: the
 /// windows open and close at drains).
@@ -175,6 +177,51 @@ pub fn program_counters(ebpf: &aya::Ebpf) -> Vec<ProgramCost> {
             })
         })
         .collect()
+}
+
+/// The runs the kernel skipped of each of `ebpf`'s loaded programs that it skipped any of.
+pub fn skipped_runs(ebpf: &aya::Ebpf) -> Vec<SkippedRuns> {
+    ebpf.programs()
+        .filter_map(|(name, p)| {
+            let runs = recursion_misses(p.fd().ok()?.as_fd())?;
+            (runs > 0).then(|| SkippedRuns {
+                program: name.to_string(),
+                runs,
+            })
+        })
+        .collect()
+}
+
+/// A program's `recursion_misses` (Linux 5.12+; None before, or when unreadable): the runs
+/// the kernel skipped, counted whether or not the run-time statistics are on. aya's
+/// `ProgramInfo` does not expose it, so this asks BPF_OBJ_GET_INFO_BY_FD itself.
+fn recursion_misses(prog: BorrowedFd<'_>) -> Option<u64> {
+    /// The `info` member of `union bpf_attr`.
+    #[repr(C)]
+    struct InfoByFd {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    // SAFETY: bpf_prog_info is integers and arrays of them: all zeros is a valid value.
+    let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
+    let mut attr = InfoByFd {
+        bpf_fd: prog.as_raw_fd() as u32,
+        info_len: size_of::<bpf_prog_info>() as u32,
+        info: (&raw mut info) as u64,
+    };
+    // SAFETY: attr points at a valid info of info_len bytes, which the kernel fills (up to
+    // the size it knows) and whose written length it stores back in attr.info_len.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            bpf_cmd::BPF_OBJ_GET_INFO_BY_FD as libc::c_int,
+            &raw mut attr,
+            size_of::<InfoByFd>(),
+        )
+    };
+    let known = std::mem::offset_of!(bpf_prog_info, recursion_misses) + size_of::<u64>();
+    (r == 0 && attr.info_len as usize >= known).then_some(info.recursion_misses)
 }
 
 /// User + system CPU time of this process so far.

@@ -44,6 +44,7 @@ impl Tracer {
             stats_secs,
             collector_cpu_ns: crate::source::live::cost::process_cpu().as_nanos() as u64,
             unavailable: self.stats.unavailable.clone(),
+            skipped: cost::skipped_runs(&self.ebpf),
         }
     }
 
