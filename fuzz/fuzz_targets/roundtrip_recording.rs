@@ -19,7 +19,7 @@ use arbitrary::{Result, Unstructured};
 use kvmtrace::{
     model::{
         Interval, LatencyDelta, MapEntries, ThreadCpu,
-        cost::{ProgramCost, TracerCost},
+        cost::{ProgramCost, SkippedRuns, TracerCost},
         identity::{Thread, Vm},
     },
     record::{End, Header, Writer, read_bytes},
@@ -169,11 +169,16 @@ fn end(u: &mut Unstructured) -> Result<End> {
                 })
             })
             .collect::<Result<_>>()?;
+        let skipped = u
+            .arbitrary_iter::<(String, u64)>()?
+            .map(|s| s.map(|(program, runs)| SkippedRuns { program, runs }))
+            .collect::<Result<_>>()?;
         Some(TracerCost {
             secs: finite(u)?,
             programs,
             collector_cpu_ns: u.arbitrary()?,
             unavailable: u.arbitrary()?,
+            skipped,
             stats_secs: if u.arbitrary()? {
                 Some(finite(u)?)
             } else {
