@@ -121,14 +121,18 @@ pub mod programs {
     /// The raw tracepoint variant of a program, where it has one: (classic, raw). The collector
     /// attaches the raw one where the kernel allows (no trace record built per event), else
     /// the classic one.
-    pub const RAW: [(&str, &str); 6] = [
+    pub const RAW: [(&str, &str); 7] = [
         (KVM_USERSPACE_EXIT, "kvmtrace_uexit_raw"),
         (KVM_FPU, "kvmtrace_fpu_raw"),
         (KVM_PIO, "kvmtrace_pio_raw"),
         (KVM_MMIO, "kvmtrace_mmio_raw"),
         (KVM_MSR, "kvmtrace_msr_raw"),
         (KVM_CPUID, "kvmtrace_cpuid_raw"),
+        (SCHED_SWITCH, SCHED_SWITCH_RAW),
     ];
+    /// The raw sched_switch program: it needs [`super::Config::task_pid`] (the kernel's BTF)
+    /// and the tracepoint's fourth argument, prev_state (Linux 5.18+).
+    pub const SCHED_SWITCH_RAW: &str = "kvmtrace_switch_raw";
     /// The bench's empty programs (never attached by the collector) are named after these:
     /// `kvmtrace_floor_<stem>` and `kvmtrace_floor_<stem>_raw` on the tracepoint of
     /// `kvmtrace_<stem>` (see kvmtrace-ebpf's probes/floor.rs).
@@ -228,7 +232,10 @@ pub struct Config {
     /// cold, and that dependent load cost ~40 ns there (kvm_pio on kvm_pvm, AMD EPYC). A thread
     /// whose home another thread holds takes a shared slot.
     pub home_slots: u32,
-    pub pad0: u32,
+    /// Offset of `pid` in `struct task_struct` (from the kernel's BTF), for the raw
+    /// sched_switch program, whose arguments are the two tasks; [`FIELD_ABSENT`] where the
+    /// kernel has no BTF (the classic program is attached then).
+    pub task_pid: u32,
     pub pad: u32,
     /// `record --than`: exits (exit->entry) and VMM round trips that take at least this long
     /// are streamed to SLOW_EXITS, one record each; 0: off.
@@ -302,7 +309,7 @@ impl Config {
         storm_rate: 10_000,
         keep_last_detail: 0,
         home_slots: 0,
-        pad0: 0,
+        task_pid: FIELD_ABSENT,
         pad: 0,
         slow_ns: 0,
     };

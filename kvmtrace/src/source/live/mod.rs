@@ -30,21 +30,25 @@ mod threads;
 pub use floor::attach_floor;
 use kernel::*;
 
-use std::{collections::HashSet, path::PathBuf, time::Instant};
+use std::{
+    collections::HashSet,
+    path::{Path, PathBuf},
+    time::Instant,
+};
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, MapData},
 };
 use kvmtrace_common::{
-    CONFIG_GLOBAL, Config, Counter, DETAIL_KINDS, DetailKey, DetailKind, INLINE_TGIDS, LatencyKey,
-    LatencyKind, LatencyStats, ThreadState, maps, programs,
+    CONFIG_GLOBAL, Config, Counter, DETAIL_KINDS, DetailKey, DetailKind, FIELD_ABSENT,
+    INLINE_TGIDS, LatencyKey, LatencyKind, LatencyStats, ThreadState, maps, programs,
 };
 
 use crate::{
     error::Error,
     host::thread_probe::AtStart,
-    tp::{offsets, tracefs},
+    tp::{btf, offsets, tracefs},
 };
 
 /// The eBPF object built by build.rs (empty when built with AYA_BUILD_SKIP=1).
@@ -203,6 +207,12 @@ impl Tracer {
         let slot_counts = threads::slots_wanted()?;
         cfg.home_slots = slot_counts.home;
         offsets::fill(&mut cfg, &formats)?;
+        if opts.raw_tracepoints {
+            // Without it the raw sched_switch program cannot read the next task's pid, and the
+            // classic one is attached.
+            cfg.task_pid =
+                btf::task_pid_offset(Path::new(btf::VMLINUX_BTF)).unwrap_or(FIELD_ABSENT);
+        }
         bump_memlock_rlimit();
 
         let mut loader = EbpfLoader::new();
@@ -273,7 +283,10 @@ impl Tracer {
             let raw = programs::RAW
                 .iter()
                 .find(|(classic, _)| *classic == prog)
-                .filter(|_| opts.raw_tracepoints);
+                .filter(|_| opts.raw_tracepoints)
+                .filter(|(_, raw)| {
+                    *raw != programs::SCHED_SWITCH_RAW || cfg.task_pid != FIELD_ABSENT
+                });
             if let Some(&(_, raw)) = raw {
                 match attach_raw(&mut ebpf, raw, event) {
                     Ok(()) => {
