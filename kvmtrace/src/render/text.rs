@@ -49,8 +49,7 @@ pub fn render(report: &Report, out: &mut impl io::Write) -> io::Result<()> {
     }
     super::slow_exits::render_storm_starts(&report.storm_starts, out)?;
     writeln!(out)?;
-    let skipped = report.tracer_cost.as_ref().map(|c| c.skipped.as_slice());
-    render_counters(&report.counters, skipped.unwrap_or_default(), out)?;
+    render_counters(&report.counters, report.tracer_cost.as_ref(), out)?;
     if let Some(cost) = &report.tracer_cost {
         render_cost(cost, out)?;
     }
@@ -380,15 +379,17 @@ fn render_storms(report: &Report, out: &mut impl io::Write) -> io::Result<()> {
     Ok(())
 }
 
+/// The loss counters, with the program runs the kernel skipped (from `cost`, when known).
 fn render_counters(
     c: &Counters,
-    skipped: &[crate::model::cost::SkippedRuns],
+    cost: Option<&crate::model::cost::TracerCost>,
     out: &mut impl io::Write,
 ) -> io::Result<()> {
+    let skipped_runs = cost.map_or(0, |cost| cost.skipped_runs());
     writeln!(
         out,
         "Lost/unpaired: {}. unpaired exits {}, unpaired entries {}, VMM round trips without a re-entry marker {}, map full (latency/detail/thread) {}/{}/{}; in flight at stop: {} exits, {} VMM round trips; exits whose thread ended first {}; events: {} kvm_exit, {} kvm_entry, {} detail",
-        if c.losses() == 0 && skipped.is_empty() {
+        if c.losses() == 0 && skipped_runs == 0 {
             "none"
         } else {
             "SOME DATA WAS LOST"
@@ -406,15 +407,15 @@ fn render_counters(
         c.entries_seen,
         c.detail_events,
     )?;
-    if !skipped.is_empty() {
-        let runs: u64 = skipped.iter().map(|s| s.runs).sum();
-        let each: Vec<String> = skipped
+    if let Some(cost) = cost.filter(|_| skipped_runs > 0) {
+        let each: Vec<String> = cost
+            .skipped
             .iter()
             .map(|s| format!("{} {}", s.program, s.runs))
             .collect();
         writeln!(
             out,
-            "Skipped by the kernel: {runs} runs of kvmtrace's programs ({}): it does not run a tracing program on a CPU where another BPF program runs or (classic tracepoints) a bpf() call holds that CPU's guard; their events are missing from the counts above.",
+            "Skipped by the kernel: {skipped_runs} runs of kvmtrace's programs ({}): it does not run a tracing program on a CPU where another BPF program runs or (classic tracepoints) a bpf() call holds that CPU's guard; their events are missing from the counts above.",
             each.join(", ")
         )?;
     }
