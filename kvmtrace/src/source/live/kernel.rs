@@ -4,6 +4,7 @@
 use aya::{
     Ebpf,
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
+    programs::trace_point::{TracePoint, TracePointLink, TracePointLinkId},
 };
 use kvmtrace_common::{
     DetailKey, LatencyKey, LatencyKind, LatencyStats, THREAD_MAYBE_WAITING, THREAD_OFF_IN_RUN,
@@ -287,19 +288,39 @@ where
         .map_err(|e| Error::bpf(format!("program {prog}"), e))
 }
 
-/// Loads program `prog` and attaches it to the classic tracepoint `category:event`.
+/// Loads program `prog` and attaches it to the classic tracepoint `category:event`; the link's
+/// id is for [`detach_classic`].
 pub(super) fn attach_classic(
     ebpf: &mut Ebpf,
     prog: &str,
     category: &str,
     event: &str,
-) -> Result<(), Error> {
-    let p: &mut aya::programs::TracePoint = program(ebpf, prog)?;
+) -> Result<TracePointLinkId, Error> {
+    let p: &mut TracePoint = program(ebpf, prog)?;
     p.load()
         .map_err(|e| Error::bpf(format!("loading {prog} ({category}:{event})"), e))?;
     p.attach(category, event)
-        .map_err(|e| Error::bpf(format!("attaching {prog} to {category}:{event}"), e))?;
-    Ok(())
+        .map_err(|e| Error::bpf(format!("attaching {prog} to {category}:{event}"), e))
+}
+
+/// Detaches classic tracepoint programs all at once, a thread each. Closing the last perf event
+/// on a tracepoint waits ~70 ms here: RCU grace periods, partly under the kernel's event_mutex
+/// (perf_trace_destroy), so concurrent closes still finish ~40 ms apart but overlap the rest.
+/// `record --duration 1s` with nine classic programs: 1.81 s -> 1.50 s; with the two classic
+/// ones of the raw path (kvm_exit, kvm_entry): 1.26 s -> 1.22 s.
+pub(super) fn detach_classic(ebpf: &mut Ebpf, links: Vec<(&'static str, TracePointLinkId)>) {
+    let links: Vec<TracePointLink> = links
+        .into_iter()
+        .filter_map(|(prog, id)| program::<TracePoint>(ebpf, prog).ok()?.take_link(id).ok())
+        .collect();
+    std::thread::scope(|scope| {
+        for link in links {
+            // A thread that cannot be started (at the process's limit) drops its link here.
+            if let Err(e) = std::thread::Builder::new().spawn_scoped(scope, move || drop(link)) {
+                log::debug!("detaching in this thread: {e}");
+            }
+        }
+    });
 }
 
 /// Loads program `prog` and attaches it to the raw tracepoint `event`; on failure (a kernel

@@ -39,6 +39,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, MapData},
+    programs::trace_point::TracePointLinkId,
 };
 use kvmtrace_common::{
     CONFIG_GLOBAL, Config, Counter, DETAIL_KINDS, DetailKey, DetailKind, FIELD_ABSENT,
@@ -151,6 +152,14 @@ pub struct Tracer {
     started_ktime: u64,
     /// Guest RIPs, when asked for.
     rips: Option<rips::RipCounter>,
+    /// The classic tracepoint programs' links, detached together on drop.
+    classic_links: Vec<(&'static str, TracePointLinkId)>,
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        detach_classic(&mut self.ebpf, std::mem::take(&mut self.classic_links));
+    }
 }
 
 pub fn check_root() -> Result<(), Error> {
@@ -276,6 +285,7 @@ impl Tracer {
             cost::program_counters(&ebpf),
         );
         let mut attached = Vec::new();
+        let mut classic_links = Vec::new();
         for (prog, category, event) in programs::ALL {
             if missing.contains(&event) {
                 continue;
@@ -296,7 +306,7 @@ impl Tracer {
                     Err(e) => log::info!("{e}; attaching the classic tracepoint program"),
                 }
             }
-            attach_classic(&mut ebpf, prog, category, event)?;
+            classic_links.push((prog, attach_classic(&mut ebpf, prog, category, event)?));
             attached.push(event);
         }
         let stacks = opts
@@ -331,6 +341,7 @@ impl Tracer {
             slow,
             started_ktime: kernel::ktime_ns(),
             rips: opts.guest_rips.then(rips::RipCounter::default),
+            classic_links,
         })
     }
 
