@@ -3,6 +3,7 @@
 //! to the guest's port, and leaves the terminal as it found it on q, Ctrl-C and SIGTERM.
 
 use std::{
+    path::PathBuf,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -86,47 +87,43 @@ fn batch_frames_count_every_port_write_and_show_the_storm() {
     );
 }
 
-/// A tmux session running a shell, 160 x 40, killed on drop.
+/// A tmux session running a shell, 160 x 40, on a tmux server of its own (`-S`), killed on
+/// drop: a test's next session never meets the previous one's server as it exits (tmux then
+/// fails with "server exited unexpectedly").
 struct Tmux {
-    session: String,
+    socket: PathBuf,
 }
 
 impl Tmux {
     fn start(name: &str) -> Tmux {
-        let session = format!("kvmtrace-{name}-{}", std::process::id());
-        let ok = Command::new("tmux")
-            .args([
-                "new-session",
-                "-d",
-                "-s",
-                &session,
-                "-x",
-                "160",
-                "-y",
-                "40",
-                "sh",
-            ])
+        let t = Tmux {
+            socket: std::env::temp_dir()
+                .join(format!("kvmtrace-tmux-{name}-{}", std::process::id())),
+        };
+        let ok = t
+            .tmux()
+            .args(["new-session", "-d", "-x", "160", "-y", "40", "sh"])
             .env("TERM", "xterm-256color")
             .status()
             .expect("running tmux");
         assert!(ok.success(), "tmux new-session");
-        Tmux { session }
+        t
+    }
+
+    /// tmux, on this server.
+    fn tmux(&self) -> Command {
+        let mut c = Command::new("tmux");
+        c.arg("-S").arg(&self.socket);
+        c
     }
 
     fn keys(&self, keys: &[&str]) {
-        let ok = Command::new("tmux")
-            .args(["send-keys", "-t", &self.session])
-            .args(keys)
-            .status()
-            .unwrap();
+        let ok = self.tmux().arg("send-keys").args(keys).status().unwrap();
         assert!(ok.success(), "tmux send-keys {keys:?}");
     }
 
     fn screen(&self) -> String {
-        let out = Command::new("tmux")
-            .args(["capture-pane", "-p", "-t", &self.session])
-            .output()
-            .unwrap();
+        let out = self.tmux().args(["capture-pane", "-p"]).output().unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -149,9 +146,8 @@ impl Tmux {
 
 impl Drop for Tmux {
     fn drop(&mut self) {
-        let _ = Command::new("tmux")
-            .args(["kill-session", "-t", &self.session])
-            .status();
+        let _ = self.tmux().arg("kill-server").status();
+        let _ = std::fs::remove_file(&self.socket);
     }
 }
 

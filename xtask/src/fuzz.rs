@@ -1,11 +1,12 @@
-//! `cargo xtask fuzz [--seconds N]`: runs the recording format's fuzz targets (fuzz/, cargo-fuzz
-//! on nightly) for a bounded time, split between them, each on a copy of its checked-in seed
-//! corpus (cargo-fuzz comes from `cargo xtask setup`):
+//! `cargo xtask fuzz [--seconds N]`: runs the fuzz targets (fuzz/, cargo-fuzz on nightly) for a
+//! bounded time, split between them, each on a copy of its checked-in seed corpus (cargo-fuzz
+//! comes from `cargo xtask setup`):
 //! - `read_recording`: the reader never panics on arbitrary bytes, and what it accepts reports
 //!   safely;
-//! - `roundtrip_recording`: what the writer writes, the reader reads back unchanged.
+//! - `roundtrip_recording`: what the writer writes, the reader reads back unchanged;
+//! - `btf_member_offset`: the BTF scan never panics on arbitrary bytes.
 //!
-//! The eBPF object is not needed for either, so it is skipped (AYA_BUILD_SKIP).
+//! The eBPF object is not needed for any of them, so it is skipped (AYA_BUILD_SKIP).
 
 use anyhow::Context as _;
 
@@ -19,7 +20,7 @@ const FUZZ_RSS_LIMIT_MB: u32 = 1024;
 const FUZZ_MALLOC_LIMIT_MB: u32 = 256;
 
 /// The targets, each run for an equal share of the time.
-const TARGETS: [&str; 2] = ["read_recording", "roundtrip_recording"];
+const TARGETS: [&str; 3] = ["read_recording", "roundtrip_recording", "btf_member_offset"];
 
 pub fn run_fuzz(seconds: u64) -> anyhow::Result<()> {
     require(&["cargo-fuzz"])?;

@@ -27,7 +27,8 @@ pub fn member_offset(btf: &[u8], name: &str, member: &str) -> Option<u32> {
     let types = Types::scan(btf)?;
     let id = (1..types.starts.len())
         .find(|&id| types.kind(id) == Some(KIND_STRUCT) && types.name(id) == Some(name))?;
-    let bits = types.member_bits(id, member, 0)?;
+    let mut budget = MAX_MEMBERS_VISITED;
+    let bits = types.member_bits(id, member, 0, &mut budget)?;
     (bits % 8 == 0).then_some(bits / 8)
 }
 
@@ -40,6 +41,9 @@ const MEMBER_SIZE: usize = 12;
 /// Anonymous members nest a few levels in practice; deeper is taken as malformed (and stops
 /// a cycle in a corrupt file).
 const MAX_NESTING: u32 = 8;
+/// Members looked at in one search, at most: task_struct and its anonymous members have a few
+/// hundred; a corrupt file whose anonymous members fan out into each other stops here.
+const MAX_MEMBERS_VISITED: u32 = 100_000;
 
 /// The type and string sections of a BTF blob, with where each type starts (indexed by id; id
 /// 0 is void and has no entry of its own).
@@ -83,7 +87,7 @@ impl<'a> Types<'a> {
     }
 
     fn info(&self, id: usize) -> Option<u32> {
-        u32_at(self.types, *self.starts.get(id)? + 4)
+        u32_at(self.types, self.starts.get(id)?.checked_add(4)?)
     }
 
     fn kind(&self, id: usize) -> Option<u32> {
@@ -101,14 +105,15 @@ impl<'a> Types<'a> {
     }
 
     /// The bit offset of `member` in struct or union `id`, searching anonymous members' own
-    /// members too; None for a bitfield.
-    fn member_bits(&self, id: usize, member: &str, depth: u32) -> Option<u32> {
+    /// members too; None for a bitfield, or when `budget` members have been looked at.
+    fn member_bits(&self, id: usize, member: &str, depth: u32, budget: &mut u32) -> Option<u32> {
         if depth > MAX_NESTING {
             return None;
         }
         let info = self.info(id)?;
-        let start = *self.starts.get(id)? + TYPE_HEADER;
+        let start = self.starts.get(id)?.checked_add(TYPE_HEADER)?;
         for i in 0..(info & 0xffff) as usize {
+            *budget = budget.checked_sub(1)?;
             let at = start + i * MEMBER_SIZE;
             let name_off = u32_at(self.types, at)?;
             let member_type = u32_at(self.types, at + 4)? as usize;
@@ -121,7 +126,7 @@ impl<'a> Types<'a> {
             };
             if name_off == 0 {
                 if matches!(self.kind(member_type), Some(KIND_STRUCT | KIND_UNION))
-                    && let Some(inner) = self.member_bits(member_type, member, depth + 1)
+                    && let Some(inner) = self.member_bits(member_type, member, depth + 1, budget)
                 {
                     return bits.checked_add(inner);
                 }
@@ -274,6 +279,68 @@ mod tests {
         // A corrupt union whose anonymous member is itself.
         let btf = blob(&[("", info(KIND_UNION, 1, false), 4, &[0, 1, 0])]);
         assert_eq!(member_offset(&btf, "task_struct", "pid"), None);
+    }
+
+    #[test]
+    fn every_kind_is_stepped_over_by_its_size() {
+        // One type of each kind the uapi defines (1-19), then a struct found after them all:
+        // a wrong size for any kind would misread every type after it.
+        let btf = blob(&[
+            ("int", info(1, 0, false), 4, &[32]),             // INT
+            ("", info(2, 0, false), 1, &[]),                  // PTR
+            ("arr", info(3, 0, false), 0, &[1, 1, 4]),        // ARRAY
+            ("e", info(6, 2, false), 4, &[1, 0, 1, 1]),       // ENUM
+            ("f", info(7, 0, false), 0, &[]),                 // FWD
+            ("t", info(8, 0, false), 1, &[]),                 // TYPEDEF
+            ("", info(9, 0, false), 1, &[]),                  // VOLATILE
+            ("", info(10, 0, false), 1, &[]),                 // CONST
+            ("", info(11, 0, false), 1, &[]),                 // RESTRICT
+            ("fn", info(12, 0, false), 13, &[]),              // FUNC
+            ("", info(13, 1, false), 1, &[0, 1]),             // FUNC_PROTO
+            ("v", info(14, 0, false), 1, &[1]),               // VAR
+            (".data", info(15, 1, false), 4, &[12, 0, 4]),    // DATASEC
+            ("fl", info(16, 0, false), 8, &[]),               // FLOAT
+            ("tag", info(17, 0, false), 12, &[u32::MAX]),     // DECL_TAG
+            ("tt", info(18, 0, false), 1, &[]),               // TYPE_TAG
+            ("e64", info(19, 1, false), 8, &[1, 2, 3]),       // ENUM64
+            ("u", info(KIND_UNION, 1, false), 4, &[1, 1, 0]), // UNION
+            ("s", info(KIND_STRUCT, 2, false), 8, &[1, 1, 0, 5, 1, 32]), // STRUCT
+        ]);
+        // Member names reuse type names' strings: "int" at 1, "arr" at 5.
+        assert_eq!(member_offset(&btf, "s", "int"), Some(0));
+        assert_eq!(member_offset(&btf, "s", "arr"), Some(4));
+        assert_eq!(
+            member_offset(&btf, "u", "int"),
+            None,
+            "a union, not a struct"
+        );
+    }
+
+    #[test]
+    fn anonymous_members_that_fan_out_into_each_other_end_quickly() {
+        // A union of 200 anonymous members, each the union itself: 200^8 paths without a bound.
+        let members: Vec<u32> = (0..200).flat_map(|_| [0, 1, 0]).collect();
+        let btf = blob(&[("s", info(KIND_STRUCT, 200, false), 4, &members)]);
+        let started = std::time::Instant::now();
+        assert_eq!(member_offset(&btf, "s", "pid"), None);
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    }
+
+    #[test]
+    fn members_of_type_void_or_past_the_last_type_are_skipped() {
+        // task_struct { <anonymous> of type 0 (void); <anonymous> of type 9 (none); int pid; };
+        // string offsets: "int" 1, "task_struct" 5, "pid" 17.
+        let btf = blob(&[
+            ("int", info(1, 0, false), 4, &[32]),
+            (
+                "task_struct",
+                info(KIND_STRUCT, 3, false),
+                8,
+                &[0, 0, 0, 0, 9, 0, 17, 1, 32],
+            ),
+            ("pid", info(7, 0, false), 0, &[]),
+        ]);
+        assert_eq!(member_offset(&btf, "task_struct", "pid"), Some(4));
     }
 
     /// The running kernel's BTF, read by this scan and by btfparse (a full parser): the same
